@@ -1,0 +1,18 @@
+"""lipkit: neural networks whose Lipschitz constant is known and bounded.
+
+Everything public is importable from here: layers, :func:`lipschitz_bound`, certificates,
+attacks, losses and export.
+"""
+
+from lipkit import attacks  # noqa: F401
+from lipkit.bounds import *  # noqa: F403
+from lipkit.certify import *  # noqa: F403
+from lipkit.export import *  # noqa: F403
+from lipkit.layers.activations import *  # noqa: F403
+from lipkit.layers.conv import *  # noqa: F403
+from lipkit.layers.linear import *  # noqa: F403
+from lipkit.layers.pooling import *  # noqa: F403
+from lipkit.layers.residual import *  # noqa: F403
+from lipkit.losses import *  # noqa: F403
+
+__version__ = "0.1.0"

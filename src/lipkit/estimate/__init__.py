@@ -1,0 +1,1 @@
+"""Lipschitz constant estimation for any trained network (sound upper and lower bounds)."""

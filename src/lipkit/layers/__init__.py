@@ -1,0 +1,1 @@
+"""Lipschitz layers: dense, convolutional, activations, pooling, residual blocks."""

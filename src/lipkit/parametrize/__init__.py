@@ -1,0 +1,1 @@
+"""Weight maps (``torch.nn.utils.parametrize`` parametrisations) that constrain a weight's norm."""
