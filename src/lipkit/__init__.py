@@ -7,6 +7,7 @@ attacks, losses and export.
 from lipkit import attacks  # noqa: F401
 from lipkit.bounds import *  # noqa: F403
 from lipkit.certify import *  # noqa: F403
+from lipkit.convnorm import *  # noqa: F403
 from lipkit.export import *  # noqa: F403
 from lipkit.layers.activations import *  # noqa: F403
 from lipkit.layers.conv import *  # noqa: F403

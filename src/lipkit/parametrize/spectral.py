@@ -1,0 +1,130 @@
+"""Spectral normalisation ``W -> lip * W / sigma(W)`` (Miyato et al., ICLR 2018).
+
+``sigma`` is estimated by power iteration: ``v <- W^T u / ||W^T u||``, ``u <- W v / ||W v||``,
+``sigma = u^T W v``.  The vectors ``u``, ``v`` persist as buffers (so they travel with the
+``state_dict``) and are updated only in training mode, so one iteration per step suffices once
+they have converged.  Power iteration *under-estimates* ``sigma`` (``u^T W v <= ||W||_2`` for unit
+vectors), so the result may have norm slightly above ``lip``: certificates come from
+``lipschitz_bound`` of the actual weight, never from this map.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lipkit.parametrize._util import check_lip, check_matrix
+
+__all__ = ["SpectralNorm"]
+
+
+class _ScaleBySigma(torch.autograd.Function):
+    """``y = c W / sigma`` with ``sigma = u^T W v`` (``u``, ``v`` constants) given precomputed.
+
+    Backward: ``dL/dW = (c / sigma) (G - (<G, W> / sigma) u v^T)``, one fused rank-1 update
+    (autograd of the plain expression would make several more passes over ``W``).
+    """
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor,
+                lip: float) -> torch.Tensor:
+        scale = lip / sigma
+        ctx.save_for_backward(weight, u, v, sigma)
+        ctx.lip = lip
+        return weight * scale
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight, u, v, sigma = ctx.saved_tensors
+        scale = ctx.lip / sigma
+        inner = torch.vdot(grad.reshape(-1), weight.reshape(-1))
+        grad_w = torch.addr(grad * scale, u, v, alpha=-(scale * inner / sigma))
+        return grad_w, None, None, None, None
+
+
+class SpectralNorm(nn.Module):
+    """``W -> lip * W / (u^T W v)`` with persistent power-iteration vectors.
+
+    Args:
+        weight_or_shape: the weight (to size and warm up ``u``, ``v``) or its shape
+            ``(out_features, in_features)``.
+        lip: target spectral norm.
+        n_power_iterations: power iterations per training forward (>= 1).
+        n_init_iterations: iterations run once when ``u``, ``v`` are first used.
+        eps: guard of the vector normalisations.
+    """
+
+    def __init__(
+        self,
+        weight_or_shape: torch.Tensor | tuple[int, int],
+        *,
+        lip: float = 1.0,
+        n_power_iterations: int = 1,
+        n_init_iterations: int = 30,
+        eps: float = 1e-12,
+    ) -> None:
+        super().__init__()
+        self.lip = check_lip(lip, "SpectralNorm")
+        if int(n_power_iterations) < 1:
+            raise ValueError(f"SpectralNorm: n_power_iterations must be >= 1, got {n_power_iterations}")
+        self.n_power_iterations = int(n_power_iterations)
+        self.n_init_iterations = int(n_init_iterations)
+        self.eps = float(eps)
+        if isinstance(weight_or_shape, torch.Tensor):
+            check_matrix(weight_or_shape, "SpectralNorm")
+            shape = tuple(weight_or_shape.shape)
+            dtype, device = weight_or_shape.dtype, weight_or_shape.device
+        else:
+            shape = tuple(int(s) for s in weight_or_shape)
+            if len(shape) != 2:
+                raise ValueError(f"SpectralNorm expects a 2-D weight shape, got {shape}")
+            dtype, device = torch.get_default_dtype(), None
+        g = torch.Generator().manual_seed(0)
+        u = F.normalize(torch.randn(shape[0], generator=g, dtype=dtype), dim=0, eps=eps)
+        v = F.normalize(torch.randn(shape[1], generator=g, dtype=dtype), dim=0, eps=eps)
+        self.register_buffer("_u", u.to(device))
+        self.register_buffer("_v", v.to(device))
+        self.register_buffer("_initialized", torch.tensor(False, device=device))
+        if isinstance(weight_or_shape, torch.Tensor):
+            self._power_iteration(weight_or_shape, self.n_init_iterations)
+            self._initialized.fill_(True)
+
+    @torch.no_grad()
+    def _power_iteration(self, weight: torch.Tensor, n: int) -> torch.Tensor:
+        """Run ``n`` iterations in place on the buffers; return ``sigma = u^T W v = ||W v||``."""
+        w = weight.detach()
+        u, v = self._u, self._v
+        sigma = torch.dot(u, w @ v)
+        for _ in range(n):
+            v = F.normalize(w.transpose(0, 1) @ u, dim=0, eps=self.eps)
+            wv = w @ v
+            sigma = torch.linalg.vector_norm(wv)
+            u = wv / sigma.clamp_min(self.eps)
+        self._u.copy_(u)
+        self._v.copy_(v)
+        return sigma
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        check_matrix(weight, "SpectralNorm")
+        if weight.shape != (self._u.shape[0], self._v.shape[0]):
+            raise ValueError(f"SpectralNorm was built for a weight of shape "
+                             f"{(self._u.shape[0], self._v.shape[0])}, got {tuple(weight.shape)}")
+        if not bool(self._initialized):
+            sigma = self._power_iteration(weight, self.n_init_iterations)
+            self._initialized.fill_(True)
+        elif self.training:
+            sigma = self._power_iteration(weight, self.n_power_iterations)
+        else:
+            with torch.no_grad():
+                sigma = torch.dot(self._u, weight.detach() @ self._v)
+        # u, v are cloned: the buffers change in place at the next training step
+        return _ScaleBySigma.apply(weight, self._u.clone(), self._v.clone(), sigma.clamp_min(self.eps),
+                                   self.lip)
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        """Store the assigned weight as is (like ``torch.nn.utils.parametrizations.spectral_norm``)."""
+        return weight
+
+    def extra_repr(self) -> str:
+        return f"lip={self.lip}, n_power_iterations={self.n_power_iterations}"

@@ -1,0 +1,448 @@
+"""A small trainer for 1-Lipschitz classifiers: progress bar, atomic checkpoints, resume.
+
+Checkpoints live in ``<run_dir>/checkpoints/``: for every finished epoch ``e`` the trainer writes
+``epoch_XXXX.safetensors`` (model state, optimiser state tensors, RNG state) and then
+``epoch_XXXX.json`` (config, epoch, metrics, scheduler state, non-tensor optimiser state and the
+SHA-256 of the tensor file).  Each file is written to a temporary name and moved into place with
+:func:`os.replace`, and the JSON is written last, so a kill at any moment leaves either the
+previous complete checkpoint or the new one.  Re-running :func:`fit` on the same run folder
+resumes from the newest checkpoint; a corrupt or incomplete newest checkpoint raises
+:class:`CheckpointError` and nothing on disk is deleted or overwritten.
+
+Resumption is exact: the data order of epoch ``e`` is drawn from a generator seeded by
+``(seed, e)``, so an interrupted-and-resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lipkit.config import RunConfig
+from lipkit.data import Split, load_dataset
+
+__all__ = [
+    "CheckpointError",
+    "build_model",
+    "build_plain_model",
+    "make_loss",
+    "margin_radius",
+    "fit",
+    "latest_checkpoint",
+    "atomic_write_bytes",
+]
+
+CKPT_DIR = "checkpoints"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete, corrupt or does not match the run's config."""
+
+
+# --------------------------------------------------------------------------- model
+
+
+def _activation(cfg: RunConfig) -> nn.Module:
+    import lipkit
+
+    return lipkit.MaxMin() if cfg.activation == "maxmin" else lipkit.GroupSort(cfg.group_size)
+
+
+def _lip_linear(in_features: int, out_features: int, cfg: RunConfig) -> nn.Module:
+    import lipkit
+
+    return lipkit.LipLinear(in_features, out_features, constraint=cfg.constraint,
+                            orthogonal_method=cfg.orthogonal_method)
+
+
+def build_model(cfg: RunConfig, in_features: int, num_classes: int) -> nn.Sequential:
+    """``[LipLinear -> activation] * len(widths) -> LipLinear(num_classes)``, all orthogonal.
+
+    An orthogonal ``W`` (``W W^T = I`` or ``W^T W = I``) has spectral norm 1 and MaxMin/GroupSort
+    are 1-Lipschitz permutations of sorted pairs, so the network is 1-Lipschitz in l2
+    (Anil, Lucas, Grosse, "Sorting out Lipschitz function approximation", ICML 2019).
+    """
+    torch.manual_seed(cfg.seed)
+    layers: list[nn.Module] = []
+    width_in = in_features
+    for w in cfg.widths:
+        layers += [_lip_linear(width_in, w, cfg), _activation(cfg)]
+        width_in = w
+    layers.append(_lip_linear(width_in, num_classes, cfg))
+    return nn.Sequential(*layers)
+
+
+def build_plain_model(cfg: RunConfig, in_features: int, num_classes: int) -> nn.Sequential:
+    """The exported architecture: plain ``nn.Linear`` layers and the same activations."""
+    layers: list[nn.Module] = []
+    width_in = in_features
+    for w in cfg.widths:
+        layers += [nn.Linear(width_in, w), _activation(cfg)]
+        width_in = w
+    layers.append(nn.Linear(width_in, num_classes))
+    return nn.Sequential(*layers)
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def make_loss(cfg: RunConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The training loss for logits ``f`` (batch, classes) and labels ``y``.
+
+    * ``ce``: ``CE(t * (f - m * sqrt(2) * onehot(y)), y) / t``: a margin offset ``m * sqrt(2)`` on
+      the true logit asks for an l2 certified radius ``m`` (radius = logit margin / sqrt(2) for a
+      1-Lipschitz net); the temperature ``t`` trades accuracy for margin (Bethune et al.,
+      "Pay attention to your loss", 2022);
+    * ``hinge``: ``mean_j relu(m * sqrt(2) - (f_y - f_j))`` over ``j != y``;
+    * ``hkr``: hinge plus ``-(f_y - mean_{j!=y} f_j) / alpha`` (a Kantorovich-Rubinstein term
+      pushing the margin further; Serrurier et al., CVPR 2021).
+    """
+    m = cfg.margin * math.sqrt(2.0)
+    t = cfg.temperature
+
+    def ce(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        off = F.one_hot(y, f.shape[1]).to(f.dtype) * m
+        return F.cross_entropy(t * (f - off), y) / t
+
+    def hinge_terms(f: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        true = f.gather(1, y[:, None])
+        mask = 1.0 - F.one_hot(y, f.shape[1]).to(f.dtype)
+        gaps = (true - f) * mask
+        h = (F.relu(m - gaps) * mask).sum(1) / mask.sum(1)
+        return h.mean(), (gaps.sum(1) / mask.sum(1)).mean()
+
+    def hinge(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return hinge_terms(f, y)[0]
+
+    def hkr(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h, kr = hinge_terms(f, y)
+        return h - kr / cfg.alpha
+
+    return {"ce": ce, "hinge": hinge, "hkr": hkr}[cfg.loss]
+
+
+# --------------------------------------------------------------------------- certification
+
+
+def margin_radius(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bound: float | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Correctness and certified l2 radius of each point (0 where misclassified).
+
+    The radius is :func:`lipkit.certify`'s: ``min_j (f_c - f_j - delta) / L_cj`` with ``L_cj <=
+    sqrt(2) L`` (or the tighter pairwise bound of the last layer) and ``delta`` a float round-off
+    allowance (Tsuzuku et al., "Lipschitz-Margin Training", NeurIPS 2018).  ``bound``: an
+    externally known global bound (default: ``lipschitz_bound(model, 2)``).
+    """
+    from lipkit.certify import certify
+
+    res = certify(model, x, 2, lipschitz=bound)
+    correct = res.prediction == y
+    return correct, torch.where(correct, res.radius, torch.zeros_like(res.radius))
+
+
+def _nominal(f: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Correctness and the *nominal* radius ``margin / sqrt(2)`` (assumes a 1-Lipschitz net)."""
+    f = f.double()
+    true = f.gather(1, y[:, None]).squeeze(1)
+    margin = true - f.scatter(1, y[:, None], -math.inf).max(1).values
+    correct = margin > 0
+    return correct, torch.where(correct, margin / math.sqrt(2.0), torch.zeros_like(margin))
+
+
+def evaluate(model: nn.Module, split: Split, radii: list[float], *, sound: bool = False) -> dict[str, Any]:
+    """Test accuracy and certified accuracy per radius.
+
+    ``sound=True``: radii from :func:`margin_radius` (a sound bound of the actual weights, float
+    round-off accounted for; costs SVDs).  ``sound=False`` (the per-epoch progress metric):
+    ``margin / sqrt(2)``, i.e. it *assumes* the network is 1-Lipschitz; a training signal only,
+    never reported as a certificate.
+    """
+    was = model.training
+    model.eval()
+    try:
+        if sound:
+            correct, radius = margin_radius(model, split.x_test, split.y_test)
+        else:
+            with torch.no_grad():
+                correct, radius = _nominal(model(split.x_test), split.y_test)
+    finally:
+        model.train(was)
+    return {
+        "clean_accuracy": correct.double().mean().item(),
+        "certified_accuracy": {f"{r:g}": (radius >= r).double().mean().item() for r in radii},
+    }
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _optim_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optim.{idx}.{k}"] = v.detach().cpu().contiguous().clone()
+            else:
+                scalars[f"{idx}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optim_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    for key, v in meta["scalars"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _ckpt_paths(run_dir: Path, epoch: int) -> tuple[Path, Path]:
+    d = Path(run_dir) / CKPT_DIR
+    return d / f"epoch_{epoch:04d}.safetensors", d / f"epoch_{epoch:04d}.json"
+
+
+def latest_checkpoint(run_dir: str | Path) -> int | None:
+    """The newest epoch with a committed (JSON-written) checkpoint, or ``None``."""
+    d = Path(run_dir) / CKPT_DIR
+    if not d.is_dir():
+        return None
+    epochs = []
+    for p in d.glob("epoch_*.json"):
+        try:
+            epochs.append(int(p.stem.split("_", 1)[1]))
+        except ValueError:
+            continue
+    return max(epochs) if epochs else None
+
+
+def save_checkpoint(run_dir: Path, epoch: int, cfg: RunConfig, model: nn.Module,
+                    opt: torch.optim.Optimizer, sched: Any, metrics: dict[str, Any], keep: int = 2) -> None:
+    from safetensors.torch import save
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    opt_tensors, opt_meta = _optim_to_flat(opt)
+    tensors.update(opt_tensors)
+    tensors["rng.torch"] = torch.get_rng_state().clone()
+    blob = save(tensors)
+    st_path, js_path = _ckpt_paths(run_dir, epoch)
+    atomic_write_bytes(st_path, blob)
+    meta = {
+        "format": "lipkit-checkpoint-1",
+        "epoch": epoch,
+        "config": cfg.to_dict(),
+        "metrics": metrics,
+        "optimizer": opt_meta,
+        "scheduler": sched.state_dict() if sched is not None else None,
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "rng_torch_b64": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+    }
+    atomic_write_bytes(js_path, json.dumps(meta, indent=1).encode())
+    # prune old checkpoints (only ones strictly older than the `keep` newest committed ones)
+    d = Path(run_dir) / CKPT_DIR
+    old = sorted(int(p.stem.split("_", 1)[1]) for p in d.glob("epoch_*.json"))[:-keep]
+    for e in old:
+        for p in _ckpt_paths(run_dir, e)[::-1]:
+            p.unlink(missing_ok=True)
+
+
+def load_checkpoint(run_dir: Path, epoch: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read and verify checkpoint ``epoch``; raise :class:`CheckpointError` (deleting nothing)."""
+    from safetensors.torch import load
+
+    st_path, js_path = _ckpt_paths(run_dir, epoch)
+    try:
+        meta = json.loads(js_path.read_text())
+        if not isinstance(meta, dict) or meta.get("format") != "lipkit-checkpoint-1":
+            raise ValueError("unknown format")
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {js_path} is corrupt or unreadable ({exc}); "
+                              "remove it (or the run folder) to restart") from None
+    if not st_path.is_file():
+        raise CheckpointError(f"checkpoint {js_path} has no weights file {st_path.name}; "
+                              "remove the checkpoint (or the run folder) to restart")
+    blob = st_path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
+        raise CheckpointError(f"checkpoint weights {st_path} do not match their checksum (corrupt file); "
+                              "remove the checkpoint (or the run folder) to restart")
+    try:
+        tensors = load(blob)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint weights {st_path} cannot be read: {exc}") from None
+    return meta, tensors
+
+
+# --------------------------------------------------------------------------- training loop
+
+
+def _make_optimizer(cfg: RunConfig, model: nn.Module, steps_total: int) -> tuple[torch.optim.Optimizer, Any]:
+    if cfg.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True)
+    if cfg.schedule == "onecycle":
+        sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps_total)
+    elif cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps_total)
+    else:
+        sched = None
+    return opt, sched
+
+
+def fit(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    *,
+    split: Split | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train (or resume training) ``cfg`` into ``run_dir``; return ``(model, history)``.
+
+    ``stop_after``: stop once this many epochs are complete (simulates an interruption).
+    ``history`` holds per-epoch metrics (including seconds), the epoch resumed from, the seconds
+    spent in this call (``seconds``) and over all epochs of the run (``train_seconds``).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    if split is None:
+        split = load_dataset(cfg.dataset, **({"test_size": cfg.test_size, "seed": cfg.data_seed}
+                                             if cfg.dataset != "fashion-mnist" else {}))
+    model = build_model(cfg, split.num_features, split.num_classes)
+    n = len(split.x_train)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    opt, sched = _make_optimizer(cfg, model, cfg.epochs * steps_per_epoch)
+    loss_fn = make_loss(cfg)
+
+    start = 0
+    history: list[dict[str, Any]] = []
+    last = latest_checkpoint(run_dir)
+    if last is not None:
+        meta, tensors = load_checkpoint(run_dir, last)
+        saved = dict(meta["config"])
+        mine = cfg.to_dict()
+        free = ("epochs", "threads", "name", "radii", "pgd_steps")  # do not change the training trajectory
+        diff = sorted(k for k in mine if k not in free and saved.get(k) != mine[k])
+        if diff:
+            raise CheckpointError(f"run folder {run_dir} holds a checkpoint of a different config "
+                                  f"(keys {diff} differ); use another run name or delete the folder")
+        if int(saved.get("epochs", cfg.epochs)) != cfg.epochs:
+            raise CheckpointError(f"run folder {run_dir} was trained with epochs={saved.get('epochs')}, "
+                                  f"not {cfg.epochs} (the lr schedule depends on it)")
+        try:
+            model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+            _optim_from_flat(opt, tensors, meta["optimizer"])
+            if sched is not None and meta.get("scheduler") is not None:
+                sched.load_state_dict(meta["scheduler"])
+            torch.set_rng_state(tensors["rng.torch"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(
+                f"checkpoint epoch {last} in {run_dir} does not fit the model: {first}") from None
+        start = int(meta["epoch"])
+        history = list(meta.get("metrics", {}).get("history", []))
+
+    t0 = time.perf_counter()
+    bar = _progress(cfg.epochs, start, progress)
+    try:
+        for epoch in range(start, cfg.epochs):
+            if stop_after is not None and epoch >= stop_after:
+                break
+            model.train()
+            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            perm = torch.randperm(n, generator=gen)
+            t_epoch = time.perf_counter()
+            total, count, hits, wide = 0.0, 0, 0, 0
+            r_mid = cfg.radii[len(cfg.radii) // 2]
+            for k in range(0, n, cfg.batch_size):
+                idx = perm[k : k + cfg.batch_size]
+                out = model(split.x_train[idx])
+                loss = loss_fn(out, split.y_train[idx])
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch + 1}; "
+                                             "lower the learning rate")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                total += loss.item() * len(idx)
+                count += len(idx)
+                with torch.no_grad():  # running train metrics from the batch logits (no extra forward)
+                    ok, nominal = _nominal(out.detach(), split.y_train[idx])
+                    hits += int(ok.sum())
+                    wide += int((nominal >= r_mid).sum())
+            rec = {"epoch": epoch + 1, "loss": total / count, "train_accuracy": hits / count,
+                   "nominal_certified": {f"{r_mid:g}": wide / count},
+                   "seconds": time.perf_counter() - t_epoch}
+            if epoch + 1 == cfg.epochs:
+                ev = evaluate(model, split, cfg.radii)
+                rec["test_accuracy"] = ev["clean_accuracy"]
+                rec["test_nominal_certified"] = ev["certified_accuracy"]
+            history.append(rec)
+            save_checkpoint(run_dir, epoch + 1, cfg, model, opt, sched, {"history": history})
+            bar.update(rec)
+    finally:
+        bar.close()
+    model.eval()
+    total_seconds = sum(float(r.get("seconds", 0.0)) for r in history)
+    return model, {"history": history, "resumed_from": start, "seconds": time.perf_counter() - t0,
+                   "train_seconds": total_seconds}
+
+
+class _progress:
+    """A tqdm bar on stderr (silent when ``enabled`` is false)."""
+
+    def __init__(self, total: int, initial: int, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="train", unit="epoch", file=sys.stderr,
+                            dynamic_ncols=True)
+
+    def update(self, rec: dict[str, Any]) -> None:
+        if self.bar is not None:
+            cert = next(iter(rec["nominal_certified"].items()))
+            self.bar.set_postfix(loss=f"{rec['loss']:.3f}", train_acc=f"{rec['train_accuracy']:.3f}",
+                                 **{f"train_cert@{cert[0]}": f"{cert[1]:.3f}"})
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,407 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import orthogonal
+
+import lipkit
+from lipkit.attacks import check_certificates, margin_loss, pgd
+from lipkit.certify import (
+    _float64_copy,
+    _pairwise_bound,
+    certified_accuracy,
+    certified_radius,
+    compute_certificates,
+)
+from lipkit.losses import HKRLoss
+
+INF = math.inf
+
+
+def _toy_data(n_per: int = 40, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.tensor([[1.0, 0.0], [-0.5, 0.866], [-0.5, -0.866]])
+    xs = [c + 0.15 * torch.randn(n_per, 2, generator=g) for c in centers]
+    ys = [torch.full((n_per,), k) for k in range(3)]
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _orth_mlp(width: int = 32) -> nn.Sequential:
+    return nn.Sequential(
+        orthogonal(nn.Linear(2, width)), nn.ReLU(),
+        orthogonal(nn.Linear(width, width)), nn.ReLU(),
+        orthogonal(nn.Linear(width, 3)),
+    )
+
+
+class _RowL1(nn.Module):
+    """W / max(1, row l1 norm): an l_inf-nonexpansive linear map (plain torch parametrisation)."""
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w / w.abs().sum(1, keepdim=True).clamp_min(1.0)
+
+
+def _linf_mlp(width: int = 32) -> nn.Sequential:
+    layers = [nn.Linear(2, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 3)]
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            parametrize.register_parametrization(layer, "weight", _RowL1())
+    return nn.Sequential(*layers)
+
+
+def _train(model: nn.Module) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    x, y = _toy_data()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn = HKRLoss(alpha=20.0, margin=0.5)
+    for _ in range(300):
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    model.eval()
+    xt, yt = _toy_data(n_per=20, seed=1)
+    return model, xt, yt
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    return _train(_orth_mlp())
+
+
+@pytest.fixture(scope="module")
+def trained_linf():
+    torch.manual_seed(0)
+    return _train(_linf_mlp())
+
+
+def test_trained_model_is_accurate_and_certified(trained):
+    model, x, y = trained
+    assert lipkit.lipschitz_bound(model, 2) <= 1.0 + 1e-5
+    acc = certified_accuracy(model, x, y, [0.0, 0.1, 0.2, 10.0], p=2)
+    assert isinstance(acc, dict)
+    assert acc[0.0] >= 0.95
+    assert acc[0.1] > 0.5
+    assert acc[0.0] >= acc[0.1] >= acc[0.2] >= acc[10.0] == 0.0
+    with torch.no_grad():
+        clean = (model(x).argmax(1) == y).double().mean().item()
+    assert acc[0.0] == pytest.approx(clean)
+    res = compute_certificates(model, x, 2)
+    assert res.roundoff_rigorous
+    assert res.allowance.max() < 3e-4  # logits ~ 1: the round-off allowance costs little radius
+    single = certified_accuracy(model, x, y, 0.1, p=2)
+    assert isinstance(single, float) and single == acc[0.1]
+    assert certified_accuracy(model, x, y, 0.01, p=INF) > 0.5
+    # the radius belongs to the predicted class: wrong labels keep the radii, lose the accuracy
+    wrong = (res.prediction + 1) % 3
+    assert certified_accuracy(model, x, wrong, 0.0) == 0.0
+    assert torch.equal(certified_radius(model, x, 2), res.radius)
+
+
+@pytest.mark.parametrize("p", [2, INF])
+def test_pgd_breaks_no_certificate_but_breaks_beyond(trained, trained_linf, p):
+    model, x, y = trained if p == 2 else trained_linf
+    assert lipkit.lipschitz_bound(model, p) <= 1.0 + 1e-5
+    assert certified_accuracy(model, x, y, 0.1, p=p) > 0.5
+    res = check_certificates(model, x, y, p=p, steps=60, restarts=2, baseline_factor=3.0,
+                             generator=torch.Generator().manual_seed(0))
+    assert res.n_certified >= 50
+    assert res.n_broken == 0
+    assert res.max_violation <= 0.999
+    assert res.baseline_success >= 0.5, res  # the attack is real
+    # the l2-trained net attacked in l_inf: its (loose) certificates hold too
+    if p == INF:
+        m2, x2, y2 = trained
+        chk = check_certificates(m2, x2, y2, p=INF, steps=60, generator=torch.Generator().manual_seed(0))
+        assert chk.n_certified >= 50 and chk.n_broken == 0
+
+
+@pytest.mark.parametrize("p", [2, INF])
+def test_random_samples_inside_ball_keep_prediction(trained, trained_linf, p):
+    model, x, _ = trained if p == 2 else trained_linf
+    res = compute_certificates(model, x, p)
+    g = torch.Generator().manual_seed(3)
+    n = 256
+    for i in range(0, x.shape[0], 6):
+        r = float(res.radius[i])
+        if r == 0:
+            continue
+        d = torch.randn(n, 2, generator=g, dtype=torch.float64)
+        if p == 2:
+            d = d / d.norm(dim=1, keepdim=True)
+        else:
+            d = d.sign()  # corners of the l_inf ball
+        pts = (x[i].double() + 0.999 * r * d).float()
+        with torch.no_grad():
+            assert (model(pts).argmax(1) == res.prediction[i]).all()
+
+
+def test_pairwise_bound_is_at_most_global(trained):
+    model, x, _ = trained
+    for p in (2, INF):
+        glob = (math.sqrt(2) if p == 2 else 2.0) * lipkit.lipschitz_bound(model, p)
+        pair = _pairwise_bound(model, p, None)
+        off = ~torch.eye(3, dtype=torch.bool)
+        assert (pair[off] <= glob).all()
+        assert (pair[off] > 0).all()
+        # the certificate uses the min: radii from an explicit (global-only) bound are never larger
+        res = compute_certificates(model, x, p)
+        glob_r = ((res.margin - res.allowance) / glob).clamp_min(0)
+        assert (res.radius >= glob_r * (1 - 1e-9)).all()
+    # for l2 the pairwise rows of an orthogonal last layer are strictly tighter than sqrt(2) L
+    assert pair is not None
+    pair2 = _pairwise_bound(model, 2, None)
+    assert pair2[off].max() < math.sqrt(2) * lipkit.lipschitz_bound(model, 2)
+
+
+def test_unconstrained_net_gets_sound_smaller_radii():
+    torch.manual_seed(1)
+    x, y = _toy_data(n_per=15, seed=2)
+    model = nn.Sequential(nn.Linear(2, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(200):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    lip = lipkit.lipschitz_bound(model, 2)
+    assert lip > 1.5
+    res = compute_certificates(model, x, 2)
+    # radius <= margin / (||grad|| bound) is much smaller than margin / sqrt(2) (the 1-Lipschitz reading)
+    assert (res.radius <= (res.margin / math.sqrt(2)).clamp_min(0)).all()
+    assert (res.radius > 0).sum() >= 20
+    for p in (2, INF):
+        chk = check_certificates(model, x, y, p=p, steps=60, restarts=2,
+                                 generator=torch.Generator().manual_seed(0))
+        assert chk.n_certified >= 20
+        assert chk.n_broken == 0
+
+
+def _linear_model(seed: int = 0) -> tuple[nn.Sequential, torch.Tensor]:
+    torch.manual_seed(seed)
+    lin = nn.Linear(4, 5)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(5, 4))
+        lin.bias.copy_(torch.randn(5))
+    return nn.Sequential(lin), torch.randn(64, 4)
+
+
+@pytest.mark.parametrize("p", [2, INF])
+def test_linear_classifier_radius_is_exact_distance(p):
+    model, x = _linear_model()
+    w = model[0].weight.detach().double()
+    b = model[0].bias.detach().double()
+    logits = x.double() @ w.T + b
+    c = logits.argmax(1)
+    q = 2 if p == 2 else 1
+    exact = torch.full((x.shape[0],), math.inf, dtype=torch.float64)
+    for j in range(5):
+        num = logits.gather(1, c[:, None]).squeeze(1) - logits[:, j]
+        den = torch.linalg.vector_norm(w[c] - w[j], ord=q, dim=1)
+        r = torch.where(c == j, torch.full_like(num, math.inf), num / den)
+        exact = torch.minimum(exact, r)
+    ours = certified_radius(model, x, p)
+    assert ours.dtype == torch.float64
+    assert (ours <= exact).all()
+    assert (exact - ours).max() < 1e-4
+    assert (ours > 0).all()
+    # a bare nn.Linear (no Sequential) only gets the global bound: sound, looser
+    loose = certified_radius(model[0], x, p)
+    assert (loose <= ours + 1e-12).all()
+    assert (loose < ours).any()
+
+
+def test_linear_classifier_pgd_reaches_boundary_just_beyond_radius():
+    model, x = _linear_model()
+    r = certified_radius(model, x, 2)
+    pred = model(x).argmax(1)
+    adv = pgd(model, x, pred, r * 1.05, p=2, steps=100, restarts=4, clamp=None,
+              generator=torch.Generator().manual_seed(0))
+    assert torch.linalg.vector_norm(adv.double() - x.double(), dim=1).le((r * 1.05).float().double()).all()
+    with torch.no_grad():
+        flipped = (model(adv).argmax(1) != pred).double().mean().item()
+    assert flipped > 0.9
+    adv_in = pgd(model, x, pred, r * 0.999, p=2, steps=100, clamp=None)
+    with torch.no_grad():
+        assert (model(adv_in).argmax(1) == pred).all()
+
+
+def test_roundoff_allowance_covers_float32_error_and_zero_margin():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(50, 200), nn.Tanh(), nn.Linear(200, 200), nn.ReLU(), nn.Linear(200, 4))
+    x = 100.0 * torch.randn(16, 50)
+    res = compute_certificates(model, x, 2)
+    assert res.roundoff_rigorous
+    with torch.no_grad():
+        f32 = model(x).double()
+        exact = model.double()(x.double())
+    model.float()
+    err = (f32 - exact).abs().max(dim=1).values
+    assert (res.allowance >= 2 * err).all()
+    assert (res.allowance >= 1e-5 * exact.abs().max(dim=1).values).all()
+    # the a-priori bound gamma_n || |W||h| || grows with the input size (here ~0.04 for inputs of
+    # size 100 into a saturated tanh, far above the observed error); at unit inputs it is small
+    small = compute_certificates(model, x / 100, 2)
+    assert (small.allowance < res.allowance / 10).all()
+    # two identical rows: a tie, margin 0, radius exactly 0
+    tie = nn.Sequential(nn.Linear(3, 2))
+    with torch.no_grad():
+        tie[0].weight.copy_(torch.tensor([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]))
+        tie[0].bias.zero_()
+    assert (certified_radius(tie, torch.randn(5, 3), 2) == 0).all()
+    # a positive margin below the allowance (one float32 ulp at 1) gives radius 0, not a tiny radius
+    near = nn.Sequential(nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        near[0].weight.copy_(torch.eye(2))
+    xs = torch.tensor([[1.0 + 2.0**-23, 1.0], [2.0, 1.0]])
+    res = compute_certificates(near, xs, 2)
+    assert res.margin[0].item() == 2.0**-23 and res.radius[0].item() == 0.0
+    assert res.radius[1].item() == pytest.approx(1 / math.sqrt(2), rel=1e-4)
+    assert res.radius[1].item() < 1 / math.sqrt(2)
+
+
+class _Branchy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x) + x
+
+
+def test_non_chain_model_uses_floor_and_is_flagged():
+    from lipkit.bounds import register_bound
+
+    @register_bound(_Branchy)
+    def _rule(m, p, shapes):
+        return 1.0 + lipkit.lipschitz_bound(m.a, p)
+
+    torch.manual_seed(0)
+    model = _Branchy()
+    x = torch.randn(10, 3)
+    res = compute_certificates(model, x, 2)
+    assert not res.roundoff_rigorous
+    scale = model.double()(x.double()).abs().max(1).values.detach()
+    model.float()
+    assert (res.allowance >= 1e-4 * scale).all()
+    chk = check_certificates(model, x, model(x).argmax(1), p=2, steps=40,
+                             generator=torch.Generator().manual_seed(0))
+    assert chk.n_broken == 0
+
+
+def test_certify_leaves_model_untouched(trained):
+    model, x, _ = trained
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    compute_certificates(model, x, 2)
+    assert model.training
+    model.eval()
+    assert torch.nn.utils.parametrize.is_parametrized(model[0], "weight")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]) and v.dtype == torch.float32
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+    assert lipkit.lipschitz_bound(model, 2) <= 1.0 + 1e-5
+    # the float64 twin uses exactly the float32 weights of the forward pass, cast
+    twin = _float64_copy(model)
+    for i in (0, 2, 4):
+        assert not torch.nn.utils.parametrize.is_parametrized(twin[i])
+        assert torch.equal(twin[i].weight, model[i].weight.detach().double())
+    with torch.no_grad():
+        assert (twin(x.double()) - model(x).double()).abs().max() < 1e-5
+
+
+def test_external_lipschitz_and_input_shape(trained):
+    model, x, _ = trained
+    base = compute_certificates(model, x, 2)
+    looser = compute_certificates(model, x, 2, lipschitz=10.0)
+    assert (looser.radius <= base.radius).all()
+    assert looser.lipschitz == 10.0
+    compute_certificates(model, x, 2, input_shape=(2,))
+    with pytest.raises(ValueError, match="input_shape"):
+        compute_certificates(model, x, 2, input_shape=(3,))
+
+
+def test_bad_inputs_raise_clear_errors(trained):
+    model, x, y = trained
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        certified_radius(model, x.numpy(), 2)
+    with pytest.raises(TypeError, match="floating"):
+        certified_radius(model, x.long(), 2)
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        certified_radius(model, bad, 2)
+    with pytest.raises(ValueError, match="shape"):
+        certified_radius(model, torch.randn(4, 5), 2)
+    with pytest.raises(ValueError, match="batch"):
+        certified_radius(model, torch.randn(2), 2)
+    with pytest.raises(ValueError, match="p=2 and p=inf"):
+        certified_radius(model, x, 1)
+    with pytest.raises(ValueError, match="unknown norm"):
+        certified_radius(model, x, "l3")
+    with pytest.raises(ValueError, match="labels"):
+        certified_accuracy(model, x, y[:-1], 0.1)
+    with pytest.raises(ValueError, match="integer"):
+        certified_accuracy(model, x, y.float(), 0.1)
+    with pytest.raises(ValueError, match="eps"):
+        certified_accuracy(model, x, y, -0.1)
+    with pytest.raises(ValueError, match="logits"):
+        certified_radius(nn.Sequential(nn.Linear(2, 3), nn.Flatten(0)), x, 2)
+
+
+def test_pgd_respects_ball_and_box():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    x = torch.rand(20, 6)
+    y = torch.randint(0, 3, (20,))
+    eps = torch.linspace(0.01, 0.3, 20)
+    for p in (2, INF):
+        adv = pgd(model, x, y, eps, p=p, steps=20, restarts=2, clamp=(0.0, 1.0))
+        d = torch.linalg.vector_norm(adv.double() - x.double(), ord=p, dim=1)
+        assert (d <= eps.double()).all()
+        assert adv.min() >= 0 and adv.max() <= 1
+        with torch.no_grad():
+            assert (margin_loss(model(adv), y) <= margin_loss(model(x), y) + 1e-6).all()
+    # radii near the float32 spacing of x: the rounding of x + delta must not leave the ball
+    big = 1000.0 + torch.rand(20, 6)
+    for p in (2, INF):
+        adv = pgd(model, big, y, 3e-4, p=p, steps=10, clamp=None)
+        d = torch.linalg.vector_norm(adv.double() - big.double(), ord=p, dim=1)
+        assert (d <= torch.tensor(3e-4, dtype=torch.float32).double()).all()
+        assert (d > 0).any()
+    with pytest.raises(ValueError, match="clamp"):
+        pgd(model, x + 2, y, 0.1, p=2)
+    with pytest.raises(ValueError, match="eps"):
+        pgd(model, x, y, torch.ones(3), p=2)
+    with pytest.raises(ValueError, match="y must"):
+        pgd(model, x, y.float(), 0.1)
+
+
+def test_targeted_pgd_reaches_target():
+    model, x = _linear_model(3)
+    target = (model(x).argmax(1) + 1) % 5
+    adv = pgd(model, x, target, 50.0, p=INF, steps=50, clamp=None, targeted=True)
+    with torch.no_grad():
+        assert (model(adv).argmax(1) == target).double().mean() > 0.9
+
+
+class _SkipSequential(nn.Sequential):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + x[:, :3]
+
+
+def test_sequential_subclass_with_own_forward_is_not_treated_as_a_chain():
+    from lipkit.bounds import register_bound
+
+    @register_bound(_SkipSequential)
+    def _rule(m, p, shapes):
+        return 1.0 + lipkit.lipschitz_bound(nn.Sequential(*m), p)
+
+    torch.manual_seed(0)
+    model = _SkipSequential(nn.Linear(3, 3))
+    assert _pairwise_bound(model, 2, None) is None
+    res = compute_certificates(model, torch.randn(8, 3), 2)
+    assert not res.roundoff_rigorous

@@ -1,0 +1,258 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lipkit.estimate import (
+    METHODS,
+    Estimate,
+    estimate,
+    exact_one_hidden_relu,
+    jacobian_norm,
+    lipopt,
+    lipsdp,
+    lower_bound,
+    max_pattern_norm,
+    naive_upper,
+)
+from lipkit.estimate._mlp import parse_mlp
+from lipkit.estimate.exact import _opnorm
+from lipkit.estimate.lipopt import LiPoptError
+from lipkit.estimate.lipsdp import _lmi, _structure, certify_multipliers
+
+
+def one_hidden(d: int, h: int, m: int, seed: int, bias: bool = False) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d, h, bias=bias), nn.ReLU(), nn.Linear(h, m, bias=bias))
+
+
+# input dim >= width: generic W has full row rank, so every activation pattern is reachable
+SHAPES = [(5, 5, 1), (10, 10, 1), (8, 6, 3)]
+NETS = [(s, seed) for s in SHAPES for seed in (0, 1)]
+
+
+@pytest.mark.parametrize("p", [2, math.inf, 1])
+def test_exact_is_attained_and_dominates_pairs(p):
+    net = one_hidden(6, 5, 2, seed=3)
+    W, V = net[0].weight.detach().double(), net[2].weight.detach().double()
+    L = exact_one_hidden_relu(net, p)
+    # attained: pick the maximising pattern, build x with sign(Wx) = pattern, compare the Jacobian norm
+    best, best_D = -1.0, None
+    for bits in range(2 ** 5):
+        D = torch.tensor([(bits >> k) & 1 for k in range(5)], dtype=torch.float64)
+        val = max_pattern_norm(W * D[:, None], V, p)
+        if val > best:
+            best, best_D = val, D
+    target = 2 * best_D - 1
+    x = torch.linalg.lstsq(W, target[:, None]).solution.T
+    assert torch.equal((W @ x.T).squeeze(1) > 0, best_D > 0)
+    assert float(jacobian_norm(net, x, p)[0]) == pytest.approx(L, rel=1e-10)
+    # dominates difference quotients
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4000, 6, generator=g, dtype=torch.float64)
+    b = a + 0.3 * torch.randn(4000, 6, generator=g, dtype=torch.float64)
+    net64 = net.double()
+    with torch.no_grad():
+        num = torch.linalg.vector_norm(net64(a) - net64(b), ord=p, dim=1)
+        r = num / torch.linalg.vector_norm(a - b, ord=p, dim=1)
+    assert float(r.max()) <= L * (1 + 1e-12)
+    assert float(r.max()) >= 0.3 * L
+
+
+def test_exact_refuses_unreachable_patterns():
+    with pytest.raises(ValueError, match="reachable"):
+        exact_one_hidden_relu(one_hidden(3, 5, 1, seed=0), 2)
+    with pytest.raises(ValueError, match="Linear -> ReLU -> Linear"):
+        exact_one_hidden_relu(nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 1)), 2)
+
+
+@pytest.mark.parametrize("shape,seed", NETS)
+def test_every_method_brackets_the_exact_constant(shape, seed):
+    net = one_hidden(*shape, seed=seed)
+    for p in (2, math.inf):
+        exact = exact_one_hidden_relu(net, p)
+        for method, (norms, _) in METHODS.items():
+            if p not in norms:
+                continue
+            est = estimate(net, p, method, lower_kwargs={"n_starts": 8, "steps": 20, "n_pairs": 128})
+            assert isinstance(est, Estimate)
+            assert est.method == method and est.p == p, est.details
+            assert est.upper >= exact, (method, p, est.upper, exact)
+            assert est.lower <= exact, (method, p, est.lower, exact)
+            assert est.lower >= 0.5 * exact  # the ascent finds a decent region on such small nets
+
+
+SDP_NETS = [((5, 5, 1), s) for s in range(4)] + [((10, 10, 1), s) for s in range(3)]
+
+
+@pytest.mark.parametrize("shape,seed", SDP_NETS)
+def test_lipsdp_neuron_is_nearly_exact(shape, seed):
+    net = one_hidden(*shape, seed=seed)
+    exact = exact_one_hidden_relu(net, 2)
+    r = lipsdp(net)
+    assert exact <= r.upper <= 1.02 * exact
+    layer = lipsdp(net, variant="layer")
+    assert layer.upper >= r.upper * (1 - 1e-6)
+    assert naive_upper(net, 2) >= r.upper
+
+
+def test_lipsdp_recertification_is_sound_for_bad_multipliers():
+    net = one_hidden(10, 10, 1, seed=5)
+    exact = exact_one_hidden_relu(net, 2)
+    mlp = parse_mlp(net)
+    s = _structure(mlp, 1.0)
+    good = lipsdp(net, eps=1e-7).lam
+    rng = np.random.default_rng(0)
+    for lam in (good * rng.uniform(0.5, 2.0, size=good.shape), good * 0.999, np.full(10, 1.0), good):
+        rho = certify_multipliers(s, lam)
+        assert math.sqrt(rho) >= exact  # sound whatever the multipliers (inf when uncertifiable)
+    assert certify_multipliers(s, np.zeros(10)) == math.inf
+    sloppy = lipsdp(net, eps=1e-1, max_iters=30)
+    assert sloppy.upper >= exact
+
+
+def test_lipsdp_inaccurate_solver_is_recertified():
+    # SCS stopped after a few iterations reports values BELOW the true constant; the certificate never does
+    under = 0
+    for seed in (0, 4, 5):
+        net = one_hidden(10, 10, 1, seed=seed)
+        exact = exact_one_hidden_relu(net, 2)
+        for iters in (5, 30):
+            r = lipsdp(net, eps=1e-1, max_iters=iters)
+            assert r.upper >= exact
+            under += r.solver_value < exact
+    assert under >= 1  # the raw solver value would have been unsound at least once
+
+
+def test_lipsdp_deep_mixed_activations_between_lower_and_naive():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 12), nn.LeakyReLU(0.1),
+                        nn.Linear(12, 8), nn.Sigmoid(), nn.Linear(8, 3), nn.ELU())
+    up = lipsdp(net).upper
+    lo = lower_bound(net, 2, n_starts=16, steps=40).value
+    assert lo <= up <= naive_upper(net, 2)
+    assert up < 0.8 * naive_upper(net, 2)  # LipSDP must actually improve on the product of norms
+
+
+@pytest.mark.parametrize("shape", [(5, 5, 1), (8, 8, 1), (8, 6, 3)])
+@pytest.mark.parametrize("p", [math.inf, 1])
+def test_lipopt3_is_exact_on_small_nets(shape, p):
+    net = one_hidden(*shape, seed=2)
+    exact = exact_one_hidden_relu(net, p)
+    r = lipopt(net, p, degree=3)
+    assert r.upper >= exact
+    assert r.upper == pytest.approx(exact, rel=1e-4)
+    assert lipopt(net, p, degree=2).upper >= exact
+
+
+def test_lipopt_with_bias_and_leaky_relu_is_sound():
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(4, 6), nn.LeakyReLU(0.2), nn.Linear(6, 2))
+    lo = lower_bound(net, math.inf, n_starts=16, steps=30).value
+    up = lipopt(net, math.inf, degree=2).upper
+    assert lo <= up <= naive_upper(net, math.inf)
+
+
+@pytest.mark.parametrize("p", [2, math.inf])
+def test_lower_bound_witness_is_real(p):
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+    lb = lower_bound(net, p, n_starts=8, steps=20)
+    assert lb.value > 0
+    if lb.kind == "jacobian":
+        assert float(jacobian_norm(net, lb.point[None], p)[0]) >= lb.value
+    else:
+        a, b = lb.pair
+        net64 = net.double()
+        with torch.no_grad():
+            num = torch.linalg.vector_norm(net64(a[None]) - net64(b[None]), ord=p)
+            ratio = num / torch.linalg.vector_norm(a - b, ord=p)
+        assert float(ratio) >= lb.value
+    assert lb.value <= naive_upper(net, p)
+
+
+def test_estimate_errors_and_fallbacks():
+    net = one_hidden(5, 5, 1, seed=0)
+    with pytest.raises(ValueError, match="available: naive, lipsdp"):
+        estimate(net, 2, method="lipsdp-network")
+    with pytest.raises(ValueError, match="does not support p=inf"):
+        estimate(net, "inf", method="lipsdp")
+    with pytest.raises(ValueError, match="unsupported norm"):
+        estimate(net, 3)
+    gelu = nn.Sequential(nn.Linear(4, 5), nn.GELU(), nn.Linear(5, 1))
+    est = estimate(gelu, 2, method="lipsdp", lower_kwargs={"n_starts": 4, "steps": 5})
+    assert est.method == "naive" and "GELU" in est.details["fallback"]
+    assert est.lower <= est.upper
+    deep = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(),
+                         nn.Linear(4, 1))
+    est = estimate(deep, math.inf, method="lipopt", lower=False)
+    assert est.method == "naive" and "degree >= 4" in est.details["fallback"] and est.lower == 0.0
+    assert est.upper == naive_upper(deep, math.inf)
+    wide = nn.Sequential(nn.Linear(300, 50), nn.ReLU(), nn.Linear(50, 2))
+    est = estimate(wide, math.inf, method="lipopt", lower=False)  # LP far too large: falls back quickly
+    assert est.method == "naive" and "limit" in est.details["fallback"] and est.seconds < 5
+    with pytest.raises(ValueError, match="unsound"):
+        lipsdp(net, variant="network")
+    bad = one_hidden(3, 3, 1, seed=0)
+    with torch.no_grad():
+        bad[0].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        lipsdp(bad)
+    for method in ("naive", "lipsdp"):
+        with pytest.raises(ValueError, match="NaN or infinite values in '0.weight'"):
+            estimate(bad, 2, method)
+
+
+def test_certified_rho_is_verified_and_tight():
+    net = one_hidden(6, 6, 2, seed=7)
+    s = _structure(parse_mlp(net), 1.0)
+    lam = lipsdp(net).lam
+    rho = certify_multipliers(s, lam)
+    M, _ = _lmi(s, lam, rho)
+    assert np.linalg.eigvalsh(M)[-1] <= 0  # M(rho, T) is negative semidefinite
+    M_lo, _ = _lmi(s, lam, rho * (1 - 1e-5))
+    assert np.linalg.eigvalsh(M_lo)[-1] > 0  # and rho is (nearly) the smallest such value
+
+
+def test_lipopt_deep_bounds_the_vertex_maximum():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 3, bias=False), nn.ReLU(), nn.Linear(3, 3, bias=False), nn.ReLU(),
+                        nn.Linear(3, 2, bias=False))
+    W1, W2, V = (m.weight.detach().double() for m in net if isinstance(m, nn.Linear))
+    for p in (math.inf, 1):
+        # the polynomial LiPopt bounds is maximised at a vertex: max over all pattern pairs (D1, D2)
+        vertex = max(
+            float(_opnorm(V @ torch.diag(D[3:]) @ W2 @ torch.diag(D[:3]) @ W1, p))
+            for D in (torch.tensor([(b >> k) & 1 for k in range(6)], dtype=torch.float64) for b in range(64))
+        )
+        up = lipopt(net, p, degree=3).upper
+        assert vertex <= up <= vertex * (1 + 1e-6)
+        assert lower_bound(net, p, n_starts=8, steps=20).value <= up
+    with pytest.raises(LiPoptError, match="degree >= 3"):
+        lipopt(net, math.inf, degree=2)
+
+
+def test_estimate_on_a_cnn_falls_back_to_naive():
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 5 * 5, 3))
+    est = estimate(cnn, 2, "lipsdp", input_shape=(1, 5, 5), lower_kwargs={"n_starts": 4, "steps": 10})
+    assert est.method == "naive" and "Conv2d" in est.details["fallback"]
+    assert 0 < est.lower <= est.upper == naive_upper(cnn, 2, input_shape=(1, 5, 5))
+
+
+def test_parse_merges_consecutive_linear_layers():
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 5), nn.ReLU(), nn.Dropout(0.5), nn.Linear(5, 2)).eval()
+    mlp = parse_mlp(net)
+    assert mlp.depth == 2 and mlp.hidden_sizes == [5]
+    x = torch.randn(7, 6, dtype=torch.float64)
+    W, V = mlp.weights
+    b, c = mlp.biases
+    with torch.no_grad():
+        assert torch.allclose(torch.relu(x @ W.T + b) @ V.T + c, net.double()(x), atol=1e-12)
+    exact = exact_one_hidden_relu(net, 2)
+    assert exact <= lipsdp(net).upper <= 1.05 * exact
