@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from lipkit.estimate import (
+from lipkit.estimation import (
     METHODS,
     Estimate,
     estimate,
@@ -19,10 +19,10 @@ from lipkit.estimate import (
     max_pattern_norm,
     naive_upper,
 )
-from lipkit.estimate._mlp import parse_mlp
-from lipkit.estimate.exact import _opnorm
-from lipkit.estimate.lipopt import LiPoptError
-from lipkit.estimate.lipsdp import _lmi, _structure, certify_multipliers
+from lipkit.estimation._mlp import parse_mlp
+from lipkit.estimation.exact import _opnorm
+from lipkit.estimation.lipopt import LiPoptError
+from lipkit.estimation.lipsdp import _lmi, _structure, certify_multipliers
 
 
 def one_hidden(d: int, h: int, m: int, seed: int, bias: bool = False) -> nn.Sequential:

@@ -8,9 +8,12 @@ from lipkit import attacks  # noqa: F401
 from lipkit.bounds import *  # noqa: F403
 from lipkit.certify import *  # noqa: F403
 from lipkit.convnorm import *  # noqa: F403
+from lipkit.data import load_dataset  # noqa: F401
+from lipkit.estimation import Estimate, estimate  # noqa: F401
 from lipkit.export import *  # noqa: F403
 from lipkit.layers.activations import *  # noqa: F403
 from lipkit.layers.conv import *  # noqa: F403
+from lipkit.layers.distance import *  # noqa: F403
 from lipkit.layers.linear import *  # noqa: F403
 from lipkit.layers.pooling import *  # noqa: F403
 from lipkit.layers.residual import *  # noqa: F403

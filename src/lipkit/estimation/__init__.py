@@ -4,9 +4,9 @@
 
 * ``"naive"``: product of the layers' bounds from :func:`lipkit.lipschitz_bound` (any supported model);
 * ``"lipsdp"`` / ``"lipsdp-layer"``: LipSDP-Neuron / -Layer (Fazlyab et al., NeurIPS 2019), p = 2, MLPs,
-  re-certified from the solver's multipliers (see :mod:`lipkit.estimate.lipsdp`);
+  re-certified from the solver's multipliers (see :mod:`lipkit.estimation.lipsdp`);
 * ``"lipopt"`` / ``"lipopt2"``: LiPopt degree 3 / 2 (Latorre et al., ICLR 2020), p = inf or 1, MLPs with
-  at most 2 / 1 hidden layers (see :mod:`lipkit.estimate.lipopt`; call ``lipopt(model, p, degree=k)``
+  at most 2 / 1 hidden layers (see :mod:`lipkit.estimation.lipopt`; call ``lipopt(model, p, degree=k)``
   directly for deeper nets, ``k >=`` number of linear layers).
 
 The lower bound is attained by a concrete point or pair (:func:`lower_bound`).  When a solver fails or the
