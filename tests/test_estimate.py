@@ -76,7 +76,7 @@ def test_every_method_brackets_the_exact_constant(shape, seed):
     for p in (2, math.inf):
         exact = exact_one_hidden_relu(net, p)
         for method, (norms, _) in METHODS.items():
-            if p not in norms:
+            if p not in norms or method == "local":  # local bounds are tested in test_estimate_local.py
                 continue
             est = estimate(net, p, method, lower_kwargs={"n_starts": 8, "steps": 20, "n_pairs": 128})
             assert isinstance(est, Estimate)

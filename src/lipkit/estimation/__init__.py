@@ -7,7 +7,10 @@
   re-certified from the solver's multipliers (see :mod:`lipkit.estimation.lipsdp`);
 * ``"lipopt"`` / ``"lipopt2"``: LiPopt degree 3 / 2 (Latorre et al., ICLR 2020), p = inf or 1, MLPs with
   at most 2 / 1 hidden layers (see :mod:`lipkit.estimation.lipopt`; call ``lipopt(model, p, degree=k)``
-  directly for deeper nets, ``k >=`` number of linear layers).
+  directly for deeper nets, ``k >=`` number of linear layers);
+* ``"local"`` with ``input_domain=``: the constant restricted to a box or ball (interval bound propagation
+  fixes the neurons that cannot switch, then naive / LipSDP / LiPopt with the narrowed slope ranges, see
+  :mod:`lipkit.estimation.local`).
 
 The lower bound is attained by a concrete point or pair (:func:`lower_bound`).  When a solver fails or the
 model is outside a method's scope, the next sound method is used and ``details["fallback"]`` says why.
@@ -27,6 +30,7 @@ from lipkit.bounds import normalize_p
 from .exact import exact_one_hidden_relu, max_pattern_norm
 from .lipopt import LiPoptError, LiPoptResult, lipopt
 from .lipsdp import LipSDPError, LipSDPResult, lipsdp
+from .local import Domain, affine_local_upper, as_domain, interval_bounds, local_slopes, naive_local_upper
 from .lower import LowerBound, check_finite, jacobian_norm, lower_bound
 from .naive import naive_upper
 
@@ -46,6 +50,10 @@ __all__ = [
     "LiPoptError",
     "exact_one_hidden_relu",
     "max_pattern_norm",
+    "Domain",
+    "as_domain",
+    "interval_bounds",
+    "local_upper",
 ]
 
 #: method -> (norms it supports, next method to try when it fails)
@@ -55,6 +63,7 @@ METHODS: dict[str, tuple[tuple[float, ...], str | None]] = {
     "lipsdp-layer": ((2.0,), "naive"),
     "lipopt": ((1.0, math.inf), "lipopt2"),
     "lipopt2": ((1.0, math.inf), "naive"),
+    "local": ((1.0, 2.0, math.inf), "naive"),
 }
 
 
@@ -75,9 +84,46 @@ class Estimate:
         return self.upper / self.lower - 1.0 if self.lower > 0 else math.inf
 
 
-def _run(
-    method: str, model: nn.Module, p: float, time_limit: float | None, input_shape: tuple[int, ...] | None
+def local_upper(
+    model: nn.Module, p: float | int | str, domain, time_limit: float | None = None
 ) -> tuple[float, dict]:
+    """Sound upper bound of the Lipschitz constant of ``model`` restricted to the convex ``domain``.
+
+    The minimum of naive-local and, with the narrowed slopes, LipSDP-Neuron (p = 2) or LiPopt (p = inf, 1;
+    degree = number of linear layers, at most 3).  Raises ``TypeError`` if the model is not an MLP.
+    Returns ``(upper, info)`` with every candidate and the counts of fixed / dead neurons.
+    """
+    p = normalize_p(p)
+    dom = as_domain(domain)
+    mlp, slopes, stats = local_slopes(model, dom)
+    cands = {"naive-local": naive_local_upper(mlp, p)}
+    affine = affine_local_upper(mlp, p)
+    if affine is not None:
+        cands["affine-local"] = affine
+    info: dict = dict(stats)
+    if mlp.depth >= 2 and stats["fixed"] < stats["neurons"]:
+        try:
+            if p == 2:
+                cands["lipsdp-local"] = lipsdp(model, neuron_slopes=slopes, time_limit=time_limit,
+                                               max_iters=5000).upper
+            elif mlp.depth <= 3:
+                cands["lipopt-local"] = lipopt(model, p, degree=max(mlp.depth, 2), time_limit=time_limit,
+                                               neuron_slopes=slopes).upper
+        except (LipSDPError, LiPoptError) as exc:
+            info["local_solver_error"] = f"{type(exc).__name__}: {exc}"
+    info["candidates"] = cands
+    info["domain"] = dom.describe()
+    best = min(cands, key=cands.__getitem__)
+    info["local_method"] = best
+    return cands[best], info
+
+
+def _run(
+    method: str, model: nn.Module, p: float, time_limit: float | None, input_shape: tuple[int, ...] | None,
+    domain=None,
+) -> tuple[float, dict]:
+    if method == "local":
+        return local_upper(model, p, domain, time_limit)
     if method == "naive":
         return naive_upper(model, p, input_shape=input_shape), {}
     if method in ("lipsdp", "lipsdp-layer"):
@@ -96,6 +142,7 @@ def estimate(
     input_shape: tuple[int, ...] | None = None,
     lower: bool = True,
     lower_kwargs: dict | None = None,
+    input_domain=None,
 ) -> Estimate:
     """Bracket the l_p Lipschitz constant of ``model`` with a sound upper bound and an attained lower bound.
 
@@ -107,6 +154,10 @@ def estimate(
         input_shape: shape of one input (without batch), for models whose shape cannot be inferred.
         lower: compute the lower bound (multi-start Jacobian ascent + pairs); else ``lower = 0``.
         lower_kwargs: extra arguments for :func:`lower_bound`.
+        input_domain: for ``method="local"``: a box ``(lo, hi)`` or a ball ``(center, radius, q)`` (tensors
+            of one input's shape); the bracket is then of the constant restricted to that domain.  If the
+            model is not an MLP the global naive bound (also valid on the domain) is used and ``details``
+            says why.
     Raises:
         ValueError: unknown method (the message lists them) or a norm the method does not support.
     """
@@ -118,6 +169,14 @@ def estimate(
         ok = [m for m, (ps, _) in METHODS.items() if p in ps]
         raise ValueError(f"method {method!r} does not support p={p}; for this norm use one of {ok}")
     check_finite(model)
+    domain = None
+    if method == "local":
+        if input_domain is None:
+            raise ValueError("method 'local' needs input_domain=(lo, hi) or (center, radius, p)")
+        domain = as_domain(input_domain, input_shape)
+        input_shape = domain.shape
+    elif input_domain is not None:
+        raise ValueError(f"input_domain is only used by method='local', not {method!r}")
     t0 = time.perf_counter()
     details: dict = {}
     current: str | None = method
@@ -126,7 +185,7 @@ def estimate(
     failures: list[str] = []
     while current is not None:
         try:
-            upper, info = _run(current, model, p, time_limit, input_shape)
+            upper, info = _run(current, model, p, time_limit, input_shape, domain)
             details.update(info)
             used = current
             break
@@ -148,7 +207,7 @@ def estimate(
         upper = naive
     low = 0.0
     if lower:
-        lb = lower_bound(model, p, input_shape=input_shape, **(lower_kwargs or {}))
+        lb = lower_bound(model, p, input_shape=input_shape, domain=domain, **(lower_kwargs or {}))
         low = lb.value
         details["lower_kind"] = lb.kind
         details["lower_witness"] = lb.point if lb.kind == "jacobian" else lb.pair

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -46,6 +47,18 @@ class MLP:
     biases: list[torch.Tensor]
     acts: list[nn.Module]
     slopes: list[tuple[float, float]]
+    #: optional per-neuron slope bounds ``(alpha_k, beta_k)`` (float64 arrays, one entry per neuron of hidden
+    #: layer k) that override ``slopes``; set by the local method from interval bounds.
+    neuron_slopes: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+    def layer_slopes(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-neuron slope bounds of hidden layer ``k`` (``neuron_slopes`` or the activation's range)."""
+        if self.neuron_slopes is not None:
+            a, b = self.neuron_slopes[k]
+            return np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        n = int(self.weights[k].shape[0])
+        a, b = self.slopes[k]
+        return np.full(n, float(a)), np.full(n, float(b))
 
     @property
     def depth(self) -> int:

@@ -198,10 +198,15 @@ def _gradient_poly(mlp, p: float, r: int, absolute: bool) -> tuple[Poly, int]:
     for layer, w in enumerate(Ws):
         x = [_lincomb(x, w[i]) for i in range(w.shape[0])]
         if layer < len(Ws) - 1:
-            al, be = mlp.slopes[layer]
-            al, gap = (abs(al), abs(be - al)) if absolute else (al, be - al)
-            x = [_times_slope(q, offset + k, al, gap) for k, q in enumerate(x)]
-            offset += w.shape[0]
+            als, bes = mlp.layer_slopes(layer)
+            new_x: list[Poly] = []
+            for k, q in enumerate(x):
+                al, gap = float(als[k]), float(bes[k] - als[k])
+                al, gap = (abs(al), abs(gap)) if absolute else (al, gap)
+                # a neuron with a fixed slope (gap 0, e.g. a ReLU that cannot switch) needs no variable
+                new_x.append(_times_slope(q, offset, al, gap))
+                offset += gap != 0.0
+            x = new_x
     if p == math.inf:
         return x[r], offset
     t = [{(i,): 2.0, (): -1.0 * sgn} for i in range(n_t)]
@@ -220,10 +225,14 @@ def lipopt(
     *,
     degree: int = 3,
     time_limit: float | None = None,
+    neuron_slopes: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> LiPoptResult:
     """Certified l_inf (or l1) Lipschitz upper bound of an MLP by LiPopt-``degree``.
 
     The gradient polynomial of a network with ``L`` linear layers has degree ``L``, so ``degree >= L``.
+    ``neuron_slopes`` (per hidden layer, per-neuron ``(alpha, beta)``) replaces the activations' slope
+    ranges, e.g. with the ranges interval bounds imply on an input domain (the local method); neurons with
+    ``alpha == beta`` get no variable.
     Raises ``ValueError`` for p = 2, ``LiPoptError`` when the degree is too low or the LP is too large /
     fails.
     """
@@ -234,6 +243,10 @@ def lipopt(
         raise ValueError(f"LiPopt degree must be >= 1, got {degree}")
     t0 = time.perf_counter()
     mlp = parse_mlp(model)
+    if neuron_slopes is not None:
+        if len(neuron_slopes) != mlp.depth - 1:
+            raise ValueError(f"neuron_slopes needs {mlp.depth - 1} layers, got {len(neuron_slopes)}")
+        mlp.neuron_slopes = list(neuron_slopes)
     if mlp.depth < 2:
         raise LiPoptError("LiPopt needs a hidden layer (a linear map's norm is exact: use 'naive')")
     if degree < mlp.depth:

@@ -58,30 +58,52 @@ class LipSDPResult:
 
 
 def _structure(mlp: MLP, scale: float) -> dict:
-    """Constant matrices ``A``, ``B``, the output term and per-neuron slopes (numpy float64)."""
+    """Constant matrices ``A``, ``B``, the output term and per-neuron slopes (numpy float64).
+
+    ``z = (x, phi of the free neurons)``.  A neuron whose slope range is a single value ``c`` (per-neuron
+    slopes of the local method, e.g. a ReLU that cannot switch) is *substituted*: its output is exactly ``c``
+    times its pre-activation, a linear function of ``z``, so it gets no coordinate in ``z`` and no
+    multiplier.  Then ``v_k = V_k z`` for every layer output (``V_0 = [I 0]``), the free pre-activations are
+    ``A z = W_k[free] V_{k-1} z`` and the output is ``W_L V_{L-1} z``.  ``A_abs`` / ``out_abs`` are the same
+    products of absolute values (they bound the round-off of forming them).
+    """
     Ws = [w.numpy() for w in mlp.weights]
     n0 = Ws[0].shape[1]
-    hid = [w.shape[0] for w in Ws[:-1]]
+    L = len(Ws)
+    slopes = [mlp.layer_slopes(k) for k in range(L - 1)]
+    free = [a != b for a, b in slopes] if mlp.neuron_slopes is not None else [np.ones(w.shape[0], bool)
+                                                                                 for w in Ws[:-1]]
+    hid = [int(f.sum()) for f in free]
     n = sum(hid)
     N = n0 + n
     A = np.zeros((n, N))
-    row, col = 0, 0
+    A_abs = np.zeros((n, N))
+    V = np.zeros((n0, N))
+    V[:, :n0] = np.eye(n0)
+    V_abs = V.copy()
+    row, col = 0, n0
     for k, w in enumerate(Ws[:-1]):
-        A[row:row + hid[k], col:col + w.shape[1]] = w
-        col += w.shape[1]
+        P, P_abs = w @ V, np.abs(w) @ V_abs
+        f = free[k]
+        A[row:row + hid[k]] = P[f]
+        A_abs[row:row + hid[k]] = P_abs[f]
+        c = slopes[k][0]
+        V, V_abs = c[:, None] * P, np.abs(c)[:, None] * P_abs
+        V[f], V_abs[f] = 0.0, 0.0
+        V[np.flatnonzero(f), col + np.arange(hid[k])] = 1.0
+        V_abs[np.flatnonzero(f), col + np.arange(hid[k])] = 1.0
         row += hid[k]
+        col += hid[k]
     B = np.zeros((n, N))
     B[:, n0:] = np.eye(n)
-    WL = Ws[-1] / scale
-    out = np.zeros((N, N))
-    last = N - hid[-1]
-    out[last:, last:] = WL.T @ WL
-    out_abs = np.zeros((N, N))
-    out_abs[last:, last:] = np.abs(WL).T @ np.abs(WL)
-    alpha = np.concatenate([np.full(h, a) for h, (a, _) in zip(hid, mlp.slopes, strict=True)])
-    beta = np.concatenate([np.full(h, b) for h, (_, b) in zip(hid, mlp.slopes, strict=True)])
-    layer_of = np.concatenate([np.full(h, k) for k, h in enumerate(hid)])
-    return dict(A=A, B=B, out=out, out_abs=out_abs, alpha=alpha, beta=beta, n0=n0, n=n, N=N,
+    O = (Ws[-1] @ V) / scale
+    O_abs = (np.abs(Ws[-1]) @ V_abs) / scale
+    out = O.T @ O
+    out_abs = O_abs.T @ O_abs
+    alpha = np.concatenate([a[f] for (a, _), f in zip(slopes, free, strict=True)]) if n else np.zeros(0)
+    beta = np.concatenate([b[f] for (_, b), f in zip(slopes, free, strict=True)]) if n else np.zeros(0)
+    layer_of = np.concatenate([np.full(h, k) for k, h in enumerate(hid)]) if n else np.zeros(0, int)
+    return dict(A=A, A_abs=A_abs, B=B, out=out, out_abs=out_abs, alpha=alpha, beta=beta, n0=n0, n=n, N=N,
                 layer_of=layer_of, n_layers=len(hid))
 
 
@@ -93,7 +115,7 @@ def _lmi(s: dict, lam: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray]:
     AtC1A = (A.T * c1) @ A
     cross = (A.T * c2) @ B
     M = AtC1A + cross + cross.T - 2.0 * (B.T * lam) @ B + s["out"]
-    Aa = np.abs(A)
+    Aa = s["A_abs"]
     Mabs = (Aa.T * np.abs(c1)) @ Aa + 2.0 * (Aa.T * np.abs(c2)) @ B + 2.0 * (B.T * lam) @ B + s["out_abs"]
     n0 = s["n0"]
     M[np.arange(n0), np.arange(n0)] -= rho
@@ -171,6 +193,7 @@ def lipsdp(
     max_iters: int = 50_000,
     time_limit: float | None = None,
     verbose: bool = False,
+    neuron_slopes: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> LipSDPResult:
     """Certified l2 Lipschitz upper bound of an MLP by LipSDP-Neuron (``variant="neuron"``) or -Layer.
 
@@ -179,6 +202,9 @@ def lipsdp(
         variant: ``"neuron"`` (one multiplier per neuron, tight) or ``"layer"`` (one per layer).
         eps: SCS accuracy; the answer is re-certified anyway, ``eps`` only affects tightness.
         time_limit: seconds given to SCS (``None``: no limit).
+        neuron_slopes: per hidden layer, per-neuron slope bounds ``(alpha, beta)`` replacing the activations'
+            global ones (the local method passes the ranges implied by interval bounds on a domain; the
+            certificate then holds for pairs of inputs in that domain).
     Raises:
         LipSDPError: SCS failed and no certificate could be built from its multipliers.
     """
@@ -190,17 +216,24 @@ def lipsdp(
         )
     t0 = time.perf_counter()
     mlp = parse_mlp(model)
+    if neuron_slopes is not None:
+        if len(neuron_slopes) != mlp.depth - 1:
+            raise ValueError(f"neuron_slopes needs {mlp.depth - 1} layers, got {len(neuron_slopes)}")
+        mlp.neuron_slopes = list(neuron_slopes)
     if mlp.depth == 1:  # a single linear map: its spectral norm is exact
         sigma = float(np.linalg.norm(mlp.weights[0].numpy(), 2))
         return LipSDPResult(round_up(sigma, 8 * max(mlp.weights[0].shape) ** 2), np.zeros(0), sigma**2,
                             variant, "linear", sigma, time.perf_counter() - t0)
     # scale the output layer so the SDP is well conditioned: Lip(f) = scale * Lip(f / scale)
     norms = [float(np.linalg.norm(w.numpy(), 2)) for w in mlp.weights]
-    betas = [max(abs(a), abs(b)) for a, b in mlp.slopes]
+    betas = [float(np.abs(np.concatenate(mlp.layer_slopes(k))).max(initial=0.0))
+             for k in range(mlp.depth - 1)]
     scale = float(np.prod(norms) * np.prod(betas))
     if not scale > 0:
         return LipSDPResult(0.0, np.zeros(0), 0.0, variant, "zero", 0.0, time.perf_counter() - t0)
     s = _structure(mlp, scale)
+    if s["n"] == 0:
+        raise LipSDPError("every neuron has a fixed slope: the network is affine (use its Jacobian's norm)")
     if variant == "layer":
         return _lipsdp_layer(s, scale, t0, time_limit)
     A, B, a, b = s["A"], s["B"], s["alpha"], s["beta"]

@@ -176,6 +176,7 @@ def lower_bound(
     scale: float = 1.0,
     seed: int = 0,
     lr: float = 0.05,
+    domain=None,
 ) -> LowerBound:
     """Best sound lower bound found by Jacobian ascent and random pairs (see module docstring).
 
@@ -185,12 +186,23 @@ def lower_bound(
         input_shape: shape of one input without batch (inferred from a first ``nn.Linear``).
         n_starts, steps: number of ascent starts and steps.  n_pairs: random pairs sampled.
         scale: standard deviation of the random starting points.
+        domain: a :class:`lipkit.estimation.local.Domain`: then every point and pair lies in the domain (a
+            bound of the *local* constant).  Jacobians are only taken at interior points (the domain shrunk
+            by ``1e-6``), where small steps in every direction stay in the domain.
     """
     p = normalize_p(p)
     if n_starts < 1 or steps < 0 or n_pairs < 0:
         raise ValueError("n_starts must be >= 1, steps and n_pairs >= 0")
     check_finite(model)
-    shape = tuple(input_shape) if input_shape is not None else _infer_input_shape(model)
+    if domain is not None:
+        shape = tuple(domain.shape)
+        half = (domain.hi - domain.lo) / 2
+        scale = float(half.max()) if half.numel() else 0.0
+        inner = domain.shrunk(1e-6)
+        use_jac = bool((half > 0).all()) and scale > 0
+    else:
+        shape = tuple(input_shape) if input_shape is not None else _infer_input_shape(model)
+        inner, use_jac = None, True
     gen = torch.Generator().manual_seed(seed)
     m64 = copy.deepcopy(model).double().eval()
     for q in m64.parameters():
@@ -201,6 +213,8 @@ def lower_bound(
 
     def consider_points(x: torch.Tensor) -> None:
         nonlocal best
+        if not use_jac:
+            return
         x = x.detach()
         ok = _differentiable(m64, x)
         if not ok.any():
@@ -213,27 +227,40 @@ def lower_bound(
             best = LowerBound(v, "jacobian", point=xs[i].clone())
 
     # gradient ascent on the surrogate, checking the true Jacobian at each iterate
-    x = (scale * torch.randn((n_starts, *shape), generator=gen, dtype=torch.float64)).requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=lr * scale)
+    if inner is not None:
+        x = inner.sample(n_starts, gen).requires_grad_(True)
+    else:
+        x = (scale * torch.randn((n_starts, *shape), generator=gen, dtype=torch.float64)).requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=lr * max(scale, 1e-12))
     consider_points(x)
-    for t in range(steps):
+    for t in range(steps if use_jac else 0):
         for s in smooth:
             s.beta = 2.0 * (200.0 ** (t / max(steps - 1, 1)))
         obj = _opnorm(_jacobians(sur, x, create_graph=True), p).sum()
         opt.zero_grad()
         (-obj).backward()
         opt.step()
+        if inner is not None:
+            with torch.no_grad():
+                x.copy_(inner.project(x))
         consider_points(x)
     # small random perturbations of the best point (neighbouring linear regions)
     if best.point is not None:
         pert = best.point + 0.05 * scale * torch.randn((n_starts, *shape), generator=gen, dtype=torch.float64)
-        consider_points(pert)
+        consider_points(pert if inner is None else inner.project(pert))
 
     # random pairs, near (local) and far (global)
     if n_pairs > 0:
-        a = scale * torch.randn((n_pairs, *shape), generator=gen, dtype=torch.float64)
         radii = scale * torch.logspace(-3, 0, n_pairs, dtype=torch.float64).reshape(-1, *([1] * len(shape)))
-        b = a + radii * torch.randn((n_pairs, *shape), generator=gen, dtype=torch.float64)
+        if domain is not None:
+            a = domain.sample(n_pairs, gen)
+            b = domain.project(a + radii * torch.randn((n_pairs, *shape), generator=gen, dtype=torch.float64))
+            keep = (a - b).flatten(1).abs().amax(dim=1) > 0
+            a, b = a[keep], b[keep]
+        else:
+            a = scale * torch.randn((n_pairs, *shape), generator=gen, dtype=torch.float64)
+            b = a + radii * torch.randn((n_pairs, *shape), generator=gen, dtype=torch.float64)
+    if n_pairs > 0 and a.shape[0] > 0:
         with torch.no_grad():
             num = _vec_norm(m64(a) - m64(b), p)
             den = _vec_norm(a - b, p)
