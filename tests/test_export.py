@@ -79,3 +79,32 @@ def test_export_detects_output_mismatch() -> None:
         export(Noisy(), torch.randn(2, 4), check_bound=False)
     with pytest.raises(TypeError, match="torch.nn.Module"):
         export("not a model")
+
+
+class _UnitNorm(nn.Module):
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w / w.norm()
+
+
+class _Projection(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w.T
+
+
+def test_export_generic_parametrisation_leaves_original_working() -> None:
+    torch.manual_seed(0)
+    mod = _Projection()
+    parametrize.register_parametrization(mod, "w", _UnitNorm())
+    x = torch.randn(5, 3)
+    before = mod(x).detach().clone()
+    exported = export(mod, x, check_bound=False)
+    assert not parametrize.is_parametrized(exported)
+    assert type(exported) is _Projection
+    torch.testing.assert_close(exported(x), before)
+    # the original keeps its parametrisation and its outputs (a deep copy shares the injected class)
+    assert parametrize.is_parametrized(mod, "w")
+    torch.testing.assert_close(mod(x), before)
