@@ -30,6 +30,7 @@ from lipkit.bounds import normalize_p
 from .exact import exact_one_hidden_relu, max_pattern_norm
 from .lipopt import LiPoptError, LiPoptResult, lipopt
 from .lipsdp import LipSDPError, LipSDPResult, lipsdp
+from .load import LoadedSequential, ModelLoadError, load_model, onnx_to_torch
 from .local import Domain, affine_local_upper, as_domain, interval_bounds, local_slopes, naive_local_upper
 from .lower import LowerBound, check_finite, jacobian_norm, lower_bound
 from .naive import naive_upper
@@ -54,6 +55,10 @@ __all__ = [
     "as_domain",
     "interval_bounds",
     "local_upper",
+    "load_model",
+    "onnx_to_torch",
+    "ModelLoadError",
+    "LoadedSequential",
 ]
 
 #: method -> (norms it supports, next method to try when it fails)
@@ -169,6 +174,8 @@ def estimate(
         ok = [m for m, (ps, _) in METHODS.items() if p in ps]
         raise ValueError(f"method {method!r} does not support p={p}; for this norm use one of {ok}")
     check_finite(model)
+    if input_shape is None:  # models from load_model remember their input shape
+        input_shape = getattr(model, "input_shape", None)
     domain = None
     if method == "local":
         if input_domain is None:

@@ -157,6 +157,9 @@ def check_finite(model: nn.Module) -> None:
 
 
 def _infer_input_shape(model: nn.Module) -> tuple[int, ...]:
+    known = getattr(model, "input_shape", None)
+    if known is not None:
+        return tuple(known)
     for m in model.modules():
         if isinstance(m, nn.Linear):
             return (m.in_features,)
@@ -237,6 +240,13 @@ def lower_bound(
         for s in smooth:
             s.beta = 2.0 * (200.0 ** (t / max(steps - 1, 1)))
         obj = _opnorm(_jacobians(sur, x, create_graph=True), p).sum()
+        if not obj.requires_grad:  # piecewise-linear layers without a smooth surrogate (e.g. GroupSort)
+            with torch.no_grad():  # the Jacobian norm is piecewise constant: random restarts instead
+                fresh = inner.sample(n_starts, gen) if inner is not None else scale * torch.randn(
+                    (n_starts, *shape), generator=gen, dtype=torch.float64)
+                x.copy_(fresh)
+            consider_points(x)
+            continue
         opt.zero_grad()
         (-obj).backward()
         opt.step()
