@@ -1,4 +1,4 @@
-"""``lipkit`` command line: ``demo``, ``train``, ``certify``, ``report``.
+"""``lipkit`` command line: ``demo``, ``train``, ``certify``, ``report``, ``estimate``.
 
 Every user-facing failure (bad config, missing run folder, bad radius, corrupt checkpoint,
 missing data) ends with one line ``error: ...`` on stderr and a non-zero exit code, never a
@@ -194,6 +194,28 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder (e.g. runs
     paths = write_report(run_dir, metrics, cfg)
     _summary(Path(run_dir), metrics)
     typer.echo(f"wrote {paths['report']}")
+
+
+@app.command("estimate")
+def estimate_cmd(
+    model: Annotated[str, typer.Argument(help="an .onnx file (MLP/CNN) or a lipkit run folder")],
+    p: Annotated[str, typer.Option("--p", help="norm: 2, inf or 1")] = "2",
+    method: Annotated[str | None, typer.Option(
+        help="naive, lipsdp, lipsdp-layer, lipopt, lipopt2; several separated by commas "
+             "(default: lipsdp for p=2, lipopt for inf/1)")] = None,
+    time_limit: Annotated[float | None, typer.Option(help="seconds per solver (SCS / HiGHS)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the results as JSON here")] = None,
+    input_shape: Annotated[str | None, typer.Option(help="shape of one input, e.g. 1,28,28")] = None,
+    lower: Annotated[bool, typer.Option(help="also compute a lower bound")] = True,
+    progress: Annotated[bool, typer.Option(help="show a progress indicator")] = True,
+) -> None:
+    """Bracket a network's Lipschitz constant: sound upper bounds per method and an attained lower bound."""
+    from lipkit.estimation.command import run_estimate
+
+    try:
+        run_estimate(model, p, method, time_limit, json_out, input_shape, lower, progress)
+    except ValueError as exc:  # ModelLoadError, EstimateCommandError, bad options
+        raise CliError(str(exc)) from None
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
