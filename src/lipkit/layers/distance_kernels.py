@@ -17,21 +17,44 @@ and scatter the gradient with ``scatter_add_``:
     grad_x[b, i*] += g[b, o] * s[b, o],   grad_w[o, i*] -= g[b, o] * s[b, o],
     with i* = argmax_i |x[b, i] - w[o, i]| and s = sign(x[b, i*] - w[o, i*]).
 
-Ties: the kernel picks the first maximal index (deterministic), so exactly one coordinate receives the
-gradient.  That is an element of the Clarke subdifferential of the max (a convex combination
-of the tied coordinates' gradients with weight 1 on one of them); when the maximal distance
-is 0 the sign is 0 and the gradient is 0, also a valid subgradient.
+Ties: the kernels pick the first maximal index (deterministic, on both backends and for any
+number of threads), so exactly one coordinate receives the gradient.  That is an element of the
+Clarke subdifferential of the max (a convex combination of the tied coordinates' gradients with
+weight 1 on one of them); when the maximal distance is 0 the sign is 0 and the gradient is 0, also
+a valid subgradient.  For SortNet the order statistics are taken from a *stable* descending sort
+(equal distances in increasing index order), which fixes which coordinate each ``c_k`` goes to.
+``linf_dist_reference(..., ties="first")`` and ``sort_dist_reference`` follow the same rules.
 
-These are pure-torch kernels (no compiler needed).  ``*_reference`` functions give the naive
-broadcast versions, used by the tests and the benchmark.
+Two backends compute the same functions with the same tie rule:
+
+* ``"native"``: C++ kernels (:mod:`lipkit.layers.distance_native`, compiled on first use with the
+  system compiler, cached, multi-threaded with ``torch.get_num_threads()`` threads).  The l_inf
+  forward takes the max over register tiles of ``x`` rows x ``w`` rows, then finds the first
+  maximal index with an early-exit vector scan; memory is ``B x m`` outputs and ``B x m`` int32
+  codes (index and sign), nothing of size ``B x m x n``.  SortNet keeps the ``K`` largest distances
+  per pair by insertion behind a vectorised threshold test (``K <= NATIVE_MAX_K``); the l_p
+  relaxation runs natively for integer ``p`` (powers by repeated squaring).
+* ``"torch"``: pure torch ops over blocks (no compiler needed), the fallback everywhere.
+
+``backend="auto"`` (default) uses the native kernels for float32/float64 CPU tensors when they
+are available and the torch kernels otherwise; pass ``backend=`` to a function, call
+:func:`set_backend`, use :func:`use_backend` as a context manager, or set the environment
+variable ``LIPKIT_DISTANCE_BACKEND`` (``auto`` / ``native`` / ``torch``).
+
+``*_reference`` functions give the naive broadcast versions, used by the tests and the benchmark.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+from collections.abc import Iterator
 
 import torch
 from torch.autograd.function import once_differentiable
+
+from lipkit.layers import distance_native
 
 __all__ = [
     "linf_dist",
@@ -44,10 +67,121 @@ __all__ = [
     "lp_dist_reference",
     "sort_dist_reference",
     "DEFAULT_BUDGET_BYTES",
+    "NATIVE_MAX_K",
+    "BACKENDS",
+    "set_backend",
+    "get_backend",
+    "use_backend",
+    "native_available",
 ]
 
 #: Size of the one scratch buffer used by the kernels (bytes).
 DEFAULT_BUDGET_BYTES = 8 * 2**20
+
+#: Largest number of order statistics the native SortNet kernel keeps (larger K: torch kernel).
+NATIVE_MAX_K = 64
+
+#: Backend names accepted by ``backend=`` and :func:`set_backend`.
+BACKENDS = ("auto", "native", "torch")
+_NATIVE_DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+_backend: list[str | None] = [None]  # None: read LIPKIT_DISTANCE_BACKEND (default "auto")
+
+
+# --------------------------------------------------------------------------- backend selection
+
+
+def _valid_backend(name: object, where: str) -> str:
+    if not isinstance(name, str) or name.strip().lower() not in BACKENDS:
+        raise ValueError(f"unknown distance-kernel backend {name!r} ({where}); use one of {BACKENDS}")
+    return name.strip().lower()
+
+
+def get_backend() -> str:
+    """The default backend: set by :func:`set_backend`, else ``$LIPKIT_DISTANCE_BACKEND``, else ``"auto"``."""
+    if _backend[0] is not None:
+        return _backend[0]
+    env = os.environ.get("LIPKIT_DISTANCE_BACKEND")
+    return _valid_backend(env, "environment variable LIPKIT_DISTANCE_BACKEND") if env else "auto"
+
+
+def set_backend(name: str | None) -> None:
+    """Set the default backend (``"auto"``, ``"native"``, ``"torch"``; ``None``: back to the environment)."""
+    _backend[0] = None if name is None else _valid_backend(name, "set_backend")
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Context manager: run the enclosed kernels with backend ``name``."""
+    old = _backend[0]
+    set_backend(name)
+    try:
+        yield
+    finally:
+        _backend[0] = old
+
+
+def native_available() -> bool:
+    """Whether the native kernels are built and loaded (builds them on first call)."""
+    return distance_native.load() is not None
+
+
+def _native(x: torch.Tensor, backend: str | None, name: str):
+    """The native library if ``backend`` selects it for ``x``, else ``None`` (torch kernels)."""
+    choice = get_backend() if backend is None else _valid_backend(backend, name)
+    if choice == "torch":
+        return None
+    supported = x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES
+    if choice == "auto":
+        return distance_native.load() if supported else None
+    if not supported:
+        raise ValueError(f"{name}: the native backend supports float32/float64 CPU tensors, got {x.dtype} "
+                         f"on {x.device}; use backend='torch' or 'auto'")
+    lib = distance_native.load()
+    if lib is None:
+        raise RuntimeError(f"{name}: native backend requested but unavailable: "
+                           f"{distance_native.unavailable_reason()}")
+    return lib
+
+
+def _fn(lib, op: str, dtype: torch.dtype):
+    return getattr(lib, f"lk_{op}_{_NATIVE_DTYPES[dtype]}")
+
+
+def _nthreads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def _native_forward(lib, op: str, x: torch.Tensor, w: torch.Tensor, k: int, want_code: bool,
+                    coeffs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run ``lk_linf_forward`` (k = 1) or ``lk_topk_forward``: values and, if asked, int32 codes."""
+    bsz, n = x.shape
+    m = w.shape[0]
+    if n >= 2**31 - 1:
+        raise ValueError(f"{op}: in_features={n} too large for the native kernels' int32 indices")
+    y = torch.empty(bsz, m, dtype=x.dtype)
+    code = torch.empty(bsz, m, k, dtype=torch.int32) if want_code else None
+    cptr = code.data_ptr() if code is not None else None
+    if op == "linf_forward":
+        _fn(lib, op, x.dtype)(x.data_ptr(), w.data_ptr(), bsz, m, n, y.data_ptr(), cptr, _nthreads())
+    else:
+        _fn(lib, op, x.dtype)(x.data_ptr(), w.data_ptr(), coeffs.data_ptr(), bsz, m, n, k, y.data_ptr(), cptr,
+                              _nthreads())
+    return y, code
+
+
+def _native_scatter(lib, ctx, g: torch.Tensor, code: torch.Tensor, coeffs: torch.Tensor | None,
+                    x_shape, w_shape) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """grad_x[b, i] += s c_k g[b, o],  grad_w[o, i] -= s c_k g[b, o]  for code[b, o, k] = s (i + 1)."""
+    g = g.contiguous()
+    gx = torch.zeros(x_shape, dtype=g.dtype) if ctx.needs_input_grad[0] else None
+    gw = torch.zeros(w_shape, dtype=g.dtype) if ctx.needs_input_grad[1] else None
+    if gx is None and gw is None:
+        return None, None
+    bsz, m, k = code.shape
+    _fn(lib, "scatter_backward", g.dtype)(
+        g.data_ptr(), code.data_ptr(), None if coeffs is None else coeffs.data_ptr(), bsz, m, x_shape[1], k,
+        None if gx is None else gx.data_ptr(), None if gw is None else gw.data_ptr(), _nthreads())
+    return gx, gw
 
 
 # --------------------------------------------------------------------------- checks and blocking
@@ -170,27 +304,59 @@ class _LinfDist(torch.autograd.Function):
         return gx, gw, None
 
 
-def _check_finite(t: torch.Tensor, what: str, name: str) -> None:
-    if not torch.isfinite(t).all():
+def _check_finite(t: torch.Tensor, what: str, name: str, lib=None) -> None:
+    """Raise a ValueError naming ``what`` if ``t`` has a NaN or infinity (native scan if ``lib``)."""
+    if lib is not None:
+        tc = t.detach().contiguous()
+        ok = bool(_fn(lib, "all_finite", t.dtype)(tc.data_ptr(), tc.numel(), _nthreads()))
+    else:  # sum(t * 0) is 0 for finite t and NaN otherwise: one pass, cheaper than isfinite().all()
+        ok = not bool(torch.isnan((t.detach() * 0).sum()))
+    if not ok:
         raise ValueError(f"{name}: {what} contains NaN or infinite values")
 
 
-def linf_dist(x: torch.Tensor, w: torch.Tensor, *, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
+class _NativeLinfDist(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, lib) -> torch.Tensor:
+        y, code = _native_forward(lib, "linf_forward", x, w, 1, want_code=True)
+        ctx.save_for_backward(code)
+        ctx.lib, ctx.shapes = lib, (x.shape, w.shape)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy: torch.Tensor):
+        (code,) = ctx.saved_tensors
+        gx, gw = _native_scatter(ctx.lib, ctx, gy, code, None, *ctx.shapes)
+        return gx, gw, None
+
+
+def linf_dist(x: torch.Tensor, w: torch.Tensor, *, budget_bytes: int = DEFAULT_BUDGET_BYTES,
+              backend: str | None = None) -> torch.Tensor:
     """``y[b, o] = max_i |x[b, i] - w[o, i]|`` with bounded memory and a scatter backward.
 
-    Memory: one ``budget_bytes`` scratch buffer plus ``B x m`` outputs, indices and signs.
+    Memory: ``B x m`` outputs plus ``B x m`` saved codes (native: int32 index and sign) or indices
+    and signs (torch: int64 + float, and one ``budget_bytes`` scratch buffer).
+    Gradient: all of ``g[b, o]`` goes to the first maximal coordinate (see the module docstring).
     Not twice differentiable (the function is piecewise linear; its second derivative is 0 a.e.).
+    ``backend``: ``"auto"`` / ``"native"`` / ``"torch"`` (default: :func:`get_backend`).
     """
     _check(x, w, "linf_dist")
-    _check_finite(x, "input", "linf_dist")
-    _check_finite(w, "weight", "linf_dist")
+    lib = _native(x, backend, "linf_dist")
+    _check_finite(x, "input", "linf_dist", lib)
+    _check_finite(w, "weight", "linf_dist", lib)
+    x, w = x.contiguous(), w.contiguous()
+    if lib is not None:
+        if _needs_grad(x, w):
+            return _NativeLinfDist.apply(x, w, lib)
+        return _native_forward(lib, "linf_forward", x, w, 1, want_code=False)[0]
     if _needs_grad(x, w):
-        return _LinfDist.apply(x.contiguous(), w.contiguous(), int(budget_bytes))
-    return _linf_forward(x.contiguous(), w.contiguous(), int(budget_bytes), want_index=False)[0]
+        return _LinfDist.apply(x, w, int(budget_bytes))
+    return _linf_forward(x, w, int(budget_bytes), want_index=False)[0]
 
 
 def masked_linf_dist(x: torch.Tensor, w: torch.Tensor, mask: torch.Tensor, *,
-                     budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
+                     budget_bytes: int = DEFAULT_BUDGET_BYTES, backend: str | None = None) -> torch.Tensor:
     """``y[b, o] = max_{i : mask[i]} |x[b, i] - w[o, i]|`` for a boolean ``mask`` of shape ``(n,)``.
 
     One mask shared by the batch and the outputs: the kept columns are gathered once and the
@@ -206,12 +372,23 @@ def masked_linf_dist(x: torch.Tensor, w: torch.Tensor, mask: torch.Tensor, *,
     cols = mask.nonzero().squeeze(1)
     if cols.numel() == 0:
         raise ValueError("masked_linf_dist: the mask keeps no input coordinate")
-    return linf_dist(x.index_select(1, cols), w.index_select(1, cols), budget_bytes=budget_bytes)
+    return linf_dist(x.index_select(1, cols), w.index_select(1, cols), budget_bytes=budget_bytes,
+                     backend=backend)
 
 
-def linf_dist_reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Naive broadcast version (``B x m x n`` memory); for tests and benchmarks."""
-    return (x.unsqueeze(1) - w.unsqueeze(0)).abs().amax(dim=2)
+def linf_dist_reference(x: torch.Tensor, w: torch.Tensor, *, ties: str = "split") -> torch.Tensor:
+    """Naive broadcast version (``B x m x n`` memory); for tests and benchmarks.
+
+    ``ties="split"``: ``amax``, whose autograd spreads the gradient evenly over tied maxima (the
+    fastest naive form, used by the benchmark); ``ties="first"``: ``max(dim)``, whose gradient goes
+    to the first maximal index -- the subgradient the fused kernels choose.
+    """
+    d = (x.unsqueeze(1) - w.unsqueeze(0)).abs()
+    if ties == "split":
+        return d.amax(dim=2)
+    if ties == "first":
+        return d.max(dim=2).values
+    raise ValueError(f"linf_dist_reference: ties must be 'split' or 'first', got {ties!r}")
 
 
 # --------------------------------------------------------------------------- l_p distance
@@ -279,22 +456,66 @@ class _LpDist(torch.autograd.Function):
         return gx, gw, None, None
 
 
-def lp_dist(x: torch.Tensor, w: torch.Tensor, p: float, *,
-            budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
-    """``y[b, o] = ||x[b] - w[o]||_p`` for ``1 <= p < inf`` with bounded memory (``p = inf``
-    dispatches to :func:`linf_dist`).  The backward recomputes the differences block by block.
+class _NativeLpDist(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, p: int, lib) -> torch.Tensor:
+        y = torch.empty(x.shape[0], w.shape[0], dtype=x.dtype)
+        _fn(lib, "lp_forward", x.dtype)(x.data_ptr(), w.data_ptr(), x.shape[0], w.shape[0], x.shape[1], p,
+                                        y.data_ptr(), _nthreads())
+        ctx.save_for_backward(x, w, y)
+        ctx.p, ctx.lib = p, lib
+        return y
 
-    Integer ``p`` (8, 16, 32, ...) is much faster on CPU than fractional ``p`` (powers by repeated
-    squaring instead of ``exp(p log a)``); a trainer's schedule should prefer integers."""
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy: torch.Tensor):
+        x, w, y = ctx.saved_tensors
+        gy = gy.contiguous()
+        gx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        gw = torch.zeros_like(w) if ctx.needs_input_grad[1] else None
+        if gx is None and gw is None:
+            return None, None, None, None
+        nt = _nthreads()
+        # per-thread partial sums of grad_x: at most min(threads, work items) x B x n
+        scratch = torch.empty(nt * x.numel() if gx is not None else 1, dtype=x.dtype)
+        gx_ptr = None if gx is None else gx.data_ptr()
+        gw_ptr = None if gw is None else gw.data_ptr()
+        _fn(ctx.lib, "lp_backward", x.dtype)(
+            x.data_ptr(), w.data_ptr(), y.data_ptr(), gy.data_ptr(), x.shape[0], w.shape[0], x.shape[1],
+            ctx.p, gx_ptr, gw_ptr, scratch.data_ptr(), nt)
+        return gx, gw, None, None
+
+
+def lp_dist(x: torch.Tensor, w: torch.Tensor, p: float, *,
+            budget_bytes: int = DEFAULT_BUDGET_BYTES, backend: str | None = None) -> torch.Tensor:
+    """``y[b, o] = ||x[b] - w[o]||_p`` for ``1 <= p < inf`` with bounded memory (``p = inf``
+    dispatches to :func:`linf_dist`).  The backward recomputes the differences block by block:
+    ``d y / d x_i = sign(x_i - w_i) (|x_i - w_i| / y)^(p-1)`` (0 where ``y = 0``).
+
+    The native kernels handle integer ``p`` (8, 16, 32, ...; powers by repeated squaring);
+    fractional ``p`` runs on the torch kernels (``pow`` = ``exp(p log a)``, several times slower),
+    so a trainer's schedule should prefer integers.  ``backend="native"`` with a fractional ``p``
+    raises."""
     _check(x, w, "lp_dist")
     p = float(p)
     if math.isnan(p) or p < 1:
         raise ValueError(f"lp_dist: p must be >= 1 (or inf), got {p}")
     if math.isinf(p):
-        return linf_dist(x, w, budget_bytes=budget_bytes)
-    _check_finite(x, "input", "lp_dist")
-    _check_finite(w, "weight", "lp_dist")
+        return linf_dist(x, w, budget_bytes=budget_bytes, backend=backend)
+    lib = _native(x, backend, "lp_dist")
+    integer = p == int(p) and p <= 2**30
+    if lib is not None and not integer:
+        if (backend or get_backend()) == "native":
+            raise ValueError(f"lp_dist: the native backend needs an integer p, got {p}; use backend='auto'")
+        lib = None
+    _check_finite(x, "input", "lp_dist", lib)
+    _check_finite(w, "weight", "lp_dist", lib)
     x, w = x.contiguous(), w.contiguous()
+    if lib is not None:
+        if _needs_grad(x, w):
+            return _NativeLpDist.apply(x, w, int(p), lib)
+        with torch.no_grad():
+            return _NativeLpDist.forward(_NoCtx(), x, w, int(p), lib)
     if _needs_grad(x, w):
         return _LpDist.apply(x, w, p, int(budget_bytes))
     with torch.no_grad():
@@ -348,7 +569,10 @@ class _SortDist(torch.autograd.Function):
         y = torch.empty(bsz, m, dtype=x.dtype, device=x.device)
         idx = torch.empty(bsz, m, k, dtype=torch.long, device=x.device)
         for b0, b1, o0, o1, d in _blocks(x, w, budget):
-            vals, ids = d.topk(k, dim=2, largest=True, sorted=True)
+            # a stable sort fixes the subgradient at ties (lower index first, as the native kernel);
+            # topk's order among equal values is unspecified
+            vals, ids = d.sort(dim=2, descending=True, stable=True)
+            vals, ids = vals[..., :k], ids[..., :k]
             y[b0:b1, o0:o1] = vals @ coeffs
             idx[b0:b1, o0:o1] = ids
         idx = idx.view(bsz, m * k)
@@ -370,13 +594,33 @@ class _SortDist(torch.autograd.Function):
         return gx, gw, None, None
 
 
-def sort_dist(x: torch.Tensor, w: torch.Tensor, coeffs: torch.Tensor, *,
-              budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
-    """``y[b, o] = sum_j coeffs[j] * (j-th largest of |x[b, i] - w[o, i]|)`` via blocked ``topk``.
+class _NativeSortDist(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, coeffs: torch.Tensor, lib) -> torch.Tensor:
+        y, code = _native_forward(lib, "topk_forward", x, w, coeffs.numel(), want_code=True, coeffs=coeffs)
+        ctx.save_for_backward(code, coeffs)
+        ctx.lib, ctx.shapes = lib, (x.shape, w.shape)
+        return y
 
-    Without gradients the memory is one scratch buffer; with gradients the ``B x m x K``
-    top-K indices and signs are kept for the scatter backward (fine for small K; use the
-    masked training of :class:`lipkit.layers.distance.SortNeuronLinear` for large K).
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy: torch.Tensor):
+        code, coeffs = ctx.saved_tensors
+        gx, gw = _native_scatter(ctx.lib, ctx, gy, code, coeffs, *ctx.shapes)
+        return gx, gw, None, None
+
+
+def sort_dist(x: torch.Tensor, w: torch.Tensor, coeffs: torch.Tensor, *,
+              budget_bytes: int = DEFAULT_BUDGET_BYTES, backend: str | None = None) -> torch.Tensor:
+    """``y[b, o] = sum_j coeffs[j] * (j-th largest of |x[b, i] - w[o, i]|)``: exact top-K.
+
+    Native backend (``K <= NATIVE_MAX_K``): per pair, the ``K`` largest distances are kept by
+    insertion behind a vectorised threshold test; equal distances are ordered by increasing index
+    (a stable descending sort), which fixes the subgradient.  Torch backend (and larger ``K``):
+    blocked ``torch.topk``.  Without gradients the memory is ``B x m`` outputs (plus one scratch
+    buffer for torch); with gradients the ``B x m x K`` top-K indices and signs are kept for the
+    scatter backward (fine for small K; use the masked training of
+    :class:`lipkit.layers.distance.SortNeuronLinear` for large K).
     """
     _check(x, w, "sort_dist")
     if not isinstance(coeffs, torch.Tensor) or coeffs.dim() != 1 or not 1 <= coeffs.numel() <= x.shape[1]:
@@ -384,12 +628,22 @@ def sort_dist(x: torch.Tensor, w: torch.Tensor, coeffs: torch.Tensor, *,
             f"sort_dist: coeffs must be a 1-D tensor with 1..{x.shape[1]} entries, got "
             f"{tuple(getattr(coeffs, 'shape', ()))}"
         )
-    _check_finite(x, "input", "sort_dist")
-    _check_finite(w, "weight", "sort_dist")
-    coeffs = coeffs.detach().to(dtype=x.dtype, device=x.device)
-    x, w = x.contiguous(), w.contiguous()
+    coeffs = coeffs.detach().to(dtype=x.dtype, device=x.device).contiguous()
     if coeffs.numel() == 1:
-        return coeffs[0] * linf_dist(x, w, budget_bytes=budget_bytes)
+        return coeffs[0] * linf_dist(x, w, budget_bytes=budget_bytes, backend=backend)
+    lib = _native(x, backend, "sort_dist")
+    if lib is not None and coeffs.numel() > NATIVE_MAX_K:
+        if (backend or get_backend()) == "native":
+            raise ValueError(f"sort_dist: the native backend keeps at most NATIVE_MAX_K={NATIVE_MAX_K} order "
+                             f"statistics, got K={coeffs.numel()}; use backend='auto'")
+        lib = None
+    _check_finite(x, "input", "sort_dist", lib)
+    _check_finite(w, "weight", "sort_dist", lib)
+    x, w = x.contiguous(), w.contiguous()
+    if lib is not None:
+        if _needs_grad(x, w):
+            return _NativeSortDist.apply(x, w, coeffs, lib)
+        return _native_forward(lib, "topk_forward", x, w, coeffs.numel(), want_code=False, coeffs=coeffs)[0]
     if _needs_grad(x, w):
         return _SortDist.apply(x, w, coeffs, int(budget_bytes))
     k = coeffs.numel()
@@ -401,6 +655,7 @@ def sort_dist(x: torch.Tensor, w: torch.Tensor, coeffs: torch.Tensor, *,
 
 
 def sort_dist_reference(x: torch.Tensor, w: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
-    """Naive broadcast version (full sort, ``B x m x n`` memory); for tests and benchmarks."""
-    d = (x.unsqueeze(1) - w.unsqueeze(0)).abs().sort(dim=2, descending=True).values
+    """Naive broadcast version (full stable sort, ``B x m x n`` memory); for tests and benchmarks.
+    Equal distances keep increasing index order, the tie rule of the native kernel."""
+    d = (x.unsqueeze(1) - w.unsqueeze(0)).abs().sort(dim=2, descending=True, stable=True).values
     return d[..., : coeffs.numel()] @ coeffs.to(d.dtype)
