@@ -1,18 +1,28 @@
-"""Benchmark: l_inf-distance layer forward + backward, fused kernel vs naive autograd vs nn.Linear.
+"""Benchmark: l_inf-distance layer forward + backward, fused kernels vs naive autograd vs nn.Linear.
 
-    .venv/bin/python bench/linf.py [--batch 512 --in-features 784 --out-features 1024 --repeats 5]
+    .venv/bin/python bench/linf.py [--batch 512 --in-features 784 --out-features 1024 --rounds 7]
 
 Times one forward + backward (gradients for input and weight, as in a hidden layer) of
 
-* ``fused``: :func:`lipkit.layers.distance_kernels.linf_dist` (blocked, argmax + scatter backward);
-* ``naive``: ``(x[:, None] - w[None]).abs().amax(-1)`` with autograd.  It needs several ``B x m x n``
-  tensors (1.6 GB each at the default shape), so it runs on ``--naive-batch`` rows and its time is
-  **extrapolated linearly** to the full batch (its cost is linear in the batch; the extrapolation is
-  reported as such in the JSON);
-* ``linear``: ``nn.Linear`` of the same shape (BLAS).
+* ``native``: :func:`lipkit.layers.distance_kernels.linf_dist`, C++ backend (argmax codes + scatter);
+* ``torch``: the same function with the pure-torch fallback backend;
+* ``naive``: ``(x[:, None] - w[None]).abs().amax(-1)`` with autograd.  At the default shape every
+  ``B x m x n`` float32 tensor is 1.6 GB and autograd keeps several, so it runs on ``--naive-batch``
+  rows and its time is **extrapolated linearly** to the full batch (its cost is linear in the batch;
+  the JSON says so and also gives the measured sub-batch time);
+* ``linear``: ``nn.Linear`` of the same shape (BLAS), the cost of an ordinary layer.
 
-Reports medians, ratios and peak memory of one fused / naive step (torch profiler memory events),
-and writes ``bench/results/linf.json``.  Timings on a shared 2-core machine are noisy; rerun idle.
+The variants run in alternating order, one step each per round (A B C D, B C D A, ...), so that a
+load change on a shared machine hits all of them; the figures are medians over rounds of the wall
+time, and also of the process CPU time (less sensitive to other processes on the machine).
+
+Peak memory: each variant runs once in a fresh subprocess, which reports the growth of its peak
+resident set size over one step after setting up its inputs (Linux ``/proc``).  That counts every
+allocation (torch's and the C++ kernels' own buffers).  The fused kernels should need ``O(B x m)``
+(outputs, saved argmax codes, gradients of the inputs' size), the naive one ``O(B x m x n)``.
+
+Writes ``bench/results/linf.json`` (read-modify-write: keys of other benchmarks, e.g. ``fmnist``,
+are kept).  Run it on an idle machine for figures to quote.
 """
 
 from __future__ import annotations
@@ -21,8 +31,8 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -30,38 +40,107 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.profiler import ProfilerActivity, profile
 
-from lipkit.layers.distance_kernels import linf_dist, linf_dist_reference
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, machine  # noqa: E402
 
+from lipkit.layers import distance_native  # noqa: E402
+from lipkit.layers.distance_kernels import linf_dist, linf_dist_reference, native_available  # noqa: E402
 
-def _median_time(step: Callable[[], None], repeats: int) -> tuple[float, list[float]]:
-    step()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+VARIANTS = ("native", "torch", "naive", "linear")
 
 
-def _peak_bytes(step: Callable[[], None]) -> int:
-    """Peak of the running sum of allocations minus frees recorded by the torch profiler in one step.
+def _setup(b: int, n: int, m: int, nb: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "x": torch.randn(b, n, generator=g).requires_grad_(),
+        "w": torch.randn(m, n, generator=g).requires_grad_(),
+        "g": torch.randn(b, m, generator=g),
+        "xn": torch.randn(nb, n, generator=g).requires_grad_(),
+        "gn": torch.randn(nb, m, generator=g),
+        "lin": nn.Linear(n, m),
+    }
 
-    Each event's *self* memory is counted at its start when positive (allocation) and at its end when
-    negative (frees inside a parent op are only known per op), which can only over-estimate the peak.
+
+def _step(name: str, s: dict) -> Callable[[], None]:
+    x, w, g, lin = s["x"], s["w"], s["g"], s["lin"]
+
+    def native() -> None:
+        x.grad = w.grad = None
+        linf_dist(x, w, backend="native").backward(g)
+
+    def torch_backend() -> None:
+        x.grad = w.grad = None
+        linf_dist(x, w, backend="torch").backward(g)
+
+    def naive() -> None:
+        s["xn"].grad = w.grad = None
+        linf_dist_reference(s["xn"], w).backward(s["gn"])
+
+    def linear() -> None:
+        x.grad = None
+        lin.zero_grad(set_to_none=True)
+        lin(x).backward(g)
+
+    return {"native": native, "torch": torch_backend, "naive": naive, "linear": linear}[name]
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _measure_step_peak(name: str, b: int, n: int, m: int, nb: int, threads: int) -> int:
+    """In this (fresh) process: set up, then return the peak RSS growth (bytes) during one step.
+
+    Linux: the peak-RSS counter is reset after the setup (``/proc/self/clear_refs``), and the step's
+    peak is ``VmHWM`` minus the resident size before the step.  (``ru_maxrss`` cannot be used: it
+    survives ``exec`` and would report the parent benchmark's own peak.)
     """
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    changes = sorted(
-        (e.time_range.start if e.self_cpu_memory_usage > 0 else e.time_range.end, e.self_cpu_memory_usage)
-        for e in prof.events() if e.self_cpu_memory_usage
+    torch.set_num_threads(threads)
+    native_available()
+    _step(name, _setup(8, 16, 16, 4))()  # one-time costs (autograd engine, thread pools) on a tiny case
+    s = _setup(b, n, m, nb)
+    step = _step(name, s)
+    before = _status_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    step()
+    return 1024 * (_status_kb("VmHWM") - before)
+
+
+def _peak_rss_child(name: str, b: int, n: int, m: int, nb: int, threads: int) -> int:
+    """Peak RSS growth (bytes) of one ``name`` step, measured in a fresh process."""
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
+        "import linf\n"
+        f"print(linf._measure_step_peak({name!r}, {b}, {n}, {m}, {nb}, {threads}))\n"
     )
-    cur = peak = 0
-    for _, delta in changes:
-        cur += delta
-        peak = max(peak, cur)
-    return peak
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+# top-level keys of an earlier version of this script, dropped when the file is rewritten
+_STALE = ("benchmark", "shape", "seconds_median", "seconds_all", "naive_sub_batch", "naive_extrapolation",
+          "peak_memory_bytes")
+
+
+def _merge_write(path: Path, figures: dict) -> None:
+    """Update ``path`` with ``figures``, keeping the keys other benchmarks wrote there (``fmnist``...)."""
+    old = {}
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+    for key in _STALE:
+        old.pop(key, None)
+    old.update(figures)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(old, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -69,92 +148,96 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--in-features", type=int, default=784)
     ap.add_argument("--out-features", type=int, default=1024)
-    ap.add_argument("--naive-batch", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--naive-batch", type=int, default=32, help="rows the naive variant runs on")
+    ap.add_argument("--rounds", type=int, default=7, help="alternating rounds (one step of each per round)")
+    ap.add_argument("--torch-rounds", type=int, default=3, help="rounds that include the torch backend")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "linf.json")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--out", type=Path, default=RESULTS / "linf.json")
     args = ap.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if not native_available():
+        raise SystemExit("bench/linf.py: the native kernels are unavailable: "
+                         f"{distance_native.unavailable_reason()}")
     t_start = time.perf_counter()
-    torch.manual_seed(0)
     b, n, m = args.batch, args.in_features, args.out_features
-    x = torch.randn(b, n, requires_grad=True)
-    w = torch.randn(m, n, requires_grad=True)
-    g = torch.randn(b, m)
     nb = min(args.naive_batch, b)
-    xn = x[:nb].detach().clone().requires_grad_()
-    gn = g[:nb]
-    lin = nn.Linear(n, m)
-    xl = torch.randn(b, n, requires_grad=True)
+    s = _setup(b, n, m, nb)
 
-    def fused() -> None:
-        x.grad = w.grad = None
-        linf_dist(x, w).backward(g)
-
-    def naive() -> None:
-        xn.grad = w.grad = None
-        linf_dist_reference(xn, w).backward(gn)
-
-    def linear() -> None:
-        xl.grad = None
-        lin.zero_grad(set_to_none=True)
-        lin(xl).backward(g)
-
-    # sanity: the fused kernel agrees with the naive one on the naive sub-batch
+    # correctness on the naive sub-batch: same values (exact) for both fused backends
     with torch.no_grad():
-        assert torch.equal(linf_dist(xn, w), linf_dist_reference(xn, w))
+        ref = linf_dist_reference(s["x"][:nb], s["w"])
+        for backend in ("native", "torch"):
+            assert torch.equal(linf_dist(s["x"][:nb], s["w"], backend=backend), ref)
 
-    t_fused, all_fused = _median_time(fused, args.repeats)
-    t_naive_part, all_naive = _median_time(naive, max(1, min(args.repeats, 3)))
-    t_naive = t_naive_part * b / nb
-    t_linear, all_linear = _median_time(linear, args.repeats)
-    mem_fused = _peak_bytes(fused)
-    mem_naive_part = _peak_bytes(naive)
+    steps = {name: _step(name, s) for name in VARIANTS}
+    for name, step in steps.items():  # warm-up (the torch backend needs none: it has no cache)
+        if name != "torch":
+            step()
+    wall: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    for r in range(args.rounds):
+        order = VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]
+        for name in order:
+            if name == "torch" and r >= args.torch_rounds:
+                continue
+            c0, t0 = time.process_time(), time.perf_counter()
+            steps[name]()
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    scale = {"naive": b / nb}
+    med = {k: statistics.median(v) * scale.get(k, 1.0) for k, v in wall.items()}
+    med_cpu = {k: statistics.median(v) * scale.get(k, 1.0) for k, v in cpu.items()}
 
-    result = {
-        "benchmark": "l_inf-distance layer forward+backward (grad x and w)",
-        "shape": {"batch": b, "in_features": n, "out_features": m, "dtype": "float32"},
-        "seconds_median": {"fused": t_fused, "naive_extrapolated": t_naive,
-                           "naive_measured_sub_batch": t_naive_part, "linear": t_linear},
-        "seconds_all": {"fused": all_fused, "naive_sub_batch": all_naive, "linear": all_linear},
-        "naive_sub_batch": nb,
-        "naive_extrapolation": f"naive measured on {nb} rows, time scaled linearly by {b}/{nb}",
+    memory: dict = {"unit": "MB (1e6 bytes)",
+                    "method": "peak RSS growth (VmHWM after clear_refs) over one step in a fresh process"}
+    if not args.no_memory:
+        threads = torch.get_num_threads()
+        for name in VARIANTS:
+            memory[name] = _peak_rss_child(name, b, n, m, nb, threads) / 1e6
+        memory["naive_extrapolated"] = memory["naive"] * b / nb
+        memory["naive_measured_rows"] = nb
+        memory["broadcast_tensor_full_batch"] = b * m * n * 4 / 1e6
+        memory["outputs_B_x_m"] = b * m * 4 / 1e6
+
+    figures = {
         "speed": {
-            "vs_naive": t_naive / t_fused,
-            "vs_linear": t_fused / t_linear,
-            "note": "vs_naive = naive time / fused time (speed-up, target >= 20); "
-                    "vs_linear = fused time / nn.Linear time (slow-down, target <= 4)",
+            "vs_naive": med["naive"] / med["native"],
+            "vs_linear": med["native"] / med["linear"],
+            "torch_backend_vs_naive": med["naive"] / med["torch"],
+            "torch_backend_vs_linear": med["torch"] / med["linear"],
+            "cpu_time_vs_naive": med_cpu["naive"] / med_cpu["native"],
+            "cpu_time_vs_linear": med_cpu["native"] / med_cpu["linear"],
+            "note": "vs_naive = naive time / native fused time (speed-up, target >= 20); vs_linear = native "
+                    "fused time / nn.Linear time (slow-down, target <= 4); medians of wall time over "
+                    "alternating rounds; cpu_time_*: the same ratios of process CPU time",
+            "shape": {"batch": b, "in_features": n, "out_features": m, "dtype": "float32"},
+            "seconds_median": med,
+            "cpu_seconds_median": med_cpu,
+            "naive_extrapolation": f"naive measured on {nb} rows, times scaled linearly by {b}/{nb}",
+            "seconds_all": {k: [round(t, 6) for t in v] for k, v in wall.items()},
+            "rounds": args.rounds,
         },
-        "peak_memory_bytes": {
-            "fused": mem_fused,
-            "naive_sub_batch": mem_naive_part,
-            "naive_extrapolated": int(mem_naive_part * b / nb),
-            "note": "torch profiler [memory] events of one step, running sum of allocations and frees",
-        },
-        "command": " ".join([sys.executable, *sys.argv]),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "seconds": None,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        },
+        "memory": memory,
     }
-    result["seconds"] = time.perf_counter() - t_start
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"fused  {t_fused * 1e3:9.1f} ms   peak {mem_fused / 2**20:8.1f} MiB")
-    print(f"naive  {t_naive * 1e3:9.1f} ms   (extrapolated from batch {nb}: {t_naive_part * 1e3:.1f} ms; "
-          f"peak {mem_naive_part / 2**20:.1f} MiB at that batch)")
-    print(f"linear {t_linear * 1e3:9.1f} ms")
-    print(f"fused is {t_naive / t_fused:.1f}x faster than naive and "
-          f"{t_fused / t_linear:.1f}x slower than nn.Linear")
-    print(f"wrote {args.out}")
-    return result
+    seconds = time.perf_counter() - t_start
+    figures.update({
+        "command": " ".join(["python", "bench/linf.py", *(argv if argv is not None else sys.argv[1:])]),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "seconds": round(seconds, 1),
+    })
+    _merge_write(args.out, figures)
+    for name in VARIANTS:
+        extra = f"   peak +{memory[name]:8.1f} MB" if name in memory else ""
+        note = f" (extrapolated from {nb} rows)" if name == "naive" else ""
+        print(f"{name:7s} {med[name] * 1e3:9.1f} ms wall  {med_cpu[name] * 1e3:9.1f} ms cpu{extra}{note}")
+    print(f"native fused: {figures['speed']['vs_naive']:.1f}x faster than naive, "
+          f"{figures['speed']['vs_linear']:.2f}x the time of nn.Linear "
+          f"(load average {os.getloadavg()[0]:.2f}, {torch.get_num_threads()} threads)")
+    print(f"wrote {args.out} in {seconds:.0f} s")
+    return figures
 
 
 if __name__ == "__main__":

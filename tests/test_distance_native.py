@@ -270,3 +270,27 @@ def test_native_rejects_nan_like_torch() -> None:
     w[1, 3] = math.nan
     with pytest.raises(ValueError, match="weight contains NaN or infinite"):
         sort_dist(torch.randn(4, 20), w, sortnet_coefficients(0.5, 20, 3), backend="native")
+
+
+@native_only
+def test_bench_linf_writes_its_keys_and_keeps_others(tmp_path) -> None:
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "linf.py"
+    spec = importlib.util.spec_from_file_location("bench_linf", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "linf.json"
+    out.write_text(json.dumps({"fmnist": {"certified": 0.5}, "peak_memory_bytes": 1}))
+    mod.main(["--batch", "24", "--in-features", "20", "--out-features", "16", "--naive-batch", "8",
+              "--rounds", "2", "--torch-rounds", "1", "--no-memory", "--out", str(out)])
+    got = json.loads(out.read_text())
+    assert got["fmnist"] == {"certified": 0.5}  # other benchmarks' keys survive
+    assert "peak_memory_bytes" not in got  # stale keys of the old format are dropped
+    assert got["speed"]["vs_naive"] > 0 and got["speed"]["vs_linear"] > 0
+    assert len(got["speed"]["seconds_all"]["native"]) == 2 and len(got["speed"]["seconds_all"]["torch"]) == 1
+    for key in ("command", "date", "machine", "seconds"):
+        assert key in got
+    assert "load_avg" in got["machine"]
