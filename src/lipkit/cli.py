@@ -21,7 +21,7 @@ try:  # typer >= 0.2x vendors click as typer._click
 except ImportError:  # pragma: no cover - older typer depends on click
     from click import exceptions as _cx
 
-from lipkit.config import ConfigError, RunConfig, load_config
+from lipkit.config import ConfigError, RunConfig
 
 __all__ = ["app", "main", "DEMO_CONFIG"]
 
@@ -84,10 +84,10 @@ def _run_pipeline(cfg: RunConfig, out: Path, progress: bool) -> dict[str, Any]:
     from lipkit.report import _split_for
 
     split = _split_for(cfg)
-    plain = export(model, split.x_test[:256], p=2)
+    plain = export(model, split.x_test[:256], p=cfg.p)
     save_weights(plain, run_dir / "weights.safetensors")
     atomic_write_bytes(run_dir / "config.json", cfg.to_json().encode())
-    metrics = certify_run(plain, split, cfg.radii, pgd_steps=cfg.pgd_steps, seed=cfg.seed)
+    metrics = certify_run(plain, split, cfg.radii, pgd_steps=cfg.pgd_steps, seed=cfg.seed, p=cfg.p)
     metrics["train_seconds"] = hist["train_seconds"]
     metrics["resumed_from_epoch"] = hist["resumed_from"]
     metrics["history"] = hist["history"]
@@ -100,9 +100,10 @@ def _summary(run_dir: Path, metrics: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    norm = "l_inf" if str(metrics.get("p", 2)) == "inf" else "l2"
     table = Table(title=f"{run_dir}: clean accuracy {100 * metrics['clean_accuracy']:.2f}%, "
-                        f"l2 bound {metrics['lipschitz_bound']:.6f}")
-    table.add_column("l2 radius", justify="right")
+                        f"{norm} bound {metrics['lipschitz_bound']:.6f}")
+    table.add_column(f"{norm} radius", justify="right")
     table.add_column("certified acc.", justify="right")
     table.add_column("PGD: certified points broken", justify="right")
     for k in sorted(metrics["certified_accuracy"], key=float):
@@ -131,6 +132,10 @@ def demo(
 @app.command()
 def train(
     config: Annotated[Path | None, typer.Option(help="YAML (or JSON) run config")] = None,
+    recipe: Annotated[str | None, typer.Option(
+        help="a shipped recipe (linf-digits, linf-fmnist); --config keys and flags override it")] = None,
+    model: Annotated[str | None, typer.Option(help="lipmlp (l2), linf-dist or sortnet (l_inf)")] = None,
+    head_width: Annotated[int | None, typer.Option(help="l_inf models: hybrid head width (0: none)")] = None,
     name: Annotated[str | None, typer.Option()] = None,
     dataset: Annotated[str | None, typer.Option()] = None,
     widths: Annotated[str | None, typer.Option(help="hidden widths, e.g. 256,256")] = None,
@@ -147,18 +152,23 @@ def train(
     out: Annotated[Path, typer.Option(help="parent folder of the run folder")] = Path("runs"),
     progress: Annotated[bool, typer.Option()] = True,
 ) -> None:
-    """Train from a config file and/or flags (flags override the file), then certify and report."""
-    cfg = load_config(config) if config is not None else RunConfig()
+    """Train from a recipe, a config file and/or flags (each overrides the one before), then certify
+    and report."""
+    from lipkit.config import load_recipe, read_config_file
+
+    raw = read_config_file(config) if config is not None else {}
+    cfg = load_recipe(recipe).replace(**raw) if recipe is not None else RunConfig.from_dict(raw)
     cfg = cfg.replace(name=name, dataset=dataset, widths=widths, activation=activation, loss=loss,
                       temperature=temperature, margin=margin, lr=lr, epochs=epochs, batch_size=batch_size,
-                      seed=seed, radii=radii, p=p)
+                      seed=seed, radii=radii, p=p, model=model, head_width=head_width)
     _run_pipeline(cfg, out, progress)
 
 
 @app.command()
 def certify(
     run_dir: Annotated[Path, typer.Argument(help="a run folder (e.g. runs/demo)")],
-    eps: Annotated[str | None, typer.Option(help="l2 radii, e.g. 0.1,0.5 (default: the run's radii)")] = None,
+    eps: Annotated[str | None, typer.Option(help="radii in the run's norm (l2 or l_inf), e.g. 0.1,0.5 "
+                                                 "(default: the run's radii)")] = None,
     pgd_steps: Annotated[int, typer.Option(help="PGD steps for the sanity check (0: skip)")] = 50,
 ) -> None:
     """Certified accuracy of a trained run at the given radii, with a PGD check; prints JSON."""
@@ -168,7 +178,7 @@ def certify(
     if pgd_steps < 0:
         raise CliError("--pgd-steps must be >= 0")
     cfg, model, split = load_run(run_dir)
-    m = certify_run(model, split, radii or cfg.radii, pgd_steps=pgd_steps, seed=cfg.seed)
+    m = certify_run(model, split, radii or cfg.radii, pgd_steps=pgd_steps, seed=cfg.seed, p=cfg.p)
     m.pop("radii_sorted")
     typer.echo(json.dumps(m, indent=2, sort_keys=True))
     if m["certificates_broken"]:
@@ -181,7 +191,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder (e.g. runs
     from lipkit.report import certify_run, load_run, write_report
 
     cfg, model, split = load_run(run_dir)
-    metrics = certify_run(model, split, cfg.radii, pgd_steps=cfg.pgd_steps, seed=cfg.seed)
+    metrics = certify_run(model, split, cfg.radii, pgd_steps=cfg.pgd_steps, seed=cfg.seed, p=cfg.p)
     old = Path(run_dir) / "metrics.json"
     if old.is_file():
         try:

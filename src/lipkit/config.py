@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunConfig", "ConfigError", "load_config"]
+__all__ = ["RunConfig", "ConfigError", "load_config", "read_config_file", "load_recipe", "recipe_names"]
 
 ACTIVATIONS = ("maxmin", "groupsort")
 CONSTRAINTS = ("orthogonal",)
 ORTHOGONAL_METHODS = ("cayley", "retraction", "bjorck")
-LOSSES = ("ce", "hinge", "hkr")
+LOSSES = ("ce", "hinge", "hkr", "mix")
 OPTIMIZERS = ("adam", "sgd")
+MODELS = ("lipmlp", "linf-dist", "sortnet")
+HEAD_ACTIVATIONS = ("relu", "tanh")
 SCHEDULES = ("onecycle", "cosine", "constant")
 
 
@@ -39,6 +41,19 @@ class RunConfig:
     Loss ``ce``: cross-entropy on ``temperature * (f - margin * sqrt(2) * onehot(y))`` (divided by
     the temperature); ``hinge``: multiclass hinge with ``margin``; ``hkr``: hinge +
     Kantorovich-Rubinstein with weight ``alpha``.
+
+    l_inf models (``model: linf-dist`` or ``sortnet``, ``p: inf``; see :mod:`lipkit.linf`): the
+    ``widths`` are l_inf-distance layers (``sortnet``: the first one l_inf-distance, the others
+    SortNet neurons with keep rate ``sort_q``), then either a last distance layer to the classes
+    (1-Lipschitz logits, certificate ``margin / 2``) or, if ``head_width > 0``, a hybrid head
+    ``LipLinear(constraint="inf") -> head_activation -> nn.Linear``.  Schedules (Zhang et al. 2021,
+    2022): ``p`` of the l_p relaxation grows geometrically from ``p_start`` to ``p_end`` over the
+    window ``p_window = [a, b]`` (fractions of all training steps, so a recipe keeps its shape when
+    ``epochs`` is overridden) and is ``inf`` from ``b`` on; loss ``mix`` is the clipped hinge
+    ``clamp(1 - gap_j / (L_yj * eps), 0, 1)`` (max over j) plus ``w * CE(temperature * f)`` where
+    ``eps`` ramps linearly from 0 to ``margin`` over ``eps_window`` and ``w`` decays
+    geometrically from ``ce_weight[0]`` to ``ce_weight[1]`` over ``p_window``.  Adam uses ``betas``,
+    ``adam_eps`` and decoupled ``weight_decay`` (AdamW; never on distance-layer weights).
     """
 
     name: str = "run"
@@ -64,6 +79,18 @@ class RunConfig:
     p: float = 2.0
     threads: int = 2
     pgd_steps: int = 50
+    model: str = "lipmlp"
+    head_width: int = 0
+    head_activation: str = "relu"
+    sort_q: float = 0.5
+    p_start: float = 8.0
+    p_end: float = 1000.0
+    p_window: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    eps_window: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    ce_weight: list[float] = field(default_factory=lambda: [0.1, 0.001])
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -76,12 +103,16 @@ class RunConfig:
 
         self.widths = [_as_int("widths", w) for w in _as_list("widths", self.widths)]
         self.radii = [_as_float("radii", r) for r in _as_list("radii", self.radii)]
-        for k in ("test_size", "temperature", "margin", "alpha", "lr"):
+        for k in ("ce_weight", "betas", "p_window", "eps_window"):
+            setattr(self, k, [_as_float(k, v) for v in _as_list(k, getattr(self, k))])
+        for k in ("test_size", "temperature", "margin", "alpha", "lr", "sort_q", "p_start", "p_end",
+                  "adam_eps", "weight_decay"):
             setattr(self, k, _as_float(k, getattr(self, k)))
-        for k in ("data_seed", "group_size", "epochs", "batch_size", "seed", "threads", "pgd_steps"):
+        for k in ("data_seed", "group_size", "epochs", "batch_size", "seed", "threads", "pgd_steps",
+                  "head_width"):
             setattr(self, k, _as_int(k, getattr(self, k)))
         for k in ("name", "dataset", "activation", "constraint", "orthogonal_method", "loss", "optimizer",
-                  "schedule"):
+                  "schedule", "model", "head_activation"):
             need(isinstance(getattr(self, k), str), k, "must be a string")
         self.p = _as_p(self.p)
 
@@ -111,15 +142,43 @@ class RunConfig:
         need(self.pgd_steps >= 0, "pgd_steps", "must be >= 0")
         need(len(self.radii) >= 1 and all(r > 0 and math.isfinite(r) for r in self.radii), "radii",
              "must be a non-empty list of positive finite radii")
+        need(self.model in MODELS, "model", f"must be one of {list(MODELS)}")
+        need(self.head_width >= 0, "head_width", "must be >= 0 (0: no head)")
+        need(self.head_activation in HEAD_ACTIVATIONS, "head_activation",
+             f"must be one of {list(HEAD_ACTIVATIONS)}")
+        need(0.0 < self.sort_q <= 1.0, "sort_q", "must be in (0, 1]")
+        need(1.0 <= self.p_start < math.inf, "p_start", "must be a finite number >= 1")
+        need(self.p_start <= self.p_end < math.inf, "p_end", "must be finite and >= p_start")
+        for k in ("p_window", "eps_window"):
+            e = getattr(self, k)
+            need(len(e) == 2 and 0.0 <= e[0] <= e[1] <= 1.0, k,
+                 "must be [start, end], fractions of the training steps with 0 <= start <= end <= 1")
+        w = self.ce_weight
+        need(len(w) == 2 and all(v >= 0 and math.isfinite(v) for v in w), "ce_weight",
+             "must be two non-negative numbers [start, end]")
+        need(not (w[0] > 0 and w[1] == 0), "ce_weight",
+             "decays geometrically from start to end, so end must be > 0 when start > 0")
+        need(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), "betas",
+             "must be two numbers in [0, 1)")
+        need(self.adam_eps > 0 and math.isfinite(self.adam_eps), "adam_eps", "must be > 0")
+        need(self.weight_decay >= 0 and math.isfinite(self.weight_decay), "weight_decay", "must be >= 0")
         # impossible combinations
-        step = 2 if self.activation == "maxmin" else self.group_size
-        bad = [w for w in self.widths if w % step]
-        need(not bad, "widths", f"{self.activation} sorts groups of {step}: every width must be a multiple "
-             f"of {step}, not {bad}")
-        need(not (self.constraint == "orthogonal" and self.p != 2.0), "p",
-             "orthogonal layers are 1-Lipschitz for l2 only; use p=2")
+        if self.model == "lipmlp":
+            step = 2 if self.activation == "maxmin" else self.group_size
+            bad = [w for w in self.widths if w % step]
+            need(not bad, "widths", f"{self.activation} sorts groups of {step}: every width must be a "
+                 f"multiple of {step}, not {bad}")
+            need(not (self.constraint == "orthogonal" and self.p != 2.0), "p",
+                 "orthogonal layers are 1-Lipschitz for l2 only; use p=2 (or model: linf-dist / sortnet "
+                 "for l_inf)")
+            need(self.head_width == 0, "head_width", "a hybrid head is for model: linf-dist / sortnet only")
+        else:
+            need(self.p == math.inf, "p", f"model {self.model!r} is 1-Lipschitz for l_inf: use p=inf")
         if self.loss == "hkr":
             need(self.margin > 0, "margin", "the hkr loss needs margin > 0")
+        if self.loss == "mix":
+            need(self.margin > 0, "margin", "the mix loss needs margin > 0 (its training radius)")
+            need(self.model != "lipmlp", "loss", "the mix loss is for model: linf-dist / sortnet")
 
     # ----------------------------------------------------------------- I/O
     def to_dict(self) -> dict[str, Any]:
@@ -129,6 +188,11 @@ class RunConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @property
+    def is_linf_model(self) -> bool:
+        """True for the l_inf-distance / SortNet models."""
+        return self.model != "lipmlp"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
@@ -149,6 +213,12 @@ class RunConfig:
 
 def load_config(path: str | Path) -> RunConfig:
     """Read a YAML (or JSON) run config; errors name the file and the problem."""
+    return RunConfig.from_dict(read_config_file(path))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The raw key/value mapping of a YAML (or JSON) config file, not yet validated (so that it can
+    override a recipe); errors name the file and the problem."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
@@ -165,7 +235,32 @@ def load_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"cannot parse config file {str(path)!r}: {first}") from None
     if data is None:
         data = {}
-    return RunConfig.from_dict(data)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values, "
+                          f"got {type(data).__name__}")
+    return dict(data)
+
+
+def _recipe_dir():
+    from importlib.resources import files
+
+    return files("lipkit") / "recipes"
+
+
+def recipe_names() -> list[str]:
+    """Names of the recipes shipped in ``lipkit/recipes/*.yaml``."""
+    return sorted(p.name[:-5] for p in _recipe_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(name: str) -> RunConfig:
+    """The shipped recipe ``name`` (e.g. ``"linf-digits"``) as a validated :class:`RunConfig`."""
+    names = recipe_names()
+    if name not in names:
+        raise ConfigError(f"unknown recipe {name!r}; available recipes: {names}")
+    import yaml
+
+    data = yaml.safe_load((_recipe_dir() / f"{name}.yaml").read_text())
+    return RunConfig.from_dict(data or {})
 
 
 # --------------------------------------------------------------------------- coercion helpers

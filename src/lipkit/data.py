@@ -130,14 +130,15 @@ def _find_fashion_dir(roots: list[Path]) -> dict[str, Path] | None:
 def load_fashion_mnist(root: str | os.PathLike | None = None) -> Split:
     """Fashion-MNIST (60000 train / 10000 test, 784 features in [0, 1]) from the Debian package.
 
-    Looks under ``root`` if given, else ``/usr/share/dataset-fashion-mnist``, ``/usr/share/fashion-mnist``
-    and ``/usr/share/data``; raises :class:`DataUnavailableError` naming the install command otherwise.
+    Looks under ``root`` if given, else ``/usr/share/datasets/fashion-mnist`` (where the Debian package
+    puts the files), ``/usr/share/dataset-fashion-mnist``, ``/usr/share/fashion-mnist`` and
+    ``/usr/share/data``; raises :class:`DataUnavailableError` naming the install command otherwise.
     """
     if root is not None:
         roots = [Path(root)]
     else:
-        roots = [Path("/usr/share/dataset-fashion-mnist"), Path("/usr/share/fashion-mnist"),
-                 Path("/usr/share/data")]
+        roots = [Path("/usr/share/datasets/fashion-mnist"), Path("/usr/share/dataset-fashion-mnist"),
+                 Path("/usr/share/fashion-mnist"), Path("/usr/share/data")]
         roots += sorted(Path("/usr/share").glob("*fashion*")) if Path("/usr/share").is_dir() else []
     files = _find_fashion_dir(roots)
     if files is None:

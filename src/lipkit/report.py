@@ -1,11 +1,13 @@
 """Certify a trained run, check it with an attack, and write a report a person reads.
 
 A run folder ``runs/<name>/`` holds ``config.json`` and ``weights.safetensors`` (the exported,
-plain-torch weights).  :func:`certify_run` reloads them, computes the sound l2 bound ``L`` of those
-exact weights with :func:`lipkit.lipschitz_bound`, the certified radius of every test point
-``(f_y - max_{j!=y} f_j) / (sqrt(2) L)`` and the certified accuracy per radius, then runs an l2 PGD
-attack of radius ``r`` on every point certified at ``r``: a certificate is *broken* if the attack
-changes the prediction, which would prove a bug (the expected count is 0).
+plain-torch weights).  :func:`certify_run` reloads them, computes the sound l_p bound ``L`` of those
+exact weights with :func:`lipkit.lipschitz_bound` (p = the run's norm, 2 or inf), the certified
+radius of every test point from :func:`lipkit.certify.compute_certificates` (l2:
+``(f_y - max_{j!=y} f_j) / (sqrt(2) L)``; l_inf: ``margin / (2 L)``, or the pairwise rule of a hybrid
+head) and the certified accuracy per radius, then runs a PGD attack in the same norm of radius
+``r`` on every point certified at ``r``: a certificate is *broken* if the attack changes the
+prediction, which would prove a bug (the expected count is 0).
 :func:`write_report` writes ``metrics.json``, ``certified_accuracy.png`` and ``report.md``.
 """
 
@@ -76,10 +78,10 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, nn.Module, Split]:
 
 
 def certify_run(model: nn.Module, split: Split, radii: list[float], pgd_steps: int = 50,
-                seed: int = 0) -> dict[str, Any]:
+                seed: int = 0, p: float = 2.0) -> dict[str, Any]:
     """Clean accuracy, certified accuracy per radius and two PGD checks, on the test split.
 
-    * per radius ``r``: every point certified at ``r`` is attacked by l2 PGD inside the ball of
+    * per radius ``r``: every point certified at ``r`` is attacked by l_p PGD inside the ball of
       radius ``r`` (:func:`lipkit.attacks.pgd`, no input clamping: the certificate covers the
       whole ball); ``broken`` counts prediction changes (must be 0).  The same attack on every
       correctly classified point gives the empirical robust accuracy, an upper bound of the
@@ -91,9 +93,9 @@ def certify_run(model: nn.Module, split: Split, radii: list[float], pgd_steps: i
 
     t0 = time.perf_counter()
     model.eval()
-    bound = lipschitz_bound(model, 2)
+    bound = lipschitz_bound(model, p)
     x, y = split.x_test, split.y_test
-    correct, radius = margin_radius(model, x, y, bound)
+    correct, radius = margin_radius(model, x, y, bound, p=p)
     cert = {f"{r:g}": (radius >= r).double().mean().item() for r in radii}
     pgd_res: dict[str, Any] = {}
     gen = torch.Generator().manual_seed(seed)
@@ -102,7 +104,7 @@ def certify_run(model: nn.Module, split: Split, radii: list[float], pgd_steps: i
                                  "steps": pgd_steps}
         if pgd_steps > 0:
             idx = correct.nonzero().squeeze(1)
-            adv = pgd(model, x[idx], y[idx], r, 2, steps=pgd_steps, clamp=None, generator=gen)
+            adv = pgd(model, x[idx], y[idx], r, p, steps=pgd_steps, clamp=None, generator=gen)
             with torch.no_grad():
                 fooled = model(adv).argmax(1) != y[idx]
             entry["broken"] = int((fooled & (radius[idx] >= r)).sum())
@@ -110,14 +112,14 @@ def certify_run(model: nn.Module, split: Split, radii: list[float], pgd_steps: i
         pgd_res[f"{r:g}"] = entry
     per_point: dict[str, Any] = {}
     if pgd_steps > 0:
-        chk = check_certificates(model, x, y, 2, radii=radius, steps=pgd_steps, restarts=1, generator=gen)
+        chk = check_certificates(model, x, y, p, radii=radius, steps=pgd_steps, restarts=1, generator=gen)
         per_point = {"n_certified": chk.n_certified, "n_broken": chk.n_broken,
                      "attack_success_at_3x_radius": chk.baseline_success, "factor": 0.999}
     broken = sum(e["broken"] for e in pgd_res.values()) + per_point.get("n_broken", 0)
     return {
         "dataset": split.name,
         "n_test": len(y),
-        "p": 2,
+        "p": "inf" if p == float("inf") else p,
         "lipschitz_bound": bound,
         "clean_accuracy": correct.double().mean().item(),
         "certified_accuracy": cert,
@@ -150,7 +152,7 @@ def _plot(metrics: dict[str, Any], path: Path) -> None:
     if pgd_pts:
         pgd_pts.sort()
         ax.plot(*zip(*pgd_pts, strict=True), "x--", label="PGD empirical (upper bound)")
-    ax.set_xlabel("l2 radius")
+    ax.set_xlabel(f"{_norm_name(metrics.get('p', 2))} radius")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
@@ -171,10 +173,27 @@ def _own_radius_line(d: dict[str, Any]) -> str:
             f"{100 * d['attack_success_at_3x_radius']:.1f}% of them (the attack works).")
 
 
+def _norm_name(p: Any) -> str:
+    return "l_inf" if str(p) == "inf" else "l2"
+
+
+def _model_line(cfg: RunConfig) -> str:
+    if not cfg.is_linf_model:
+        return (f"Model: orthogonal dense widths {cfg.widths}, {cfg.activation}, loss `{cfg.loss}` "
+                f"(temperature {cfg.temperature:g}, margin {cfg.margin:g}), {cfg.epochs} epochs.  ")
+    kind = "l_inf-distance" if cfg.model == "linf-dist" else f"SortNet (q={cfg.sort_q:g})"
+    head = f", hybrid head of width {cfg.head_width} ({cfg.head_activation})" if cfg.head_width else ""
+    return (f"Model: {kind} widths {cfg.widths}{head}, loss `{cfg.loss}` (training radius {cfg.margin:g}, "
+            f"CE weight {cfg.ce_weight[0]:g} -> {cfg.ce_weight[1]:g}, temperature {cfg.temperature:g}), "
+            f"p {cfg.p_start:g} -> {cfg.p_end:g} -> inf over the fraction {cfg.p_window} of the steps, "
+            f"{cfg.epochs} epochs.  ")
+
+
 def write_report(run_dir: str | Path, metrics: dict[str, Any], cfg: RunConfig) -> dict[str, Path]:
     """Write ``metrics.json``, ``certified_accuracy.png`` and ``report.md`` into ``run_dir``."""
     run_dir = Path(run_dir)
     public = {k: v for k, v in metrics.items() if k != "radii_sorted"}
+    norm = _norm_name(metrics.get("p", 2))
     paths = {"metrics": run_dir / "metrics.json", "plot": run_dir / "certified_accuracy.png",
              "report": run_dir / "report.md"}
     atomic_write_bytes(paths["metrics"], json.dumps(public, indent=2, sort_keys=True).encode())
@@ -183,13 +202,13 @@ def write_report(run_dir: str | Path, metrics: dict[str, Any], cfg: RunConfig) -
         f"# lipkit run `{cfg.name}`",
         "",
         f"Data: **{metrics['dataset']}** test split ({metrics['n_test']} points, pixels in [0, 1]).  ",
-        f"Model: orthogonal dense widths {cfg.widths}, {cfg.activation}, loss `{cfg.loss}` "
-        f"(temperature {cfg.temperature:g}, margin {cfg.margin:g}), {cfg.epochs} epochs.  ",
-        f"Sound l2 Lipschitz bound of the exported weights: **{metrics['lipschitz_bound']:.9f}**.",
+        _model_line(cfg),
+        f"Sound {norm} Lipschitz bound of the exported weights: **{metrics['lipschitz_bound']:.9f}**.",
         "",
         f"Clean accuracy: **{100 * metrics['clean_accuracy']:.2f}%**",
         "",
-        "| l2 radius | certified accuracy | certified points (attacked by PGD) | broken | PGD robust acc. |",
+        f"| {norm} radius | certified accuracy | certified points (attacked by PGD) | broken "
+        "| PGD robust acc. |",
         "|---:|---:|---:|---:|---:|",
     ]
     for k in sorted(metrics["certified_accuracy"], key=float):
@@ -200,8 +219,11 @@ def write_report(run_dir: str | Path, metrics: dict[str, Any], cfg: RunConfig) -
                      f"{e.get('broken', 0)} | {'' if rob is None else f'{100 * rob:.2f}%'} |")
     lines += [
         "",
-        "Certified radius of a point: (f_y - max_{j != y} f_j) / (sqrt(2) L); PGD attacks every point "
-        "certified at radius r inside the l2 ball of radius r. A broken certificate would be a bug.",
+        ("Certified radius of a point: (f_y - max_{j != y} f_j) / (sqrt(2) L)" if norm == "l2" else
+         "Certified radius of a point: min_{j != y} (f_y - f_j) / L_yj with L_yj = 2 L (1-Lipschitz logits) "
+         "or ||v_y - v_j||_1 L_body (hybrid head)")
+        + f"; PGD attacks every point certified at radius r inside the {norm} ball of radius r. "
+        "A broken certificate would be a bug.",
         "",
         _own_radius_line(metrics.get("pgd_own_radius", {})),
         "",

@@ -74,8 +74,13 @@ def build_model(cfg: RunConfig, in_features: int, num_classes: int) -> nn.Sequen
     An orthogonal ``W`` (``W W^T = I`` or ``W^T W = I``) has spectral norm 1 and MaxMin/GroupSort
     are 1-Lipschitz permutations of sorted pairs, so the network is 1-Lipschitz in l2
     (Anil, Lucas, Grosse, "Sorting out Lipschitz function approximation", ICML 2019).
+    ``model: linf-dist`` / ``sortnet``: the l_inf models of :func:`lipkit.linf.build_linf_model`.
     """
     torch.manual_seed(cfg.seed)
+    if cfg.is_linf_model:
+        from lipkit.linf import build_linf_model
+
+        return build_linf_model(cfg, in_features, num_classes)
     layers: list[nn.Module] = []
     width_in = in_features
     for w in cfg.widths:
@@ -87,6 +92,10 @@ def build_model(cfg: RunConfig, in_features: int, num_classes: int) -> nn.Sequen
 
 def build_plain_model(cfg: RunConfig, in_features: int, num_classes: int) -> nn.Sequential:
     """The exported architecture: plain ``nn.Linear`` layers and the same activations."""
+    if cfg.is_linf_model:
+        from lipkit.linf import build_linf_model
+
+        return build_linf_model(cfg, in_features, num_classes, plain=True)
     layers: list[nn.Module] = []
     width_in = in_features
     for w in cfg.widths:
@@ -109,8 +118,14 @@ def make_loss(cfg: RunConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Te
     * ``hinge``: ``mean_j relu(m * sqrt(2) - (f_y - f_j))`` over ``j != y``;
     * ``hkr``: hinge plus ``-(f_y - mean_{j!=y} f_j) / alpha`` (a Kantorovich-Rubinstein term
       pushing the margin further; Serrurier et al., CVPR 2021).
+
+    For ``p = inf`` the factor ``sqrt(2)`` becomes 2 (``|a_c - a_j| <= 2 ||a||_inf``).  The ``mix``
+    loss needs the schedule and the model's pairwise constants: see :func:`lipkit.linf.mix_loss`
+    (it is built inside :func:`fit`, not here).
     """
-    m = cfg.margin * math.sqrt(2.0)
+    if cfg.loss == "mix":
+        raise ValueError("the mix loss is scheduled per step; use lipkit.linf.mix_loss")
+    m = cfg.margin * (2.0 if math.isinf(cfg.p) else math.sqrt(2.0))
     t = cfg.temperature
 
     def ce(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -137,47 +152,61 @@ def make_loss(cfg: RunConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Te
 # --------------------------------------------------------------------------- certification
 
 
-def margin_radius(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bound: float | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Correctness and certified l2 radius of each point (0 where misclassified).
+def margin_radius(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bound: float | None = None,
+                  p: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Correctness and certified l_p radius (p = 2 or inf) of each point (0 where misclassified).
 
     The radius is :func:`lipkit.certify`'s: ``min_j (f_c - f_j - delta) / L_cj`` with ``L_cj <=
     sqrt(2) L`` (or the tighter pairwise bound of the last layer) and ``delta`` a float round-off
     allowance (Tsuzuku et al., "Lipschitz-Margin Training", NeurIPS 2018).  ``bound``: an
-    externally known global bound (default: ``lipschitz_bound(model, 2)``).
+    externally known global bound (default: ``lipschitz_bound(model, p)``).
     """
     from lipkit.certify import certify
 
-    res = certify(model, x, 2, lipschitz=bound)
+    res = certify(model, x, p, lipschitz=bound)
     correct = res.prediction == y
     return correct, torch.where(correct, res.radius, torch.zeros_like(res.radius))
 
 
-def _nominal(f: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Correctness and the *nominal* radius ``margin / sqrt(2)`` (assumes a 1-Lipschitz net)."""
+def _nominal(f: torch.Tensor, y: torch.Tensor, factor: float = math.sqrt(2.0)
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Correctness and the *nominal* radius ``margin / factor`` (assumes a 1-Lipschitz net;
+    ``factor`` sqrt(2) for l2, 2 for l_inf)."""
     f = f.double()
     true = f.gather(1, y[:, None]).squeeze(1)
     margin = true - f.scatter(1, y[:, None], -math.inf).max(1).values
     correct = margin > 0
-    return correct, torch.where(correct, margin / math.sqrt(2.0), torch.zeros_like(margin))
+    return correct, torch.where(correct, margin / factor, torch.zeros_like(margin))
 
 
-def evaluate(model: nn.Module, split: Split, radii: list[float], *, sound: bool = False) -> dict[str, Any]:
+def _nominal_for(model: nn.Module, cfg: RunConfig | None, f: torch.Tensor, y: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    if cfg is not None and cfg.is_linf_model:
+        from lipkit.linf import nominal_radius, pair_lipschitz
+
+        with torch.no_grad():
+            return nominal_radius(f, y, pair_lipschitz(model))
+    return _nominal(f, y)
+
+
+def evaluate(model: nn.Module, split: Split, radii: list[float], *, sound: bool = False,
+             cfg: RunConfig | None = None) -> dict[str, Any]:
     """Test accuracy and certified accuracy per radius.
 
     ``sound=True``: radii from :func:`margin_radius` (a sound bound of the actual weights, float
     round-off accounted for; costs SVDs).  ``sound=False`` (the per-epoch progress metric):
     ``margin / sqrt(2)``, i.e. it *assumes* the network is 1-Lipschitz; a training signal only,
-    never reported as a certificate.
+    never reported as a certificate.  ``cfg`` selects the norm and model kind (default: l2 lipmlp).
     """
     was = model.training
     model.eval()
+    p = cfg.p if cfg is not None else 2.0
     try:
         if sound:
-            correct, radius = margin_radius(model, split.x_test, split.y_test)
+            correct, radius = margin_radius(model, split.x_test, split.y_test, p=p)
         else:
             with torch.no_grad():
-                correct, radius = _nominal(model(split.x_test), split.y_test)
+                correct, radius = _nominal_for(model, cfg, model(split.x_test), split.y_test)
     finally:
         model.train(was)
     return {
@@ -310,10 +339,25 @@ def load_checkpoint(run_dir: Path, epoch: int) -> tuple[dict[str, Any], dict[str
 
 
 def _make_optimizer(cfg: RunConfig, model: nn.Module, steps_total: int) -> tuple[torch.optim.Optimizer, Any]:
-    if cfg.optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if cfg.is_linf_model:
+        # AdamW-style decoupled weight decay on the head only (Zhang et al. never decay the
+        # distance-layer weights: they are prototypes, not gains).
+        from lipkit.linf import distance_layers
+
+        dist = {id(q) for m in distance_layers(model) for q in m.parameters()}
+        groups: Any = [{"params": [q for q in model.parameters() if id(q) in dist], "weight_decay": 0.0},
+                       {"params": [q for q in model.parameters() if id(q) not in dist],
+                        "weight_decay": cfg.weight_decay}]
     else:
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True)
+        groups = model.parameters()
+    if cfg.optimizer == "adam":
+        if cfg.weight_decay > 0:
+            opt: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas),
+                                                           eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
+    else:
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
     if cfg.schedule == "onecycle":
         sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps_total)
     elif cfg.schedule == "cosine":
@@ -347,14 +391,18 @@ def fit(
     n = len(split.x_train)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     opt, sched = _make_optimizer(cfg, model, cfg.epochs * steps_per_epoch)
-    loss_fn = make_loss(cfg)
+    linf = cfg.is_linf_model
+    loss_fn = None if cfg.loss == "mix" else make_loss(cfg)
 
     start = 0
     history: list[dict[str, Any]] = []
     last = latest_checkpoint(run_dir)
     if last is not None:
         meta, tensors = load_checkpoint(run_dir, last)
-        saved = dict(meta["config"])
+        try:  # keys added to RunConfig after the checkpoint was written take their defaults
+            saved = RunConfig.from_dict(meta["config"]).to_dict()
+        except (ValueError, TypeError):
+            saved = dict(meta["config"])
         mine = cfg.to_dict()
         free = ("epochs", "threads", "name", "radii", "pgd_steps")  # do not change the training trajectory
         diff = sorted(k for k in mine if k not in free and saved.get(k) != mine[k])
@@ -379,6 +427,10 @@ def fit(
 
     t0 = time.perf_counter()
     bar = _progress(cfg.epochs, start, progress)
+    # l_p relaxation: |x - w|^p / max^p underflows to subnormal floats for large p, which are 10-30x
+    # slower on x86 (measured 784 -> 1024 at batch 512, p = 32: 13.3 s -> 1.0 s per step).  Flushing
+    # them to zero changes terms below 1e-38 of a sum whose largest term is 1.
+    flush = linf and torch.set_flush_denormal(True)
     try:
         for epoch in range(start, cfg.epochs):
             if stop_after is not None and epoch >= stop_after:
@@ -389,10 +441,21 @@ def fit(
             t_epoch = time.perf_counter()
             total, count, hits, wide = 0.0, 0, 0, 0
             r_mid = cfg.radii[len(cfg.radii) // 2]
-            for k in range(0, n, cfg.batch_size):
+            for step, k in enumerate(range(0, n, cfg.batch_size)):
                 idx = perm[k : k + cfg.batch_size]
+                if linf and len(idx) < 2:
+                    continue  # mean shift needs batch statistics
+                if linf:
+                    from lipkit.linf import apply_schedule, mix_loss, pair_lipschitz, schedule_at
+
+                    values = schedule_at(cfg, epoch, step, steps_per_epoch)
+                    apply_schedule(model, values)
                 out = model(split.x_train[idx])
-                loss = loss_fn(out, split.y_train[idx])
+                if loss_fn is None:
+                    loss = mix_loss(out, split.y_train[idx], pair_lipschitz(model), values.eps,
+                                    values.ce_weight, cfg.temperature)
+                else:
+                    loss = loss_fn(out, split.y_train[idx])
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch + 1}; "
                                              "lower the learning rate")
@@ -404,14 +467,23 @@ def fit(
                 total += loss.item() * len(idx)
                 count += len(idx)
                 with torch.no_grad():  # running train metrics from the batch logits (no extra forward)
-                    ok, nominal = _nominal(out.detach(), split.y_train[idx])
+                    ok, nominal = _nominal_for(model, cfg, out.detach(), split.y_train[idx])
                     hits += int(ok.sum())
                     wide += int((nominal >= r_mid).sum())
             rec = {"epoch": epoch + 1, "loss": total / count, "train_accuracy": hits / count,
                    "nominal_certified": {f"{r_mid:g}": wide / count},
                    "seconds": time.perf_counter() - t_epoch}
+            if linf:
+                rec["p"] = values.p
+                rec["eps"] = values.eps
+                rec["ce_weight"] = values.ce_weight
             if epoch + 1 == cfg.epochs:
-                ev = evaluate(model, split, cfg.radii)
+                if linf:
+                    from lipkit.linf import apply_schedule, recalibrate_mean_shift, schedule_at
+
+                    apply_schedule(model, schedule_at(cfg, cfg.epochs, 0, steps_per_epoch))  # p = inf
+                    recalibrate_mean_shift(model, split.x_train)
+                ev = evaluate(model, split, cfg.radii, cfg=cfg)
                 rec["test_accuracy"] = ev["clean_accuracy"]
                 rec["test_nominal_certified"] = ev["certified_accuracy"]
             history.append(rec)
@@ -419,6 +491,8 @@ def fit(
             bar.update(rec)
     finally:
         bar.close()
+        if flush:
+            torch.set_flush_denormal(False)
     model.eval()
     total_seconds = sum(float(r.get("seconds", 0.0)) for r in history)
     return model, {"history": history, "resumed_from": start, "seconds": time.perf_counter() - t0,
