@@ -21,6 +21,13 @@ the batch mean of each output is subtracted (and tracked), in evaluation the tra
 one sample depends on the rest of the batch, so no per-sample bound exists and
 :func:`lipkit.lipschitz_bound` refuses (like for ``nn.BatchNorm``).
 
+:class:`LinfDistConv2d` and :class:`SortNeuronConv2d` apply the same neurons to every
+``kernel_size`` patch of an image (``torch.nn.functional.unfold``, zero padding), with one weight
+per output channel: output ``(o, position)`` is ``max_{i in patch} |x_i - w_oi|``, a max over a
+subset of the input coordinates (padding zeros are constants), so each output is again
+1-Lipschitz w.r.t. the l_inf norm of the *whole* input and the layer's l_inf bound stays exactly 1.
+Mean shift is per output channel (over batch and positions, like ``nn.BatchNorm2d``).
+
 ``LinfDistLinear(p=8.0)`` computes the smooth relaxation ``||x - w_o||_p`` (the paper trains with
 ``p`` growing from 8 to inf; a trainer sets ``layer.p``).  Such a neuron is 1-Lipschitz for the
 l_p norm of the input only: w.r.t. l_inf its constant is ``n^{1/p}`` (n = ``in_features``), and
@@ -39,6 +46,10 @@ l_r relaxation, r<inf   n^{1/r}            sqrt(m) * n^{max(0,1/r-1/2)} m
 with m = ``out_features``: for p = 2, each output is 1-Lipschitz w.r.t. ``||.||_inf <= ||.||_2``
 (resp. ``||.||_r <= n^{max(0, 1/r - 1/2)} ||.||_2``), and m outputs can move together (all
 neurons may take their max on the same coordinate), so sqrt(m) is tight; likewise m for p = 1.
+For the conv layers, m = ``out_channels * N`` where N is the largest number of patches that
+contain one input pixel (from the recorded input size, or the size-free bound
+``ceil(kernel/stride)`` per axis): ``sum_{o, pos} |dy|^2 <= out * sum_pos ||dx_patch||^2
+<= out * N * ||dx||_2^2``, and similarly for p = 1.
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lipkit.bounds import UnsupportedModuleError, register_bound, round_up
@@ -57,8 +69,9 @@ from lipkit.layers.distance_kernels import (
     sort_dist,
     sortnet_coefficients,
 )
+from lipkit.layers.pooling import _max_cover
 
-__all__ = ["LinfDistLinear", "SortNeuronLinear"]
+__all__ = ["LinfDistLinear", "SortNeuronLinear", "LinfDistConv2d", "SortNeuronConv2d"]
 
 _INITS = ("auto", "identity", "normal")
 
@@ -68,7 +81,8 @@ class _DistanceLayer(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool, mean_shift: bool,
                  momentum: float, init: str, identity_scale: float,
-                 device: torch.device | str | None, dtype: torch.dtype | None) -> None:
+                 device: torch.device | str | None, dtype: torch.dtype | None,
+                 weight_shape: tuple[int, ...] | None = None) -> None:
         super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -85,7 +99,7 @@ class _DistanceLayer(nn.Module):
         self.init = init
         self.identity_scale = float(identity_scale)
         self.budget_bytes = DEFAULT_BUDGET_BYTES
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
+        self.weight = nn.Parameter(torch.empty(weight_shape or (out_features, in_features), **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         if self.mean_shift:
             self.register_buffer("running_mean", torch.zeros(out_features, **factory))
@@ -116,7 +130,9 @@ class _DistanceLayer(nn.Module):
             if self.running_mean is not None:
                 self.running_mean.zero_()
 
-    def _distance(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def _distance(self, x: torch.Tensor, rows_per_item: int) -> torch.Tensor:  # pragma: no cover
+        """Neuron values for the rows of ``x`` (``(rows, in_features)``); ``rows_per_item`` rows
+        belong to one sample (1 for dense layers, the number of patches for conv layers)."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,7 +148,15 @@ class _DistanceLayer(nn.Module):
                 f"{type(self).__name__}: input dtype {x.dtype} != weight dtype {self.weight.dtype}"
             )
         lead = x.shape[:-1]
-        z = self._distance(x.reshape(-1, self.in_features))
+        z = self._shift_and_bias(self._distance(x.reshape(-1, self.in_features), 1))
+        return z.reshape(*lead, self.out_features)
+
+    def _weight2d(self) -> torch.Tensor:
+        """The weight as the ``(out_features, in_features)`` matrix the kernels use (a view)."""
+        return self.weight.view(self.out_features, self.in_features)
+
+    def _shift_and_bias(self, z: torch.Tensor) -> torch.Tensor:
+        """Mean shift over the rows of ``z`` (``(rows, out_features)``) and bias."""
         if self.mean_shift:
             if self.training:
                 if z.shape[0] < 2:
@@ -148,7 +172,7 @@ class _DistanceLayer(nn.Module):
                 z = z - self.running_mean
         if self.bias is not None:
             z = z + self.bias
-        return z.reshape(*lead, self.out_features)
+        return z
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -187,21 +211,50 @@ class LinfDistLinear(_DistanceLayer):
 
     @p.setter
     def p(self, value: float) -> None:
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"p must be a number >= 1 or inf, got {value!r}") from None
-        if math.isnan(v) or v < 1.0:
-            raise ValueError(f"p must be >= 1 or inf, got {value!r}")
-        self._p = v
+        self._p = _check_p(value)
 
-    def _distance(self, x: torch.Tensor) -> torch.Tensor:
-        if math.isinf(self._p):
-            return linf_dist(x, self.weight, budget_bytes=self.budget_bytes)
-        return lp_dist(x, self.weight, self._p, budget_bytes=self.budget_bytes)
+    def _distance(self, x: torch.Tensor, rows_per_item: int) -> torch.Tensor:
+        return _linf_or_lp(x, self._weight2d(), self._p, self.budget_bytes)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", p={self._p}"
+
+
+def _check_p(value: object) -> float:
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"p must be a number >= 1 or inf, got {value!r}") from None
+    if math.isnan(v) or v < 1.0:
+        raise ValueError(f"p must be >= 1 or inf, got {value!r}")
+    return v
+
+
+def _linf_or_lp(x: torch.Tensor, w: torch.Tensor, p: float, budget: int) -> torch.Tensor:
+    if math.isinf(p):
+        return linf_dist(x, w, budget_bytes=budget)
+    return lp_dist(x, w, p, budget_bytes=budget)
+
+
+def _sortnet(layer: _DistanceLayer, x: torch.Tensor, rows_per_mask: int) -> torch.Tensor:
+    """SortNet neuron values: exact top-K in evaluation, one Bernoulli(q) mask per group of
+    ``rows_per_mask`` rows in training (see :class:`SortNeuronLinear`)."""
+    w = layer._weight2d()
+    if not layer.training or layer.q == 1.0:
+        return sort_dist(x, w, layer.coefficients, budget_bytes=layer.budget_bytes)
+    outs = []
+    for s in range(0, x.shape[0], rows_per_mask):
+        mask = _draw_mask(layer.in_features, layer.q, x.device)
+        outs.append(masked_linf_dist(x[s:s + rows_per_mask], w, mask, budget_bytes=layer.budget_bytes))
+    return torch.cat(outs, dim=0)
+
+
+def _draw_mask(n: int, q: float, device: torch.device) -> torch.Tensor:
+    """A Bernoulli(q) subset of ``range(n)``, redrawn until it is not empty."""
+    while True:
+        mask = torch.rand(n, device=device) < q
+        if bool(mask.any()):
+            return mask
 
 
 class SortNeuronLinear(_DistanceLayer):
@@ -240,27 +293,184 @@ class SortNeuronLinear(_DistanceLayer):
         """The order-statistic weights ``c_k`` used at evaluation (float64, sum 1)."""
         return sortnet_coefficients(self.q, self.in_features, self.k)
 
-    def _distance(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.q == 1.0:
-            return sort_dist(x, self.weight, self.coefficients, budget_bytes=self.budget_bytes)
-        outs = []
-        for s in range(0, x.shape[0], self.sub_batch):
-            mask = self._draw_mask(x.device)
-            outs.append(masked_linf_dist(x[s:s + self.sub_batch], self.weight, mask,
-                                         budget_bytes=self.budget_bytes))
-        return torch.cat(outs, dim=0)
-
-    def _draw_mask(self, device: torch.device) -> torch.Tensor:
-        while True:
-            mask = torch.rand(self.in_features, device=device) < self.q
-            if bool(mask.any()):
-                return mask
+    def _distance(self, x: torch.Tensor, rows_per_item: int) -> torch.Tensor:
+        return _sortnet(self, x, self.sub_batch * rows_per_item)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", q={self.q}, k={self.k}"
 
 
-@register_bound(LinfDistLinear, SortNeuronLinear)
+# --------------------------------------------------------------------------- convolutions
+
+
+def _pair(v: int | tuple[int, ...], name: str, who: str, minimum: int) -> tuple[int, int]:
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = (v, v)
+    v = tuple(v)
+    if len(v) != 2 or not all(isinstance(a, int) and not isinstance(a, bool) and a >= minimum for a in v):
+        raise ValueError(f"{who}: {name} must be an int >= {minimum} or a pair of them, got {v!r}")
+    return v  # type: ignore[return-value]
+
+
+class _DistanceConv2d(_DistanceLayer):
+    """Shared parts of the conv variants: weight ``(out, in, kh, kw)``, unfold, shapes, init."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int], padding: int | tuple[int, int],
+                 dilation: int | tuple[int, int], bias: bool, mean_shift: bool, momentum: float, init: str,
+                 identity_scale: float, device: torch.device | str | None, dtype: torch.dtype | None) -> None:
+        who = type(self).__name__
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{who}: {name} must be a positive int, got {v!r}")
+        self.kernel_size = _pair(kernel_size, "kernel_size", who, 1)
+        self.stride = _pair(stride, "stride", who, 1)
+        self.padding = _pair(padding, "padding", who, 0)
+        self.dilation = _pair(dilation, "dilation", who, 1)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        kh, kw = self.kernel_size
+        super().__init__(in_channels * kh * kw, out_channels, bias, mean_shift, momentum, init,
+                         identity_scale, device, dtype, weight_shape=(out_channels, in_channels, kh, kw))
+
+    def reset_parameters(self) -> None:
+        """As the dense layers, with the identity placed at the kernel centre:
+        ``"identity"``: ``w = 0`` except ``w[j, j, kh // 2, kw // 2] = -C`` for ``j < min(in, out)``
+        (extra output channels: ``N(0, 1)``), so that for ``|x| < C / 2`` output channel j is input
+        channel j (shifted by the kernel's centre offset) plus C.  ``"auto"``: identity when
+        ``in_channels == out_channels``, else normal."""
+        with torch.no_grad():
+            mode = self.init
+            if mode == "auto":
+                mode = "identity" if self.in_channels == self.out_channels else "normal"
+            self.weight.normal_()
+            if mode == "identity":
+                r = min(self.in_channels, self.out_channels)
+                ch, cw = self.kernel_size[0] // 2, self.kernel_size[1] // 2
+                self.weight[:r].zero_()
+                self.weight[:r, :r, ch, cw] = -self.identity_scale * torch.eye(r, dtype=self.weight.dtype,
+                                                                                device=self.weight.device)
+            if self.bias is not None:
+                self.bias.zero_()
+            if self.running_mean is not None:
+                self.running_mean.zero_()
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        """Spatial output size for an ``h x w`` input."""
+        out = []
+        for n, k, s, pd, d in zip((h, w), self.kernel_size, self.stride, self.padding, self.dilation,
+                                  strict=True):
+            out.append((n + 2 * pd - d * (k - 1) - 1) // s + 1)
+        return out[0], out[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        who = type(self).__name__
+        if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4):
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{who} expects an input of shape (N, C, H, W) or (C, H, W), got {shape}")
+        single = x.dim() == 3
+        if single:
+            x = x.unsqueeze(0)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"{who}: expected {self.in_channels} input channels, got input of shape "
+                             f"{tuple(x.shape)}")
+        if x.dtype != self.weight.dtype:
+            raise TypeError(f"{who}: input dtype {x.dtype} != weight dtype {self.weight.dtype}")
+        ho, wo = self.output_size(x.shape[2], x.shape[3])
+        if ho < 1 or wo < 1:
+            raise ValueError(f"{who}: input spatial size {tuple(x.shape[2:])} with padding {self.padding} is "
+                             f"smaller than the (dilated) kernel {self.kernel_size}")
+        n = x.shape[0]
+        cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
+        rows = cols.transpose(1, 2).reshape(n * ho * wo, self.in_features)  # one patch per row
+        z = self._shift_and_bias(self._distance(rows, ho * wo))
+        y = z.view(n, ho * wo, self.out_features).transpose(1, 2).reshape(n, self.out_features, ho, wo)
+        return y[0] if single else y
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"bias={self.bias is not None}, mean_shift={self.mean_shift}")
+
+
+class LinfDistConv2d(_DistanceConv2d):
+    """Convolution of l_inf-distance neurons: ``y[o, pos] = max_{i in patch} |x_i - w_oi| (- mean) + b_o``.
+
+    Zhang, Lu, Ye, Wang, He, Wang (ICML 2021) define l_inf-distance nets on vectors; this is the
+    same neuron slid over ``kernel_size`` patches (``torch.nn.functional.unfold``, zero padding).
+    Each output is a max over a subset of the input coordinates of ``|x_i - w_oi|``, hence exactly
+    1-Lipschitz w.r.t. the l_inf norm of the whole input, and :func:`lipkit.lipschitz_bound` returns
+    1 for ``p=inf`` (``n^{1/p}``, ``n = in_channels * kh * kw``, for the l_p relaxation).
+
+    Args mirror ``nn.Conv2d`` (``in_channels, out_channels, kernel_size, stride, padding, dilation,
+    bias``) plus ``mean_shift`` (per output channel over batch and positions), ``p``, ``init``
+    (identity at the kernel centre, see :meth:`reset_parameters`) as :class:`LinfDistLinear`.
+    The weight has shape ``(out_channels, in_channels, kh, kw)``.  Input ``(N, C, H, W)`` or
+    ``(C, H, W)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
+                 dilation: int | tuple[int, int] = 1, bias: bool = True, *, mean_shift: bool = True,
+                 p: float = math.inf, momentum: float = 0.1, init: str = "auto", identity_scale: float = 10.0,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, bias, mean_shift,
+                         momentum, init, identity_scale, device, dtype)
+        self._p = _check_p(p)
+
+    @property
+    def p(self) -> float:
+        """Norm of the distance (``inf``: exact l_inf-distance neuron)."""
+        return self._p
+
+    @p.setter
+    def p(self, value: float) -> None:
+        self._p = _check_p(value)
+
+    def _distance(self, x: torch.Tensor, rows_per_item: int) -> torch.Tensor:
+        return _linf_or_lp(x, self._weight2d(), self._p, self.budget_bytes)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", p={self._p}"
+
+
+class SortNeuronConv2d(_DistanceConv2d):
+    """Convolution of SortNet neurons (Zhang, Jiang, He, Wang, NeurIPS 2022) over ``kernel_size`` patches.
+
+    ``y[o, pos] = sum_k c_k d_(k)`` with ``d_(0) >= d_(1) >= ...`` the sorted ``|x_i - w_oi|`` over
+    the patch and ``c = sortnet_coefficients(q, in_channels * kh * kw, k)``; exactly 1-Lipschitz for
+    l_inf w.r.t. the whole input.  Training mode: one Bernoulli(q) subset of the patch coordinates
+    per ``sub_batch`` *images* (shared by all their patches), as :class:`SortNeuronLinear` does per
+    ``sub_batch`` rows; evaluation: exact top-K.  Other arguments as :class:`LinfDistConv2d`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
+                 dilation: int | tuple[int, int] = 1, q: float = 0.5, bias: bool = True, *,
+                 k: int | None = None, sub_batch: int = 16, mean_shift: bool = True, momentum: float = 0.1,
+                 init: str = "auto", identity_scale: float = 10.0, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, bias, mean_shift,
+                         momentum, init, identity_scale, device, dtype)
+        if not isinstance(sub_batch, int) or isinstance(sub_batch, bool) or sub_batch < 1:
+            raise ValueError(f"sub_batch must be a positive int, got {sub_batch!r}")
+        sortnet_coefficients(q, self.in_features, k)  # validates q and k
+        self.q = float(q)
+        self.k = k
+        self.sub_batch = sub_batch
+
+    @property
+    def coefficients(self) -> torch.Tensor:
+        """The order-statistic weights ``c_k`` used at evaluation (float64, sum 1)."""
+        return sortnet_coefficients(self.q, self.in_features, self.k)
+
+    def _distance(self, x: torch.Tensor, rows_per_item: int) -> torch.Tensor:
+        return _sortnet(self, x, self.sub_batch * rows_per_item)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", q={self.q}, k={self.k}"
+
+
+@register_bound(LinfDistLinear, SortNeuronLinear, LinfDistConv2d, SortNeuronConv2d)
 def _distance_rule(module: _DistanceLayer, p: float, shapes: dict) -> float:
     if module.mean_shift and module.training:
         raise UnsupportedModuleError(
@@ -269,6 +479,10 @@ def _distance_rule(module: _DistanceLayer, p: float, shapes: dict) -> float:
         )
     r = getattr(module, "p", math.inf)  # norm of the distance neuron (SortNet: inf)
     n, m = module.in_features, module.out_features
+    if isinstance(module, _DistanceConv2d):
+        # outputs that can move together per input pixel: out_channels x (patches covering a pixel)
+        m = module.out_channels * _max_cover(module, shapes, module.kernel_size, module.stride,
+                                             module.padding, module.dilation, False)
     if math.isinf(r):
         neuron_inf, neuron_2 = 1.0, 1.0
     else:
