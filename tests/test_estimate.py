@@ -236,12 +236,19 @@ def test_lipopt_deep_bounds_the_vertex_maximum():
         lipopt(net, math.inf, degree=2)
 
 
-def test_estimate_on_a_cnn_falls_back_to_naive():
+def test_estimate_on_a_cnn_lowers_convs_or_falls_back_to_naive():
     torch.manual_seed(0)
     cnn = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 5 * 5, 3))
     est = estimate(cnn, 2, "lipsdp", input_shape=(1, 5, 5), lower_kwargs={"n_starts": 4, "steps": 10})
-    assert est.method == "naive" and "Conv2d" in est.details["fallback"]
-    assert 0 < est.lower <= est.upper == naive_upper(cnn, 2, input_shape=(1, 5, 5))
+    assert est.method == "lipsdp"  # the conv is lowered to its exact 50 x 25 matrix
+    assert 0 < est.lower <= est.upper <= naive_upper(cnn, 2, input_shape=(1, 5, 5))
+    pooled = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                           nn.Linear(2 * 2 * 2, 3))
+    est = estimate(pooled, 2, "lipsdp", input_shape=(1, 5, 5), lower_kwargs={"n_starts": 4, "steps": 10})
+    assert est.method == "naive" and "MaxPool2d" in est.details["fallback"]
+    assert 0 < est.lower <= est.upper == naive_upper(pooled, 2, input_shape=(1, 5, 5))
+    est = estimate(cnn, 2, "lipsdp", lower=False)  # no input shape: cannot lower the conv
+    assert est.method == "naive" and "input_shape" in est.details["fallback"]
 
 
 def test_parse_merges_consecutive_linear_layers():

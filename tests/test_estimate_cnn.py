@@ -83,3 +83,20 @@ def test_cnn_bracket_is_sound_for_p2_and_inf():
                  / torch.linalg.vector_norm((a - b).flatten(1), ord=p, dim=1))
         cnn.float()
         assert float(r.max()) <= est.upper
+
+
+def test_conv_lowered_to_its_exact_matrix():
+    from lipkit.estimation._mlp import conv_as_linear
+
+    torch.manual_seed(6)
+    for conv, shape in ((nn.Conv2d(3, 4, 3, stride=2, padding=1, dilation=1), (3, 7, 6)),
+                        (nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=2), (4, 5, 5)),
+                        (nn.Conv1d(2, 3, 4, stride=3), (2, 11))):
+        lin, out_shape = conv_as_linear(conv, shape)
+        x = torch.randn(5, *shape, dtype=torch.float64)
+        with torch.no_grad():
+            ref = conv.double()(x)
+            assert ref.shape[1:] == out_shape
+            assert torch.allclose(lin(x.flatten(1)), ref.flatten(1), atol=1e-12)
+    with pytest.raises(TypeError, match="padding_mode"):
+        conv_as_linear(nn.Conv2d(1, 1, 3, padding=1, padding_mode="circular"), (1, 4, 4))

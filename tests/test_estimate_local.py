@@ -28,12 +28,12 @@ def _max_quotient(net: nn.Module, dom, p: float, n: int = 6000, seed: int = 0) -
     g = torch.Generator().manual_seed(seed)
     a = dom.sample(n, g)
     half = float((dom.hi - dom.lo).max()) / 2
-    step = half * torch.logspace(-4, 0, n, dtype=torch.float64)[:, None]
+    step = half * torch.logspace(-4, 0, n, dtype=torch.float64).reshape(-1, *([1] * (a.dim() - 1)))
     b = dom.project(a + step * torch.randn(a.shape, generator=g, dtype=torch.float64))
     net64 = net.double()
     with torch.no_grad():
         num = torch.linalg.vector_norm(net64(a) - net64(b), ord=p, dim=1)
-    den = torch.linalg.vector_norm(a - b, ord=p, dim=1)
+    den = torch.linalg.vector_norm((a - b).flatten(1), ord=p, dim=1)
     ok = den > 0
     return float((num[ok] / den[ok]).max())
 
@@ -102,11 +102,21 @@ def test_interval_bounds_enclose_every_preactivation():
         assert float((u_ - l_).min()) >= 0
 
 
-def test_local_on_a_cnn_falls_back_to_global_naive_with_a_local_lower_bound():
+def test_local_on_cnns():
     torch.manual_seed(0)
-    cnn = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 5 * 5, 3))
+    cnn = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 3, stride=2), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(2 * 2 * 2, 3))
     x0 = torch.randn(1, 5, 5)
+    glob = estimate(cnn, 2, "lipsdp", input_shape=(1, 5, 5), lower=False).upper
     est = estimate(cnn, 2, "local", input_domain=(x0, 0.1, 2), lower_kwargs=FAST)
+    assert est.method == "local" and est.details["fixed"] > 0  # convs lowered, IBP through them
+    dom = as_domain((x0, 0.1, 2))
+    assert _max_quotient(cnn.double(), dom, 2) <= est.upper <= glob * (1 + 1e-6)
+    assert 0 < est.lower <= est.upper
+    cnn.float()
+    pooled = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                           nn.Linear(2 * 2 * 2, 3))
+    est = estimate(pooled, 2, "local", input_domain=(x0, 0.1, 2), lower_kwargs=FAST)
     assert est.method == "naive" and "local failed" in est.details["fallback"]
     assert 0 < est.lower <= est.upper
 

@@ -110,10 +110,10 @@ def local_upper(
         try:
             if p == 2:
                 cands["lipsdp-local"] = lipsdp(model, neuron_slopes=slopes, time_limit=time_limit,
-                                               max_iters=5000).upper
+                                               max_iters=5000, input_shape=dom.shape).upper
             elif mlp.depth <= 3:
                 cands["lipopt-local"] = lipopt(model, p, degree=max(mlp.depth, 2), time_limit=time_limit,
-                                               neuron_slopes=slopes).upper
+                                               neuron_slopes=slopes, input_shape=dom.shape).upper
         except (LipSDPError, LiPoptError) as exc:
             info["local_solver_error"] = f"{type(exc).__name__}: {exc}"
     info["candidates"] = cands
@@ -132,9 +132,12 @@ def _run(
     if method == "naive":
         return naive_upper(model, p, input_shape=input_shape), {}
     if method in ("lipsdp", "lipsdp-layer"):
-        r = lipsdp(model, variant="neuron" if method == "lipsdp" else "layer", time_limit=time_limit)
-        return r.upper, {"solver_status": r.solver_status, "solver_value": r.solver_value}
-    r2 = lipopt(model, p, degree=3 if method == "lipopt" else 2, time_limit=time_limit)
+        r = lipsdp(model, variant="neuron" if method == "lipsdp" else "layer", time_limit=time_limit,
+                   input_shape=input_shape)
+        return r.upper, {"solver_status": r.solver_status, "solver_value": r.solver_value,
+                         "lipsdp_variant": r.variant}
+    r2 = lipopt(model, p, degree=3 if method == "lipopt" else 2, time_limit=time_limit,
+                input_shape=input_shape)
     return r2.upper, {"lp_status": r2.lp_status, "rows": r2.rows}
 
 

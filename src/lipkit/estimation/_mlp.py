@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["MLP", "parse_mlp", "activation_slopes"]
+__all__ = ["MLP", "parse_mlp", "activation_slopes", "conv_as_linear", "MAX_CONV_MATRIX"]
 
 
 def activation_slopes(act: nn.Module) -> tuple[float, float]:
@@ -86,16 +86,85 @@ def _w64(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(device="cpu", dtype=torch.float64).clone()
 
 
-def parse_mlp(model: nn.Module) -> MLP:
+#: largest explicit matrix (entries) a convolution is lowered to
+MAX_CONV_MATRIX = 4_000_000
+
+
+def conv_as_linear(conv: nn.Module, input_shape: tuple[int, ...]) -> tuple[nn.Linear, tuple[int, ...]]:
+    """The ``nn.Linear`` (float64) computing ``conv`` on flattened inputs of ``input_shape`` (C, H[, W]).
+
+    Column ``j`` is the (bias-free) convolution of the ``j``-th basis image; with zero padding every entry is
+    a single kernel weight (or 0), so the matrix is exact.  Returns the layer and the output shape.
+    """
+    if conv.padding_mode != "zeros":
+        raise TypeError(f"{type(conv).__name__} with padding_mode={conv.padding_mode!r} is not lowered to a "
+                        "matrix (only zero padding)")
+    n_in = 1
+    for d in input_shape:
+        n_in *= int(d)
+    w = conv.weight.detach().to("cpu", torch.float64)
+    fn = nn.functional.conv2d if isinstance(conv, nn.Conv2d) else nn.functional.conv1d
+    with torch.no_grad():
+        zero = fn(torch.zeros((1, *input_shape), dtype=torch.float64), w, None, conv.stride, conv.padding,
+                  conv.dilation, conv.groups)
+        out_shape = tuple(zero.shape[1:])
+        n_out = zero.numel()
+        if n_in * n_out > MAX_CONV_MATRIX:
+            raise TypeError(f"{type(conv).__name__} on inputs {tuple(input_shape)} would be a {n_out} x "
+                            f"{n_in} matrix (limit {MAX_CONV_MATRIX} entries)")
+        basis = torch.eye(n_in, dtype=torch.float64).reshape(n_in, *input_shape)
+        cols = fn(basis, w, None, conv.stride, conv.padding, conv.dilation, conv.groups).reshape(n_in, n_out)
+    lin = nn.Linear(n_in, n_out, dtype=torch.float64)
+    with torch.no_grad():
+        lin.weight.copy_(cols.T)
+        b = conv.bias.detach().to("cpu", torch.float64) if conv.bias is not None else None
+        lin.bias.copy_(b.repeat_interleave(n_out // b.numel()) if b is not None else torch.zeros(n_out))
+    return lin, out_shape
+
+
+def _lower_convs(layers: list[nn.Module], input_shape: tuple[int, ...] | None) -> list[nn.Module]:
+    """Replace Conv1d/Conv2d by explicit Linear layers, tracking the shape (needs ``input_shape``)."""
+    if not any(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in layers):
+        return layers
+    if input_shape is None:
+        raise TypeError("a network with Conv1d/Conv2d layers needs input_shape=(C, H, W) for the MLP "
+                        "estimators")
+    shape = tuple(int(d) for d in input_shape)
+    out: list[nn.Module] = []
+    for m in layers:
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            lin, shape = conv_as_linear(m, shape)
+            out.append(lin)
+            continue
+        if isinstance(m, nn.Flatten):
+            n = 1
+            for d in shape:
+                n *= d
+            shape = (n,)
+            continue
+        if isinstance(m, nn.Linear):
+            shape = (m.out_features,)
+        elif not isinstance(m, (nn.Identity, nn.Dropout)):
+            activation_slopes(m)  # element-wise (shape kept), or a TypeError naming the module
+        out.append(m)
+    return out
+
+
+def parse_mlp(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> MLP:
     """Read ``model`` (``nn.Linear`` or ``nn.Sequential`` of Linear/activation layers) as an :class:`MLP`.
 
     ``nn.Identity``, ``nn.Flatten`` and ``nn.Dropout`` in eval mode are skipped; consecutive Linear
-    layers are multiplied together; a trailing activation is followed by an identity layer.
+    layers are multiplied together; a trailing activation is followed by an identity layer.  Convolutions
+    (zero padding, any stride) are lowered to their exact matrices when ``input_shape`` (one input, no batch)
+    is given and the matrices are small (:data:`MAX_CONV_MATRIX`); element-wise activations act on the
+    flattened (C, H, W) order, the order of ``nn.Flatten``.
     Raises ``TypeError`` naming any unsupported module, ``ValueError`` on NaN/inf weights.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    layers = _flatten(model)
+    if input_shape is None:
+        input_shape = getattr(model, "input_shape", None)
+    layers = _lower_convs(_flatten(model), input_shape)
     weights: list[torch.Tensor] = []
     biases: list[torch.Tensor] = []
     acts: list[nn.Module] = []

@@ -226,6 +226,7 @@ def lipopt(
     degree: int = 3,
     time_limit: float | None = None,
     neuron_slopes: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    input_shape: tuple[int, ...] | None = None,
 ) -> LiPoptResult:
     """Certified l_inf (or l1) Lipschitz upper bound of an MLP by LiPopt-``degree``.
 
@@ -242,7 +243,7 @@ def lipopt(
     if degree < 1:
         raise ValueError(f"LiPopt degree must be >= 1, got {degree}")
     t0 = time.perf_counter()
-    mlp = parse_mlp(model)
+    mlp = parse_mlp(model, input_shape)
     if neuron_slopes is not None:
         if len(neuron_slopes) != mlp.depth - 1:
             raise ValueError(f"neuron_slopes needs {mlp.depth - 1} layers, got {len(neuron_slopes)}")

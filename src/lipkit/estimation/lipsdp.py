@@ -202,6 +202,7 @@ def lipsdp(
     verbose: bool = False,
     neuron_slopes: list[tuple[np.ndarray, np.ndarray]] | None = None,
     solver: str = "auto",
+    input_shape: tuple[int, ...] | None = None,
 ) -> LipSDPResult:
     """Certified l2 Lipschitz upper bound of an MLP by LipSDP-Neuron (``variant="neuron"``) or -Layer.
 
@@ -215,6 +216,7 @@ def lipsdp(
             certificate then holds for pairs of inputs in that domain).
         solver: ``"scs"`` (the SDP), ``"first-order"`` (:func:`lipsdp_first_order`, for large nets) or
             ``"auto"``: SCS up to :data:`SCS_MAX_NEURONS` hidden neurons, first order above.
+        input_shape: one input's shape; needed for CNNs (convolutions are lowered to exact matrices).
     Raises:
         LipSDPError: SCS failed and no certificate could be built from its multipliers.
     """
@@ -227,10 +229,10 @@ def lipsdp(
     if solver not in ("auto", "scs", "first-order"):
         raise ValueError(f"unknown LipSDP solver {solver!r}; use 'auto', 'scs' or 'first-order'")
     t0 = time.perf_counter()
-    mlp = parse_mlp(model)
+    mlp = parse_mlp(model, input_shape)
     if variant == "neuron" and neuron_slopes is None and mlp.depth >= 2 and (
             solver == "first-order" or (solver == "auto" and sum(mlp.hidden_sizes) > SCS_MAX_NEURONS)):
-        return lipsdp_first_order(model, time_limit=time_limit)
+        return lipsdp_first_order(model, time_limit=time_limit, input_shape=input_shape)
     if neuron_slopes is not None:
         if len(neuron_slopes) != mlp.depth - 1:
             raise ValueError(f"neuron_slopes needs {mlp.depth - 1} layers, got {len(neuron_slopes)}")
@@ -499,7 +501,8 @@ def _certify_blocks(blk: dict, lams: list[np.ndarray]) -> float:
 
 
 def lipsdp_first_order(
-    model: nn.Module, *, max_iters: int = 300, time_limit: float | None = None, lr: float = 0.1
+    model: nn.Module, *, max_iters: int = 300, time_limit: float | None = None, lr: float = 0.1,
+    input_shape: tuple[int, ...] | None = None,
 ) -> LipSDPResult:
     """LipSDP-Neuron for networks too large for SCS: minimise the convex ``rho*(lambda)`` directly.
 
@@ -513,9 +516,9 @@ def lipsdp_first_order(
     """
     _torch = torch
     t0 = time.perf_counter()
-    mlp = parse_mlp(model)
+    mlp = parse_mlp(model, input_shape)
     if mlp.depth < 2:
-        return lipsdp(model)
+        return lipsdp(model, input_shape=input_shape)
     norms = [float(np.linalg.norm(w.numpy(), 2)) for w in mlp.weights]
     betas = [float(np.abs(np.concatenate(mlp.layer_slopes(k))).max(initial=0.0))
              for k in range(mlp.depth - 1)]

@@ -344,7 +344,7 @@ def local_slopes(model: nn.Module, domain: Domain) -> tuple[MLP, list[tuple[np.n
     Returns ``(mlp, slopes, stats)`` with ``stats`` counting fixed (cannot switch) and dead neurons.
     Raises ``TypeError`` when the model is not an MLP or a module is unsupported.
     """
-    mlp = parse_mlp(model)
+    mlp = parse_mlp(model, domain.shape)
     if len(mlp.acts) == 0:
         return mlp, [], {"neurons": 0, "fixed": 0, "dead": 0}
     ranges = interval_bounds(model, domain)
