@@ -296,3 +296,18 @@ def test_first_order_lipsdp_is_sound_and_close_to_scs():
     assert _verify_blocks(blk, lam, rho * (1 + 1e-6)) and not _verify_blocks(blk, lam, rho * (1 - 1e-6))
     s = _structure(mlp, 1.0)
     assert certify_multipliers(s, lam) == pytest.approx(rho, rel=1e-6)
+
+
+def test_multi_scale_lower_bound():
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Linear(4, 10), nn.ReLU()]
+    for _ in range(4):
+        layers += [nn.Linear(10, 10), nn.ReLU()]
+    net = nn.Sequential(*layers, nn.Linear(10, 1))
+    kw = {"n_starts": 8, "steps": 20, "n_pairs": 64}
+    multi = lower_bound(net, 2, scale=(1.0, 10.0), **kw)
+    assert multi.details["scale"] in (1.0, 10.0)
+    assert multi.value >= lower_bound(net, 2, scale=1.0, **kw).value
+    assert multi.value <= lipsdp(net).upper
+    with pytest.raises(ValueError, match="non-empty sequence"):
+        lower_bound(net, 2, scale=())

@@ -176,7 +176,7 @@ def lower_bound(
     n_starts: int = 32,
     steps: int = 60,
     n_pairs: int = 512,
-    scale: float = 1.0,
+    scale: float | tuple[float, ...] | list[float] = 1.0,
     seed: int = 0,
     lr: float = 0.05,
     domain=None,
@@ -188,7 +188,9 @@ def lower_bound(
         p: 1, 2 or inf.
         input_shape: shape of one input without batch (inferred from a first ``nn.Linear``).
         n_starts, steps: number of ascent starts and steps.  n_pairs: random pairs sampled.
-        scale: standard deviation of the random starting points.
+        scale: standard deviation of the random starting points; a sequence runs the search at each scale
+            (``n_starts`` and ``n_pairs`` per scale) and keeps the best (deep nets with biases often have
+            their largest slopes far from the origin).
         domain: a :class:`lipkit.estimation.local.Domain`: then every point and pair lies in the domain (a
             bound of the *local* constant).  Jacobians are only taken at interior points (the domain shrunk
             by ``1e-6``), where small steps in every direction stay in the domain.
@@ -196,6 +198,16 @@ def lower_bound(
     p = normalize_p(p)
     if n_starts < 1 or steps < 0 or n_pairs < 0:
         raise ValueError("n_starts must be >= 1, steps and n_pairs >= 0")
+    if isinstance(scale, (tuple, list)):
+        if not scale or domain is not None:
+            raise ValueError("scale must be a number, or a non-empty sequence without a domain")
+        results = [lower_bound(model, p, input_shape=input_shape, n_starts=n_starts, steps=steps,
+                               n_pairs=n_pairs, scale=float(sc), seed=seed + k, lr=lr)
+                   for k, sc in enumerate(scale)]
+        best_sc = max(range(len(results)), key=lambda k: results[k].value)
+        out = results[best_sc]
+        out.details["scale"] = float(scale[best_sc])
+        return out
     check_finite(model)
     if domain is not None:
         shape = tuple(domain.shape)
