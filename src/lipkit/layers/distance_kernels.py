@@ -569,9 +569,13 @@ class _SortDist(torch.autograd.Function):
         y = torch.empty(bsz, m, dtype=x.dtype, device=x.device)
         idx = torch.empty(bsz, m, k, dtype=torch.long, device=x.device)
         for b0, b1, o0, o1, d in _blocks(x, w, budget):
-            # a stable sort fixes the subgradient at ties (lower index first, as the native kernel);
-            # topk's order among equal values is unspecified
-            vals, ids = d.sort(dim=2, descending=True, stable=True)
+            # the subgradient at ties: equal distances in increasing index order (a stable sort), as
+            # the native kernel.  topk's order among equal values is unspecified, so it is used only
+            # when the K + 1 largest values of the block are all distinct
+            kk = min(k + 1, d.shape[2])
+            vals, ids = d.topk(kk, dim=2, largest=True, sorted=True)
+            if kk == d.shape[2] or bool((vals[..., 1:] == vals[..., :-1]).any()):
+                vals, ids = d.sort(dim=2, descending=True, stable=True)
             vals, ids = vals[..., :k], ids[..., :k]
             y[b0:b1, o0:o1] = vals @ coeffs
             idx[b0:b1, o0:o1] = ids

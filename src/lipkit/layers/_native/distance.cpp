@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <cstring>
 #include <thread>
 #include <type_traits>
@@ -105,7 +106,14 @@ template <typename T> inline T hsum(typename VecT<T>::v v) {
 // Bit l set iff a[l] == b[l] (resp. a[l] > b[l]).
 template <typename T> inline uint32_t mask_eq(typename VecT<T>::v a, typename VecT<T>::v b);
 template <typename T> inline uint32_t mask_gt(typename VecT<T>::v a, typename VecT<T>::v b);
+template <typename T> inline uint32_t mask_ge(typename VecT<T>::v a, typename VecT<T>::v b);
 #if defined(__AVX512F__)
+template <> inline uint32_t mask_ge<float>(VecT<float>::v a, VecT<float>::v b) {
+  return _mm512_cmp_ps_mask((__m512)a, (__m512)b, _CMP_GE_OQ);
+}
+template <> inline uint32_t mask_ge<double>(VecT<double>::v a, VecT<double>::v b) {
+  return _mm512_cmp_pd_mask((__m512d)a, (__m512d)b, _CMP_GE_OQ);
+}
 template <> inline uint32_t mask_eq<float>(VecT<float>::v a, VecT<float>::v b) {
   return _mm512_cmp_ps_mask((__m512)a, (__m512)b, _CMP_EQ_OQ);
 }
@@ -119,6 +127,12 @@ template <> inline uint32_t mask_gt<double>(VecT<double>::v a, VecT<double>::v b
   return _mm512_cmp_pd_mask((__m512d)a, (__m512d)b, _CMP_GT_OQ);
 }
 #elif defined(__AVX__)
+template <> inline uint32_t mask_ge<float>(VecT<float>::v a, VecT<float>::v b) {
+  return _mm256_movemask_ps(_mm256_cmp_ps((__m256)a, (__m256)b, _CMP_GE_OQ));
+}
+template <> inline uint32_t mask_ge<double>(VecT<double>::v a, VecT<double>::v b) {
+  return _mm256_movemask_pd(_mm256_cmp_pd((__m256d)a, (__m256d)b, _CMP_GE_OQ));
+}
 template <> inline uint32_t mask_eq<float>(VecT<float>::v a, VecT<float>::v b) {
   return _mm256_movemask_ps(_mm256_cmp_ps((__m256)a, (__m256)b, _CMP_EQ_OQ));
 }
@@ -140,6 +154,11 @@ template <typename T> inline uint32_t mask_eq(typename VecT<T>::v a, typename Ve
 template <typename T> inline uint32_t mask_gt(typename VecT<T>::v a, typename VecT<T>::v b) {
   uint32_t m = 0;
   for (int l = 0; l < lanes<T>(); ++l) m |= (uint32_t)(a[l] > b[l]) << l;
+  return m;
+}
+template <typename T> inline uint32_t mask_ge(typename VecT<T>::v a, typename VecT<T>::v b) {
+  uint32_t m = 0;
+  for (int l = 0; l < lanes<T>(); ++l) m |= (uint32_t)(a[l] >= b[l]) << l;
   return m;
 }
 #endif
@@ -358,15 +377,6 @@ void linf_lanes_block(const T* at, int64_t ldp, const T* bmat, int64_t P, int64_
     for (int q = 0; q < RQ; ++q) bq[q] = bmat + (q0 + std::min(q, nq - 1)) * N;
     lane_tile<T, NA, TRACK>(at, ldp, bq, N, acc, chk);
     for (int r = 0; r < NA; ++r) {
-      if (TRACK)  // the chunks to rescan are scattered over rows of A: start fetching them all
-        for (int q = 0; q < nq; ++q)
-          for (int l = 0; l < L; ++l) {
-            const int64_t p = p0 + r * L + l;
-            if (p >= P) break;
-            const T* row = (a_is_w ? w : x) + p * N + (int64_t)chk[r * RQ + q][l] * chunk<T>();
-            __builtin_prefetch(row);
-            __builtin_prefetch(row + chunk<T>() - 1);
-          }
       for (int q = 0; q < nq; ++q)
         for (int l = 0; l < L; ++l) {
           const int64_t p = p0 + r * L + l;
@@ -389,33 +399,47 @@ void linf_lanes_block(const T* at, int64_t ldp, const T* bmat, int64_t P, int64_
   }
 }
 
-template <typename T, bool TRACK>
-void linf_lanes(const T* x, const T* w, int64_t B, int64_t M, int64_t N, T* y, int32_t* code, int nt) {
+// The lanes-over-pairs driver: picks A (x or w, whichever pads better to whole vectors; ties: the
+// larger), cuts it into panels of RA * L rows and calls fn(lay, panel, p0, na) for each panel
+// (na = vectors of the panel holding real rows), one panel per work item.  Each thread packs its
+// panel into its own buffer (memory: threads x RA L x N, not a copy of A).
+template <typename T> struct Layout {
+  bool a_is_w;
+  const T* a;     // rows on the lanes
+  const T* bmat;  // rows that are broadcast
+  int64_t P, Q, ldp;
+};
+
+template <typename T, typename F>
+void for_panels(const T* x, const T* w, int64_t B, int64_t M, int64_t N, int nt, F fn) {
   constexpr int L = lanes<T>();
-  // lanes over the operand with less padding waste (ties: the larger one)
   const int64_t pad_b = (B + L - 1) / L * L, pad_m = (M + L - 1) / L * L;
   const bool a_is_w = pad_m * B < pad_b * M || (pad_m * B == pad_b * M && M >= B);
-  const T* a = a_is_w ? w : x;
-  const T* bmat = a_is_w ? x : w;
-  const int64_t P = a_is_w ? M : B, Q = a_is_w ? B : M, ldp = a_is_w ? pad_m : pad_b;
-  // one work item = one panel of PB rows of A against all rows of the broadcast operand; each
-  // thread packs its panel into its own buffer (memory: threads x PB x N, not a copy of A)
+  const Layout<T> lay{a_is_w, a_is_w ? w : x, a_is_w ? x : w, a_is_w ? M : B, a_is_w ? B : M,
+                      a_is_w ? pad_m : pad_b};
   const int64_t PB = RA * L;
-  const int64_t n_pb = (ldp + PB - 1) / PB;
+  const int64_t n_pb = (lay.ldp + PB - 1) / PB;
   const int ntu = (int)std::min<int64_t>(std::max(1, nt), n_pb);
   std::vector<std::vector<T>> panels(ntu, std::vector<T>((size_t)PB * N));
   parallel_for(n_pb, ntu, [&](int64_t pb, int tid) {
     const int64_t p0 = pb * PB;
     T* panel = panels[tid].data();
-    pack_panel<T>(a, P, N, p0, PB, panel);
-    const int na = (int)std::min<int64_t>(RA, (ldp - p0) / L);
-    for (int64_t q_lo = 0; q_lo < Q; q_lo += QB) {
-      const int64_t q_hi = std::min(Q, q_lo + QB);
+    pack_panel<T>(lay.a, lay.P, N, p0, PB, panel);
+    fn(lay, (const T*)panel, p0, (int)std::min<int64_t>(RA, (lay.ldp - p0) / L));
+  });
+}
+
+template <typename T, bool TRACK>
+void linf_lanes(const T* x, const T* w, int64_t B, int64_t M, int64_t N, T* y, int32_t* code, int nt) {
+  constexpr int L = lanes<T>();
+  for_panels<T>(x, w, B, M, N, nt, [&](const Layout<T>& lay, const T* panel, int64_t p0, int na) {
+    for (int64_t q_lo = 0; q_lo < lay.Q; q_lo += QB) {
+      const int64_t q_hi = std::min(lay.Q, q_lo + QB);
       switch (na) {
 #define LK_CASE(K) \
   case K: \
-    linf_lanes_block<T, (K <= RA ? K : RA), TRACK>(panel, PB, bmat, P, Q, N, p0, q_lo, q_hi, a_is_w, x, w, M, \
-                                                   y, code); \
+    linf_lanes_block<T, (K <= RA ? K : RA), TRACK>(panel, RA * L, lay.bmat, lay.P, lay.Q, N, p0, q_lo, q_hi, \
+                                                   lay.a_is_w, x, w, M, y, code); \
     break;
         LK_CASE(1) LK_CASE(2) LK_CASE(3) LK_CASE(4)
 #undef LK_CASE
@@ -479,58 +503,101 @@ void scatter_backward(const T* g, const int32_t* code, const T* coef, int64_t B,
 
 // ----------------------------------------------------------------------------- top-K (SortNet)
 
+
+template <typename T> inline typename VecT<T>::v vmin(typename VecT<T>::v a, typename VecT<T>::v b) {
+  return a < b ? a : b;
+}
+
 // y[b, o] = sum_k coef[k] d_(k) with d_(0) >= d_(1) >= ... the sorted |x[b] - w[o]| (ties: lower
 // index first); code[b, o, k] records the index and sign of d_(k) when code != nullptr.
+// Lanes-over-pairs layout: every lane keeps its pair's K largest distances in a list of K vectors
+// sorted by (distance desc, index asc), updated by a branch-free insertion network
+// (compare-exchange down the list).  A vector whose lanes all stay at or below the current K-th
+// value skips the network (an equal distance with a larger index never enters).
+template <typename T, bool IDX, int KC>
+void topk_panel(const Layout<T>& lay, const T* panel, int64_t p0, int na, const T* x, const T* w, int64_t M,
+                int64_t N, const T* coef, int64_t K_rt, T* y, int32_t* code, typename VecT<T>::v* rv_heap,
+                typename VecT<T>::vi* ri_heap) {
+  typedef typename VecT<T>::v v;
+  typedef typename VecT<T>::vi vi;
+  typedef typename std::remove_reference<decltype(ri_heap[0][0])>::type ii;
+  constexpr int L = lanes<T>();
+  // KC > 0: the list length is a compile-time constant and the list lives in registers
+  const int64_t K = KC > 0 ? KC : K_rt;
+  v rv_reg[KC > 0 ? KC : 1];
+  vi ri_reg[KC > 0 ? KC : 1];
+  v* rv = KC > 0 ? rv_reg : rv_heap;
+  vi* ri = KC > 0 ? ri_reg : ri_heap;
+  const int64_t PB = RA * L;
+  for (int64_t q = 0; q < lay.Q; ++q) {
+    const T* bq = lay.bmat + q * N;
+    for (int r = 0; r < na; ++r) {
+      for (int64_t k = 0; k < K; ++k) {
+        rv[k] = splat<T>(-1);  // below every distance: the first K coordinates always enter
+        if (IDX) ri[k] = vi{};
+      }
+      const T* col = panel + r * L;
+      for (int64_t i = 0; i < N; ++i) {
+        v d = vabs<T>(load(col + i * PB) - bq[i]);
+        if (KC == 0 && !mask_gt<T>(d, rv[K - 1])) continue;  // long lists: skip when nothing enters
+        if (IDX) {
+          vi di = vi{} + (ii)i;
+          for (int64_t k = 0; k < K; ++k) {
+            // (value desc, index asc) order: the carried element precedes an equal one iff its
+            // index is lower (never the case for the new coordinate i, the largest index so far)
+            const vi gt = (d > rv[k]) | ((d == rv[k]) & (di < ri[k]));
+            const v keep = rv[k];
+            const vi keep_i = ri[k];
+            rv[k] = gt ? d : keep;
+            ri[k] = gt ? di : keep_i;
+            d = gt ? keep : d;
+            di = gt ? keep_i : di;
+          }
+        } else {
+          for (int64_t k = 0; k < K; ++k) {
+            const v hi = vmax<T>(rv[k], d);
+            d = vmin<T>(rv[k], d);
+            rv[k] = hi;
+          }
+        }
+      }
+      for (int l = 0; l < L; ++l) {
+        const int64_t p = p0 + r * L + l;
+        if (p >= lay.P) break;
+        const int64_t b = lay.a_is_w ? q : p, o = lay.a_is_w ? p : q;
+        T s = 0;
+        for (int64_t k = 0; k < K; ++k) s += coef[k] * rv[k][l];
+        y[b * M + o] = s;
+        if (IDX)
+          for (int64_t k = 0; k < K; ++k) {
+            const int64_t i = (int64_t)ri[k][l];
+            code[(b * M + o) * K + k] = make_code(i, (double)x[b * N + i] - (double)w[o * N + i]);
+          }
+      }
+    }
+  }
+}
+
 template <typename T>
 void topk_forward(const T* x, const T* w, const T* coef, int64_t B, int64_t M, int64_t N, int64_t K, T* y,
                   int32_t* code, int nt) {
   typedef typename VecT<T>::v v;
-  constexpr int L = lanes<T>();
-  parallel_for(n_items(B, M), nt, [&](int64_t item, int) {
-    std::vector<T> vals(K);
-    std::vector<int64_t> ids(K);
-    for_tiles<T>(x, w, B, M, N, item, [&](int64_t b0, int nb, int64_t o0, int no, const T* const* xr,
-                                          const T* const* wr) {
-      for (int r = 0; r < nb; ++r)
-        for (int c = 0; c < no; ++c) {
-          const T* xp = xr[r];
-          const T* wp = wr[c];
-          int64_t filled = 0;
-          T thr = -1;  // distances are >= 0: the first K coordinates always enter
-          auto insert = [&](int64_t i, T d) {
-            int64_t p = filled < K ? filled++ : K - 1;
-            while (p > 0 && vals[p - 1] < d) {  // strict: equal values keep the lower index first
-              vals[p] = vals[p - 1];
-              ids[p] = ids[p - 1];
-              --p;
-            }
-            vals[p] = d;
-            ids[p] = i;
-            if (filled == K) thr = vals[K - 1];
-          };
-          int64_t i = 0;
-          for (; i + L <= N; i += L) {
-            const v d = vabs<T>(load(xp + i) - load(wp + i));
-            uint32_t m = mask_gt<T>(d, splat<T>(thr));
-            while (m) {
-              const int l = __builtin_ctz(m);
-              m &= m - 1;
-              if (d[l] > thr) insert(i + l, d[l]);
-            }
-          }
-          for (; i < N; ++i) {
-            const T d = std::fabs(xp[i] - wp[i]);
-            if (d > thr) insert(i, d);
-          }
-          T s = 0;
-          for (int64_t k = 0; k < K; ++k) s += coef[k] * vals[k];
-          const int64_t bo = (b0 + r) * M + o0 + c;
-          y[bo] = s;
-          if (code)
-            for (int64_t k = 0; k < K; ++k)
-              code[bo * K + k] = make_code(ids[k], (double)xp[ids[k]] - (double)wp[ids[k]]);
-        }
-    });
+  typedef typename VecT<T>::vi vi;
+  for_panels<T>(x, w, B, M, N, nt, [&](const Layout<T>& lay, const T* panel, int64_t p0, int na) {
+    std::vector<v> rv(K);
+    std::vector<vi> ri(K);
+    switch (K) {
+#define LK_CASE(KC) \
+  case KC: \
+    if (code) topk_panel<T, true, KC>(lay, panel, p0, na, x, w, M, N, coef, K, y, code, rv.data(), ri.data()); \
+    else topk_panel<T, false, KC>(lay, panel, p0, na, x, w, M, N, coef, K, y, nullptr, rv.data(), ri.data()); \
+    break;
+      LK_CASE(2) LK_CASE(3) LK_CASE(4) LK_CASE(5) LK_CASE(6) LK_CASE(7) LK_CASE(8)
+#undef LK_CASE
+      default:
+        if (code) topk_panel<T, true, 0>(lay, panel, p0, na, x, w, M, N, coef, K, y, code, rv.data(), ri.data());
+        else topk_panel<T, false, 0>(lay, panel, p0, na, x, w, M, N, coef, K, y, nullptr, rv.data(), ri.data());
+    }
   });
 }
 
