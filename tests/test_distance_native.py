@@ -12,6 +12,7 @@ from lipkit.layers import distance_native
 from lipkit.layers.distance_kernels import (
     NATIVE_MAX_K,
     get_backend,
+    grouped_masked_linf_dist,
     linf_dist,
     linf_dist_reference,
     lp_dist,
@@ -134,6 +135,34 @@ def test_masked_equals_reference_on_kept_columns(backend: str) -> None:
     _assert_same(lambda a, b: masked_linf_dist(a, b, mask, backend=backend),
                  lambda a, b: linf_dist_reference(a[:, mask], b[:, mask], ties="first"), x, w,
                  exact_values=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("rows", [1, 4, 7])
+def test_grouped_masks_equal_reference_per_group(backend: str, rows: int) -> None:
+    x, w = _data(23, 19, 41, seed=rows, ties=True)  # 23 rows: the last group is partial
+    groups = -(-23 // rows)
+    masks = torch.rand(groups, 41, generator=torch.Generator().manual_seed(rows)) < 0.3
+    masks[:, 5] = True  # no empty mask
+
+    def ref(a, b):
+        return torch.cat([linf_dist_reference(a[g * rows:(g + 1) * rows][:, masks[g]], b[:, masks[g]],
+                                              ties="first") for g in range(groups)])
+
+    _assert_same(lambda a, b: grouped_masked_linf_dist(a, b, masks, rows, backend=backend), ref, x, w,
+                 exact_values=True)
+
+
+def test_grouped_masks_bad_input() -> None:
+    x, w = torch.randn(10, 6), torch.randn(3, 6)
+    with pytest.raises(ValueError, match=r"shape \(3, 6\) \(one mask per 4 rows\)"):
+        grouped_masked_linf_dist(x, w, torch.ones(2, 6, dtype=torch.bool), 4)
+    masks = torch.ones(3, 6, dtype=torch.bool)
+    masks[1] = False
+    with pytest.raises(ValueError, match="keeps no input coordinate"):
+        grouped_masked_linf_dist(x, w, masks, 4)
+    with pytest.raises(ValueError, match="rows_per_mask must be a positive int"):
+        grouped_masked_linf_dist(x, w, masks, 0)
 
 
 # --------------------------------------------------------------------------- SortNet top-K

@@ -63,9 +63,9 @@ from torch import nn
 from lipkit.bounds import UnsupportedModuleError, register_bound, round_up
 from lipkit.layers.distance_kernels import (
     DEFAULT_BUDGET_BYTES,
+    grouped_masked_linf_dist,
     linf_dist,
     lp_dist,
-    masked_linf_dist,
     sort_dist,
     sortnet_coefficients,
 )
@@ -242,19 +242,18 @@ def _sortnet(layer: _DistanceLayer, x: torch.Tensor, rows_per_mask: int) -> torc
     w = layer._weight2d()
     if not layer.training or layer.q == 1.0:
         return sort_dist(x, w, layer.coefficients, budget_bytes=layer.budget_bytes)
-    outs = []
-    for s in range(0, x.shape[0], rows_per_mask):
-        mask = _draw_mask(layer.in_features, layer.q, x.device)
-        outs.append(masked_linf_dist(x[s:s + rows_per_mask], w, mask, budget_bytes=layer.budget_bytes))
-    return torch.cat(outs, dim=0)
+    masks = _draw_masks(-(-x.shape[0] // rows_per_mask), layer.in_features, layer.q, x.device)
+    return grouped_masked_linf_dist(x, w, masks, rows_per_mask, budget_bytes=layer.budget_bytes)
 
 
-def _draw_mask(n: int, q: float, device: torch.device) -> torch.Tensor:
-    """A Bernoulli(q) subset of ``range(n)``, redrawn until it is not empty."""
+def _draw_masks(groups: int, n: int, q: float, device: torch.device) -> torch.Tensor:
+    """``groups`` independent Bernoulli(q) subsets of ``range(n)``; empty ones are redrawn."""
+    masks = torch.rand(max(1, groups), n, device=device) < q
     while True:
-        mask = torch.rand(n, device=device) < q
-        if bool(mask.any()):
-            return mask
+        empty = ~masks.any(dim=1)
+        if not bool(empty.any()):
+            return masks
+        masks[empty] = torch.rand(int(empty.sum()), n, device=device) < q
 
 
 class SortNeuronLinear(_DistanceLayer):

@@ -59,6 +59,7 @@ from lipkit.layers import distance_native
 __all__ = [
     "linf_dist",
     "masked_linf_dist",
+    "grouped_masked_linf_dist",
     "lp_dist",
     "sort_dist",
     "sortnet_coefficients",
@@ -162,7 +163,7 @@ def _native_forward(lib, op: str, x: torch.Tensor, w: torch.Tensor, k: int, want
     code = torch.empty(bsz, m, k, dtype=torch.int32) if want_code else None
     cptr = code.data_ptr() if code is not None else None
     if op == "linf_forward":
-        _fn(lib, op, x.dtype)(x.data_ptr(), w.data_ptr(), bsz, m, n, y.data_ptr(), cptr, _nthreads())
+        _fn(lib, op, x.dtype)(x.data_ptr(), w.data_ptr(), bsz, m, n, None, n, y.data_ptr(), cptr, _nthreads())
     else:
         _fn(lib, op, x.dtype)(x.data_ptr(), w.data_ptr(), coeffs.data_ptr(), bsz, m, n, k, y.data_ptr(), cptr,
                               _nthreads())
@@ -359,21 +360,99 @@ def masked_linf_dist(x: torch.Tensor, w: torch.Tensor, mask: torch.Tensor, *,
                      budget_bytes: int = DEFAULT_BUDGET_BYTES, backend: str | None = None) -> torch.Tensor:
     """``y[b, o] = max_{i : mask[i]} |x[b, i] - w[o, i]|`` for a boolean ``mask`` of shape ``(n,)``.
 
-    One mask shared by the batch and the outputs: the kept columns are gathered once and the
-    l_inf kernel runs on ``mask.sum()`` columns, so a keep rate ``q`` costs about ``q`` of the
-    full kernel.  At least one entry of ``mask`` must be True.
+    One mask shared by the batch and the outputs: the kept columns are gathered once and the l_inf
+    kernel runs on them, so a keep rate ``q`` costs about ``q`` of the full kernel.  At least one
+    entry of ``mask`` must be True.  Gradients go to the first maximal *kept* coordinate (the tie
+    rule of :func:`linf_dist`).
     """
     _check(x, w, "masked_linf_dist")
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != (x.shape[1],):
+    n = x.shape[1]
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != (n,):
         raise ValueError(
-            f"masked_linf_dist: mask must be a bool tensor of shape ({x.shape[1]},), got "
+            f"masked_linf_dist: mask must be a bool tensor of shape ({n},), got "
             f"{getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}"
         )
-    cols = mask.nonzero().squeeze(1)
-    if cols.numel() == 0:
-        raise ValueError("masked_linf_dist: the mask keeps no input coordinate")
-    return linf_dist(x.index_select(1, cols), w.index_select(1, cols), budget_bytes=budget_bytes,
-                     backend=backend)
+    return grouped_masked_linf_dist(x, w, mask.unsqueeze(0), max(1, x.shape[0]), budget_bytes=budget_bytes,
+                                    backend=backend)
+
+
+class _NativeGroupedMasked(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, cols: list, rows: int, lib) -> torch.Tensor:
+        y, code = _native_grouped_forward(lib, x, w, cols, rows, want_code=True)
+        ctx.save_for_backward(code)
+        ctx.lib, ctx.shapes = lib, (x.shape, w.shape)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy: torch.Tensor):
+        (code,) = ctx.saved_tensors
+        gx, gw = _native_scatter(ctx.lib, ctx, gy, code, None, *ctx.shapes)
+        return gx, gw, None, None, None
+
+
+def _native_grouped_forward(lib, x: torch.Tensor, w: torch.Tensor, cols: list, rows: int, want_code: bool):
+    """One native call per group of ``rows`` rows, each over its kept columns ``cols[g]`` (int64)."""
+    bsz, n = x.shape
+    m = w.shape[0]
+    y = torch.empty(bsz, m, dtype=x.dtype)
+    code = torch.empty(bsz, m, 1, dtype=torch.int32) if want_code else None
+    fn, es, nt = _fn(lib, "linf_forward", x.dtype), x.element_size(), _nthreads()
+    for g, c in enumerate(cols):
+        b0 = g * rows
+        nb = min(rows, bsz - b0)
+        if nb <= 0:
+            break
+        fn(x.data_ptr() + b0 * n * es, w.data_ptr(), nb, m, n, c.data_ptr(), c.numel(),
+           y.data_ptr() + b0 * m * es, None if code is None else code.data_ptr() + b0 * m * 4, nt)
+    return y, code
+
+
+def grouped_masked_linf_dist(x: torch.Tensor, w: torch.Tensor, masks: torch.Tensor, rows_per_mask: int, *,
+                             budget_bytes: int = DEFAULT_BUDGET_BYTES, backend: str | None = None
+                             ) -> torch.Tensor:
+    """:func:`masked_linf_dist` with one mask per group of rows: rows
+    ``[g * rows_per_mask, (g + 1) * rows_per_mask)`` use ``masks[g]`` (``masks``: bool
+    ``(ceil(B / rows_per_mask), n)``, every row with at least one True).
+
+    This is SortNet's training step (Zhang, Jiang, He, Wang 2022: one Bernoulli(q) subset per
+    sub-batch).  With several groups the native backend reads the kept columns through an index
+    list and runs all groups in one autograd node, so the backward is one scatter into ``grad_x``
+    and ``grad_w`` instead of one weight-sized gradient per group (the torch backend gathers the
+    columns of each group).
+    """
+    _check(x, w, "grouped_masked_linf_dist")
+    bsz, n = x.shape
+    if not isinstance(rows_per_mask, int) or isinstance(rows_per_mask, bool) or rows_per_mask < 1:
+        raise ValueError(f"grouped_masked_linf_dist: rows_per_mask must be a positive int, "
+                         f"got {rows_per_mask!r}")
+    groups = max(1, -(-bsz // rows_per_mask))
+    if (not isinstance(masks, torch.Tensor) or masks.dtype != torch.bool
+            or masks.shape != (groups, n)):
+        raise ValueError(
+            f"grouped_masked_linf_dist: masks must be a bool tensor of shape ({groups}, {n}) (one mask per "
+            f"{rows_per_mask} rows), got {getattr(masks, 'dtype', type(masks).__name__)} "
+            f"{tuple(getattr(masks, 'shape', ()))}"
+        )
+    if not bool(masks.any(dim=1).all()):
+        raise ValueError("masked_linf_dist: a mask keeps no input coordinate")
+    lib = _native(x, backend, "masked_linf_dist")
+    if lib is None or groups == 1:  # one mask: gathering the kept columns once is fastest
+        outs = []
+        for g in range(groups):
+            keep = masks[g].nonzero()[:, 0]
+            outs.append(linf_dist(x[g * rows_per_mask:(g + 1) * rows_per_mask].index_select(1, keep),
+                                  w.index_select(1, keep), budget_bytes=budget_bytes,
+                                  backend="torch" if lib is None else backend))
+        return torch.cat(outs, dim=0) if len(outs) > 1 else outs[0]
+    _check_finite(x, "input", "masked_linf_dist", lib)
+    _check_finite(w, "weight", "masked_linf_dist", lib)
+    x, w = x.contiguous(), w.contiguous()
+    cols = [mk.nonzero()[:, 0].to(torch.int64).contiguous() for mk in masks.cpu()]
+    if _needs_grad(x, w):
+        return _NativeGroupedMasked.apply(x, w, cols, rows_per_mask, lib)
+    return _native_grouped_forward(lib, x, w, cols, rows_per_mask, want_code=False)[0]
 
 
 def linf_dist_reference(x: torch.Tensor, w: torch.Tensor, *, ties: str = "split") -> torch.Tensor:

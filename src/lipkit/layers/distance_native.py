@@ -33,7 +33,7 @@ from pathlib import Path
 __all__ = ["load", "reload", "unavailable_reason", "library_path", "cache_dir"]
 
 SOURCE = Path(__file__).with_name("_native") / "distance.cpp"
-ABI_VERSION = 1
+ABI_VERSION = 2
 _FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 
 _lock = threading.Lock()
@@ -102,7 +102,7 @@ def _build(cxx: str, flags: list[str], target: Path) -> str | None:
 def _declare(lib: ctypes.CDLL) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     sigs = {
-        "lk_linf_forward": [p, p, i64, i64, i64, p, p, i32],
+        "lk_linf_forward": [p, p, i64, i64, i64, p, i64, p, p, i32],
         "lk_scatter_backward": [p, p, p, i64, i64, i64, i64, p, p, i32],
         "lk_topk_forward": [p, p, p, i64, i64, i64, i64, p, p, i32],
         "lk_lp_forward": [p, p, i64, i64, i64, i64, p, i32],

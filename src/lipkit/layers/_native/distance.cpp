@@ -278,10 +278,11 @@ constexpr int64_t QB = 64;  // rows of the broadcast operand per work item
 template <typename T> constexpr int64_t chunk() { return 2 * lanes<T>(); }
 
 // acc[r][q] (lane l <-> row p0 + r L + l of A, row q of the broadcast operand) and, if TRACK, the
-// chunk number at which each lane's maximum was last raised.
-template <typename T, int NA, bool TRACK>
-inline void lane_tile(const T* at, int64_t ldp, const T* const* bq, int64_t N, typename VecT<T>::v* out_acc,
-                      typename VecT<T>::vi* out_chunk) {
+// chunk number at which each lane's maximum was last raised.  N is the number of (kept)
+// coordinates; with HC, coordinate i of the broadcast rows is column cols[i].
+template <typename T, int NA, bool TRACK, bool HC>
+inline void lane_tile(const T* at, int64_t ldp, const T* const* bq, int64_t N, const int64_t* cols,
+                      typename VecT<T>::v* out_acc, typename VecT<T>::vi* out_chunk) {
   typedef typename VecT<T>::v v;
   typedef typename VecT<T>::vi vi;
   constexpr int L = lanes<T>();
@@ -303,8 +304,9 @@ inline void lane_tile(const T* at, int64_t ldp, const T* const* bq, int64_t N, t
     for (int64_t i = i0; i < i1; ++i) {
       v av[NA];
       for (int r = 0; r < NA; ++r) av[r] = load(at + i * ldp + r * L);
+      const int64_t ci = HC ? cols[i] : i;
       for (int q = 0; q < RQ; ++q) {
-        const T bv = bq[q][i];
+        const T bv = bq[q][ci];
         for (int r = 0; r < NA; ++r) acc[r][q] = vmax<T>(acc[r][q], vabs<T>(av[r] - bv));
       }
     }
@@ -343,18 +345,32 @@ template <typename T> inline int64_t first_in_chunk(const T* x, const T* w, int6
   return i0;  // unreachable for finite inputs
 }
 
+// The same over kept columns: first position j of chunk c with |x[cols[j]] - w[cols[j]]| == y.
+template <typename T>
+inline int64_t first_in_chunk_cols(const T* x, const T* w, int64_t NK, const int64_t* cols, int64_t c, T y) {
+  const int64_t j0 = c * chunk<T>(), j1 = std::min(NK, j0 + chunk<T>());
+  for (int64_t j = j0; j < j1; ++j)
+    if (std::fabs(x[cols[j]] - w[cols[j]]) == y) return j;
+  return j0;  // unreachable for finite inputs
+}
+
 // Pack rows [p0, p0 + PB) of a (P, N) matrix as one transposed panel:
-// panel[i * PB + j] = a[p0 + j, i] (zero for rows >= P), so that the kernel reads one contiguous
-// PB-wide line per coordinate.
-template <typename T> void pack_panel(const T* a, int64_t P, int64_t N, int64_t p0, int64_t PB, T* panel) {
+// panel[i * PB + j] = a[p0 + j, col(i)] for i < NK (zero for rows >= P), col(i) = cols[i] or i, so
+// that the kernel reads one contiguous PB-wide line per coordinate.
+template <typename T>
+void pack_panel(const T* a, int64_t P, int64_t N, int64_t NK, const int64_t* cols, int64_t p0, int64_t PB,
+                T* panel) {
   constexpr int64_t IB = 64;  // transpose in IB x PB blocks (cache friendly)
-  for (int64_t i0 = 0; i0 < N; i0 += IB) {
-    const int64_t i1 = std::min(N, i0 + IB);
+  for (int64_t i0 = 0; i0 < NK; i0 += IB) {
+    const int64_t i1 = std::min(NK, i0 + IB);
     for (int64_t j = 0; j < PB; ++j) {
       const int64_t p = p0 + j;
       if (p < P) {
         const T* src = a + p * N;
-        for (int64_t i = i0; i < i1; ++i) panel[i * PB + j] = src[i];
+        if (cols)
+          for (int64_t i = i0; i < i1; ++i) panel[i * PB + j] = src[cols[i]];
+        else
+          for (int64_t i = i0; i < i1; ++i) panel[i * PB + j] = src[i];
       } else {
         for (int64_t i = i0; i < i1; ++i) panel[i * PB + j] = T(0);
       }
@@ -362,10 +378,10 @@ template <typename T> void pack_panel(const T* a, int64_t P, int64_t N, int64_t 
   }
 }
 
-template <typename T, int NA, bool TRACK>
-void linf_lanes_block(const T* at, int64_t ldp, const T* bmat, int64_t P, int64_t Q, int64_t N, int64_t p0,
-                      int64_t q_lo, int64_t q_hi, bool a_is_w, const T* x, const T* w, int64_t M, T* y,
-                      int32_t* code) {
+template <typename T, int NA, bool TRACK, bool HC>
+void linf_lanes_block(const T* at, int64_t ldp, const T* bmat, int64_t P, int64_t Q, int64_t N, int64_t NK,
+                      const int64_t* cols, int64_t p0, int64_t q_lo, int64_t q_hi, bool a_is_w, const T* x,
+                      const T* w, int64_t M, T* y, int32_t* code) {
   typedef typename VecT<T>::v v;
   typedef typename VecT<T>::vi vi;
   constexpr int L = lanes<T>();
@@ -375,7 +391,7 @@ void linf_lanes_block(const T* at, int64_t ldp, const T* bmat, int64_t P, int64_
   for (int64_t q0 = q_lo; q0 < q_hi; q0 += RQ) {
     const int nq = (int)std::min<int64_t>(RQ, q_hi - q0);
     for (int q = 0; q < RQ; ++q) bq[q] = bmat + (q0 + std::min(q, nq - 1)) * N;
-    lane_tile<T, NA, TRACK>(at, ldp, bq, N, acc, chk);
+    lane_tile<T, NA, TRACK, HC>(at, ldp, bq, NK, cols, acc, chk);
     for (int r = 0; r < NA; ++r) {
       for (int q = 0; q < nq; ++q)
         for (int l = 0; l < L; ++l) {
@@ -389,7 +405,9 @@ void linf_lanes_block(const T* at, int64_t ldp, const T* bmat, int64_t P, int64_
             if (m > 0) {
               const T* xb = x + b * N;
               const T* wo = w + o * N;
-              const int64_t i = first_in_chunk<T>(xb, wo, N, (int64_t)chk[r * RQ + q][l], m);
+              const int64_t ck = (int64_t)chk[r * RQ + q][l];
+              const int64_t i = HC ? cols[first_in_chunk_cols<T>(xb, wo, NK, cols, ck, m)]
+                                   : first_in_chunk<T>(xb, wo, N, ck, m);
               cd = make_code(i, (double)xb[i] - (double)wo[i]);
             }
             code[b * M + o] = cd;
@@ -411,35 +429,45 @@ template <typename T> struct Layout {
 };
 
 template <typename T, typename F>
-void for_panels(const T* x, const T* w, int64_t B, int64_t M, int64_t N, int nt, F fn) {
+void for_panels(const T* x, const T* w, int64_t B, int64_t M, int64_t N, int64_t NK, const int64_t* cols, int nt,
+                F fn) {
   constexpr int L = lanes<T>();
   const int64_t pad_b = (B + L - 1) / L * L, pad_m = (M + L - 1) / L * L;
-  const bool a_is_w = pad_m * B < pad_b * M || (pad_m * B == pad_b * M && M >= B);
+  // less padding waste first; on a tie, lanes over the smaller operand (less packing)
+  const bool a_is_w = pad_m * B < pad_b * M || (pad_m * B == pad_b * M && M < B);
   const Layout<T> lay{a_is_w, a_is_w ? w : x, a_is_w ? x : w, a_is_w ? M : B, a_is_w ? B : M,
                       a_is_w ? pad_m : pad_b};
   const int64_t PB = RA * L;
   const int64_t n_pb = (lay.ldp + PB - 1) / PB;
-  const int ntu = (int)std::min<int64_t>(std::max(1, nt), n_pb);
-  std::vector<std::vector<T>> panels(ntu, std::vector<T>((size_t)PB * N));
-  parallel_for(n_pb, ntu, [&](int64_t pb, int tid) {
+  // few panels (a small operand on the lanes): also split the broadcast rows, so that every
+  // thread has work; each such item packs its own copy of the (small) panel
+  const int64_t n_qs = std::min<int64_t>(lay.Q, std::max<int64_t>(1, (2 * std::max(1, nt) + n_pb - 1) / n_pb));
+  const int64_t qs = (lay.Q + n_qs - 1) / n_qs;
+  const int ntu = (int)std::min<int64_t>(std::max(1, nt), n_pb * n_qs);
+  std::vector<std::vector<T>> panels(ntu, std::vector<T>((size_t)PB * NK));
+  parallel_for(n_pb * n_qs, ntu, [&](int64_t item, int tid) {
+    const int64_t pb = item / n_qs, q_lo = (item % n_qs) * qs, q_hi = std::min(lay.Q, q_lo + qs);
+    if (q_lo >= q_hi) return;
     const int64_t p0 = pb * PB;
     T* panel = panels[tid].data();
-    pack_panel<T>(lay.a, lay.P, N, p0, PB, panel);
-    fn(lay, (const T*)panel, p0, (int)std::min<int64_t>(RA, (lay.ldp - p0) / L));
+    pack_panel<T>(lay.a, lay.P, N, NK, cols, p0, PB, panel);
+    fn(lay, (const T*)panel, p0, (int)std::min<int64_t>(RA, (lay.ldp - p0) / L), q_lo, q_hi);
   });
 }
 
-template <typename T, bool TRACK>
-void linf_lanes(const T* x, const T* w, int64_t B, int64_t M, int64_t N, T* y, int32_t* code, int nt) {
+template <typename T, bool TRACK, bool HC>
+void linf_lanes(const T* x, const T* w, int64_t B, int64_t M, int64_t N, int64_t NK, const int64_t* cols, T* y,
+                int32_t* code, int nt) {
   constexpr int L = lanes<T>();
-  for_panels<T>(x, w, B, M, N, nt, [&](const Layout<T>& lay, const T* panel, int64_t p0, int na) {
-    for (int64_t q_lo = 0; q_lo < lay.Q; q_lo += QB) {
-      const int64_t q_hi = std::min(lay.Q, q_lo + QB);
+  for_panels<T>(x, w, B, M, N, NK, cols, nt, [&](const Layout<T>& lay, const T* panel, int64_t p0, int na, int64_t q_from,
+                                       int64_t q_to) {
+    for (int64_t q_lo = q_from; q_lo < q_to; q_lo += QB) {
+      const int64_t q_hi = std::min(q_to, q_lo + QB);
       switch (na) {
 #define LK_CASE(K) \
   case K: \
-    linf_lanes_block<T, (K <= RA ? K : RA), TRACK>(panel, RA * L, lay.bmat, lay.P, lay.Q, N, p0, q_lo, q_hi, \
-                                                   lay.a_is_w, x, w, M, y, code); \
+    linf_lanes_block<T, (K <= RA ? K : RA), TRACK, HC>(panel, RA * L, lay.bmat, lay.P, lay.Q, N, NK, cols, p0, \
+                                                       q_lo, q_hi, lay.a_is_w, x, w, M, y, code); \
     break;
         LK_CASE(1) LK_CASE(2) LK_CASE(3) LK_CASE(4)
 #undef LK_CASE
@@ -449,10 +477,16 @@ void linf_lanes(const T* x, const T* w, int64_t B, int64_t M, int64_t N, T* y, i
   });
 }
 
+// y[b, o] = max over the columns cols[0..NK) (all N columns if cols == nullptr) of |x[b, i] - w[o, i]|;
+// codes hold the original column index.
 template <typename T>
-void linf_forward(const T* x, const T* w, int64_t B, int64_t M, int64_t N, T* y, int32_t* code, int nt) {
-  if (code) linf_lanes<T, true>(x, w, B, M, N, y, code, nt);
-  else linf_lanes<T, false>(x, w, B, M, N, y, nullptr, nt);
+void linf_forward(const T* x, const T* w, int64_t B, int64_t M, int64_t N, const int64_t* cols, int64_t NK, T* y,
+                  int32_t* code, int nt) {
+  if (cols == nullptr) NK = N;
+  if (code && cols) linf_lanes<T, true, true>(x, w, B, M, N, NK, cols, y, code, nt);
+  else if (code) linf_lanes<T, true, false>(x, w, B, M, N, NK, nullptr, y, code, nt);
+  else if (cols) linf_lanes<T, false, true>(x, w, B, M, N, NK, cols, y, nullptr, nt);
+  else linf_lanes<T, false, false>(x, w, B, M, N, NK, nullptr, y, nullptr, nt);
 }
 
 // gx[b, i] += s g[b, o*K + k] c[k],  gw[o, i] -= s g[b, o] c[k]  for code[b, o, k] = s (i + 1).
@@ -515,7 +549,7 @@ template <typename T> inline typename VecT<T>::v vmin(typename VecT<T>::v a, typ
 // (compare-exchange down the list).  A vector whose lanes all stay at or below the current K-th
 // value skips the network (an equal distance with a larger index never enters).
 template <typename T, bool IDX, int KC>
-void topk_panel(const Layout<T>& lay, const T* panel, int64_t p0, int na, const T* x, const T* w, int64_t M,
+void topk_panel(const Layout<T>& lay, const T* panel, int64_t p0, int na, int64_t q_lo, int64_t q_hi, const T* x, const T* w, int64_t M,
                 int64_t N, const T* coef, int64_t K_rt, T* y, int32_t* code, typename VecT<T>::v* rv_heap,
                 typename VecT<T>::vi* ri_heap) {
   typedef typename VecT<T>::v v;
@@ -529,7 +563,7 @@ void topk_panel(const Layout<T>& lay, const T* panel, int64_t p0, int na, const 
   v* rv = KC > 0 ? rv_reg : rv_heap;
   vi* ri = KC > 0 ? ri_reg : ri_heap;
   const int64_t PB = RA * L;
-  for (int64_t q = 0; q < lay.Q; ++q) {
+  for (int64_t q = q_lo; q < q_hi; ++q) {
     const T* bq = lay.bmat + q * N;
     for (int r = 0; r < na; ++r) {
       for (int64_t k = 0; k < K; ++k) {
@@ -583,20 +617,22 @@ void topk_forward(const T* x, const T* w, const T* coef, int64_t B, int64_t M, i
                   int32_t* code, int nt) {
   typedef typename VecT<T>::v v;
   typedef typename VecT<T>::vi vi;
-  for_panels<T>(x, w, B, M, N, nt, [&](const Layout<T>& lay, const T* panel, int64_t p0, int na) {
+  for_panels<T>(x, w, B, M, N, N, nullptr, nt, [&](const Layout<T>& lay, const T* panel, int64_t p0, int na,
+                                                int64_t q_lo,
+                                       int64_t q_hi) {
     std::vector<v> rv(K);
     std::vector<vi> ri(K);
     switch (K) {
 #define LK_CASE(KC) \
   case KC: \
-    if (code) topk_panel<T, true, KC>(lay, panel, p0, na, x, w, M, N, coef, K, y, code, rv.data(), ri.data()); \
-    else topk_panel<T, false, KC>(lay, panel, p0, na, x, w, M, N, coef, K, y, nullptr, rv.data(), ri.data()); \
+    if (code) topk_panel<T, true, KC>(lay, panel, p0, na, q_lo, q_hi, x, w, M, N, coef, K, y, code, rv.data(), ri.data()); \
+    else topk_panel<T, false, KC>(lay, panel, p0, na, q_lo, q_hi, x, w, M, N, coef, K, y, nullptr, rv.data(), ri.data()); \
     break;
       LK_CASE(2) LK_CASE(3) LK_CASE(4) LK_CASE(5) LK_CASE(6) LK_CASE(7) LK_CASE(8)
 #undef LK_CASE
       default:
-        if (code) topk_panel<T, true, 0>(lay, panel, p0, na, x, w, M, N, coef, K, y, code, rv.data(), ri.data());
-        else topk_panel<T, false, 0>(lay, panel, p0, na, x, w, M, N, coef, K, y, nullptr, rv.data(), ri.data());
+        if (code) topk_panel<T, true, 0>(lay, panel, p0, na, q_lo, q_hi, x, w, M, N, coef, K, y, code, rv.data(), ri.data());
+        else topk_panel<T, false, 0>(lay, panel, p0, na, q_lo, q_hi, x, w, M, N, coef, K, y, nullptr, rv.data(), ri.data());
     }
   });
 }
@@ -774,14 +810,15 @@ template <typename T> int all_finite(const T* a, int64_t n, int nt) {
 
 #define LK_EXPORT extern "C" __attribute__((visibility("default")))
 
-LK_EXPORT int lk_abi_version() { return 1; }
+LK_EXPORT int lk_abi_version() { return 2; }
 LK_EXPORT int lk_vector_bytes() { return LK_VBYTES; }
 
 #define LK_DEFINE(T, SUF)                                                                             \
   LK_EXPORT int lk_all_finite_##SUF(const T* a, int64_t n, int nt) { return all_finite<T>(a, n, nt); }  \
-  LK_EXPORT void lk_linf_forward_##SUF(const T* x, const T* w, int64_t B, int64_t M, int64_t N, T* y,   \
+  LK_EXPORT void lk_linf_forward_##SUF(const T* x, const T* w, int64_t B, int64_t M, int64_t N,          \
+                                       const int64_t* cols, int64_t NK, T* y,                          \
                                        int32_t* code, int nt) {                                       \
-    linf_forward<T>(x, w, B, M, N, y, code, nt);                                                      \
+    linf_forward<T>(x, w, B, M, N, cols, NK, y, code, nt);                                            \
   }                                                                                                   \
   LK_EXPORT void lk_scatter_backward_##SUF(const T* g, const int32_t* code, const T* coef, int64_t B,    \
                                            int64_t M, int64_t N, int64_t K, T* gx, T* gw, int nt) {   \
