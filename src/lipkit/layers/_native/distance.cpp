@@ -639,18 +639,6 @@ void topk_forward(const T* x, const T* w, const T* coef, int64_t B, int64_t M, i
 
 // ----------------------------------------------------------------------------- l_p distance
 
-// t <- t^e for t >= 0 and an integer e >= 0 (binary powering; bits from the most significant).
-template <typename T> inline typename VecT<T>::v vpow(typename VecT<T>::v t, int64_t e) {
-  typename VecT<T>::v r = splat<T>(1);
-  if (e == 0) return r;
-  int hb = 63 - __builtin_clzll((unsigned long long)e);
-  r = t;
-  for (int bit = hb - 1; bit >= 0; --bit) {
-    r = r * r;
-    if ((e >> bit) & 1) r = r * t;
-  }
-  return r;
-}
 template <typename T> inline T spow(T t, int64_t e) {
   T r = 1;
   T base = t;
@@ -662,40 +650,67 @@ template <typename T> inline T spow(T t, int64_t e) {
   return r;
 }
 
+// l_p tiles (row layout, vectors along the coordinates): a whole tile is raised to the power at
+// once, so the loop over the exponent's bits runs once per vector step, not once per pair.
+#if LK_VBYTES == 64
+constexpr int LFB = 2, LFO = 4, LBB = 2, LBO = 4;
+#else
+constexpr int LFB = 1, LFO = 4, LBB = 1, LBO = 2;
+#endif
+
+// t[j] <- base[j]^e for all j < NJ (e >= 1; binary powering from the most significant bit).
+template <typename T, int NJ>
+inline void tile_pow(typename VecT<T>::v* t, const typename VecT<T>::v* base, int64_t e) {
+  for (int j = 0; j < NJ; ++j) t[j] = base[j];
+  for (int bit = 62 - __builtin_clzll((unsigned long long)e); bit >= 0; --bit) {
+    for (int j = 0; j < NJ; ++j) t[j] = t[j] * t[j];
+    if ((e >> bit) & 1)
+      for (int j = 0; j < NJ; ++j) t[j] = t[j] * base[j];
+  }
+}
+
 // y[b, o] = ||x[b] - w[o]||_p for an integer p >= 1, scaled by the maximum to avoid overflow:
 // y = m (sum_i (d_i / m)^p)^(1/p), m = max_i d_i.
 template <typename T>
 void lp_forward(const T* x, const T* w, int64_t B, int64_t M, int64_t N, int64_t p, T* y, int nt) {
   typedef typename VecT<T>::v v;
   constexpr int L = lanes<T>();
+  constexpr int NJ = LFB * LFO;
   parallel_for(n_items(B, M), nt, [&](int64_t item, int) {
-    for_tiles<T>(x, w, B, M, N, item, [&](int64_t b0, int nb, int64_t o0, int no, const T* const* xr,
-                                          const T* const* wr) {
-      T mx[RB * RO];
-      tile_max<T>(xr, wr, N, mx);
-      v inv[RB][RO], acc[RB][RO];
-      for (int r = 0; r < RB; ++r)
-        for (int c = 0; c < RO; ++c) {
-          const T m = mx[r * RO + c];
-          inv[r][c] = splat<T>(m > 0 ? T(1) / m : T(0));
-          acc[r][c] = splat<T>(0);
-        }
+    for_tiles<T, LFB, LFO>(x, w, B, M, N, item, [&](int64_t b0, int nb, int64_t o0, int no, const T* const* xr,
+                                                    const T* const* wr) {
+      v acc[NJ];
+      for (int j = 0; j < NJ; ++j) acc[j] = splat<T>(0);
       int64_t i = 0;
-      for (; i + L <= N; i += L) {
-        v xv[RB];
-        for (int r = 0; r < RB; ++r) xv[r] = load(xr[r] + i);
-        for (int c = 0; c < RO; ++c) {
-          const v wv = load(wr[c] + i);
-          for (int r = 0; r < RB; ++r) acc[r][c] += vpow<T>(vabs<T>(xv[r] - wv) * inv[r][c], p);
+      for (; i + L <= N; i += L)  // pass 1: the maximum of each pair
+        for (int r = 0; r < LFB; ++r) {
+          const v xv = load(xr[r] + i);
+          for (int c = 0; c < LFO; ++c) acc[r * LFO + c] = vmax<T>(acc[r * LFO + c], vabs<T>(xv - load(wr[c] + i)));
         }
+      T mx[NJ], inv[NJ];
+      for (int r = 0; r < LFB; ++r)
+        for (int c = 0; c < LFO; ++c) {
+          T m = hmax_v<T>(acc[r * LFO + c]);
+          for (int64_t j = i; j < N; ++j) m = std::max(m, std::fabs(xr[r][j] - wr[c][j]));
+          mx[r * LFO + c] = m;
+          inv[r * LFO + c] = m > 0 ? T(1) / m : T(0);
+          acc[r * LFO + c] = splat<T>(0);
+        }
+      v base[NJ], t[NJ];
+      for (i = 0; i + L <= N; i += L) {  // pass 2: sum of (d / m)^p
+        for (int r = 0; r < LFB; ++r) {
+          const v xv = load(xr[r] + i);
+          for (int c = 0; c < LFO; ++c) base[r * LFO + c] = vabs<T>(xv - load(wr[c] + i)) * inv[r * LFO + c];
+        }
+        tile_pow<T, NJ>(t, base, p);
+        for (int j = 0; j < NJ; ++j) acc[j] += t[j];
       }
       for (int r = 0; r < nb; ++r)
         for (int c = 0; c < no; ++c) {
-          T s = hsum<T>(acc[r][c]);
-          const T iv = inv[r][c][0];
-          for (int64_t j = i; j < N; ++j) s += spow<T>(std::fabs(xr[r][j] - wr[c][j]) * iv, p);
-          const T m = mx[r * RO + c];
-          y[(b0 + r) * M + o0 + c] = m > 0 ? m * std::pow(s, T(1) / T(p)) : T(0);
+          const int j = r * LFO + c;
+          T sum = hsum<T>(acc[j]);
+          for (int64_t k = i; k < N; ++k) sum += spow<T>(std::fabs(xr[r][k] - wr[c][k]) * inv[j], p);
+          y[(b0 + r) * M + o0 + c] = mx[j] > 0 ? mx[j] * std::pow(sum, T(1) / T(p)) : T(0);
         }
     });
   });
@@ -710,50 +725,49 @@ void lp_backward(const T* x, const T* w, const T* y, const T* g, int64_t B, int6
   typedef typename VecT<T>::v v;
   typedef typename VecT<T>::vi vi;
   constexpr int L = lanes<T>();
+  constexpr int NJ = LBB * LBO;
   const int64_t items = n_items(B, M);
   const int ntu = (int)std::min<int64_t>(std::max(1, nt), items);
   if (gx) std::memset(scratch, 0, sizeof(T) * (size_t)ntu * B * N);
-  // each work item owns a (b block, o block): gw rows of the o block are shared between the b blocks,
-  // so items are ordered o-block-major and one thread takes all b blocks of an o block.
+  // gw rows of an o block are shared by all b blocks, so one thread takes all b blocks of an o block
   const int64_t n_bb = (B + BB - 1) / BB, n_ob = (M + OB - 1) / OB;
   parallel_for(n_ob, ntu, [&](int64_t ob, int tid) {
     T* gxt = gx ? scratch + (size_t)tid * B * N : nullptr;
     for (int64_t bb = 0; bb < n_bb; ++bb) {
       const int64_t item = bb * n_ob + ob;
-      for_tiles<T>(x, w, B, M, N, item, [&](int64_t b0, int nb, int64_t o0, int no, const T* const* xr,
-                                            const T* const* wr) {
-        v sc[RB][RO], inv[RB][RO];
-        for (int r = 0; r < RB; ++r)
-          for (int c = 0; c < RO; ++c) {
-            const bool ok = r < nb && c < no;
+      for_tiles<T, LBB, LBO>(x, w, B, M, N, item, [&](int64_t b0, int nb, int64_t o0, int no, const T* const* xr,
+                                                      const T* const* wr) {
+        T sc[NJ], inv[NJ];  // g / 0 and 1 / y per pair (0 for clamped copies and y = 0)
+        for (int r = 0; r < LBB; ++r)
+          for (int c = 0; c < LBO; ++c) {
             const int64_t bo = (b0 + std::min(r, nb - 1)) * M + o0 + std::min(c, no - 1);
             const T yy = y[bo];
-            inv[r][c] = splat<T>(yy > 0 ? T(1) / yy : T(0));
-            sc[r][c] = splat<T>(ok && yy > 0 ? g[bo] : T(0));
+            inv[r * LBO + c] = yy > 0 ? T(1) / yy : T(0);
+            sc[r * LBO + c] = (r < nb && c < no && yy > 0) ? g[bo] : T(0);
           }
         const vi signmask = (vi)splat<T>(T(-0.0));
-        auto term = [&](v d, int r, int c) -> v {  // sign(d) (|d| / y)^(p-1) g
-          const v a = vabs<T>(d);
-          v t;
-          if (p == 1) t = (v)((vi)(a > splat<T>(0)) & (vi)splat<T>(1));
-          else t = vpow<T>(a * inv[r][c], p - 1);
-          t = (v)((vi)t | ((vi)d & signmask));
-          return t * sc[r][c];
-        };
+        v base[NJ], t[NJ];
         int64_t i = 0;
         for (; i + L <= N; i += L) {
-          v xv[RB], gxa[RB];
-          for (int r = 0; r < RB; ++r) {
-            xv[r] = load(xr[r] + i);
-            gxa[r] = splat<T>(0);
+          v xv[LBB], wv[LBO];
+          for (int r = 0; r < LBB; ++r) xv[r] = load(xr[r] + i);
+          for (int c = 0; c < LBO; ++c) wv[c] = load(wr[c] + i);
+          for (int r = 0; r < LBB; ++r)
+            for (int c = 0; c < LBO; ++c) base[r * LBO + c] = vabs<T>(xv[r] - wv[c]) * inv[r * LBO + c];
+          if (p == 1) {
+            for (int j = 0; j < NJ; ++j) t[j] = (v)((vi)(base[j] > splat<T>(0)) & (vi)splat<T>(1));
+          } else {
+            tile_pow<T, NJ>(t, base, p - 1);
           }
-          for (int c = 0; c < RO; ++c) {
-            const v wv = load(wr[c] + i);
+          v gxa[LBB];
+          for (int r = 0; r < LBB; ++r) gxa[r] = splat<T>(0);
+          for (int c = 0; c < LBO; ++c) {
             v gwa = splat<T>(0);
-            for (int r = 0; r < RB; ++r) {
-              const v t = term(xv[r] - wv, r, c);
-              gxa[r] += t;
-              gwa += t;
+            for (int r = 0; r < LBB; ++r) {  // sign(d) (|d| / y)^(p-1) g
+              const int j = r * LBO + c;
+              const v tt = (v)((vi)t[j] | ((vi)(xv[r] - wv[c]) & signmask)) * sc[j];
+              gxa[r] += tt;
+              gwa += tt;
             }
             if (gw && c < no) store(gw + (o0 + c) * N + i, load(gw + (o0 + c) * N + i) - gwa);
           }
@@ -763,13 +777,13 @@ void lp_backward(const T* x, const T* w, const T* y, const T* g, int64_t B, int6
         for (; i < N; ++i)
           for (int r = 0; r < nb; ++r)
             for (int c = 0; c < no; ++c) {
+              const int j = r * LBO + c;
               const T d = xr[r][i] - wr[c][i];
               const T a = std::fabs(d);
-              const T iv = inv[r][c][0];
-              T t = p == 1 ? (a > 0 ? T(1) : T(0)) : spow<T>(a * iv, p - 1);
-              t = std::copysign(t, d) * sc[r][c][0];
-              if (gxt) gxt[(b0 + r) * N + i] += t;
-              if (gw) gw[(o0 + c) * N + i] -= t;
+              T tt = p == 1 ? (a > 0 ? T(1) : T(0)) : spow<T>(a * inv[j], p - 1);
+              tt = std::copysign(tt, d) * sc[j];
+              if (gxt) gxt[(b0 + r) * N + i] += tt;
+              if (gw) gw[(o0 + c) * N + i] -= tt;
             }
       });
     }
