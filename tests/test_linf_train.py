@@ -222,6 +222,38 @@ def test_certified_points_survive_pgd_linf(tmp_path, kw) -> None:
     assert chk.n_certified >= 20 and chk.n_broken == 0
     assert chk.baseline_success > 0.2  # the same attack at 3 x the radius does break points
     assert chk.max_violation <= 0.999 + 1e-6
+    if "head_width" not in kw:
+        # lipkit.certify has no a-priori round-off analysis for distance layers and subtracts the
+        # heuristic allowance max(1e-4 max|f|, 8 |f32 - f64|); check it covers the a-priori bound
+        # of the float32 forward over the ball, layer by layer: fl(|x_i - w_i|) has relative error
+        # u, the max is exact, then (z - mean) + b adds two roundings, so a layer errs by at most
+        # 3u (max_o z_o + |mean| + |b|) with z_o <= z_o(x) + r_max on the ball; the layers are
+        # 1-Lipschitz, so the errors add up at the logits (margins move by twice that).
+        assert not res.roundoff_rigorous
+        bound = _linf_net_roundoff(model, x, res.radius + res.allowance)
+        assert bool((res.allowance >= 2 * bound).all()), (res.allowance / bound).min()
+
+
+def _linf_net_roundoff(model, x: torch.Tensor, r_max: torch.Tensor) -> torch.Tensor:
+    u = 2.0**-24 + 2.0**-53
+    total = torch.zeros(x.shape[0], dtype=torch.float64)
+    h = x.double()
+    with torch.no_grad():
+        for layer in model:
+            twin = copy.deepcopy(layer).double().eval()
+            if isinstance(layer, lipkit.LinfDistLinear):
+                assert layer.p == INF
+                shift = twin.running_mean.abs().max().item() if twin.mean_shift else 0.0
+                bias = twin.bias.abs().max().item() if twin.bias is not None else 0.0
+                raw = lipkit.LinfDistLinear(twin.in_features, twin.out_features, bias=False, mean_shift=False,
+                                            dtype=torch.float64)
+                raw.weight.copy_(twin.weight)
+                z = raw(h).abs().amax(dim=1)
+                total += 4 * u * (z + r_max + shift + bias)
+            else:
+                assert isinstance(layer, Negate)
+            h = twin(h)
+    return total
 
 
 # --------------------------------------------------------------------------- command line
