@@ -12,6 +12,10 @@ Times one forward + backward (gradients for input and weight, as in a hidden lay
   the JSON says so and also gives the measured sub-batch time);
 * ``linear``: ``nn.Linear`` of the same shape (BLAS), the cost of an ordinary layer.
 
+Also timed (native backend, same shape, same rounds), for the record: ``sortnet_train`` (a
+``SortNeuronLinear`` training step, q = 0.5, one Bernoulli mask per 16 rows), ``sortnet_eval_k8``
+(exact top-8 SortNet forward without gradients) and ``lp8`` (the l_8 relaxation, forward+backward).
+
 The variants run in alternating order, one step each per round (A B C D, B C D A, ...), so that a
 load change on a shared machine hits all of them; the figures are medians over rounds of the wall
 time, and also of the process CPU time (less sensitive to other processes on the machine).
@@ -45,9 +49,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine  # noqa: E402
 
 from lipkit.layers import distance_native  # noqa: E402
-from lipkit.layers.distance_kernels import linf_dist, linf_dist_reference, native_available  # noqa: E402
+from lipkit.layers.distance import SortNeuronLinear  # noqa: E402
+from lipkit.layers.distance_kernels import (  # noqa: E402
+    linf_dist,
+    linf_dist_reference,
+    lp_dist,
+    native_available,
+    sort_dist,
+    sortnet_coefficients,
+)
 
 VARIANTS = ("native", "torch", "naive", "linear")
+OTHERS = ("sortnet_train", "sortnet_eval_k8", "lp8")
 
 
 def _setup(b: int, n: int, m: int, nb: int, seed: int = 0) -> dict:
@@ -59,6 +72,8 @@ def _setup(b: int, n: int, m: int, nb: int, seed: int = 0) -> dict:
         "xn": torch.randn(nb, n, generator=g).requires_grad_(),
         "gn": torch.randn(nb, m, generator=g),
         "lin": nn.Linear(n, m),
+        "sortnet": SortNeuronLinear(n, m, q=0.5, sub_batch=16).train(),
+        "coef8": sortnet_coefficients(0.5, n, 8),
     }
 
 
@@ -82,7 +97,21 @@ def _step(name: str, s: dict) -> Callable[[], None]:
         lin.zero_grad(set_to_none=True)
         lin(x).backward(g)
 
-    return {"native": native, "torch": torch_backend, "naive": naive, "linear": linear}[name]
+    def sortnet_train() -> None:
+        x.grad = None
+        s["sortnet"].zero_grad(set_to_none=True)
+        s["sortnet"](x).backward(g)
+
+    def sortnet_eval_k8() -> None:
+        with torch.no_grad():
+            sort_dist(x, w, s["coef8"], backend="native")
+
+    def lp8() -> None:
+        x.grad = w.grad = None
+        lp_dist(x, w, 8.0, backend="native").backward(g)
+
+    return {"native": native, "torch": torch_backend, "naive": naive, "linear": linear,
+            "sortnet_train": sortnet_train, "sortnet_eval_k8": sortnet_eval_k8, "lp8": lp8}[name]
 
 
 def _status_kb(field: str) -> int:
@@ -171,14 +200,15 @@ def main(argv: list[str] | None = None) -> dict:
         for backend in ("native", "torch"):
             assert torch.equal(linf_dist(s["x"][:nb], s["w"], backend=backend), ref)
 
-    steps = {name: _step(name, s) for name in VARIANTS}
+    steps = {name: _step(name, s) for name in VARIANTS + OTHERS}
     for name, step in steps.items():  # warm-up (the torch backend needs none: it has no cache)
         if name != "torch":
             step()
-    wall: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    wall: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
+    names = VARIANTS + OTHERS
     for r in range(args.rounds):
-        order = VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]
+        order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             if name == "torch" and r >= args.torch_rounds:
                 continue
@@ -218,6 +248,9 @@ def main(argv: list[str] | None = None) -> dict:
             "naive_extrapolation": f"naive measured on {nb} rows, times scaled linearly by {b}/{nb}",
             "seconds_all": {k: [round(t, 6) for t in v] for k, v in wall.items()},
             "rounds": args.rounds,
+            "other_kernels_native": {
+                name: {"seconds_median": med[name], "vs_linear": med[name] / med["linear"]} for name in OTHERS
+            },
         },
         "memory": memory,
     }
@@ -229,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds": round(seconds, 1),
     })
     _merge_write(args.out, figures)
-    for name in VARIANTS:
+    for name in VARIANTS + OTHERS:
         extra = f"   peak +{memory[name]:8.1f} MB" if name in memory else ""
         note = f" (extrapolated from {nb} rows)" if name == "naive" else ""
         print(f"{name:7s} {med[name] * 1e3:9.1f} ms wall  {med_cpu[name] * 1e3:9.1f} ms cpu{extra}{note}")
