@@ -323,3 +323,15 @@ def test_bench_linf_writes_its_keys_and_keeps_others(tmp_path) -> None:
     for key in ("command", "date", "machine", "seconds"):
         assert key in got
     assert "load_avg" in got["machine"]
+
+
+def test_top_level_exports() -> None:
+    import lipkit
+    from lipkit.layers import distance
+
+    for name in ("LinfDistLinear", "SortNeuronLinear", "LinfDistConv2d", "SortNeuronConv2d"):
+        assert getattr(lipkit, name) is getattr(distance, name)
+    assert lipkit.get_distance_backend is get_backend
+    with lipkit.use_distance_backend("torch"):
+        assert get_backend() == "torch"
+    assert get_backend() == "auto"

@@ -14,6 +14,9 @@ from lipkit.export import *  # noqa: F403
 from lipkit.layers.activations import *  # noqa: F403
 from lipkit.layers.conv import *  # noqa: F403
 from lipkit.layers.distance import *  # noqa: F403
+from lipkit.layers.distance_kernels import get_backend as get_distance_backend  # noqa: F401
+from lipkit.layers.distance_kernels import set_backend as set_distance_backend  # noqa: F401
+from lipkit.layers.distance_kernels import use_backend as use_distance_backend  # noqa: F401
 from lipkit.layers.linear import *  # noqa: F403
 from lipkit.layers.pooling import *  # noqa: F403
 from lipkit.layers.residual import *  # noqa: F403

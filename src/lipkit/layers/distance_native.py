@@ -13,13 +13,15 @@ torch kernels run instead.
 * Cache: ``$LIPKIT_CACHE_DIR`` or ``$XDG_CACHE_HOME/lipkit`` or ``~/.cache/lipkit``, file
   ``native/distance-<hash>.so``; the hash covers the source, the compiler and its version, the
   flags and the CPU's feature flags, so a cache shared between different machines never loads a
-  library built for another CPU.  The file is written under a temporary name and renamed, so
-  concurrent first uses are safe.
+  library built for another CPU.  Builds take a file lock (one process compiles, the others wait
+  and load its result) and write under a temporary name that is renamed at the end.  Libraries of
+  other (older) sources left in the directory for more than a day are deleted after a build.
 * Threads: each call runs on ``torch.get_num_threads()`` threads (``std::thread``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -28,6 +30,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 __all__ = ["load", "reload", "unavailable_reason", "library_path", "cache_dir"]
@@ -99,6 +102,32 @@ def _build(cxx: str, flags: list[str], target: Path) -> str | None:
             os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """Exclusive advisory lock on ``path`` (no-op where ``fcntl`` is unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _remove_stale(keep: Path, max_age_s: float = 86400.0) -> None:
+    now = time.time()
+    for old in keep.parent.glob("distance-*.so"):
+        try:
+            if old != keep and now - old.stat().st_mtime > max_age_s:
+                old.unlink()
+        except OSError:
+            pass
+
+
 def _declare(lib: ctypes.CDLL) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     sigs = {
@@ -138,10 +167,13 @@ def _try_load() -> tuple[ctypes.CDLL | None, str | None, Path | None]:
              platform.machine(), str(ABI_VERSION)]).encode()).hexdigest()[:16]
         target = cache_dir() / f"distance-{key}.so"
         if not target.is_file():
-            err = _build(cxx, flags, target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with _file_lock(target.with_suffix(".lock")):
+                err = None if target.is_file() else _build(cxx, flags, target)  # built while we waited?
             if err is not None:
                 errors.append(f"{' '.join(flags)}: {err}")
                 continue
+            _remove_stale(target)
         try:
             lib = ctypes.CDLL(str(target))
             if lib.lk_abi_version() != ABI_VERSION:
