@@ -9,10 +9,9 @@ For an input batch ``x`` of shape ``(B, n)`` and weights ``w`` of shape ``(m, n)
 
 The obvious implementation broadcasts a ``B x m x n`` tensor and lets autograd keep it (and
 several same-sized intermediates) for the backward pass: gigabytes per layer and minutes per
-epoch on a CPU.  The kernels here walk over blocks of the output (and, if needed, batch)
-dimension with one reusable scratch buffer of at most ``budget_bytes`` (default 8 MiB), keep
-only what the backward pass needs (the argmax index and sign for l_inf: ``B x m`` integers),
-and scatter the gradient with ``scatter_add_``:
+epoch on a CPU.  These kernels never form it.  They keep only what the backward pass needs (for
+l_inf the argmax index and sign: ``B x m`` integers; for SortNet ``B x m x K``; for l_p nothing but
+the inputs, whose differences the backward recomputes) and scatter the gradient:
 
     grad_x[b, i*] += g[b, o] * s[b, o],   grad_w[o, i*] -= g[b, o] * s[b, o],
     with i* = argmax_i |x[b, i] - w[o, i]| and s = sign(x[b, i*] - w[o, i*]).
@@ -29,12 +28,17 @@ Two backends compute the same functions with the same tie rule:
 
 * ``"native"``: C++ kernels (:mod:`lipkit.layers.distance_native`, compiled on first use with the
   system compiler, cached, multi-threaded with ``torch.get_num_threads()`` threads).  The l_inf
-  forward takes the max over register tiles of ``x`` rows x ``w`` rows, then finds the first
-  maximal index with an early-exit vector scan; memory is ``B x m`` outputs and ``B x m`` int32
-  codes (index and sign), nothing of size ``B x m x n``.  SortNet keeps the ``K`` largest distances
-  per pair by insertion behind a vectorised threshold test (``K <= NATIVE_MAX_K``); the l_p
-  relaxation runs natively for integer ``p`` (powers by repeated squaring).
-* ``"torch"``: pure torch ops over blocks (no compiler needed), the fallback everywhere.
+  forward puts pairs on the vector lanes: one operand is packed, a panel of rows at a time, so that
+  a vector holds one coordinate of 16 (float32, AVX-512) rows, and the other operand's coordinate
+  is broadcast; each lane's running maximum is checked at the end of every chunk of 32
+  coordinates, and a scan of the chunk where it last rose gives the first maximal index.  Memory:
+  ``B x m`` outputs and int32 codes (index and sign) plus a ``threads x 64 x n`` panel buffer.
+  SortNet keeps each lane's ``K`` largest distances in a branch-free insertion network
+  (``K <= NATIVE_MAX_K``); the l_p relaxation runs natively for integer ``p`` (powers by repeated
+  squaring, a register tile at a time).
+* ``"torch"``: pure torch ops over blocks with one reusable scratch buffer of at most
+  ``budget_bytes`` (default 8 MiB) and ``scatter_add_`` backwards; no compiler needed, the
+  fallback everywhere (and for dtypes other than float32/float64, or non-CPU tensors).
 
 ``backend="auto"`` (default) uses the native kernels for float32/float64 CPU tensors when they
 are available and the torch kernels otherwise; pass ``backend=`` to a function, call

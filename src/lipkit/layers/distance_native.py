@@ -1,7 +1,7 @@
 """Loader of the native (C++) kernels behind :mod:`lipkit.layers.distance_kernels`.
 
-The source ``_native/distance.cpp`` has a plain C interface (no torch headers), so it compiles in a
-few seconds with the system C++ compiler; it is built on first use, cached, and loaded with
+The source ``_native/distance.cpp`` has a plain C interface (no torch headers, no ninja): about 10 s
+of compiler time with the system C++ compiler, on first use; the library is cached and loaded with
 :mod:`ctypes`.  Nothing here is needed for correctness: when no compiler is found or the build
 fails, :func:`load` returns ``None`` with the reason in :func:`unavailable_reason` and the pure
 torch kernels run instead.

@@ -1,7 +1,8 @@
 // Native CPU kernels for l_inf-distance, l_p-distance and SortNet (top-K) neurons.
 //
 // Built on first use by lipkit.layers.distance_native (plain C ABI, loaded with ctypes; no torch
-// headers, so it compiles in about a second).  All arrays are dense row-major:
+// headers; about 10 s of compiler time, once per source version and machine).  All arrays are
+// dense row-major:
 //   x: (B, N)   w: (M, N)   y, g: (B, M)   code: (B, M) or (B, M, K) int32   gx: (B, N)   gw: (M, N)
 // A "code" stores the chosen coordinate i together with the sign s = sign(x[b, i] - w[o, i]) as
 // s * (i + 1) (0 when the distance is 0, whose subgradient we take to be 0).
