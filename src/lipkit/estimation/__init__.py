@@ -3,8 +3,10 @@
 ``estimate(model, p, method)`` returns an :class:`Estimate`.  Upper bounds are *sound*:
 
 * ``"naive"``: product of the layers' bounds from :func:`lipkit.lipschitz_bound` (any supported model);
-* ``"lipsdp"`` / ``"lipsdp-layer"``: LipSDP-Neuron / -Layer (Fazlyab et al., NeurIPS 2019), p = 2, MLPs,
-  re-certified from the solver's multipliers (see :mod:`lipkit.estimation.lipsdp`);
+* ``"lipsdp"`` / ``"lipsdp-layer"``: LipSDP-Neuron / -Layer (Fazlyab et al., NeurIPS 2019), p = 2, MLPs
+  (and small CNNs without pooling, convolutions lowered to their matrices when ``input_shape`` is known),
+  re-certified from the solver's multipliers; above 120 hidden neurons LipSDP-Neuron is solved by a
+  first-order method on the exact block-elimination objective (see :mod:`lipkit.estimation.lipsdp`);
 * ``"lipopt"`` / ``"lipopt2"``: LiPopt degree 3 / 2 (Latorre et al., ICLR 2020), p = inf or 1, MLPs with
   at most 2 / 1 hidden layers (see :mod:`lipkit.estimation.lipopt`; call ``lipopt(model, p, degree=k)``
   directly for deeper nets, ``k >=`` number of linear layers);
@@ -12,7 +14,8 @@
   fixes the neurons that cannot switch, then naive / LipSDP / LiPopt with the narrowed slope ranges, see
   :mod:`lipkit.estimation.local`).
 
-The lower bound is attained by a concrete point or pair (:func:`lower_bound`).  When a solver fails or the
+Models come from :func:`load_model` (torch module, lipkit run folder, ONNX file).  The lower bound is
+attained by a concrete point or pair (:func:`lower_bound`).  When a solver fails or the
 model is outside a method's scope, the next sound method is used and ``details["fallback"]`` says why.
 The reported ``upper`` is the minimum of the method's bound and the naive bound (both sound).
 """
