@@ -468,7 +468,8 @@ def _verify_blocks(blk: dict, lam: np.ndarray, rho: float) -> bool:
                                                                + np.linalg.norm(FDabs))
             err = gam * float(np.linalg.norm(Adabs[b]) + np.linalg.norm(Db)
                               + np.linalg.norm(FDabs @ np.abs(Fb).T))
-        e_diag[b] = float(np.linalg.norm(Eb)) + err
+        # (+ the rounding of subtracting eta I, bounded by the same factor)
+        e_diag[b] = float(np.linalg.norm(Eb)) + err + gam * eta * math.sqrt(sizes[b])
         dnorm = float(np.linalg.norm(Db))
         if float(np.linalg.eigvalsh(Db)[0]) <= 100.0 * sizes[b] * EPS64 * dnorm:
             return False
