@@ -96,8 +96,18 @@ def test_spectral_buffers_update_only_in_training():
     sn = lin.parametrizations.weight[0]
     u0 = sn._u.clone()
     lin.eval()
+    w_eval = lin.weight  # one refinement for the fixed weight: converged after 1 init iteration
+    assert _sv(w_eval).max().item() == pytest.approx(1.0, abs=1e-5)
+    u1 = sn._u.clone()
+    assert not torch.equal(u1, u0)
     _ = lin.weight
-    assert torch.equal(sn._u, u0)
+    assert torch.equal(sn._u, u1)  # no further change while the weight is fixed
+    with torch.no_grad():
+        lin.parametrizations.weight.original.mul_(1.5)  # a weight change triggers one new refinement
+    assert _sv(lin.weight).max().item() == pytest.approx(1.0, abs=1e-5)
+    with torch.no_grad():
+        sn._u.copy_(torch.nn.functional.normalize(torch.randn(6), dim=0))  # stale vector again
+    u0 = sn._u.clone()
     lin.train()
     for _ in range(50):
         _ = lin.weight

@@ -39,7 +39,12 @@ class _ScaleBySigma(torch.autograd.Function):
         weight, u, v, sigma = ctx.saved_tensors
         scale = ctx.lip / sigma
         inner = torch.vdot(grad.reshape(-1), weight.reshape(-1))
-        grad_w = torch.addr(grad * scale, u, v, alpha=-(scale * inner / sigma))
+        if grad.device.type == "cpu" and grad.dim() == 2:
+            # one fused pass ``beta G + alpha u v^T`` (Python scalars cost no device sync on CPU)
+            beta = float(scale)
+            grad_w = torch.addmm(grad, u[:, None], v[None, :], beta=beta, alpha=-beta * float(inner / sigma))
+        else:
+            grad_w = torch.addr(grad * scale, u, v, alpha=-(scale * inner / sigma))
         return grad_w, None, None, None, None
 
 
@@ -52,6 +57,8 @@ class SpectralNorm(nn.Module):
         lip: target spectral norm.
         n_power_iterations: power iterations per training forward (>= 1).
         n_init_iterations: iterations run once when ``u``, ``v`` are first used.
+        n_eval_iterations: iterations run once in eval mode after the weight changed (the
+            weight is fixed then, so the estimate can converge; no cost per eval batch).
         eps: guard of the vector normalisations.
     """
 
@@ -62,6 +69,7 @@ class SpectralNorm(nn.Module):
         lip: float = 1.0,
         n_power_iterations: int = 1,
         n_init_iterations: int = 30,
+        n_eval_iterations: int = 100,
         eps: float = 1e-12,
     ) -> None:
         super().__init__()
@@ -71,6 +79,8 @@ class SpectralNorm(nn.Module):
         self.n_power_iterations = int(n_power_iterations)
         self.n_init_iterations = int(n_init_iterations)
         self.eps = float(eps)
+        self.n_eval_iterations = int(n_eval_iterations)
+        self._refined_for: tuple[int, int] | None = None
         if isinstance(weight_or_shape, torch.Tensor):
             check_matrix(weight_or_shape, "SpectralNorm")
             shape = tuple(weight_or_shape.shape)
@@ -116,6 +126,12 @@ class SpectralNorm(nn.Module):
         elif self.training:
             sigma = self._power_iteration(weight, self.n_power_iterations)
         else:
+            key = (weight.data_ptr(), weight._version)
+            if key != self._refined_for:
+                # eval after training: the weights are fixed, so converge the estimate once
+                # (one power iteration per step lags behind a moving weight, mostly below sigma)
+                self._power_iteration(weight, self.n_eval_iterations)
+                self._refined_for = key
             with torch.no_grad():
                 sigma = torch.dot(self._u, weight.detach() @ self._v)
         # u, v are cloned: the buffers change in place at the next training step
