@@ -323,3 +323,9 @@ def test_fashion_default_roots_include_the_debian_package_path(monkeypatch) -> N
         data.load_fashion_mnist()
     # `dpkg -L dataset-fashion-mnist` lists /usr/share/datasets/fashion-mnist/*-idx?-ubyte.gz
     assert str(seen[0]) == "/usr/share/datasets/fashion-mnist"
+
+
+def test_progress_bar_runs(tmp_path, small_split, capsys) -> None:
+    fit(_cfg(epochs=2), tmp_path, split=small_split, progress=True)
+    err = capsys.readouterr().err
+    assert "train" in err and "2/2" in err and "loss" in err

@@ -500,23 +500,34 @@ def fit(
 
 
 class _progress:
-    """A tqdm bar on stderr (silent when ``enabled`` is false)."""
+    """A rich progress bar on stderr, one step per epoch (silent when ``enabled`` is false)."""
 
     def __init__(self, total: int, initial: int, enabled: bool) -> None:
-        self.bar = None
+        self.bar: Any = None
         if enabled:
-            from tqdm.auto import tqdm
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
-            self.bar = tqdm(total=total, initial=initial, desc="train", unit="epoch", file=sys.stderr,
-                            dynamic_ncols=True)
+            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
+                                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                                console=Console(file=sys.stderr))
+            self.task = self.bar.add_task("train", total=total, completed=initial, info="")
+            self.bar.start()
 
     def update(self, rec: dict[str, Any]) -> None:
         if self.bar is not None:
             cert = next(iter(rec["nominal_certified"].items()))
-            self.bar.set_postfix(loss=f"{rec['loss']:.3f}", train_acc=f"{rec['train_accuracy']:.3f}",
-                                 **{f"train_cert@{cert[0]}": f"{cert[1]:.3f}"})
-            self.bar.update(1)
+            info = (f"loss {rec['loss']:.3f}  train acc {rec['train_accuracy']:.3f}  "
+                    f"train cert@{cert[0]} {cert[1]:.3f}")
+            self.bar.update(self.task, advance=1, info=info)
 
     def close(self) -> None:
         if self.bar is not None:
-            self.bar.close()
+            self.bar.stop()
