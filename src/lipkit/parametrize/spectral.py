@@ -105,10 +105,12 @@ class SpectralNorm(nn.Module):
         """Run ``n`` iterations in place on the buffers; return ``sigma = u^T W v = ||W v||``."""
         w = weight.detach()
         u, v = self._u, self._v
-        sigma = torch.dot(u, w @ v)
+        if n == 0:
+            return torch.dot(u, w @ v)
         for _ in range(n):
-            v = F.normalize(w.transpose(0, 1) @ u, dim=0, eps=self.eps)
-            wv = w @ v
+            v = torch.mv(w.t(), u)
+            v = v / torch.linalg.vector_norm(v).clamp_min(self.eps)
+            wv = torch.mv(w, v)
             sigma = torch.linalg.vector_norm(wv)
             u = wv / sigma.clamp_min(self.eps)
         self._u.copy_(u)
