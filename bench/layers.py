@@ -31,22 +31,13 @@ import time
 from pathlib import Path
 
 import torch
+from _common import cpu_model
 from torch import nn
 
 import lipkit
 from lipkit import LipLinear
 
 SIZES = (784, 512, 512, 512, 10)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _activation(name: str, torchlip: bool = False) -> nn.Module:
@@ -223,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t_start, 1),
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
