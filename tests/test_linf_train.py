@@ -327,5 +327,10 @@ def test_fashion_default_roots_include_the_debian_package_path(monkeypatch) -> N
 
 def test_progress_bar_runs(tmp_path, small_split, capsys) -> None:
     fit(_cfg(epochs=2), tmp_path, split=small_split, progress=True)
+    err = capsys.readouterr().err  # not a terminal: one line per epoch
+    assert "epoch 1/2" in err and "epoch 2/2" in err and "loss" in err
+    cfg = _cfg(epochs=3)
+    fit(cfg, tmp_path / "b", split=small_split, progress=False, stop_after=1)
+    fit(cfg, tmp_path / "b", split=small_split, progress=True)
     err = capsys.readouterr().err
-    assert "train" in err and "2/2" in err and "loss" in err
+    assert "resuming after epoch 1/3" in err and "epoch 3/3" in err and "train: epoch 1/3" not in err

@@ -500,11 +500,16 @@ def fit(
 
 
 class _progress:
-    """A rich progress bar on stderr, one step per epoch (silent when ``enabled`` is false)."""
+    """A rich progress bar on stderr, one step per epoch, or one plain line per epoch when stderr is
+    not a terminal (log files); silent when ``enabled`` is false."""
 
     def __init__(self, total: int, initial: int, enabled: bool) -> None:
         self.bar: Any = None
-        if enabled:
+        self.lines = enabled and not sys.stderr.isatty()  # logs: one plain line per epoch
+        self.total, self.done = total, initial
+        if self.lines and initial:
+            print(f"train: resuming after epoch {initial}/{total}", file=sys.stderr, flush=True)
+        if enabled and not self.lines:
             from rich.console import Console
             from rich.progress import (
                 BarColumn,
@@ -527,6 +532,12 @@ class _progress:
             info = (f"loss {rec['loss']:.3f}  train acc {rec['train_accuracy']:.3f}  "
                     f"train cert@{cert[0]} {cert[1]:.3f}")
             self.bar.update(self.task, advance=1, info=info)
+        elif self.lines:
+            self.done += 1
+            cert = next(iter(rec["nominal_certified"].items()))
+            print(f"train: epoch {self.done}/{self.total}  loss {rec['loss']:.4f}  train acc "
+                  f"{rec['train_accuracy']:.4f}  train cert@{cert[0]} {cert[1]:.4f}  {rec['seconds']:.1f} s",
+                  file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
