@@ -223,13 +223,13 @@ def test_certified_points_survive_pgd_linf(tmp_path, kw) -> None:
     assert chk.baseline_success > 0.2  # the same attack at 3 x the radius does break points
     assert chk.max_violation <= 0.999 + 1e-6
     if "head_width" not in kw:
-        # lipkit.certify has no a-priori round-off analysis for distance layers and subtracts the
-        # heuristic allowance max(1e-4 max|f|, 8 |f32 - f64|); check it covers the a-priori bound
-        # of the float32 forward over the ball, layer by layer: fl(|x_i - w_i|) has relative error
-        # u, the max is exact, then (z - mean) + b adds two roundings, so a layer errs by at most
-        # 3u (max_o z_o + |mean| + |b|) with z_o <= z_o(x) + r_max on the ball; the layers are
-        # 1-Lipschitz, so the errors add up at the logits (margins move by twice that).
-        assert not res.roundoff_rigorous
+        # lipkit.certify analyses the round-off of l_inf-distance layers a priori; check its allowance
+        # against an independent bound of the float32 forward over the ball, layer by layer:
+        # fl(|x_i - w_i|) has relative error u, the max is exact, then (z - mean) + b adds two
+        # roundings, so a layer errs by at most 3u (max_o z_o + |mean| + |b|) with
+        # z_o <= z_o(x) + r_max on the ball; the layers are 1-Lipschitz, so the errors add up at the
+        # logits (margins move by twice that).
+        assert res.roundoff_rigorous
         bound = _linf_net_roundoff(model, x, res.radius + res.allowance)
         assert bool((res.allowance >= 2 * bound).all()), (res.allowance / bound).min()
 

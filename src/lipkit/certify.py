@@ -70,7 +70,7 @@ REL_FLOOR_UNANALYSED = 1e-4
 _EXACT = (nn.ReLU, nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.MaxPool1d, nn.MaxPool2d,
           nn.ReLU6, nn.Hardtanh)
 #: lipkit activations (matched by name inside the lipkit package) that sort or take |x|: exact
-_EXACT_NAMES = {"GroupSort", "MaxMin", "FullSort", "Abs"}
+_EXACT_NAMES = {"GroupSort", "MaxMin", "FullSort", "Abs", "Negate"}
 _ROUNDED = (nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Softplus, nn.Softsign)
 _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -215,11 +215,43 @@ def _abs_operator_norm(mod: nn.Module, p: float) -> float:
     return lipschitz_bound(twin, p)
 
 
+def _is_linf_distance(module: nn.Module) -> bool:
+    """An exact-l_inf ``LinfDistLinear`` (p = inf) as lipkit defines it (not a subclass)."""
+    return (type(module).__name__ == "LinfDistLinear" and type(module).__module__ == "lipkit.layers.distance"
+            and math.isinf(float(module.p)))
+
+
+def _linf_distance_error(m: nn.Module, out: torch.Tensor, spread: torch.Tensor, p: float) -> torch.Tensor:
+    """Bound of the float round-off of one l_inf-distance layer, over the ball, in the l_p norm.
+
+    In eval mode ``y_o = max_i |h_i - w_oi| - mu_o + b_o``.  Rounded: the subtraction ``h_i - w_oi``
+    (relative error ``u``; ``|.|`` and ``max`` are exact, so ``d_o`` is off by at most ``u d_o``),
+    then ``- mu_o`` and ``+ b_o`` (one rounding each): in all at most
+    ``3u (1+u)^2 (d_o + |mu_o| + |b_o|) <= 4u (d_o + |mu_o| + |b_o|)``.  ``d_o`` is recovered from the
+    float64 output (``d_o = y_o + mu_o - b_o``) and, over the ball, grows by at most ``spread``
+    (``d_o`` is 1-Lipschitz in l_inf, and ``||.||_inf <= ||.||_p``).
+    """
+    bsz = out.shape[0]
+    mu = m.running_mean if getattr(m, "running_mean", None) is not None and m.mean_shift else None
+    b = m.bias.detach() if m.bias is not None else None
+    d = out.reshape(bsz, -1)
+    extra = torch.zeros_like(d[0])
+    if mu is not None:
+        d = d + mu
+        extra = extra + mu.abs()
+    if b is not None:
+        d = d - b
+        extra = extra + b.abs()
+    d = d.abs() * (1.0 + 1e-12)
+    per_output = 4.0 * _U * (d + spread[:, None] + extra[None, :])
+    return torch.linalg.vector_norm(per_output, ord=p, dim=1)
+
+
 def _rigorous_roundoff(chain: list[nn.Module], x64: torch.Tensor, p: float, r_max: torch.Tensor,
                        input_shape) -> torch.Tensor | None:
     """A-priori bound of ``||f32(x') - f(x')||_p`` over the ball ``||x' - x||_p <= r_max``."""
     for m in chain:
-        if not (_is_plain(m, _AFFINE + _ROUNDED) or _is_exact(m)):
+        if not (_is_plain(m, _AFFINE + _ROUNDED) or _is_exact(m) or _is_linf_distance(m)):
             return None
         if isinstance(m, nn.Dropout) and m.training:
             return None
@@ -243,6 +275,8 @@ def _rigorous_roundoff(chain: list[nn.Module], x64: torch.Tensor, p: float, r_ma
             # || |W||h(x')| + |b| ||_p <= || |W||h(x)| + |b| ||_p + || |W| ||_p prefix[i] r_max
             spread = _abs_operator_norm(m, p) * prefix[i] * r_max
             e = gamma * (torch.linalg.vector_norm(mag.reshape(bsz, -1), ord=p, dim=1) + spread)
+        elif _is_linf_distance(m):
+            e = _linf_distance_error(m, out, prefix[i] * r_max, p)
         elif isinstance(m, _ROUNDED):
             out_norm = torch.linalg.vector_norm(out.reshape(bsz, -1), ord=p, dim=1)
             e = 16.0 * _U * (out_norm + prefix[i + 1] * r_max)
