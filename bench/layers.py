@@ -7,6 +7,8 @@ all of them alike:
 * plain torch ``nn.Linear``;
 * lipkit ``LipLinear(constraint="orthogonal")`` (default method and precision; and the same with
   ``precision="float32"`` products) and ``constraint="spectral"``;
+* torch's own ``torch.nn.utils.parametrizations.spectral_norm`` on ``nn.Linear`` (the baseline of
+  the spectral constraint);
 * deel-torchlip ``SpectralLinear`` (spectral normalisation + Björck), if installed.
 
 Reports the median training-step time and its ratio to plain torch, the eval time after
@@ -63,6 +65,8 @@ def build(variant: str, act: str) -> nn.Module:
             layers.append(lin)
         elif variant == "spectral":
             layers.append(LipLinear(a, b, constraint="spectral"))
+        elif variant == "torch_spectral":
+            layers.append(torch.nn.utils.parametrizations.spectral_norm(nn.Linear(a, b)))
         elif variant == "torchlip":
             from deel import torchlip
 
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     t_start = time.perf_counter()
     torch.manual_seed(0)
 
-    variants = ["plain", "orthogonal", "orthogonal_f32", "spectral"]
+    variants = ["plain", "orthogonal", "orthogonal_f32", "spectral", "torch_spectral"]
     notes: list[str] = []
     if not args.no_torchlip:
         try:
@@ -162,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     for v in variants:
         if v == "plain":
             continue
-        top = v == "spectral"  # spectral normalisation only sets sigma_max
+        top = v in ("spectral", "torch_spectral")  # spectral normalisation only sets sigma_max
         models[v].train()
         dev_train[v] = sigma_dev(models[v], top) if v != "torchlip" else None
         models[v].eval()
@@ -200,6 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
         "orth_max_sigma_dev_train_mode": dev_train["orthogonal"],
         "torchlip_max_sigma_dev": dev_eval.get("torchlip"),
         "spectral_sigma_max_dev": dev_eval["spectral"],
+        "torch_spectral_step_ratio": med["torch_spectral"] / med["plain"],
+        "torch_spectral_sigma_max_dev": dev_eval["torch_spectral"],
         "median_step_ms": {v: 1e3 * t for v, t in med.items()},
         "min_step_ms": {v: 1e3 * min(t) for v, t in times.items()},  # robust to a busy machine
         "median_infer_ms": {k: 1e3 * t for k, t in infer_med.items()},
