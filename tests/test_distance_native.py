@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -274,7 +275,8 @@ def test_loader_falls_back_without_compiler(monkeypatch: pytest.MonkeyPatch, tmp
     try:
         monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
         monkeypatch.setenv("LIPKIT_CACHE_DIR", str(tmp_path / "cache"))
-        assert distance_native.reload() is None
+        with pytest.warns(RuntimeWarning, match="native l_inf-distance kernels unavailable"):
+            assert distance_native.reload() is None
         assert "building the native distance kernels failed" in distance_native.unavailable_reason()
         assert not native_available()
         torch.testing.assert_close(linf_dist(x, w), linf_dist_reference(x, w), rtol=0, atol=0)  # auto
@@ -282,7 +284,9 @@ def test_loader_falls_back_without_compiler(monkeypatch: pytest.MonkeyPatch, tmp
             linf_dist(x, w, backend="native")
         monkeypatch.delenv("CXX")
         monkeypatch.setenv("LIPKIT_NO_NATIVE", "1")
-        assert distance_native.reload() is None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # switched off on purpose: no warning
+            assert distance_native.reload() is None
         assert "LIPKIT_NO_NATIVE" in distance_native.unavailable_reason()
     finally:
         monkeypatch.undo()

@@ -31,6 +31,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 __all__ = ["load", "reload", "unavailable_reason", "library_path", "cache_dir"]
@@ -196,6 +197,12 @@ def load() -> ctypes.CDLL | None:
                 except OSError as exc:  # e.g. unwritable cache directory
                     lib, reason, path = None, f"{type(exc).__name__}: {exc}", None
                 _state.update(lib=lib, reason=reason, path=path, tried=True)
+                if lib is None and not os.environ.get("LIPKIT_NO_NATIVE"):  # warn unless asked for
+                    first_line = (reason or "unknown reason").splitlines()[0]
+                    warnings.warn(f"lipkit: native l_inf-distance kernels unavailable ({first_line}); "
+                                  "using the pure-torch kernels, about 15x slower. Install a C++ compiler "
+                                  "(g++) and call lipkit.layers.distance_native.reload(), or see "
+                                  "unavailable_reason().", RuntimeWarning, stacklevel=3)
     return _state["lib"]
 
 
