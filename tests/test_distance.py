@@ -446,3 +446,21 @@ def test_tiny_net_certificates_survive_pgd() -> None:
     assert (attacked > 0).all()  # no certified point is broken
     assert (margin[cert] - attacked <= 2 * 0.999 * rc + 1e-5).all()  # the margin never drops faster
     assert (margin[cert] - attacked).mean().item() > 0.3 * rc.mean().item()  # and PGD does push on it
+
+
+@pytest.mark.parametrize("q", [0.5, 0.2])
+def test_default_top_k_is_the_full_sortnet_to_float_precision(q):
+    from lipkit.layers.distance_kernels import sortnet_coefficients
+
+    n = 300
+    short, full = sortnet_coefficients(q, n), sortnet_coefficients(q, n, k=n)
+    assert len(short) < n and float(full[len(short):].sum()) <= 2.0**-30 * (1 + 1e-9)
+    assert float(short.sum()) == pytest.approx(1.0, abs=1e-15) and bool((short >= 0).all())
+    torch.manual_seed(0)
+    layer = SortNeuronLinear(n, 7, q=q).eval()
+    exact = SortNeuronLinear(n, 7, q=q, k=n).eval()
+    exact.load_state_dict(layer.state_dict())
+    x = torch.randn(16, n, dtype=torch.float64)
+    with torch.no_grad():
+        layer.double(), exact.double()
+        torch.testing.assert_close(layer(x), exact(x), rtol=1e-8, atol=1e-8)

@@ -624,10 +624,14 @@ def sortnet_coefficients(q: float, n: int, k: int | None = None, *, dtype: torch
                          ) -> torch.Tensor:
     """Geometric weights of the SortNet neuron: ``c_j ∝ q (1 - q)^j`` for ``j < K``, summing to 1.
 
-    ``K = min(k, n)`` (``k=None``: ``K = n``); ``q = 1`` gives ``c = [1]`` (the l_inf-distance
-    neuron).  With ``K = n`` these are exactly the probabilities that the ``j``-th largest
-    distance is the largest one kept by an i.i.d. Bernoulli(q) mask, conditioned on the mask
-    keeping something -- the identity behind the masked training of Zhang et al. (2022).
+    ``K = min(k, n)``; ``q = 1`` gives ``c = [1]`` (the l_inf-distance neuron).  With ``K = n``
+    these are exactly the probabilities that the ``j``-th largest distance is the largest one kept
+    by an i.i.d. Bernoulli(q) mask, conditioned on the mask keeping something -- the identity
+    behind the masked training of Zhang et al. (2022).  ``k=None`` takes the smallest ``K`` whose
+    dropped tail ``(1 - q)^K`` is at most ``2^-30`` (under float32 round-off; ``K = 30`` for
+    ``q = 1/2``), at most ``n``: the same function to float precision, and a top-K small enough
+    for the fast kernels.  Any ``K`` gives non-negative weights summing to 1, so the neuron stays
+    exactly 1-Lipschitz for l_inf.
     """
     q = float(q)
     if not (0.0 < q <= 1.0):
@@ -636,7 +640,10 @@ def sortnet_coefficients(q: float, n: int, k: int | None = None, *, dtype: torch
         raise ValueError(f"SortNet needs n >= 1 inputs, got {n}")
     if k is not None and k < 1:
         raise ValueError(f"SortNet needs k >= 1 order statistics, got {k}")
-    kk = n if k is None else min(int(k), n)
+    if k is None:
+        kk = n if q == 1.0 else min(n, max(1, math.ceil(30.0 * math.log(2.0) / -math.log1p(-q))))
+    else:
+        kk = min(int(k), n)
     if q == 1.0:
         kk = 1
     j = torch.arange(kk, dtype=torch.float64)
