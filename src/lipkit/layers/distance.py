@@ -179,7 +179,28 @@ class _DistanceLayer(nn.Module):
                 f"bias={self.bias is not None}, mean_shift={self.mean_shift}")
 
 
-class LinfDistLinear(_DistanceLayer):
+class _LpDistance:
+    """The l_p-distance neuron's shared parts: the ``p`` property (``inf``: exact l_inf), the kernel call."""
+
+    _p: float
+
+    @property
+    def p(self) -> float:
+        """Norm of the distance (``inf``: exact l_inf-distance neuron)."""
+        return self._p
+
+    @p.setter
+    def p(self, value: float) -> None:
+        self._p = _check_p(value)
+
+    def _distance(self, x: torch.Tensor, rows_per_item: int) -> torch.Tensor:
+        return _linf_or_lp(x, self._weight2d(), self._p, self.budget_bytes)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", p={self._p}"
+
+
+class LinfDistLinear(_LpDistance, _DistanceLayer):
     """Layer of l_inf-distance neurons ``y_o = max_i |x_i - w_oi| (- mean) + b_o`` (Zhang et al. 2021).
 
     Args:
@@ -203,21 +224,6 @@ class LinfDistLinear(_DistanceLayer):
         super().__init__(in_features, out_features, bias, mean_shift, momentum, init, identity_scale,
                          device, dtype)
         self.p = p
-
-    @property
-    def p(self) -> float:
-        """Norm of the distance (``inf``: exact l_inf-distance neuron)."""
-        return self._p
-
-    @p.setter
-    def p(self, value: float) -> None:
-        self._p = _check_p(value)
-
-    def _distance(self, x: torch.Tensor, rows_per_item: int) -> torch.Tensor:
-        return _linf_or_lp(x, self._weight2d(), self._p, self.budget_bytes)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", p={self._p}"
 
 
 def _check_p(value: object) -> float:
@@ -391,7 +397,7 @@ class _DistanceConv2d(_DistanceLayer):
                 f"bias={self.bias is not None}, mean_shift={self.mean_shift}")
 
 
-class LinfDistConv2d(_DistanceConv2d):
+class LinfDistConv2d(_LpDistance, _DistanceConv2d):
     """Convolution of l_inf-distance neurons: ``y[o, pos] = max_{i in patch} |x_i - w_oi| (- mean) + b_o``.
 
     Zhang, Lu, Ye, Wang, He, Wang (ICML 2021) define l_inf-distance nets on vectors; this is the
@@ -415,21 +421,6 @@ class LinfDistConv2d(_DistanceConv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, bias, mean_shift,
                          momentum, init, identity_scale, device, dtype)
         self._p = _check_p(p)
-
-    @property
-    def p(self) -> float:
-        """Norm of the distance (``inf``: exact l_inf-distance neuron)."""
-        return self._p
-
-    @p.setter
-    def p(self, value: float) -> None:
-        self._p = _check_p(value)
-
-    def _distance(self, x: torch.Tensor, rows_per_item: int) -> torch.Tensor:
-        return _linf_or_lp(x, self._weight2d(), self._p, self.budget_bytes)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", p={self._p}"
 
 
 class SortNeuronConv2d(_DistanceConv2d):
