@@ -221,6 +221,39 @@ def _is_linf_distance(module: nn.Module) -> bool:
             and math.isinf(float(module.p)))
 
 
+def _is_sortnet(module: nn.Module) -> bool:
+    """A ``SortNeuronLinear`` as lipkit defines it (not a subclass); evaluated with exact top-K."""
+    return (type(module).__name__ == "SortNeuronLinear"
+            and type(module).__module__ == "lipkit.layers.distance")
+
+
+def _sortnet_error(m: nn.Module, out: torch.Tensor, spread: torch.Tensor, p: float) -> torch.Tensor:
+    """Bound of the float round-off of one SortNet layer (eval: ``y_o = sum_k c_k d_(k) - mu_o + b_o``).
+
+    With ``d_i = |h_i - w_oi|`` and ``D = max_i d_i``: the rounded subtraction moves every ``d_i``, hence
+    every order statistic, by at most ``u D``; the float32 coefficients are off by ``u c_k``; summing
+    ``K`` products errs by at most ``gamma_K sum_k c_k d_(k)``; ``- mu`` and ``+ b`` round once each.
+    In all at most ``(K + 5) u (1 + O(u)) (D + |mu_o| + |b_o|) <= 2 (K + 3) u (D + |mu_o| + |b_o|)``.
+    ``D`` is bounded by ``S / c_0`` (``S = y_o + mu_o - b_o >= c_0 D``, ``c_0`` the largest weight)
+    and grows by at most ``spread`` over the ball.
+    """
+    bsz = out.shape[0]
+    c = m.coefficients
+    mu = m.running_mean if getattr(m, "running_mean", None) is not None and m.mean_shift else None
+    b = m.bias.detach() if m.bias is not None else None
+    s = out.reshape(bsz, -1)
+    extra = torch.zeros_like(s[0])
+    if mu is not None:
+        s = s + mu
+        extra = extra + mu.abs()
+    if b is not None:
+        s = s - b
+        extra = extra + b.abs()
+    d_max = s.abs() / float(c[0]) * (1.0 + 1e-9)
+    per_output = 2.0 * (len(c) + 3) * _U * (d_max + spread[:, None] + extra[None, :])
+    return torch.linalg.vector_norm(per_output, ord=p, dim=1)
+
+
 def _linf_distance_error(m: nn.Module, out: torch.Tensor, spread: torch.Tensor, p: float) -> torch.Tensor:
     """Bound of the float round-off of one l_inf-distance layer, over the ball, in the l_p norm.
 
@@ -251,7 +284,7 @@ def _rigorous_roundoff(chain: list[nn.Module], x64: torch.Tensor, p: float, r_ma
                        input_shape) -> torch.Tensor | None:
     """A-priori bound of ``||f32(x') - f(x')||_p`` over the ball ``||x' - x||_p <= r_max``."""
     for m in chain:
-        if not (_is_plain(m, _AFFINE + _ROUNDED) or _is_exact(m) or _is_linf_distance(m)):
+        if not (_is_plain(m, _AFFINE + _ROUNDED) or _is_exact(m) or _is_linf_distance(m) or _is_sortnet(m)):
             return None
         if isinstance(m, nn.Dropout) and m.training:
             return None
@@ -277,6 +310,8 @@ def _rigorous_roundoff(chain: list[nn.Module], x64: torch.Tensor, p: float, r_ma
             e = gamma * (torch.linalg.vector_norm(mag.reshape(bsz, -1), ord=p, dim=1) + spread)
         elif _is_linf_distance(m):
             e = _linf_distance_error(m, out, prefix[i] * r_max, p)
+        elif _is_sortnet(m):
+            e = _sortnet_error(m, out, prefix[i] * r_max, p)
         elif isinstance(m, _ROUNDED):
             out_norm = torch.linalg.vector_norm(out.reshape(bsz, -1), ord=p, dim=1)
             e = 16.0 * _U * (out_norm + prefix[i + 1] * r_max)
