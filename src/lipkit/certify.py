@@ -56,6 +56,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from lipkit.bounds import UnsupportedModuleError, lipschitz_bound, normalize_p, operator_norm, round_up
+from lipkit.parametrize._util import materialize_in_place
 
 __all__ = ["CertificateResult", "compute_certificates", "certified_radius", "certified_accuracy"]
 
@@ -139,13 +140,7 @@ def _float64_copy(model: nn.Module) -> nn.Module:
     twin = copy.deepcopy(model)
     for mod in list(twin.modules()):
         if parametrize.is_parametrized(mod):
-            # not parametrize.remove_parametrizations: it deletes the property from the injected
-            # class, which the deep copy shares with the original model.
-            values = {name: getattr(mod, name).detach().clone() for name in mod.parametrizations}
-            del mod._modules["parametrizations"]
-            mod.__class__ = mod.__class__.__bases__[0]
-            for name, value in values.items():
-                mod.register_parameter(name, nn.Parameter(value, requires_grad=False))
+            materialize_in_place(mod, requires_grad=False)
     return twin.to(torch.float64).eval()
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from lipkit.bounds import UnsupportedModuleError, lipschitz_bound, normalize_p
+from lipkit.parametrize._util import materialize_in_place
 
 __all__ = ["export", "ExportError"]
 
@@ -67,25 +68,8 @@ def _convert(m: nn.Module) -> nn.Module | None:
         with torch.no_grad():
             return _plain_conv(m)
     if parametrize.is_parametrized(m):
-        _materialize_in_place(m)
+        materialize_in_place(m)
     return None
-
-
-def _materialize_in_place(m: nn.Module) -> None:
-    """Replace every parametrised tensor of ``m`` (a deep copy) by its current value, as a Parameter.
-
-    ``parametrize.remove_parametrizations`` is not used: a deep copy shares the injected
-    ``Parametrized<Cls>`` class with the original, and removing the property from that class
-    would break the original model.  Instead the copy gets its original class back.
-    """
-    with torch.no_grad():
-        values = {name: getattr(m, name).detach().clone() for name in m.parametrizations}
-    del m._modules["parametrizations"]
-    m.__class__ = type(m).__bases__[0]  # parametrize injected a subclass of the original class
-    for name, value in values.items():
-        if hasattr(m, name):
-            delattr(m, name)
-        m.register_parameter(name, nn.Parameter(value))
 
 
 def _replace_all(root: nn.Module) -> nn.Module:
