@@ -216,6 +216,20 @@ def _is_linf_distance(module: nn.Module) -> bool:
             and math.isinf(float(module.p)))
 
 
+def _undo_shift_and_bias(m: nn.Module, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a distance layer's float64 output ``y = S - mu + b``: ``S`` (rows ``(B, out)``) and
+    ``|mu| + |b|`` (``(out,)``), ``mu`` the running mean when mean shift is on."""
+    s = out.reshape(out.shape[0], -1)
+    extra = torch.zeros_like(s[0])
+    if m.mean_shift and getattr(m, "running_mean", None) is not None:
+        s = s + m.running_mean
+        extra = extra + m.running_mean.abs()
+    if m.bias is not None:
+        s = s - m.bias.detach()
+        extra = extra + m.bias.detach().abs()
+    return s, extra
+
+
 def _is_sortnet(module: nn.Module) -> bool:
     """A ``SortNeuronLinear`` as lipkit defines it (not a subclass); evaluated with exact top-K."""
     return (type(module).__name__ == "SortNeuronLinear"
@@ -232,18 +246,8 @@ def _sortnet_error(m: nn.Module, out: torch.Tensor, spread: torch.Tensor, p: flo
     ``D`` is bounded by ``S / c_0`` (``S = y_o + mu_o - b_o >= c_0 D``, ``c_0`` the largest weight)
     and grows by at most ``spread`` over the ball.
     """
-    bsz = out.shape[0]
     c = m.coefficients
-    mu = m.running_mean if getattr(m, "running_mean", None) is not None and m.mean_shift else None
-    b = m.bias.detach() if m.bias is not None else None
-    s = out.reshape(bsz, -1)
-    extra = torch.zeros_like(s[0])
-    if mu is not None:
-        s = s + mu
-        extra = extra + mu.abs()
-    if b is not None:
-        s = s - b
-        extra = extra + b.abs()
+    s, extra = _undo_shift_and_bias(m, out)
     d_max = s.abs() / float(c[0]) * (1.0 + 1e-9)
     per_output = 2.0 * (len(c) + 3) * _U * (d_max + spread[:, None] + extra[None, :])
     return torch.linalg.vector_norm(per_output, ord=p, dim=1)
@@ -259,17 +263,7 @@ def _linf_distance_error(m: nn.Module, out: torch.Tensor, spread: torch.Tensor, 
     float64 output (``d_o = y_o + mu_o - b_o``) and, over the ball, grows by at most ``spread``
     (``d_o`` is 1-Lipschitz in l_inf, and ``||.||_inf <= ||.||_p``).
     """
-    bsz = out.shape[0]
-    mu = m.running_mean if getattr(m, "running_mean", None) is not None and m.mean_shift else None
-    b = m.bias.detach() if m.bias is not None else None
-    d = out.reshape(bsz, -1)
-    extra = torch.zeros_like(d[0])
-    if mu is not None:
-        d = d + mu
-        extra = extra + mu.abs()
-    if b is not None:
-        d = d - b
-        extra = extra + b.abs()
+    d, extra = _undo_shift_and_bias(m, out)
     d = d.abs() * (1.0 + 1e-12)
     per_output = 4.0 * _U * (d + spread[:, None] + extra[None, :])
     return torch.linalg.vector_norm(per_output, ord=p, dim=1)
