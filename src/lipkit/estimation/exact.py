@@ -15,7 +15,6 @@ exact.  When ``W`` is row-rank deficient the maximum over all patterns is only a
 from __future__ import annotations
 
 import itertools
-import math
 
 import torch
 from torch import nn
@@ -23,19 +22,11 @@ from torch import nn
 from lipkit.bounds import normalize_p
 
 from ._mlp import parse_mlp
+from .lower import _opnorm
 
 __all__ = ["exact_one_hidden_relu", "max_pattern_norm"]
 
 MAX_WIDTH = 20
-
-
-def _opnorm(J: torch.Tensor, p: float) -> torch.Tensor:
-    """Batched l_p -> l_p operator norms of matrices ``J`` (shape ... x m x n)."""
-    if p == 2:
-        return torch.linalg.matrix_norm(J, ord=2)
-    if p == math.inf:
-        return J.abs().sum(dim=-1).amax(dim=-1)
-    return J.abs().sum(dim=-2).amax(dim=-1)
 
 
 def max_pattern_norm(W: torch.Tensor, V: torch.Tensor, p: float | int | str = 2) -> float:

@@ -44,7 +44,7 @@ from torch import nn
 
 from lipkit.bounds import EPS64, normalize_p, operator_norm, round_up
 
-from ._mlp import MLP, parse_mlp
+from ._mlp import MLP, _flatten, parse_mlp
 
 __all__ = ["Domain", "as_domain", "interval_bounds", "activation_slope_range", "local_slopes",
            "naive_local_upper", "affine_local_upper"]
@@ -168,15 +168,6 @@ def _drop_batch(t: torch.Tensor, input_shape: Sequence[int] | None) -> torch.Ten
 
 
 # --------------------------------------------------------------------------- interval bound propagation
-
-
-def _flatten(module: nn.Module) -> list[nn.Module]:
-    if isinstance(module, nn.Sequential):
-        out: list[nn.Module] = []
-        for child in module:
-            out.extend(_flatten(child))
-        return out
-    return [module]
 
 
 _MONOTONE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.Softplus, nn.Hardtanh, nn.ReLU6,

@@ -44,6 +44,7 @@ class LowerBound:
 
 
 def _opnorm(J: torch.Tensor, p: float) -> torch.Tensor:
+    """Batched l_p -> l_p operator norms of matrices ``J`` (shape ... x m x n)."""
     if p == 2:
         return torch.linalg.matrix_norm(J, ord=2)
     if p == math.inf:

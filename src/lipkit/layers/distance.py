@@ -262,7 +262,33 @@ def _draw_masks(groups: int, n: int, q: float, device: torch.device) -> torch.Te
         masks[empty] = torch.rand(int(empty.sum()), n, device=device) < q
 
 
-class SortNeuronLinear(_DistanceLayer):
+class _SortNet:
+    """The SortNet neuron's shared parts (dense and conv): ``q``, ``k``, ``sub_batch``, the weights
+    ``c_k`` and the kernel call."""
+
+    in_features: int
+
+    def _init_sortnet(self, q: float, k: int | None, sub_batch: int) -> None:
+        if not isinstance(sub_batch, int) or isinstance(sub_batch, bool) or sub_batch < 1:
+            raise ValueError(f"sub_batch must be a positive int, got {sub_batch!r}")
+        sortnet_coefficients(q, self.in_features, k)  # validates q and k
+        self.q = float(q)
+        self.k = k
+        self.sub_batch = sub_batch
+
+    @property
+    def coefficients(self) -> torch.Tensor:
+        """The order-statistic weights ``c_k`` used at evaluation (float64, sum 1)."""
+        return sortnet_coefficients(self.q, self.in_features, self.k)
+
+    def _distance(self, x: torch.Tensor, rows_per_item: int) -> torch.Tensor:
+        return _sortnet(self, x, self.sub_batch * rows_per_item)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", q={self.q}, k={self.k}"
+
+
+class SortNeuronLinear(_SortNet, _DistanceLayer):
     """Layer of SortNet neurons (Zhang, Jiang, He, Wang, NeurIPS 2022).
 
     ``y_o = sum_{k<K} c_k d_(k) (- mean) + b_o`` with ``d_(0) >= d_(1) >= ...`` the sorted
@@ -286,23 +312,7 @@ class SortNeuronLinear(_DistanceLayer):
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__(in_features, out_features, bias, mean_shift, momentum, init, identity_scale,
                          device, dtype)
-        if not isinstance(sub_batch, int) or isinstance(sub_batch, bool) or sub_batch < 1:
-            raise ValueError(f"sub_batch must be a positive int, got {sub_batch!r}")
-        sortnet_coefficients(q, in_features, k)  # validates q and k
-        self.q = float(q)
-        self.k = k
-        self.sub_batch = sub_batch
-
-    @property
-    def coefficients(self) -> torch.Tensor:
-        """The order-statistic weights ``c_k`` used at evaluation (float64, sum 1)."""
-        return sortnet_coefficients(self.q, self.in_features, self.k)
-
-    def _distance(self, x: torch.Tensor, rows_per_item: int) -> torch.Tensor:
-        return _sortnet(self, x, self.sub_batch * rows_per_item)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", q={self.q}, k={self.k}"
+        self._init_sortnet(q, k, sub_batch)
 
 
 # --------------------------------------------------------------------------- convolutions
@@ -423,7 +433,7 @@ class LinfDistConv2d(_LpDistance, _DistanceConv2d):
         self._p = _check_p(p)
 
 
-class SortNeuronConv2d(_DistanceConv2d):
+class SortNeuronConv2d(_SortNet, _DistanceConv2d):
     """Convolution of SortNet neurons (Zhang, Jiang, He, Wang, NeurIPS 2022) over ``kernel_size`` patches.
 
     ``y[o, pos] = sum_k c_k d_(k)`` with ``d_(0) >= d_(1) >= ...`` the sorted ``|x_i - w_oi|`` over
@@ -441,23 +451,7 @@ class SortNeuronConv2d(_DistanceConv2d):
                  dtype: torch.dtype | None = None) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, bias, mean_shift,
                          momentum, init, identity_scale, device, dtype)
-        if not isinstance(sub_batch, int) or isinstance(sub_batch, bool) or sub_batch < 1:
-            raise ValueError(f"sub_batch must be a positive int, got {sub_batch!r}")
-        sortnet_coefficients(q, self.in_features, k)  # validates q and k
-        self.q = float(q)
-        self.k = k
-        self.sub_batch = sub_batch
-
-    @property
-    def coefficients(self) -> torch.Tensor:
-        """The order-statistic weights ``c_k`` used at evaluation (float64, sum 1)."""
-        return sortnet_coefficients(self.q, self.in_features, self.k)
-
-    def _distance(self, x: torch.Tensor, rows_per_item: int) -> torch.Tensor:
-        return _sortnet(self, x, self.sub_batch * rows_per_item)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", q={self.q}, k={self.k}"
+        self._init_sortnet(q, k, sub_batch)
 
 
 @register_bound(LinfDistLinear, SortNeuronLinear, LinfDistConv2d, SortNeuronConv2d)
