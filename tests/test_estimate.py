@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -21,7 +22,7 @@ from lipkit.estimation import (
 )
 from lipkit.estimation._mlp import parse_mlp
 from lipkit.estimation.exact import _opnorm
-from lipkit.estimation.lipopt import LiPoptError
+from lipkit.estimation.lipopt import LiPoptError, krivine_max
 from lipkit.estimation.lipsdp import _lmi, _structure, certify_multipliers
 
 
@@ -149,6 +150,47 @@ def test_lipopt3_is_exact_on_small_nets(shape, p):
     assert lipopt(net, p, degree=2).upper >= exact
 
 
+def _vertex_max(poly: dict, n: int) -> float:
+    best = -math.inf
+    for bits in range(2**n):
+        u = [(bits >> i) & 1 for i in range(n)]
+        best = max(best, sum(c * math.prod(u[v] for v in mono) for mono, c in poly.items()))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_krivine_max_bounds_random_multilinear_polys_and_is_exact_at_full_degree(seed):
+    rng = np.random.default_rng(seed)
+    n = 6
+    poly = {(): float(rng.normal())}
+    for size in (1, 2, 3):
+        subsets = list(itertools.combinations(range(n), size))
+        for i in rng.choice(len(subsets), 6, replace=False):
+            poly[subsets[i]] = float(rng.normal())
+    exact = _vertex_max(poly, n)
+    bounds = [krivine_max(poly, {}, n, k)[0] for k in (3, 4, n)]
+    assert all(b >= exact for b in bounds)
+    assert bounds[0] >= bounds[1] - 1e-9 >= bounds[2] - 2e-9  # the hierarchy only tightens
+    assert bounds[2] == pytest.approx(exact, rel=1e-7, abs=1e-9)  # Sherali-Adams level n is exact
+    with pytest.raises(ValueError, match="multilinear"):
+        krivine_max({(0, 0): 1.0}, {}, 1, 2)
+
+
+def test_lipopt_sparse_cliques_and_time_limit_stay_sound():
+    net = one_hidden(9, 9, 1, seed=5)
+    exact = exact_one_hidden_relu(net, math.inf)
+    dense = lipopt(net, math.inf, degree=3, sparse_cliques=False)
+    sparse_ = lipopt(net, math.inf, degree=3, sparse_cliques=True)
+    assert dense.details["converged"] and not dense.details["sparse_cliques"]
+    assert sparse_.details["sparse_cliques"]
+    assert dense.upper == pytest.approx(exact, rel=1e-6)
+    # the sparse family is a subset of the dense one: never tighter, still sound
+    assert sparse_.upper >= dense.upper * (1 - 1e-9) and sparse_.upper >= exact
+    # cut short after the first restricted LP: a (looser) certificate all the same
+    quick = lipopt(net, math.inf, degree=3, time_limit=1e-3)
+    assert quick.upper >= exact
+
+
 def test_lipopt_with_bias_and_leaky_relu_is_sound():
     torch.manual_seed(4)
     net = nn.Sequential(nn.Linear(4, 6), nn.LeakyReLU(0.2), nn.Linear(6, 2))
@@ -193,8 +235,9 @@ def test_estimate_errors_and_fallbacks():
     assert est.method == "naive" and "degree >= 4" in est.details["fallback"] and est.lower == 0.0
     assert est.upper == naive_upper(deep, math.inf)
     wide = nn.Sequential(nn.Linear(300, 50), nn.ReLU(), nn.Linear(50, 2))
-    est = estimate(wide, math.inf, method="lipopt", lower=False)  # LP far too large: falls back quickly
-    assert est.method == "naive" and "limit" in est.details["fallback"] and est.seconds < 5
+    est = estimate(wide, math.inf, method="lipopt", lower=False)  # degree 3 far too large: falls back to 2
+    assert est.method == "lipopt2" and "limit" in est.details["fallback"]
+    assert est.upper <= naive_upper(wide, math.inf)
     with pytest.raises(ValueError, match="unsound"):
         lipsdp(net, variant="network")
     bad = one_hidden(3, 3, 1, seed=0)

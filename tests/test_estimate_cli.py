@@ -58,14 +58,17 @@ def test_estimate_prints_table_and_writes_json(tmp_path, capsys, mlp_path):
 
 def test_estimate_falls_back_and_says_so(tmp_path, capsys):
     torch.manual_seed(1)
-    wide = _onnx(tmp_path, nn.Sequential(nn.Linear(300, 50), nn.ReLU(), nn.Linear(50, 2)), 300, "wide.onnx")
+    # 4 linear layers: beyond LiPopt degree 3 and 2
+    deep = nn.Sequential(nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 20), nn.ReLU(), nn.Linear(20, 20),
+                         nn.ReLU(), nn.Linear(20, 2))
+    wide = _onnx(tmp_path, deep, 30, "deep.onnx")
     out_json = tmp_path / "w.json"
     code, out, err = _run(capsys, "estimate", wide, "--p", "inf", "--json", str(out_json), "--no-progress",
                           "--no-lower")
     assert code == 0, err
     assert "lipopt failed" in err and "fell back to naive" in out
     rec = json.loads(out_json.read_text())
-    assert rec["results"][0]["used"] == "naive" and "limit" in rec["results"][0]["fallback"]
+    assert rec["results"][0]["used"] == "naive" and "degree >= 4" in rec["results"][0]["fallback"]
     assert rec["lower"] == 0.0 and rec["results"][0]["ratio"] is None
 
 

@@ -12,28 +12,34 @@ degree ``L`` (number of linear layers), so the hierarchy needs ``degree >= L``. 
 over *all* combinations of activation patterns, an upper bound of the constant (equal to it when every
 combination is reachable).
 
-With ``t = 2u - 1`` every variable lives in ``[0, 1]``, and a *Krivine/Handelman certificate* of degree
-``k``, ``lambda - p(u) = sum_q c_q prod_{g in q} g(u)`` with ``c >= 0`` and products of at most ``k`` factors
-``g in {u_i, 1 - u_i}``, proves ``p <= lambda`` on the box.  Minimising ``lambda`` is an LP (HiGHS).
+With ``t = 2u - 1`` every variable lives in ``[0, 1]``.  The polynomial is *multilinear* (each monomial is a
+path through the network: one variable per layer), so its box maximum is attained at a vertex and a
+certificate only has to hold on ``{0, 1}^n``: ``lambda - p(u) = sum_q c_q prod_q(u)`` with ``c >= 0`` and
+products of at most ``k`` literals ``u_i`` / ``1 - u_i`` on distinct variables.  This is the Krivine /
+Handelman certificate of LiPopt reduced modulo ``u_i^2 = u_i`` (the Sherali-Adams level ``k``), never looser
+than the box version of the same degree.  Minimising ``lambda`` is an LP, solved by column generation with
+HiGHS (:func:`krivine_max`); the *sparse* hierarchy of the paper keeps only products inside the cliques of
+the network's sparsity pattern (used automatically when the dense product family is too large).
 
 Soundness whatever the LP accuracy: the multipliers are clipped to ``c >= 0``, the residual polynomial
-``r = p - lambda + sum c_q prod_q`` is recomputed in float64, and since every monomial is bounded by 1 on
-the box, ``p <= lambda + sum |r_mu|`` (plus a float64 round-off term) is what we report.
+``r = p - lambda + sum c_q prod_q`` is recomputed in float64, and since every monomial lies in ``[0, 1]``
+on the box, ``p <= lambda + sum |r_mu|`` (plus a float64 round-off term) is what we report.  Any subset of
+the products gives a valid certificate, so a run cut short by its time limit still returns a sound bound.
 With one hidden layer whose weight has full row rank every activation pattern is reachable and the
-polynomial maximum equals the constant; degree 3 recovers it on small nets (measured: exact to 1e-10 at
-width 8; 14.5% above it on a 16-16-1 net, where degree 3 is no longer tight).
+polynomial maximum equals the constant; degree 3 recovers it on small nets (``bench/estimate.py``).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import os
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import sparse
-from scipy.optimize import linprog
 from torch import nn
 
 from lipkit.bounds import EPS64, normalize_p, round_up
@@ -42,7 +48,7 @@ from ._mlp import parse_mlp
 
 __all__ = ["LiPoptResult", "LiPoptError", "lipopt", "krivine_max"]
 
-MAX_PRODUCTS = 100_000
+MAX_PRODUCTS = 3_000_000
 
 
 class LiPoptError(RuntimeError):
@@ -59,100 +65,322 @@ class LiPoptResult:
     rows: list[float]
     lp_status: str
     seconds: float
-
-
-def _expand(gens: tuple[int, ...], n: int) -> dict[tuple[int, ...], float]:
-    """Monomial expansion of ``prod_g g(u)`` with ``g < n -> u_g`` and ``g >= n -> 1 - u_{g-n}``."""
-    poly: dict[tuple[int, ...], float] = {(): 1.0}
-    for g in gens:
-        new: dict[tuple[int, ...], float] = {}
-        for mono, c in poly.items():
-            if g < n:
-                key = tuple(sorted((*mono, g)))
-                new[key] = new.get(key, 0.0) + c
-            else:
-                new[mono] = new.get(mono, 0.0) + c
-                key = tuple(sorted((*mono, g - n)))
-                new[key] = new.get(key, 0.0) - c
-        poly = new
-    return poly
-
-
-def krivine_max(
-    poly: dict[tuple[int, ...], float],
-    poly_abs: dict[tuple[int, ...], float],
-    n: int,
-    degree: int,
-    time_limit: float | None = None,
-) -> tuple[float, str]:
-    """Certified upper bound of ``max_{u in [0,1]^n} poly(u)`` by a degree-``degree`` Krivine LP.
-
-    ``poly`` maps sorted variable-index tuples (monomials) to coefficients; ``poly_abs`` bounds the float
-    error of those coefficients (sum of absolute values of the terms that produced them).
-    """
-    n_products = sum(math.comb(2 * n + r - 1, r) for r in range(degree + 1))
-    if n_products > MAX_PRODUCTS:
-        raise LiPoptError(
-            f"LiPopt degree {degree} with {n} variables needs {n_products} products (limit {MAX_PRODUCTS})"
-        )
-    combos = itertools.combinations_with_replacement
-    products = [q for r in range(degree + 1) for q in combos(range(2 * n), r)]
-    mono_index: dict[tuple[int, ...], int] = {}
-    rows, cols, vals = [], [], []
-    expansions = []
-    for q_idx, q in enumerate(products):
-        e = _expand(q, n)
-        expansions.append(e)
-        for mono, c in e.items():
-            if c != 0.0:
-                i = mono_index.setdefault(mono, len(mono_index))
-                rows.append(i)
-                cols.append(q_idx + 1)
-                vals.append(c)
-    for mono in poly:
-        mono_index.setdefault(mono, len(mono_index))
-    const = mono_index.setdefault((), len(mono_index))
-    n_mono, n_var = len(mono_index), len(products) + 1
-    # sum_q c_q prod_q - lambda [mono == ()] = -p
-    rows.append(const)
-    cols.append(0)
-    vals.append(-1.0)
-    A_eq = sparse.csr_matrix((vals, (rows, cols)), shape=(n_mono, n_var))
-    b_eq = np.zeros(n_mono)
-    for mono, c in poly.items():
-        b_eq[mono_index[mono]] = -c
-    cost = np.zeros(n_var)
-    cost[0] = 1.0
-    bounds = [(None, None)] + [(0, None)] * len(products)
-    options = {"presolve": True}
-    if time_limit is not None:
-        options["time_limit"] = float(time_limit)
-    res = linprog(cost, A_eq=A_eq, b_eq=b_eq, bounds=bounds, method="highs", options=options)
-    if res.x is None:
-        raise LiPoptError(f"HiGHS failed on the LiPopt LP: {res.message}")
-    lam = float(res.x[0])
-    c = np.maximum(res.x[1:], 0.0)
-    # residual r = p - lambda + sum c_q prod_q, recomputed in float64, with an abs-sum for round-off
-    resid = np.zeros(n_mono)
-    rabs = np.zeros(n_mono)
-    for mono, v in poly.items():
-        resid[mono_index[mono]] += v
-        rabs[mono_index[mono]] += abs(v) + poly_abs.get(mono, abs(v))
-    resid[const] -= lam
-    rabs[const] += abs(lam)
-    for q_idx, e in enumerate(expansions):
-        cq = c[q_idx]
-        if cq == 0.0:
-            continue
-        for mono, v in e.items():
-            resid[mono_index[mono]] += cq * v
-            rabs[mono_index[mono]] += abs(cq * v)
-    n_terms = len(products) + len(poly) + 2
-    upper = lam + float(np.abs(resid).sum()) + 4.0 * n_terms * EPS64 * float(rabs.sum())
-    return round_up(upper, n_mono), str(res.message)
+    details: dict = field(default_factory=dict)
 
 
 Poly = dict[tuple[int, ...], float]
+
+
+def _encode(subsets: np.ndarray, base: int) -> np.ndarray:
+    """One int64 key per row of sorted variable indices: ``sum_pos (v + 1) base^pos`` (``()`` -> 0)."""
+    key = np.zeros(subsets.shape[0], dtype=np.int64)
+    for pos in range(subsets.shape[1]):
+        key = key * base + subsets[:, pos] + 1
+    return key
+
+
+def _decode(key: int, base: int) -> tuple[int, ...]:
+    out = []
+    while key:
+        key, v = divmod(key, base)
+        out.append(v - 1)
+    return tuple(reversed(out))
+
+
+def _cliques(poly: Poly) -> list[tuple[int, ...]]:
+    """LiPopt's sparsity pattern read off the polynomial: one clique per variable ``v``, the union of the
+    supports of the monomials whose largest variable is ``v``.  Every monomial lies in one clique, so a
+    certificate built from products inside the cliques always exists.  For a one-hidden-layer net and
+    ``p = inf`` these are the paper's cliques ``{s_k} + {t_j : W_kj != 0}``."""
+    groups: dict[int, set[int]] = {}
+    for mono in poly:
+        if mono:
+            groups.setdefault(mono[-1], set()).update(mono)
+    cliques = {tuple(sorted(g)) for g in groups.values()}
+    return [c for c in cliques if not any(set(c) < set(d) for d in cliques)]
+
+
+def _subsets(cliques: list[tuple[int, ...]], r: int, base: int, limit: int) -> np.ndarray:
+    """All size-``r`` subsets of the cliques (sorted rows, duplicates removed)."""
+    if r == 0:
+        return np.zeros((1, 0), dtype=np.int64)
+    total = sum(math.comb(len(c), r) for c in cliques)
+    if total > limit:
+        raise LiPoptError(f"the LiPopt product family has more than {limit} subsets of size {r} (limit)")
+    parts = []
+    for c in cliques:
+        if len(c) >= r:
+            idx = np.array(list(itertools.combinations(range(len(c)), r)), dtype=np.int64)
+            parts.append(np.asarray(c, dtype=np.int64)[idx])
+    if not parts:
+        return np.zeros((0, r), dtype=np.int64)
+    subs = np.concatenate(parts)
+    _, first = np.unique(_encode(subs, base), return_index=True)
+    return subs[np.sort(first)]
+
+
+def _product_family(cliques, degree: int, base: int, limit: int):
+    """The Boolean (Sherali-Adams) products ``prod_{i in S} l_i(u)`` with ``l_i in {u_i, 1 - u_i}``, ``S``
+    inside a clique, ``|S| <= degree``, expanded into monomials.  Returns the COO triplets
+    ``(monomial key, product index, coefficient)``, the number of products and each product's set ``S``
+    (encoded like a monomial)."""
+    keys, cols, vals, tops = [], [], [], []
+    n_prod = 0
+    for r in range(degree + 1):
+        subs = _subsets(cliques, r, base, limit)
+        m = subs.shape[0]
+        if n_prod + m * 2**r > limit:
+            raise LiPoptError(
+                f"LiPopt degree {degree} needs more than {limit} products on {len(cliques)} clique(s) (limit)"
+            )
+        for sigma in range(2**r):
+            pos = [i for i in range(r) if sigma >> i & 1]  # literal u_i
+            neg = [i for i in range(r) if not sigma >> i & 1]  # literal 1 - u_i
+            col = n_prod + np.arange(m)
+            # prod_{P} u_i prod_{N} (1 - u_i) = sum_{U subset N} (-1)^|U| u^(P + U)
+            for size in range(len(neg) + 1):
+                for extra in itertools.combinations(neg, size):
+                    keys.append(_encode(subs[:, sorted(pos + list(extra))], base))
+                    cols.append(col)
+                    vals.append(np.full(m, (-1.0) ** size))
+            tops.append(_encode(subs, base))
+            n_prod += m
+    return np.concatenate(keys), np.concatenate(cols), np.concatenate(vals), n_prod, np.concatenate(tops)
+
+
+def krivine_max(
+    poly: Poly,
+    poly_err: dict[tuple[int, ...], float],
+    n: int,
+    degree: int,
+    time_limit: float | None = None,
+    *,
+    sparse_cliques: bool | None = None,
+    max_products: int = MAX_PRODUCTS,
+) -> tuple[float, dict]:
+    """Certified upper bound of ``max_{u in [0,1]^n} poly(u)`` for a *multilinear* ``poly``.
+
+    A multilinear polynomial attains its box maximum at a vertex, so it suffices that
+    ``lambda - poly(u) = sum_q c_q prod_q(u)`` holds on ``{0, 1}^n`` with ``c >= 0``, products ``prod_q``
+    of at most ``degree`` literals ``u_i`` / ``1 - u_i`` on distinct variables (the Boolean reduction of the
+    Krivine / Handelman certificate: ``u_i^2 = u_i``, ``u_i (1 - u_i) = 0``; the Sherali-Adams level
+    ``degree``).  It is at least as tight as the box certificate of the same degree.  ``sparse_cliques``
+    restricts the products to the cliques of :func:`_cliques` (LiPopt's sparse hierarchy; ``None``: only when
+    the dense family is too large).
+
+    The LP is solved by column generation with HiGHS: start with the products on the supports of ``poly``
+    (always feasible), add the products of most negative reduced cost, re-solve, until none is left (the LP
+    optimum of the whole family) or ``time_limit`` runs out (the first, small LP always completes).  Every
+    restricted LP is itself a certificate, and the best one is re-checked in float64: multipliers clipped to
+    ``c >= 0``, residual ``r = poly - lambda + sum c_q prod_q`` recomputed, and ``lambda + sum |r_mu|`` plus a
+    round-off term (``gamma_k`` per monomial, ``poly_err`` bounding the error of ``poly``'s coefficients).
+
+    ``poly`` maps sorted variable-index tuples to coefficients.
+    """
+    t0 = time.perf_counter()
+    deadline = None if time_limit is None else t0 + float(time_limit)
+    if any(len(set(mono)) != len(mono) for mono in poly):
+        raise ValueError("krivine_max needs a multilinear polynomial (no repeated variable in a monomial)")
+    base = n + 1
+    if degree * math.log2(base) >= 62:
+        raise LiPoptError(f"LiPopt degree {degree} with {n} variables overflows the monomial keys")
+    dense = [tuple(range(n))]
+    use_sparse = bool(sparse_cliques)
+    if sparse_cliques is None:
+        try:
+            family = _product_family(dense, degree, base, max_products)
+        except LiPoptError:
+            use_sparse = True
+    if use_sparse:
+        cliques = _cliques(poly) or dense
+        family = _product_family(cliques, degree, base, max_products)
+    elif sparse_cliques is False:
+        family = _product_family(dense, degree, base, max_products)
+    fkeys, fcols, fvals, n_prod, tops = family
+    pkeys = _encode_list(list(poly), base)
+    all_keys, inv = np.unique(np.concatenate([fkeys, pkeys, [0]]), return_inverse=True)
+    n_mono = all_keys.size
+    A = sparse.csc_matrix((fvals, (inv[: fkeys.size], fcols)), shape=(n_mono, n_prod))
+    p_vec = np.zeros(n_mono)
+    poly_rows = inv[fkeys.size : fkeys.size + pkeys.size]
+    np.add.at(p_vec, poly_rows, np.array(list(poly.values()), dtype=np.float64))
+    e_vec = np.zeros(n_mono)
+    np.add.at(e_vec, poly_rows, np.array([poly_err.get(m, 0.0) for m in poly], dtype=np.float64))
+    const = int(inv[-1])
+    # start: every product whose variables lie inside the support of one monomial of poly.  Feasible: with
+    # them, lambda - poly = sum_mono (lambda_mono - a_mono u^mono) and each term is a non-negative combination
+    # of the 2^|mono| literal products on its support once lambda_mono >= max(a_mono, 0).
+    closure = {0}
+    for mono in poly:
+        for size in range(1, len(mono) + 1):
+            closure.update(int(k) for k in _encode_list(list(itertools.combinations(mono, size)), base))
+    inside = np.isin(tops, np.fromiter(closure, dtype=np.int64))
+    active = np.zeros(n_prod, dtype=bool)
+    active[inside] = True
+    lp = _MasterLP(A, p_vec, const)
+    best: tuple[float, np.ndarray | None] = (math.inf, None)
+    status, rounds, converged = "", 0, False
+    new_cols = np.flatnonzero(inside)
+    while True:
+        rounds += 1
+        active[new_cols] = True
+        lp.add_columns(new_cols)
+        # the first LP (products on the supports of poly only) always runs to completion: it is small and
+        # gives the certificate every later round improves on
+        remaining = None if deadline is None or rounds == 1 else max(deadline - time.perf_counter(), 1e-3)
+        ok, status, lam, c, y = lp.solve(remaining)
+        if c is None:
+            break
+        bound = _certify(A, c, lam, p_vec, e_vec, const)
+        if bound < best[0]:
+            best = (bound, c)
+        if not ok:
+            break
+        # reduced cost of a product column: 0 - A_q^T y (monomials not yet in the LP have y = 0, a valid
+        # choice: their rows are empty, so when no reduced cost is negative y proves the whole LP optimal)
+        reduced = -(A.T @ y)
+        reduced[active] = 0.0
+        tol = 1e-9 * max(1.0, abs(lam))
+        candidates = np.flatnonzero(reduced < -tol)
+        if candidates.size == 0:
+            converged = True
+            break
+        if deadline is not None and time.perf_counter() >= deadline:
+            break
+        take = max(1000, min(20_000, candidates.size // 10))
+        if candidates.size > take:
+            candidates = candidates[np.argpartition(reduced[candidates], take)[:take]]
+        new_cols = candidates
+    if best[1] is None:
+        raise LiPoptError(f"HiGHS failed on the LiPopt LP: {status}")
+    info = {
+        "lp_status": status,
+        "products": int(n_prod),
+        "products_used": int(active.sum()),
+        "rounds": rounds,
+        "converged": converged,
+        "sparse_cliques": use_sparse,
+        "seconds": time.perf_counter() - t0,
+    }
+    return best[0], info
+
+
+class _MasterLP:
+    """The restricted LP ``min lambda  s.t.  A[:, cols] c - lambda e_const = -p,  c >= 0`` in one HiGHS
+    instance, grown by columns (rows appear when a new column touches a new monomial) and re-solved warm."""
+
+    def __init__(self, A, p_vec: np.ndarray, const: int):
+        self.A = A
+        self.p_vec = p_vec
+        self.row_of = np.full(A.shape[0], -1, dtype=np.int64)
+        self.rows: list[int] = []
+        self.hs = _highspy()
+        self.h = _new_highs(self.hs)
+        self.cols: list[np.ndarray] = []
+        self._add_rows(np.union1d(np.flatnonzero(p_vec), [const]))
+        inf = self.hs.kHighsInf
+        self.h.addCol(1.0, -inf, inf, 1, np.array([self.row_of[const]], dtype=np.int32), np.array([-1.0]))
+
+    def _add_rows(self, monos: np.ndarray) -> None:
+        monos = monos[self.row_of[monos] < 0]
+        if monos.size == 0:
+            return
+        self.row_of[monos] = len(self.rows) + np.arange(monos.size)
+        self.rows.extend(int(m) for m in monos)
+        rhs = -self.p_vec[monos]
+        self.h.addRows(monos.size, rhs, rhs, 0, np.zeros(monos.size, dtype=np.int32),
+                       np.zeros(0, dtype=np.int32), np.zeros(0))
+
+    def add_columns(self, cols: np.ndarray) -> None:
+        if cols.size == 0:
+            return
+        sub = self.A[:, cols].tocsc()
+        self._add_rows(np.unique(sub.indices))
+        self.h.addCols(cols.size, np.zeros(cols.size), np.zeros(cols.size),
+                       np.full(cols.size, self.hs.kHighsInf), sub.nnz, sub.indptr[:-1].astype(np.int32),
+                       self.row_of[sub.indices].astype(np.int32), sub.data.astype(np.float64))
+        self.cols.append(cols)
+
+    def solve(self, time_limit: float | None):
+        """Returns ``(optimal, status, lambda, c over all products, y over all monomials)``."""
+        if time_limit is not None:
+            self.h.setOptionValue("time_limit", float(self.h.getRunTime() + time_limit))
+        self.h.run()
+        status = self.h.getModelStatus()
+        text = self.h.modelStatusToString(status)
+        sol = self.h.getSolution()
+        if not sol.value_valid:
+            return False, text, math.nan, None, None
+        x = np.asarray(sol.col_value)
+        c = np.zeros(self.A.shape[1])
+        c[np.concatenate(self.cols)] = np.maximum(x[1:], 0.0)
+        y = np.zeros(self.A.shape[0])
+        if sol.dual_valid:
+            y[np.asarray(self.rows)] = np.asarray(sol.row_dual)
+        ok = status == self.hs.HighsModelStatus.kOptimal and sol.dual_valid
+        return ok, text, float(x[0]), c, y
+
+
+def _highspy():
+    try:
+        import highspy
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise LiPoptError("LiPopt needs HiGHS: pip install 'lipkit[estimate]' (or highspy)") from exc
+    return highspy
+
+
+def _new_highs(highspy):
+    """A silent HiGHS instance (the first one in a process prints a banner on the C stdout: swallow it)."""
+    global _BANNER_SHOWN
+    if not _BANNER_SHOWN:
+        _BANNER_SHOWN = True
+        try:
+            sys.stdout.flush()
+            saved = os.dup(1)
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 1)
+                try:
+                    h = highspy.Highs()
+                finally:
+                    os.dup2(saved, 1)
+                    os.close(saved)
+        except OSError:
+            h = highspy.Highs()
+    else:
+        h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    return h
+
+
+_BANNER_SHOWN = False
+
+
+def _encode_list(monos: list[tuple[int, ...]], base: int) -> np.ndarray:
+    out = np.zeros(len(monos), dtype=np.int64)
+    for i, mono in enumerate(monos):
+        key = 0
+        for v in mono:
+            key = key * base + v + 1
+        out[i] = key
+    return out
+
+
+def _certify(A, c: np.ndarray, lam: float, p_vec: np.ndarray, e_vec: np.ndarray, const: int) -> float:
+    """Sound value ``lambda + sum_mu |r_mu| + round-off`` for multipliers ``c >= 0`` (:func:`krivine_max`).
+
+    ``r = p - lambda e_const + A c`` is evaluated in float64; each entry is a sum of ``k_mu`` terms (``A`` has
+    entries +-1, so ``c_q A_mu,q`` is exact), whose round-off is at most ``gamma_{k_mu} sum |terms|``;
+    ``e_vec`` bounds the error of ``p``'s own coefficients."""
+    resid = A @ c + p_vec
+    resid[const] -= lam
+    absum = abs(A) @ c + np.abs(p_vec)
+    absum[const] += abs(lam)
+    nnz = np.diff(A.tocsr().indptr) + 2
+    err = (nnz * EPS64 / (1 - nnz * EPS64)) * absum + e_vec
+    total = lam + float(np.abs(resid).sum()) + float(err.sum())
+    return round_up(total, 2 * A.shape[0] + 2)
+
+
 
 
 def _lincomb(polys: list[Poly], coefs: np.ndarray) -> Poly:
@@ -227,6 +455,7 @@ def lipopt(
     time_limit: float | None = None,
     neuron_slopes: list[tuple[np.ndarray, np.ndarray]] | None = None,
     input_shape: tuple[int, ...] | None = None,
+    sparse_cliques: bool | None = None,
 ) -> LiPoptResult:
     """Certified l_inf (or l1) Lipschitz upper bound of an MLP by LiPopt-``degree``.
 
@@ -256,13 +485,27 @@ def lipopt(
             f"LiPopt needs degree >= {mlp.depth}, got {degree}"
         )
     rows_out: list[float] = []
-    status = ""
+    infos: list[dict] = []
     deadline = None if time_limit is None else t0 + float(time_limit)
     n_rows = mlp.weights[-1].shape[0] if p == math.inf else mlp.input_dim
+    # float64 error of each coefficient of the polynomial: a chain of at most k_ops roundings per term
+    k_ops = sum(w.shape[1] + 2 for w in mlp.weights) + 4
+    gamma = 2.0 * k_ops * EPS64 / (1.0 - k_ops * EPS64)
     for r in range(n_rows):
         poly, n_vars = _gradient_poly(mlp, p, r, absolute=False)
         pabs, _ = _gradient_poly(mlp, p, r, absolute=True)
-        remaining = None if deadline is None else max(deadline - time.perf_counter(), 1e-3)
-        val, status = krivine_max(poly, pabs, n_vars, degree, remaining)
+        # share what is left of the time limit evenly between the rows still to do
+        remaining = None if deadline is None else max((deadline - time.perf_counter()) / (n_rows - r), 1e-3)
+        val, info = krivine_max(poly, {m: gamma * v for m, v in pabs.items()}, n_vars, degree, remaining,
+                                sparse_cliques=sparse_cliques)
         rows_out.append(val)
-    return LiPoptResult(max(rows_out), p, degree, rows_out, status, time.perf_counter() - t0)
+        infos.append(info)
+    status = "; ".join(sorted({i["lp_status"] for i in infos}))
+    details = {
+        "converged": all(i["converged"] for i in infos),
+        "sparse_cliques": any(i["sparse_cliques"] for i in infos),
+        "products": max(i["products"] for i in infos),
+        "products_used": max(i["products_used"] for i in infos),
+        "rounds": sum(i["rounds"] for i in infos),
+    }
+    return LiPoptResult(max(rows_out), p, degree, rows_out, status, time.perf_counter() - t0, details)
