@@ -191,6 +191,19 @@ def test_lipopt_sparse_cliques_and_time_limit_stay_sound():
     assert quick.upper >= exact
 
 
+def test_lipopt_branch_and_bound_closes_the_gap_of_a_low_degree():
+    p = math.inf
+    net = one_hidden(8, 8, 2, seed=3)
+    exact = exact_one_hidden_relu(net, p)
+    plain = lipopt(net, p, degree=2, max_nodes=1)
+    assert plain.upper > exact * (1 + 1e-3)  # degree 2 alone is loose here
+    cut = lipopt(net, p, degree=2, max_nodes=3)  # stopped early: between exact and the plain bound
+    assert exact <= cut.upper <= plain.upper
+    closed = lipopt(net, p, degree=2, max_nodes=400)
+    assert closed.details["gap_closed"] and closed.details["nodes"] > 1
+    assert exact <= closed.upper <= exact * (1 + 1e-6)
+
+
 def test_lipopt_with_bias_and_leaky_relu_is_sound():
     torch.manual_seed(4)
     net = nn.Sequential(nn.Linear(4, 6), nn.LeakyReLU(0.2), nn.Linear(6, 2))

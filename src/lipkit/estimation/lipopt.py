@@ -31,6 +31,7 @@ polynomial maximum equals the constant; degree 3 recovers it on small nets (``be
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 import os
@@ -218,6 +219,7 @@ def krivine_max(
     active = np.zeros(n_prod, dtype=bool)
     active[inside] = True
     lp = _MasterLP(A, p_vec, const)
+    last_y = None
     best: tuple[float, np.ndarray | None] = (math.inf, None)
     status, rounds, converged = "", 0, False
     new_cols = np.flatnonzero(inside)
@@ -236,6 +238,7 @@ def krivine_max(
             best = (bound, c)
         if not ok:
             break
+        last_y = y
         # reduced cost of a product column: 0 - A_q^T y (monomials not yet in the LP have y = 0, a valid
         # choice: their rows are empty, so when no reduced cost is negative y proves the whole LP optimal)
         reduced = -(A.T @ y)
@@ -262,7 +265,148 @@ def krivine_max(
         "sparse_cliques": use_sparse,
         "seconds": time.perf_counter() - t0,
     }
+    if last_y is not None:
+        # pseudo-marginals of the optimal dual (the LP dual is a pseudo-distribution L with L(mu) = -y_mu):
+        # where the relaxation puts each variable, used to pick vertices and branching variables
+        singles = np.arange(n, dtype=np.int64) + 1
+        idx = np.minimum(np.searchsorted(all_keys, singles), n_mono - 1)
+        present = all_keys[idx] == singles
+        marg = np.full(n, 0.5)
+        marg[present] = -last_y[idx[present]]
+        info["marginals"] = marg
     return best[0], info
+
+
+def _substitute(poly: Poly, err: dict, var: int, value: int) -> tuple[Poly, dict]:
+    """Fix ``u_var = value`` (0 or 1) in a multilinear polynomial; merged coefficients add their round-off."""
+    out: Poly = {}
+    out_err: dict = {}
+    for mono, c in poly.items():
+        if var in mono:
+            if value == 0:
+                continue
+            mono = tuple(v for v in mono if v != var)
+        if mono in out:
+            out_err[mono] = out_err.get(mono, 0.0) + err.get(mono, 0.0) + EPS64 * (abs(out[mono]) + abs(c))
+            out[mono] += c
+        else:
+            out[mono] = c
+            out_err[mono] = out_err.get(mono, 0.0) + err.get(mono, 0.0)
+    return out, out_err
+
+
+def _compact(poly: Poly, err: dict) -> tuple[Poly, dict, list[int]]:
+    """Renumber the variables that occur as ``0..k-1``; returns the map new -> old."""
+    used = sorted({v for mono in poly for v in mono})
+    new = {v: i for i, v in enumerate(used)}
+    poly2 = {tuple(new[v] for v in mono): c for mono, c in poly.items()}
+    err2 = {tuple(new[v] for v in mono): e for mono, e in err.items() if all(v in new for v in mono)}
+    return poly2, err2, used
+
+
+def _evaluate(poly: Poly, u: np.ndarray) -> float:
+    return float(sum(c for mono, c in poly.items() if all(u[v] for v in mono)))
+
+
+def _best_vertex(poly: Poly, n: int, start: np.ndarray) -> tuple[float, np.ndarray]:
+    """Round ``start`` to a vertex and improve it by single flips (a lower bound of the vertex maximum)."""
+    u = (start > 0.5).astype(np.int8)
+    val = _evaluate(poly, u)
+    improved = True
+    while improved:
+        improved = False
+        for v in range(n):
+            u[v] ^= 1
+            new = _evaluate(poly, u)
+            if new > val:
+                val, improved = new, True
+            else:
+                u[v] ^= 1
+    return val, u
+
+
+def branch_and_bound_max(
+    poly: Poly,
+    poly_err: dict,
+    n: int,
+    degree: int,
+    time_limit: float | None = None,
+    *,
+    sparse_cliques: bool | None = None,
+    max_nodes: int = 64,
+    rel_gap: float = 1e-7,
+    root: tuple[float, dict] | None = None,
+) -> tuple[float, float, dict]:
+    """``(upper, lower, info)`` bracketing ``max_{u in {0,1}^n} poly(u)``: :func:`krivine_max` at every node,
+    branching on the variable the relaxation leaves most undecided (``u_v = 0`` / ``u_v = 1``).
+
+    ``upper`` is the largest certified bound over all leaves (open or pruned), hence sound at any stopping
+    point; ``lower`` is the best vertex value found (rounded pseudo-marginals + single flips).  Stops when
+    ``upper <= lower (1 + rel_gap)``, after ``max_nodes`` LPs, or at ``time_limit``.  ``root``: the
+    ``krivine_max`` result for ``poly`` when already known.
+    """
+    deadline = None if time_limit is None else time.perf_counter() + float(time_limit)
+
+    def bound(q: Poly, e: dict) -> tuple[float, dict, int]:
+        q2, e2, used = _compact(q, e)
+        k = len(used)
+        if k == 0:
+            return _certify_const(q2, e2), {"marginals": np.zeros(0)}, 0
+        remaining = None if deadline is None else max(deadline - time.perf_counter(), 1e-3)
+        val, info = krivine_max(q2, e2, k, min(degree, k), remaining, sparse_cliques=sparse_cliques)
+        return val, info, k
+
+    root_val, info = root if root is not None else bound(poly, poly_err)[:2]
+    lower, _ = _best_vertex(poly, n, _full(info, poly, n))
+    heap = [(-root_val, 0, poly, poly_err, _full(info, poly, n))]
+    closed_max = -math.inf
+    nodes, counter = 1, 1
+    while heap:
+        neg, _, q, e, marg = heap[0]
+        upper = max(-neg, closed_max)
+        if upper <= lower + rel_gap * abs(lower) or nodes >= max_nodes:
+            break
+        if deadline is not None and time.perf_counter() >= deadline:
+            break
+        heapq.heappop(heap)
+        free = sorted({v for mono in q for v in mono})
+        if not free:
+            closed_max = max(closed_max, -neg)
+            continue
+        var = min(free, key=lambda v: abs(marg[v] - 0.5))
+        for value in (0, 1):
+            q2, e2 = _substitute(q, e, var, value)
+            val, info2, k = bound(q2, e2)
+            nodes += 1
+            m2 = _full(info2, q2, n)
+            m2[var] = value
+            cand, _ = _best_vertex(poly, n, m2)
+            lower = max(lower, cand)
+            if k == 0 or val <= lower + rel_gap * abs(lower):
+                closed_max = max(closed_max, val)
+            else:
+                heapq.heappush(heap, (-val, counter, q2, e2, m2))
+                counter += 1
+    upper = max([-h[0] for h in heap] + [closed_max])
+    return upper, lower, {"nodes": nodes, "open": len(heap), "root": root_val,
+                          "closed": not heap or upper <= lower + rel_gap * abs(lower)}
+
+
+def _full(info: dict, poly: Poly, n: int) -> np.ndarray:
+    """Pseudo-marginals of a node's LP mapped back to the original ``n`` variables."""
+    used = sorted({v for mono in poly for v in mono})
+    marg = np.full(n, 0.5)
+    m = info.get("marginals")
+    if m is not None and len(m) == n:  # an LP over the original variables
+        marg[:] = m
+    elif m is not None and len(m) == len(used):  # an LP over the compacted variables of a node
+        marg[used] = m
+    return marg
+
+
+def _certify_const(poly: Poly, err: dict) -> float:
+    c = poly.get((), 0.0)
+    return round_up(c + err.get((), 0.0), 2)
 
 
 class _MasterLP:
@@ -456,8 +600,14 @@ def lipopt(
     neuron_slopes: list[tuple[np.ndarray, np.ndarray]] | None = None,
     input_shape: tuple[int, ...] | None = None,
     sparse_cliques: bool | None = None,
+    max_nodes: int | None = None,
 ) -> LiPoptResult:
     """Certified l_inf (or l1) Lipschitz upper bound of an MLP by LiPopt-``degree``.
+
+    When the LP of the whole hierarchy level is solved but leaves a gap to the best vertex of the polynomial,
+    up to ``max_nodes`` LPs of a branch and bound (:func:`branch_and_bound_max`) close it (``max_nodes=1``:
+    the plain hierarchy; default: 32 when the polynomial has at most 64 variables, else 1).  Every stopping
+    point is sound.
 
     The gradient polynomial of a network with ``L`` linear layers has degree ``L``, so ``degree >= L``.
     ``neuron_slopes`` (per hidden layer, per-neuron ``(alpha, beta)``) replaces the activations' slope
@@ -496,8 +646,17 @@ def lipopt(
         pabs, _ = _gradient_poly(mlp, p, r, absolute=True)
         # share what is left of the time limit evenly between the rows still to do
         remaining = None if deadline is None else max((deadline - time.perf_counter()) / (n_rows - r), 1e-3)
-        val, info = krivine_max(poly, {m: gamma * v for m, v in pabs.items()}, n_vars, degree, remaining,
-                                sparse_cliques=sparse_cliques)
+        err = {m: gamma * v for m, v in pabs.items()}
+        val, info = krivine_max(poly, err, n_vars, degree, remaining, sparse_cliques=sparse_cliques)
+        info["root"] = val
+        nodes = max_nodes if max_nodes is not None else (32 if n_vars <= 64 else 1)
+        if nodes > 1 and info["converged"]:
+            remaining = None if deadline is None else max(deadline - time.perf_counter(), 1e-3)
+            up, vertex, bb = branch_and_bound_max(poly, err, n_vars, degree, remaining,
+                                                  sparse_cliques=info["sparse_cliques"], max_nodes=nodes,
+                                                  root=(val, info))
+            info.update(nodes=bb["nodes"], gap_closed=bb["closed"], vertex_max=vertex)
+            val = min(val, up)
         rows_out.append(val)
         infos.append(info)
     status = "; ".join(sorted({i["lp_status"] for i in infos}))
@@ -507,5 +666,8 @@ def lipopt(
         "products": max(i["products"] for i in infos),
         "products_used": max(i["products_used"] for i in infos),
         "rounds": sum(i["rounds"] for i in infos),
+        "root_bound": max(i["root"] for i in infos),
+        "nodes": sum(i.get("nodes", 1) for i in infos),
+        "gap_closed": all(i.get("gap_closed", False) for i in infos),
     }
     return LiPoptResult(max(rows_out), p, degree, rows_out, status, time.perf_counter() - t0, details)
