@@ -204,6 +204,17 @@ def test_lipopt_branch_and_bound_closes_the_gap_of_a_low_degree():
     assert exact <= closed.upper <= exact * (1 + 1e-6)
 
 
+def test_lipopt_vertex_gives_an_attained_lower_bound():
+    # the relaxation's best vertex is realised by an input (W has full row rank): lower == exact constant
+    net = one_hidden(12, 12, 1, seed=4)
+    exact = exact_one_hidden_relu(net, math.inf)
+    est = estimate(net, math.inf, "lipopt", lower_kwargs={"n_starts": 2, "steps": 0, "n_pairs": 0})
+    assert est.details["lower_kind"] == "jacobian"
+    assert exact * (1 - 1e-6) <= est.lower <= exact <= est.upper <= exact * (1 + 1e-6)
+    x = est.details["lower_witness"]
+    assert float(jacobian_norm(net.double(), x[None], math.inf)[0]) >= est.lower
+
+
 def test_lipopt_with_bias_and_leaky_relu_is_sound():
     torch.manual_seed(4)
     net = nn.Sequential(nn.Linear(4, 6), nn.LeakyReLU(0.2), nn.Linear(6, 2))

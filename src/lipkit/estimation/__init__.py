@@ -141,7 +141,9 @@ def _run(
                          "lipsdp_variant": r.variant}
     r2 = lipopt(model, p, degree=3 if method == "lipopt" else 2, time_limit=time_limit,
                 input_shape=input_shape)
-    return r2.upper, {"lp_status": r2.lp_status, "rows": r2.rows}
+    info = {k: v for k, v in r2.details.items() if k != "hint_points"}
+    return r2.upper, {"lp_status": r2.lp_status, "rows": r2.rows, "lipopt": info,
+                      "_hints": r2.details.get("hint_points", [])}
 
 
 def estimate(
@@ -196,9 +198,11 @@ def estimate(
     upper = math.inf
     used = method
     failures: list[str] = []
+    hints = None
     while current is not None:
         try:
             upper, info = _run(current, model, p, time_limit, input_shape, domain)
+            hints = info.pop("_hints", None)
             details.update(info)
             used = current
             break
@@ -220,7 +224,10 @@ def estimate(
         upper = naive
     low = 0.0
     if lower:
-        lb = lower_bound(model, p, input_shape=input_shape, domain=domain, **(lower_kwargs or {}))
+        kwargs = dict(lower_kwargs or {})
+        if hints and domain is None:
+            kwargs.setdefault("hints", hints)
+        lb = lower_bound(model, p, input_shape=input_shape, domain=domain, **kwargs)
         low = lb.value
         details["lower_kind"] = lb.kind
         details["lower_witness"] = lb.point if lb.kind == "jacobian" else lb.pair

@@ -404,6 +404,32 @@ def _full(info: dict, poly: Poly, n: int) -> np.ndarray:
     return marg
 
 
+def _pattern_points(mlp, p: float, u: np.ndarray) -> list:
+    """Inputs ``x`` with ``sign(W_1 x + b_1)`` equal to the first-hidden-layer pattern of vertex ``u``
+    (least squares to targets ``+-c - b``, several scales ``c``); empty when the pattern is not realised."""
+    import torch
+
+    n_t = mlp.weights[0].shape[1] if p == math.inf else mlp.weights[-1].shape[0]
+    als, bes = mlp.layer_slopes(0)
+    variable = np.flatnonzero(bes - als != 0.0)
+    if variable.size == 0:
+        return []
+    on = np.zeros(als.size, dtype=bool)
+    on[variable] = u[n_t : n_t + variable.size] > 0
+    # slope beta (the larger one for ReLU-like activations) is taken for positive pre-activations
+    W = mlp.weights[0]
+    b = mlp.biases[0] if mlp.biases[0] is not None else torch.zeros(W.shape[0], dtype=W.dtype)
+    sign = torch.from_numpy(np.where(on, 1.0, -1.0))
+    points = []
+    for c in (1.0, 10.0, 100.0):
+        target = (c * sign - b)[variable]
+        x = torch.linalg.lstsq(W[variable], target[:, None]).solution[:, 0]
+        pre = W @ x + b
+        if bool(((pre > 0) == torch.from_numpy(on))[variable].all()):
+            points.append(x)
+    return points
+
+
 def _certify_const(poly: Poly, err: dict) -> float:
     c = poly.get((), 0.0)
     return round_up(c + err.get((), 0.0), 2)
@@ -657,6 +683,9 @@ def lipopt(
                                                   root=(val, info))
             info.update(nodes=bb["nodes"], gap_closed=bb["closed"], vertex_max=vertex)
             val = min(val, up)
+        if info.get("marginals") is not None:
+            _, vertex_u = _best_vertex(poly, n_vars, info["marginals"])
+            info["hints"] = _pattern_points(mlp, p, vertex_u)
         rows_out.append(val)
         infos.append(info)
     status = "; ".join(sorted({i["lp_status"] for i in infos}))
@@ -669,5 +698,8 @@ def lipopt(
         "root_bound": max(i["root"] for i in infos),
         "nodes": sum(i.get("nodes", 1) for i in infos),
         "gap_closed": all(i.get("gap_closed", False) for i in infos),
+        # inputs whose first-layer activation pattern is the one of the best vertex found (a hint for
+        # lower_bound: the Jacobian there is a real, attained slope)
+        "hint_points": [x for i in infos for x in i.get("hints", [])],
     }
     return LiPoptResult(max(rows_out), p, degree, rows_out, status, time.perf_counter() - t0, details)

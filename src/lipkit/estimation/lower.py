@@ -181,6 +181,7 @@ def lower_bound(
     seed: int = 0,
     lr: float = 0.05,
     domain=None,
+    hints: list[torch.Tensor] | None = None,
 ) -> LowerBound:
     """Best sound lower bound found by Jacobian ascent and random pairs (see module docstring).
 
@@ -195,6 +196,8 @@ def lower_bound(
         domain: a :class:`lipkit.estimation.local.Domain`: then every point and pair lies in the domain (a
             bound of the *local* constant).  Jacobians are only taken at interior points (the domain shrunk
             by ``1e-6``), where small steps in every direction stay in the domain.
+        hints: extra candidate points (e.g. inputs realising the activation pattern LiPopt's relaxation
+            found, :func:`lipkit.estimation.lipopt`); their true Jacobians are checked like every other point.
     """
     p = normalize_p(p)
     if n_starts < 1 or steps < 0 or n_pairs < 0:
@@ -248,6 +251,8 @@ def lower_bound(
     else:
         x = (scale * torch.randn((n_starts, *shape), generator=gen, dtype=torch.float64)).requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr * max(scale, 1e-12))
+    if hints and inner is None:
+        consider_points(torch.stack([h.detach().double().reshape(shape) for h in hints]))
     consider_points(x)
     for t in range(steps if use_jac else 0):
         for s in smooth:
