@@ -97,6 +97,36 @@ def test_spectral_converges_during_training():
     assert torch.equal(u, sn._u)  # later eval accesses leave the vectors alone
 
 
+def test_spectral_fused_training_forward_is_the_normalised_linear_map():
+    torch.manual_seed(0)
+    layer = LipLinear(12, 9, constraint="spectral", lip=0.8)
+    sn = layer.parametrizations.weight[0]
+    raw = layer.parametrizations.weight.original
+    for shape in [(5, 12), (2, 3, 12), (12,)]:
+        v = sn._v.clone()
+        x = torch.randn(*shape, dtype=torch.float32, requires_grad=True)
+        y = layer(x)  # training mode: the fused path
+        # reference: the same map written out, with sigma = ||W v|| for the v the step started from
+        w = raw.detach().clone().requires_grad_(True)
+        x2 = x.detach().clone().requires_grad_(True)
+        ref = torch.nn.functional.linear(x2, 0.8 * w / torch.linalg.vector_norm(w @ v), layer.bias)
+        assert y.shape == ref.shape and torch.allclose(y, ref, atol=1e-6)
+        g = torch.randn_like(y)
+        raw.grad = None
+        (y * g).sum().backward()
+        (ref * g).sum().backward()
+        assert torch.allclose(raw.grad, w.grad, atol=1e-5) and torch.allclose(x.grad, x2.grad, atol=1e-6)
+        assert not torch.equal(v, sn._v)  # the power iteration advanced
+    with pytest.raises(RuntimeError):
+        layer(torch.randn(4, 6))  # wrong width: the unfused path raises torch's shape error
+    # many steps on a fixed weight converge sigma as the unfused iteration does
+    for _ in range(60):
+        layer(torch.randn(2, 12))
+    with torch.no_grad():
+        sigma = torch.linalg.vector_norm(raw @ sn._v)
+    assert abs(float(sigma) / float(torch.linalg.matrix_norm(raw.detach().double(), 2)) - 1) < 1e-4
+
+
 @pytest.mark.parametrize("constraint", CONSTRAINTS)
 def test_state_dict_round_trip(constraint):
     torch.manual_seed(0)

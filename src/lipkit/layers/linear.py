@@ -112,6 +112,21 @@ class LipLinear(nn.Linear):
             param = OperatorNorm(constraint, lip=lip)
         parametrize.register_parametrization(self, "weight", param)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.parametrizations.weight
+        param = weights[0]
+        if (
+            isinstance(param, SpectralNorm)
+            and len(weights) == 1
+            and self.training
+            and param.n_power_iterations == 1
+            and bool(param._initialized)
+            and not parametrize._cache_enabled
+            and x.shape[-1:] == (self.in_features,)
+        ):
+            return param.fused_linear(x, weights.original, self.bias)
+        return super().forward(x)
+
     def reset_parameters(self) -> None:
         """Re-initialise the raw weight (orthogonal for ``"orthogonal"``) and the bias."""
         if not parametrize.is_parametrized(self, "weight"):

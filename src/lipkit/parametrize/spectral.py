@@ -140,6 +140,33 @@ class SpectralNorm(nn.Module):
         return _ScaleBySigma.apply(weight, self._u.clone(), self._v.clone(), sigma.clamp_min(self.eps),
                                    self.lip)
 
+    def fused_linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """Training-mode ``F.linear(x, lip W / sigma, bias)`` with the power iteration folded into the matmul.
+
+        ``v`` rides along as one extra row of the batch, so ``W v`` comes out of the same matrix product:
+        ``sigma = ||W v||`` (the value :meth:`forward` computes, ``u^T W v`` with ``u = W v / ||W v||``),
+        and the output is scaled by ``lip / sigma`` instead of the weight (no weight-sized pass forward,
+        and autograd's rank-1 term ``u v^T`` arrives through the same product backward).  The next ``v``
+        is ``W^T u / ||W^T u||`` (one matrix-vector product), so per step the iteration is the same as
+        :meth:`forward`'s, half a step out of phase.  The weight the rest of lipkit sees (``layer.weight``,
+        bounds, export, certificates) is unchanged: this only speeds up training steps.
+        """
+        in_features = weight.shape[1]
+        flat = x.reshape(-1, in_features)
+        aug = torch.cat([flat, self._v.to(flat.dtype)[None]], 0)
+        out = F.linear(aug, weight)
+        wv = out[-1]
+        sigma = torch.linalg.vector_norm(wv).clamp_min(self.eps)
+        y = out[:-1] * (self.lip / sigma)
+        if bias is not None:
+            y = y + bias
+        with torch.no_grad():
+            u = wv.detach() / sigma.detach()
+            v = torch.mv(weight.detach().t(), u)
+            self._u.copy_(u)
+            self._v.copy_(v / torch.linalg.vector_norm(v).clamp_min(self.eps))
+        return y.reshape(*x.shape[:-1], weight.shape[0])
+
     def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
         """Store the assigned weight as is (like ``torch.nn.utils.parametrizations.spectral_norm``)."""
         return weight
