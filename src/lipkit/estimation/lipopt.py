@@ -50,6 +50,7 @@ from ._mlp import parse_mlp
 __all__ = ["LiPoptResult", "LiPoptError", "lipopt", "krivine_max"]
 
 MAX_PRODUCTS = 3_000_000
+IPM_COLUMNS = 20_000
 
 
 class LiPoptError(RuntimeError):
@@ -475,6 +476,10 @@ class _MasterLP:
         """Returns ``(optimal, status, lambda, c over all products, y over all monomials)``."""
         if time_limit is not None:
             self.h.setOptionValue("time_limit", float(self.h.getRunTime() + time_limit))
+        # large, degenerate masters: the interior-point solver (with crossover, for a basis and exact duals)
+        # gained more per second than warm-started simplex on width-30 nets (measured, bench/estimate.py)
+        n_cols = sum(c.size for c in self.cols)
+        self.h.setOptionValue("solver", "ipm" if n_cols > IPM_COLUMNS else "choose")
         self.h.run()
         status = self.h.getModelStatus()
         text = self.h.modelStatusToString(status)

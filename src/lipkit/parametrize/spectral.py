@@ -48,6 +48,43 @@ class _ScaleBySigma(torch.autograd.Function):
         return grad_w, None, None, None, None
 
 
+class _SpectralLinear(torch.autograd.Function):
+    """``y = (lip / sigma) x W^T + b``, ``sigma = ||W v||`` (``v`` fixed); also returns ``u = W v / sigma``.
+
+    Backward with ``g_s = (lip / sigma) g``: ``dx = g_s W``, ``db = sum g``,
+    ``dW = g_s^T x - (<g_s, x W^T> / sigma) u v^T`` (the second term is ``d sigma / d W = u v^T``).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, v, lip: float, eps: float):
+        out = x @ weight.t()
+        wv = torch.mv(weight, v)
+        sigma = torch.linalg.vector_norm(wv).clamp_min(eps)
+        scale = lip / sigma
+        y = torch.addcmul(bias, out, scale) if bias is not None else out * scale
+        u = wv / sigma
+        ctx.save_for_backward(x, weight, out, u, v, scale, sigma)
+        ctx.has_bias = bias is not None
+        ctx.mark_non_differentiable(u)
+        return y, u
+
+    @staticmethod
+    def backward(ctx, grad, _grad_u):
+        x, weight, out, u, v, scale, sigma = ctx.saved_tensors
+        g_s = grad * scale
+        grad_x = g_s @ weight if ctx.needs_input_grad[0] else None
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_w = g_s.t() @ x
+            coef = -torch.vdot(g_s.reshape(-1), out.reshape(-1)) / sigma
+            if grad_w.device.type == "cpu":
+                grad_w.addr_(u, v, alpha=float(coef))
+            else:
+                grad_w.add_(torch.outer(u, v) * coef)
+        grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None, None, None
+
+
 class SpectralNorm(nn.Module):
     """``W -> lip * W / (u^T W v)`` with persistent power-iteration vectors.
 
@@ -141,30 +178,22 @@ class SpectralNorm(nn.Module):
                                    self.lip)
 
     def fused_linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """Training-mode ``F.linear(x, lip W / sigma, bias)`` with the power iteration folded into the matmul.
+        """Training-mode ``F.linear(x, lip W / sigma, bias)`` without forming ``W / sigma``.
 
-        ``v`` rides along as one extra row of the batch, so ``W v`` comes out of the same matrix product:
-        ``sigma = ||W v||`` (the value :meth:`forward` computes, ``u^T W v`` with ``u = W v / ||W v||``),
-        and the output is scaled by ``lip / sigma`` instead of the weight (no weight-sized pass forward,
-        and autograd's rank-1 term ``u v^T`` arrives through the same product backward).  The next ``v``
-        is ``W^T u / ||W^T u||`` (one matrix-vector product), so per step the iteration is the same as
-        :meth:`forward`'s, half a step out of phase.  The weight the rest of lipkit sees (``layer.weight``,
-        bounds, export, certificates) is unchanged: this only speeds up training steps.
+        ``sigma = ||W v||`` (the value :meth:`forward` computes, ``u^T W v`` with ``u = W v / ||W v||``), the
+        output of the plain product is scaled by ``lip / sigma``, and :class:`_SpectralLinear` writes the
+        backward by hand (the rank-1 term ``u v^T`` of ``d sigma / d W`` folded into the weight gradient, no
+        extra weight-sized pass).  The next ``v`` is ``W^T u / ||W^T u||``, so per step the power iteration is
+        the same as :meth:`forward`'s, half a step out of phase.  The weight the rest of lipkit sees
+        (``layer.weight``, bounds, export, certificates) is unchanged: this only speeds up training steps.
         """
-        in_features = weight.shape[1]
-        flat = x.reshape(-1, in_features)
-        aug = torch.cat([flat, self._v.to(flat.dtype)[None]], 0)
-        out = F.linear(aug, weight)
-        wv = out[-1]
-        sigma = torch.linalg.vector_norm(wv).clamp_min(self.eps)
-        y = out[:-1] * (self.lip / sigma)
-        if bias is not None:
-            y = y + bias
+        flat = x.reshape(-1, weight.shape[1])
+        v = self._v.to(flat.dtype, copy=True)  # saved for backward; the buffer changes in place below
+        y, u = _SpectralLinear.apply(flat, weight, bias, v, self.lip, self.eps)
         with torch.no_grad():
-            u = wv.detach() / sigma.detach()
-            v = torch.mv(weight.detach().t(), u)
+            v_next = torch.mv(weight.detach().t(), u)
             self._u.copy_(u)
-            self._v.copy_(v / torch.linalg.vector_norm(v).clamp_min(self.eps))
+            self._v.copy_(v_next / torch.linalg.vector_norm(v_next).clamp_min(self.eps))
         return y.reshape(*x.shape[:-1], weight.shape[0])
 
     def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
