@@ -350,7 +350,10 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001 - report whatever stopped it
             res = {"error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - t0, "met": False}
         r2, s2 = timed(lambda: lipopt(net, math.inf, degree=2, time_limit=180))
-        low = lower_bound(net, math.inf).value
+        # lower bound as `lipkit.estimate(..., "lipopt")` computes it: Jacobian ascent plus the inputs that
+        # realise the activation pattern of LiPopt's best vertex
+        hints = r.details.get("hint_points", []) if "error" not in res else []
+        low = lower_bound(net, math.inf, hints=hints + r2.details.get("hint_points", [])).value
         res["lipopt2_upper"], res["lipopt2_seconds"], res["lower_bound"] = r2.upper, s2, low
         res["naive_upper"] = estimate(net, math.inf, "naive", lower=False).upper
         add(

@@ -113,6 +113,8 @@ class LipLinear(nn.Linear):
         parametrize.register_parametrization(self, "weight", param)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not parametrize.is_parametrized(self, "weight"):
+            return super().forward(x)  # e.g. after parametrize.remove_parametrizations
         weights = self.parametrizations.weight
         param = weights[0]
         if (
