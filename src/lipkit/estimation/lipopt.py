@@ -477,7 +477,7 @@ class _MasterLP:
         if time_limit is not None:
             self.h.setOptionValue("time_limit", float(self.h.getRunTime() + time_limit))
         # large, degenerate masters: the interior-point solver (with crossover, for a basis and exact duals)
-        # gained more per second than warm-started simplex on width-30 nets (measured, bench/estimate.py)
+        # got further in 60 s than warm-started simplex on a width-30 net (one experiment, not a benchmark)
         n_cols = sum(c.size for c in self.cols)
         self.h.setOptionValue("solver", "ipm" if n_cols > IPM_COLUMNS else "choose")
         self.h.run()
