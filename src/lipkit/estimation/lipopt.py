@@ -51,6 +51,7 @@ __all__ = ["LiPoptResult", "LiPoptError", "lipopt", "krivine_max"]
 
 MAX_PRODUCTS = 3_000_000
 IPM_COLUMNS = 20_000
+MASTER_MAX_COLUMNS = 60_000
 
 
 class LiPoptError(RuntimeError):
@@ -240,6 +241,7 @@ def krivine_max(
         if not ok:
             break
         last_y = y
+        active[lp.prune(MASTER_MAX_COLUMNS)] = False
         # reduced cost of a product column: 0 - A_q^T y (monomials not yet in the LP have y = 0, a valid
         # choice: their rows are empty, so when no reduced cost is negative y proves the whole LP optimal)
         reduced = -(A.T @ y)
@@ -493,7 +495,28 @@ class _MasterLP:
         if sol.dual_valid:
             y[np.asarray(self.rows)] = np.asarray(sol.row_dual)
         ok = status == self.hs.HighsModelStatus.kOptimal and sol.dual_valid
+        self._last = (x, np.asarray(sol.col_dual) if sol.dual_valid else None)
         return ok, text, float(x[0]), c, y
+
+    def prune(self, max_cols: int) -> np.ndarray:
+        """Delete non-basic columns at zero with the largest reduced costs until at most ``max_cols // 2``
+        remain (keeps the master small; a deleted product can come back through pricing).  Returns the
+        deleted product indices."""
+        order = np.concatenate(self.cols)
+        x, d = self._last
+        if order.size <= max_cols or d is None:
+            return np.zeros(0, dtype=np.int64)
+        x, d = x[1:], d[1:]
+        removable = np.flatnonzero((x <= 0.0) & (d > 0.0))
+        n_drop = min(removable.size, order.size - max_cols // 2)
+        if n_drop <= 0:
+            return np.zeros(0, dtype=np.int64)
+        drop = np.sort(removable[np.argpartition(-d[removable], n_drop - 1)[:n_drop]])
+        self.h.deleteCols(int(drop.size), (drop + 1).astype(np.int32))
+        keep = np.ones(order.size, dtype=bool)
+        keep[drop] = False
+        self.cols = [order[keep]]
+        return order[drop]
 
 
 def _highspy():
