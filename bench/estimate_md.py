@@ -63,7 +63,7 @@ def main() -> None:
     else:
         w60_text = (f"upper {w60['upper']:.4g} after {w60['seconds']:.0f} s, level-3 LP solved: "
                     f"{w60['level3_lp_solved']} ({w60['products_used']} of {w60['products_in_level3']} products "
-                    f"generated in {w60['column_generation_rounds']} rounds)")
+                    f"in the master at the end, {w60['column_generation_rounds']} rounds)")
     out += [
         "",
         "Targets:",
