@@ -51,7 +51,7 @@ def main() -> None:
         "clean": metrics["clean_accuracy"],
         "pgd": metrics["pgd"]["0.1"]["pgd_robust_accuracy"],
         "pgd_steps": metrics["pgd"]["0.1"].get("steps"),
-        "certified_at": {k: v for k, v in metrics["certified_accuracy"].items()},
+        "certified_at": dict(metrics["certified_accuracy"]),
         "certificates_broken": metrics["certificates_broken"],
         "train_seconds": metrics["train_seconds"],
         "epochs": len(history),

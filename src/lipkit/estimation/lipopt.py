@@ -40,6 +40,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from scipy import sparse
 from torch import nn
 
@@ -80,14 +81,6 @@ def _encode(subsets: np.ndarray, base: int) -> np.ndarray:
     for pos in range(subsets.shape[1]):
         key = key * base + subsets[:, pos] + 1
     return key
-
-
-def _decode(key: int, base: int) -> tuple[int, ...]:
-    out = []
-    while key:
-        key, v = divmod(key, base)
-        out.append(v - 1)
-    return tuple(reversed(out))
 
 
 def _cliques(poly: Poly) -> list[tuple[int, ...]]:
@@ -189,16 +182,15 @@ def krivine_max(
         raise LiPoptError(f"LiPopt degree {degree} with {n} variables overflows the monomial keys")
     dense = [tuple(range(n))]
     use_sparse = bool(sparse_cliques)
-    if sparse_cliques is None:
+    if not use_sparse:
         try:
             family = _product_family(dense, degree, base, max_products)
         except LiPoptError:
+            if sparse_cliques is False:
+                raise
             use_sparse = True
     if use_sparse:
-        cliques = _cliques(poly) or dense
-        family = _product_family(cliques, degree, base, max_products)
-    elif sparse_cliques is False:
-        family = _product_family(dense, degree, base, max_products)
+        family = _product_family(_cliques(poly) or dense, degree, base, max_products)
     fkeys, fcols, fvals, n_prod, tops = family
     pkeys = _encode_list(list(poly), base)
     all_keys, inv = np.unique(np.concatenate([fkeys, pkeys, [0]]), return_inverse=True)
@@ -219,7 +211,6 @@ def krivine_max(
             closure.update(int(k) for k in _encode_list(list(itertools.combinations(mono, size)), base))
     inside = np.isin(tops, np.fromiter(closure, dtype=np.int64))
     active = np.zeros(n_prod, dtype=bool)
-    active[inside] = True
     lp = _MasterLP(A, p_vec, const)
     last_y = None
     best: tuple[float, np.ndarray | None] = (math.inf, None)
@@ -344,8 +335,9 @@ def branch_and_bound_max(
     branching on the variable the relaxation leaves most undecided (``u_v = 0`` / ``u_v = 1``).
 
     ``upper`` is the largest certified bound over all leaves (open or pruned), hence sound at any stopping
-    point; ``lower`` is the best vertex value found (rounded pseudo-marginals + single flips).  Stops when
-    ``upper <= lower (1 + rel_gap)``, after ``max_nodes`` LPs, or at ``time_limit``.  ``root``: the
+    point; ``lower`` is the best vertex value found (rounded pseudo-marginals + single flips), and
+    ``info["vertex"]`` that vertex.  Stops when ``upper <= lower (1 + rel_gap)``, after ``max_nodes`` LPs,
+    or at ``time_limit``.  ``root``: the
     ``krivine_max`` result for ``poly`` when already known.
     """
     deadline = None if time_limit is None else time.perf_counter() + float(time_limit)
@@ -360,7 +352,7 @@ def branch_and_bound_max(
         return val, info, k
 
     root_val, info = root if root is not None else bound(poly, poly_err)[:2]
-    lower, _ = _best_vertex(poly, n, _full(info, poly, n))
+    lower, best_u = _best_vertex(poly, n, _full(info, poly, n))
     heap = [(-root_val, 0, poly, poly_err, _full(info, poly, n))]
     closed_max = -math.inf
     nodes, counter = 1, 1
@@ -383,15 +375,16 @@ def branch_and_bound_max(
             nodes += 1
             m2 = _full(info2, q2, n)
             m2[var] = value
-            cand, _ = _best_vertex(poly, n, m2)
-            lower = max(lower, cand)
+            cand, cand_u = _best_vertex(poly, n, m2)
+            if cand > lower:
+                lower, best_u = cand, cand_u
             if k == 0 or val <= lower + rel_gap * abs(lower):
                 closed_max = max(closed_max, val)
             else:
                 heapq.heappush(heap, (-val, counter, q2, e2, m2))
                 counter += 1
     upper = max([-h[0] for h in heap] + [closed_max])
-    return upper, lower, {"nodes": nodes, "open": len(heap), "root": root_val,
+    return upper, lower, {"nodes": nodes, "open": len(heap), "root": root_val, "vertex": best_u,
                           "closed": not heap or upper <= lower + rel_gap * abs(lower)}
 
 
@@ -410,8 +403,6 @@ def _full(info: dict, poly: Poly, n: int) -> np.ndarray:
 def _pattern_points(mlp, p: float, u: np.ndarray) -> list:
     """Inputs ``x`` with ``sign(W_1 x + b_1)`` equal to the first-hidden-layer pattern of vertex ``u``
     (least squares to targets ``+-c - b``, several scales ``c``); empty when the pattern is not realised."""
-    import torch
-
     n_t = mlp.weights[0].shape[1] if p == math.inf else mlp.weights[-1].shape[0]
     als, bes = mlp.layer_slopes(0)
     variable = np.flatnonzero(bes - als != 0.0)
@@ -421,7 +412,7 @@ def _pattern_points(mlp, p: float, u: np.ndarray) -> list:
     on[variable] = u[n_t : n_t + variable.size] > 0
     # slope beta (the larger one for ReLU-like activations) is taken for positive pre-activations
     W = mlp.weights[0]
-    b = mlp.biases[0] if mlp.biases[0] is not None else torch.zeros(W.shape[0], dtype=W.dtype)
+    b = mlp.biases[0]
     sign = torch.from_numpy(np.where(on, 1.0, -1.0))
     points = []
     for c in (1.0, 10.0, 100.0):
@@ -554,12 +545,11 @@ _BANNER_SHOWN = False
 
 
 def _encode_list(monos: list[tuple[int, ...]], base: int) -> np.ndarray:
+    """:func:`_encode` for monomials of mixed degree."""
     out = np.zeros(len(monos), dtype=np.int64)
-    for i, mono in enumerate(monos):
-        key = 0
-        for v in mono:
-            key = key * base + v + 1
-        out[i] = key
+    for size in {len(m) for m in monos}:
+        idx = [i for i, m in enumerate(monos) if len(m) == size]
+        out[idx] = _encode(np.array([monos[i] for i in idx], dtype=np.int64).reshape(len(idx), size), base)
     return out
 
 
@@ -577,8 +567,6 @@ def _certify(A, c: np.ndarray, lam: float, p_vec: np.ndarray, e_vec: np.ndarray,
     err = (nnz * EPS64 / (1 - nnz * EPS64)) * absum + e_vec
     total = lam + float(np.abs(resid).sum()) + float(err.sum())
     return round_up(total, 2 * A.shape[0] + 2)
-
-
 
 
 def _lincomb(polys: list[Poly], coefs: np.ndarray) -> Poly:
@@ -711,7 +699,8 @@ def lipopt(
                                                   root=(val, info))
             info.update(nodes=bb["nodes"], gap_closed=bb["closed"], vertex_max=vertex)
             val = min(val, up)
-        if info.get("marginals") is not None:
+            info["hints"] = _pattern_points(mlp, p, bb["vertex"])
+        elif info.get("marginals") is not None:
             _, vertex_u = _best_vertex(poly, n_vars, info["marginals"])
             info["hints"] = _pattern_points(mlp, p, vertex_u)
         rows_out.append(val)

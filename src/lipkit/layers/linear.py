@@ -120,7 +120,6 @@ class LipLinear(nn.Linear):
         if (
             isinstance(param, SpectralNorm)
             and len(weights) == 1
-            and self.training
             and param.n_power_iterations == 1
             and bool(param._initialized)
             and not parametrize._cache_enabled
