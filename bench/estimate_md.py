@@ -61,9 +61,13 @@ def main() -> None:
     if "error" in w60:
         w60_text = f"{w60['error']}"
     else:
-        w60_text = (f"upper {w60['upper']:.4g} after {w60['seconds']:.0f} s, level-3 LP solved: "
-                    f"{w60['level3_lp_solved']} ({w60['products_used']} of {w60['products_in_level3']} products "
-                    f"in the master at the end, {w60['column_generation_rounds']} rounds)")
+        fam = "clique" if w60.get("clique_family") else "dense"
+        w60_text = (f"upper {w60['upper']:.5g} after {w60['seconds']:.0f} s, level-3 LP solved: "
+                    f"{w60['level3_lp_solved']} ({fam} family, {w60['products_in_level3']} products)")
+        if "dense_family_upper" in w60:
+            w60_text += (f"; the dense family ({w60['dense_family_products']} products): "
+                         f"{w60['dense_family_upper']:.5g} in {w60['dense_family_seconds']:.0f} s, "
+                         f"solved: {w60['dense_family_solved']}")
     out += [
         "",
         "Targets:",

@@ -23,7 +23,8 @@ from lipkit.estimation import (
 from lipkit.estimation._mlp import parse_mlp
 from lipkit.estimation.exact import _opnorm
 from lipkit.estimation.lipopt import LiPoptError, krivine_max
-from lipkit.estimation.lipsdp import _lmi, _structure, certify_multipliers
+from lipkit.estimation.lipsdp import _certify_singular, _lmi, _structure, certify_multipliers
+from lipkit.layers.activations import FullSort, GroupSort, MaxMin
 
 
 def one_hidden(d: int, h: int, m: int, seed: int, bias: bool = False) -> nn.Sequential:
@@ -203,6 +204,36 @@ def test_lipopt_master_pruning_keeps_the_lp_value(monkeypatch):
     assert full.details["converged"] and pruned.details["converged"]
     assert pruned.details["products_used"] < full.details["products_used"]
     assert exact <= pruned.upper == pytest.approx(full.upper, rel=1e-7)
+
+
+def test_lipopt_whole_lp_by_pdlp_equals_column_generation_and_stays_sound(monkeypatch):
+    import sys
+
+    mod = sys.modules["lipkit.estimation.lipopt"]
+    net = one_hidden(10, 10, 1, seed=7)
+    exact = exact_one_hidden_relu(net, math.inf)
+    cg = lipopt(net, math.inf, degree=3, max_nodes=1)
+    monkeypatch.setattr(mod, "PDLP_PRODUCTS", 0)  # every family goes to PDLP after the first master
+    pd = lipopt(net, math.inf, degree=3, max_nodes=1)
+    assert cg.details["converged"] and pd.details["converged"]
+    assert pd.details["products_used"] == pd.details["products"]
+    assert exact <= pd.upper == pytest.approx(cg.upper, rel=1e-5)
+    assert pd.upper == pytest.approx(exact, rel=1e-4)
+    # random multilinear polynomials: PDLP's approximate multipliers are re-certified, never below the max
+    rng = np.random.default_rng(11)
+    for _ in range(3):
+        poly = {(): float(rng.normal())}
+        for size in (1, 2, 3):
+            subsets = list(itertools.combinations(range(7), size))
+            for i in rng.choice(len(subsets), min(8, len(subsets)), replace=False):
+                poly[subsets[i]] = float(rng.normal())
+        val, info = krivine_max(poly, {}, 7, 3)
+        assert info["lp_solver"] == "pdlp"
+        assert val >= _vertex_max(poly, 7)
+    # a time limit that stops PDLP at once still returns a certificate (the first master's, at worst)
+    monkeypatch.setattr(mod, "PDLP_PRODUCTS", 0)
+    quick = lipopt(net, math.inf, degree=3, time_limit=1e-3, max_nodes=1)
+    assert quick.upper >= exact
 
 
 def test_lipopt_branch_and_bound_closes_the_gap_of_a_low_degree():
@@ -392,3 +423,123 @@ def test_multi_scale_lower_bound():
     assert multi.value <= lipsdp(net).upper
     with pytest.raises(ValueError, match="non-empty sequence"):
         lower_bound(net, 2, scale=())
+
+
+# ----------------------------------------------------------------- GroupSort-type activations (lowered)
+
+
+def _maxmin_exact(net: nn.Sequential, p: float) -> float:
+    """Exact constant of Linear -> MaxMin -> Linear (W with full row rank: every swap pattern is reachable):
+    the largest ||V S W||_p over the 2^(h/2) choices S of swapping or not each pair."""
+    W = net[0].weight.detach().double()
+    V = net[2].weight.detach().double()
+    h = W.shape[0]
+    best = 0.0
+    for bits in range(2 ** (h // 2)):
+        perm = list(range(h))
+        for j in range(h // 2):
+            if bits >> j & 1:
+                perm[2 * j], perm[2 * j + 1] = perm[2 * j + 1], perm[2 * j]
+        best = max(best, float(_opnorm(V @ W[perm], p)))
+    return best
+
+
+def _pair_quotients(net: nn.Module, d: int, p: float, n: int = 4000) -> float:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    y = x + 1e-3 * torch.randn(n, d, generator=gen, dtype=torch.float64)
+    num = torch.linalg.vector_norm(net(x) - net(y), ord=p, dim=1)
+    return float((num / torch.linalg.vector_norm(x - y, ord=p, dim=1)).max().detach())
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nn.Sequential(nn.Linear(5, 6), MaxMin(), nn.Linear(6, 2)),
+    lambda: nn.Sequential(nn.Linear(6, 6), GroupSort(3), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 1)),
+    lambda: nn.Sequential(nn.Linear(4, 8), GroupSort(4), nn.Linear(8, 4), FullSort(), nn.Linear(4, 2),
+                          MaxMin()),
+])
+def test_groupsort_is_lowered_exactly(make):
+    torch.manual_seed(1)
+    net = make().double()
+    mlp = parse_mlp(net)
+    x = torch.randn(64, net[0].in_features, dtype=torch.float64)
+    h = x.T
+    for k, w in enumerate(mlp.weights):
+        h = w @ h + mlp.biases[k][:, None]
+        if k < len(mlp.acts):
+            h = mlp.acts[k](h.T).T
+    assert torch.allclose(h.T, net(x), atol=1e-12)
+    # identity neurons carry a and b: slope exactly 1, no multiplier / LP variable for them
+    assert any((mlp.layer_slopes(k)[0] == 1.0).any() for k in range(len(mlp.acts)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lipsdp_and_lipopt_on_maxmin_bracket_the_exact_constant(seed):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(6, 6, bias=False), MaxMin(), nn.Linear(6, 1, bias=False)).double()
+    exact2 = _maxmin_exact(net, 2)
+    r = lipsdp(net)
+    assert exact2 <= r.upper <= 1.05 * exact2
+    assert r.upper <= naive_upper(net, 2) * (1 + 1e-9)
+    exact_inf = _maxmin_exact(net, math.inf)
+    lo = lipopt(net, math.inf, degree=3)
+    assert exact_inf * (1 - 1e-12) <= lo.upper <= exact_inf * (1 + 1e-4)  # LiPopt-3 is exact here too
+
+
+def test_lipsdp_on_deep_groupsort_chains_is_certified_and_sound():
+    # chained comparators leave the hidden block of the LMI singular at the SDP optimum: the certificate
+    # comes from tilted multipliers or the margin re-solve, never from the raw solver value
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), MaxMin(), nn.Linear(8, 8), GroupSort(4), nn.Linear(8, 4), FullSort(),
+                        nn.Linear(4, 2)).double()
+    r = lipsdp(net)
+    assert _pair_quotients(net, 6, 2) <= r.upper <= naive_upper(net, 2)
+    low = lower_bound(net, 2).value
+    assert low <= r.upper
+    est = estimate(net, 2, "lipsdp")
+    assert est.method == "lipsdp" and est.upper == pytest.approx(r.upper, rel=1e-9)
+
+
+def test_singular_certificate_pays_for_the_null_directions():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 6), GroupSort(3), nn.Linear(6, 2)).double()
+    mlp = parse_mlp(net)
+    s = _structure(mlp, 1.0)
+    lam = lipsdp(net).lam
+    rho = _certify_singular(s, [lam])
+    assert math.isfinite(rho)
+    assert math.sqrt(rho) >= _pair_quotients(net, 6, 2)
+    assert math.sqrt(rho) >= lower_bound(net, 2).value
+    # a clearly indefinite hidden block (multipliers zero on one layer) is refused, not "certified"
+    bad = lam.copy()
+    bad[s["layer_of"] == 0] = 0.0
+    assert _certify_singular(s, [bad]) == math.inf
+
+
+def test_groupsort_on_feature_maps_is_refused_by_name():
+    net = nn.Sequential(nn.Conv2d(2, 4, 3), GroupSort(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 1))
+    with pytest.raises(TypeError, match="GroupSort on feature maps"):
+        parse_mlp(net, (2, 6, 6))
+
+
+@pytest.mark.parametrize("slope", ["relu", "leaky"])
+def test_flip_search_vertex_is_a_real_vertex_value_and_finds_the_max_on_small_nets(slope):
+    import sys
+
+    mod = sys.modules["lipkit.estimation.lipopt"]
+    torch.manual_seed(9)
+    act = nn.ReLU() if slope == "relu" else nn.LeakyReLU(0.2)
+    net = nn.Sequential(nn.Linear(10, 14, bias=False), act, nn.Linear(14, 2, bias=False))
+    mlp = parse_mlp(net)
+    for r in range(2):
+        poly, n_vars = mod._gradient_poly(mlp, math.inf, r, absolute=False)
+        val, u = mod._flip_search(mlp, r, None)
+        assert u.size == n_vars
+        assert mod._evaluate(poly, u) == pytest.approx(val, rel=1e-12)  # the closed form is the polynomial
+        # brute force over the 2^10 input signs (slopes chosen per neuron): the search found the maximum
+        W, V = mlp.weights
+        T = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=10)), dtype=torch.float64)
+        g = (T @ W.T) * V[r]
+        a, b = mlp.layer_slopes(0)
+        best = float(torch.maximum(g * torch.from_numpy(a), g * torch.from_numpy(b)).sum(1).max())
+        assert val == pytest.approx(best, rel=1e-12)

@@ -141,3 +141,22 @@ def test_local_domain_errors():
         estimate(net, 2, "local", input_domain=(torch.zeros(3), 1.0, 2), input_shape=(4,))
     up, info = local_upper(net, "inf", (torch.zeros(4), 0.1, "inf"))
     assert up > 0 and "candidates" in info
+
+
+@pytest.mark.parametrize("p", [2, math.inf])
+def test_local_on_groupsort_nets_is_sound_and_exact_where_no_comparator_switches(p):
+    from lipkit import GroupSort, MaxMin
+
+    torch.manual_seed(7)
+    net = nn.Sequential(nn.Linear(4, 6), MaxMin(), nn.Linear(6, 6), GroupSort(3), nn.Linear(6, 2)).double()
+    x0 = torch.tensor([0.3, -0.2, 0.5, 0.1], dtype=torch.float64)
+    glob = estimate(net, p, "naive", lower=False).upper
+    for domain in [(x0, 0.5, p), (x0 - 0.3, x0 + 0.2)]:
+        est = estimate(net, p, "local", input_domain=domain, lower_kwargs=FAST)
+        assert est.method == "local", est.details
+        sampled = _max_quotient(net, as_domain(domain), p)
+        assert sampled <= est.upper <= glob * (1 + 1e-6)
+    # a tiny box: no comparator can switch, the network is linear there and the bound is its Jacobian norm
+    est = estimate(net, p, "local", input_domain=(x0, 1e-4, math.inf), lower_kwargs=FAST)
+    exact = float(jacobian_norm(net, x0[None], p)[0])
+    assert exact * (1 - 1e-9) <= est.upper <= exact * (1 + 1e-9)

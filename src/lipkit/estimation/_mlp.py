@@ -5,17 +5,25 @@ given as an ``nn.Sequential`` (nested Sequentials are flattened) of ``nn.Linear`
 element-wise activations.  Each activation is *slope-restricted* on ``[alpha, beta]``:
 ``alpha <= (phi(a) - phi(b)) / (a - b) <= beta`` for all ``a != b`` (Fazlyab et al., 2019).
 Biases never change a Lipschitz constant and are kept only for the exact/brute-force tools.
+
+GroupSort-type activations (lipkit's ``GroupSort``, ``MaxMin``, ``FullSort``) are not element-wise; they
+are *lowered* exactly: a descending sort of a group is an odd-even transposition network of comparators,
+and one comparator ``(a, b) -> (max(a, b), min(a, b)) = (b + relu(a - b), a - relu(a - b))`` is linear maps
+around a ReLU on ``a - b`` with ``a`` and ``b`` carried by identity neurons (slope exactly 1, which LipSDP
+substitutes and LiPopt gives no variable).  So a MaxMin becomes one hidden layer, a GroupSort of size ``g``
+``g`` layers, and every estimator bounds the very function the network computes.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["MLP", "parse_mlp", "activation_slopes", "conv_as_linear", "MAX_CONV_MATRIX"]
+__all__ = ["MLP", "parse_mlp", "activation_slopes", "conv_as_linear", "mlp_as_sequential", "MAX_CONV_MATRIX"]
 
 
 def activation_slopes(act: nn.Module) -> tuple[float, float]:
@@ -32,10 +40,57 @@ def activation_slopes(act: nn.Module) -> tuple[float, float]:
         if a < 0:
             raise TypeError(f"ELU with negative alpha={a} is not slope-restricted in a supported way")
         return 0.0, max(1.0, a)
+    if isinstance(act, _Comparators):
+        return act.slopes
     raise TypeError(
         f"module {type(act).__name__} is not supported by the MLP estimators (LipSDP, LiPopt), which need "
-        "nn.Linear layers and the activations ReLU, LeakyReLU, Tanh, Sigmoid, ELU, Softplus, Hardtanh, ReLU6"
+        "nn.Linear layers, the activations ReLU, LeakyReLU, Tanh, Sigmoid, ELU, Softplus, Hardtanh, ReLU6 "
+        "and lipkit's GroupSort / MaxMin / FullSort on features"
     )
+
+
+class _Comparators(nn.Module):
+    """One round of comparators of a lowered sort: ReLU on the ``relu`` neurons, identity on the others."""
+
+    def __init__(self, relu: np.ndarray) -> None:
+        super().__init__()
+        self.relu = np.asarray(relu, dtype=bool)
+        self.slopes = (np.where(self.relu, 0.0, 1.0), np.ones(self.relu.size))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        mask = torch.as_tensor(self.relu, device=z.device)
+        return torch.where(mask, torch.relu(z), z)
+
+
+def _is_sort(m: nn.Module) -> bool:
+    from lipkit.layers.activations import GroupSort
+
+    return isinstance(m, GroupSort)
+
+
+def sort_as_comparators(n: int, group_size: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """A descending sort of consecutive groups of ``group_size`` among ``n`` features as rounds of an
+    odd-even transposition network.  Each round is ``(P, relu, Q)``: ``x -> Q act(P x)`` with ``P`` of shape
+    ``(n + m) x n`` (``x`` itself, then ``a - b`` per comparator), ``act`` ReLU where ``relu`` is true and the
+    identity elsewhere, ``Q`` of shape ``n x (n + m)`` (max ``b + r`` first, min ``a - r`` second)."""
+    if group_size < 1 or n % group_size != 0:
+        raise ValueError(f"GroupSort: {n} features are not divisible by the group size {group_size}")
+    rounds = []
+    for r in range(group_size):
+        pairs = [(b + i, b + i + 1) for b in range(0, n, group_size) for i in range(r % 2, group_size - 1, 2)]
+        if not pairs:
+            continue
+        m = len(pairs)
+        P = np.zeros((n + m, n))
+        P[:n] = np.eye(n)
+        Q = np.zeros((n, n + m))
+        Q[:, :n] = np.eye(n)
+        for j, (a, b) in enumerate(pairs):
+            P[n + j, a], P[n + j, b] = 1.0, -1.0
+            Q[a, a], Q[a, b], Q[a, n + j] = 0.0, 1.0, 1.0
+            Q[b, b], Q[b, a], Q[b, n + j] = 0.0, 1.0, -1.0
+        rounds.append((P, np.r_[np.zeros(n, bool), np.ones(m, bool)], Q))
+    return rounds
 
 
 @dataclass
@@ -46,10 +101,14 @@ class MLP:
     weights: list[torch.Tensor]
     biases: list[torch.Tensor]
     acts: list[nn.Module]
-    slopes: list[tuple[float, float]]
+    #: per layer ``(alpha, beta)``: floats, or per-neuron arrays (lowered GroupSort layers)
+    slopes: list[tuple]
     #: optional per-neuron slope bounds ``(alpha_k, beta_k)`` (float64 arrays, one entry per neuron of hidden
     #: layer k) that override ``slopes``; set by the local method from interval bounds.
     neuron_slopes: list[tuple[np.ndarray, np.ndarray]] | None = None
+    #: a rough l2 Lipschitz scale of the network as it was written (product of its Linear layers' spectral
+    #: norms and activation slopes, a GroupSort counting 1); only used to condition the SDPs
+    scale_hint: float = math.inf
 
     def layer_slopes(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Per-neuron slope bounds of hidden layer ``k`` (``neuron_slopes`` or the activation's range)."""
@@ -58,7 +117,8 @@ class MLP:
             return np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
         n = int(self.weights[k].shape[0])
         a, b = self.slopes[k]
-        return np.full(n, float(a)), np.full(n, float(b))
+        return (np.broadcast_to(np.asarray(a, dtype=np.float64), (n,)).copy(),
+                np.broadcast_to(np.asarray(b, dtype=np.float64), (n,)).copy())
 
     @property
     def depth(self) -> int:
@@ -144,6 +204,10 @@ def _lower_convs(layers: list[nn.Module], input_shape: tuple[int, ...] | None) -
             continue
         if isinstance(m, nn.Linear):
             shape = (m.out_features,)
+        elif _is_sort(m):
+            if len(shape) != 1:
+                raise TypeError(f"{type(m).__name__} on feature maps of shape {shape} is not lowered for the "
+                                "MLP estimators (only on flat features, after nn.Flatten)")
         elif not isinstance(m, (nn.Identity, nn.Dropout)):
             activation_slopes(m)  # element-wise (shape kept), or a TypeError naming the module
         out.append(m)
@@ -169,6 +233,7 @@ def parse_mlp(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> M
     biases: list[torch.Tensor] = []
     acts: list[nn.Module] = []
     pending_linear = False
+    hint = 1.0
     for m in layers:
         if isinstance(m, (nn.Identity, nn.Flatten)):
             continue
@@ -181,6 +246,7 @@ def parse_mlp(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> M
             b = _w64(m.bias) if m.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
             if not (torch.isfinite(w).all() and torch.isfinite(b).all()):
                 raise ValueError("the model has NaN or infinite weights")
+            hint *= float(torch.linalg.matrix_norm(w, 2)) if w.numel() else 0.0
             if pending_linear:
                 if w.shape[1] != weights[-1].shape[0]:
                     raise ValueError(f"shape mismatch between consecutive Linear layers: {tuple(w.shape)}")
@@ -195,18 +261,59 @@ def parse_mlp(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> M
                 biases.append(b)
             pending_linear = True
             continue
-        slopes = activation_slopes(m)  # raises TypeError naming the module
+        sort = _is_sort(m)
+        if not sort:
+            activation_slopes(m)  # raises TypeError naming the module
         if not pending_linear:
             if not weights:
                 raise TypeError("the MLP must start with an nn.Linear layer")
             raise TypeError("two activations in a row are not supported")
-        acts.append(m)
-        pending_linear = False
-        del slopes
+        if not sort:
+            a, b = activation_slopes(m)
+            hint *= max(abs(a), abs(b))
+            acts.append(m)
+            pending_linear = False
+            continue
+        if m.dim not in (1, -1):
+            raise TypeError(f"{type(m).__name__}(dim={m.dim}) is not lowered: only dim=1 on (N, C) features")
+        n = int(weights[-1].shape[0])
+        size = m._size() or n
+        try:
+            rounds = sort_as_comparators(n, size)
+        except ValueError as exc:
+            raise ValueError(f"{type(m).__name__}: {exc}") from None
+        for P, relu, Q in rounds:
+            Pt = torch.from_numpy(P)
+            weights[-1], biases[-1] = Pt @ weights[-1], Pt @ biases[-1]
+            acts.append(_Comparators(relu))
+            weights.append(torch.from_numpy(Q))
+            biases.append(torch.zeros(n, dtype=torch.float64))
+        # the last round's Q is a linear layer still open: the next nn.Linear is multiplied into it
     if not weights:
         raise TypeError("the model contains no nn.Linear layer")
     if not pending_linear:  # trailing activation: add an identity output layer
         n = weights[-1].shape[0]
         weights.append(torch.eye(n, dtype=torch.float64))
         biases.append(torch.zeros(n, dtype=torch.float64))
-    return MLP(weights, biases, acts, [activation_slopes(a) for a in acts])
+    slopes = [activation_slopes(a) for a in acts]
+    return MLP(weights, biases, acts, slopes, scale_hint=hint if hint > 0 else math.inf)
+
+
+def has_sort(model: nn.Module) -> bool:
+    """Whether ``model`` contains a GroupSort-type activation (lowered by :func:`parse_mlp`)."""
+    return any(_is_sort(m) for m in _flatten(model))
+
+
+def mlp_as_sequential(mlp: MLP) -> nn.Sequential:
+    """The parsed (lowered) MLP as a float64 ``nn.Sequential`` on flattened inputs: the same function as the
+    model it came from, with only Linear layers and element-wise activations."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    for k, (w, b) in enumerate(zip(mlp.weights, mlp.biases, strict=True)):
+        lin = nn.Linear(w.shape[1], w.shape[0], dtype=torch.float64)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+            lin.bias.copy_(b)
+        layers.append(lin)
+        if k < len(mlp.acts):
+            layers.append(mlp.acts[k])
+    return nn.Sequential(*layers).eval()

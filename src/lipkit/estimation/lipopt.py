@@ -17,8 +17,9 @@ path through the network: one variable per layer), so its box maximum is attaine
 certificate only has to hold on ``{0, 1}^n``: ``lambda - p(u) = sum_q c_q prod_q(u)`` with ``c >= 0`` and
 products of at most ``k`` literals ``u_i`` / ``1 - u_i`` on distinct variables.  This is the Krivine /
 Handelman certificate of LiPopt reduced modulo ``u_i^2 = u_i`` (the Sherali-Adams level ``k``), never looser
-than the box version of the same degree.  Minimising ``lambda`` is an LP, solved by column generation with
-HiGHS (:func:`krivine_max`); the *sparse* hierarchy of the paper keeps only products inside the cliques of
+than the box version of the same degree.  Minimising ``lambda`` is an LP, solved with HiGHS by column
+generation, or for more than ``PDLP_PRODUCTS`` products as a whole by its first-order solver PDLP
+(:func:`krivine_max`); the *sparse* hierarchy of the paper keeps only products inside the cliques of
 the network's sparsity pattern (used automatically when the dense product family is too large).
 
 Soundness whatever the LP accuracy: the multipliers are clipped to ``c >= 0``, the residual polynomial
@@ -53,6 +54,10 @@ __all__ = ["LiPoptResult", "LiPoptError", "lipopt", "krivine_max"]
 MAX_PRODUCTS = 3_000_000
 IPM_COLUMNS = 20_000
 MASTER_MAX_COLUMNS = 60_000
+PDLP_PRODUCTS = 100_000
+# sparse_cliques=None: the dense family up to this size, the clique family above (at width 60 both LPs have
+# the same optimum, 4.0746, and the clique one solves in half the time: bench/estimate.py)
+AUTO_DENSE_PRODUCTS = 1_000_000
 
 
 class LiPoptError(RuntimeError):
@@ -162,14 +167,17 @@ def krivine_max(
     Krivine / Handelman certificate: ``u_i^2 = u_i``, ``u_i (1 - u_i) = 0``; the Sherali-Adams level
     ``degree``).  It is at least as tight as the box certificate of the same degree.  ``sparse_cliques``
     restricts the products to the cliques of :func:`_cliques` (LiPopt's sparse hierarchy; ``None``: only when
-    the dense family is too large).
+    the dense family has more than ``AUTO_DENSE_PRODUCTS`` products).
 
     The LP is solved by column generation with HiGHS: start with the products on the supports of ``poly``
     (always feasible), add the products of most negative reduced cost, re-solve, until none is left (the LP
-    optimum of the whole family) or ``time_limit`` runs out (the first, small LP always completes).  Every
-    restricted LP is itself a certificate, and the best one is re-checked in float64: multipliers clipped to
-    ``c >= 0``, residual ``r = poly - lambda + sum c_q prod_q`` recomputed, and ``lambda + sum |r_mu|`` plus a
-    round-off term (``gamma_k`` per monomial, ``poly_err`` bounding the error of ``poly``'s coefficients).
+    optimum of the whole family) or ``time_limit`` runs out (the first, small LP always completes).  A family
+    of more than ``PDLP_PRODUCTS`` products is instead solved whole by PDLP (HiGHS's primal-dual hybrid
+    gradient) after that first LP: column generation stalls on these large, degenerate LPs while PDLP solves
+    width 60 (120 variables, 1.1M products) in about a minute.  Every restricted LP is itself a certificate,
+    and the best one is re-checked in float64: multipliers clipped to ``c >= 0``, residual
+    ``r = poly - lambda + sum c_q prod_q`` recomputed, and ``lambda + sum |r_mu|`` plus a round-off term
+    (``gamma_k`` per monomial, ``poly_err`` bounding the error of ``poly``'s coefficients).
 
     ``poly`` maps sorted variable-index tuples to coefficients.
     """
@@ -182,6 +190,9 @@ def krivine_max(
         raise LiPoptError(f"LiPopt degree {degree} with {n} variables overflows the monomial keys")
     dense = [tuple(range(n))]
     use_sparse = bool(sparse_cliques)
+    dense_size = sum(math.comb(n, r) * 2**r for r in range(degree + 1))
+    if sparse_cliques is None and dense_size > AUTO_DENSE_PRODUCTS:
+        use_sparse = True
     if not use_sparse:
         try:
             family = _product_family(dense, degree, base, max_products)
@@ -215,6 +226,7 @@ def krivine_max(
     last_y = None
     best: tuple[float, np.ndarray | None] = (math.inf, None)
     status, rounds, converged = "", 0, False
+    solver = "column generation"
     new_cols = np.flatnonzero(inside)
     while True:
         rounds += 1
@@ -232,6 +244,21 @@ def krivine_max(
         if not ok:
             break
         last_y = y
+        if n_prod > PDLP_PRODUCTS:
+            # a large family: column generation stalls on these degenerate LPs (width 60: not converged in
+            # 180 s), a first-order method on the whole LP does not (bench/estimate.py)
+            remaining = None if deadline is None else max(deadline - time.perf_counter(), 1e-3)
+            ok, status, lam, c, y = _solve_whole_pdlp(A, p_vec, const, remaining)
+            if c is not None:
+                bound = _certify(A, c, lam, p_vec, e_vec, const)
+                if bound < best[0]:
+                    best = (bound, c)
+                if y is not None:
+                    last_y = y
+            active[:] = c is not None
+            converged = ok
+            solver = "pdlp"
+            break
         active[lp.prune(MASTER_MAX_COLUMNS)] = False
         # reduced cost of a product column: 0 - A_q^T y (monomials not yet in the LP have y = 0, a valid
         # choice: their rows are empty, so when no reduced cost is negative y proves the whole LP optimal)
@@ -256,6 +283,7 @@ def krivine_max(
         "products_used": int(active.sum()),
         "rounds": rounds,
         "converged": converged,
+        "lp_solver": solver,
         "sparse_cliques": use_sparse,
         "seconds": time.perf_counter() - t0,
     }
@@ -317,6 +345,51 @@ def _best_vertex(poly: Poly, n: int, start: np.ndarray) -> tuple[float, np.ndarr
             else:
                 u[v] ^= 1
     return val, u
+
+
+def _flip_search(mlp, r: int, marginals: np.ndarray | None, starts: int = 2000,
+                 seconds: float = 2.0) -> tuple[float, np.ndarray]:
+    """Best vertex found of output ``r``'s polynomial for one hidden layer and ``p = inf``, by single flips of
+    the input signs ``t`` from ``starts`` random points (and the LP's marginals) within ``seconds``.
+
+    For fixed ``t`` the best slopes are explicit: the value is ``sum_k max(alpha_k g_k, beta_k g_k)`` with
+    ``g = diag(V_r) W t``, so each sweep scores all ``d`` flips at once.  Returns the value (a lower bound of
+    the polynomial maximum) and the vertex ``u`` in :func:`_gradient_poly`'s variable order (t bits, then the
+    s bits of the neurons with a slope range)."""
+    W = mlp.weights[0].numpy()
+    A = mlp.weights[1].numpy()[r][:, None] * W
+    als, bes = mlp.layer_slopes(0)
+    d = W.shape[1]
+    rng = np.random.default_rng(0)
+
+    def score(G: np.ndarray) -> np.ndarray:
+        return np.maximum(als[:, None] * G, bes[:, None] * G).sum(0) if G.ndim == 2 else \
+            np.maximum(als * G, bes * G).sum()
+
+    best_val, best_t = -math.inf, np.ones(d)
+    t_end = time.perf_counter() + seconds
+    for i in range(starts):
+        if i == 0 and marginals is not None:
+            t = np.where(np.asarray(marginals[:d]) > 0.5, 1.0, -1.0)
+        else:
+            t = rng.choice([-1.0, 1.0], d)
+        g = A @ t
+        cur = float(score(g))
+        while True:
+            G = g[:, None] - 2.0 * A * t[None, :]
+            vals = score(G)
+            j = int(np.argmax(vals))
+            if not vals[j] > cur * (1 + 1e-12) + 1e-300:
+                break
+            t[j], g, cur = -t[j], G[:, j], float(vals[j])
+        if cur > best_val:
+            best_val, best_t = cur, t.copy()
+        if time.perf_counter() > t_end:
+            break
+    g = A @ best_t
+    variable = np.flatnonzero(bes - als != 0.0)
+    s_bits = (bes * g >= als * g)[variable]
+    return best_val, np.concatenate([(best_t > 0), s_bits]).astype(np.int8)
 
 
 def branch_and_bound_max(
@@ -508,6 +581,44 @@ class _MasterLP:
         keep[drop] = False
         self.cols = [order[keep]]
         return order[drop]
+
+
+def _solve_whole_pdlp(A, p_vec: np.ndarray, const: int, time_limit: float | None):
+    """``min lambda  s.t.  A c - lambda e_const = -p,  c >= 0`` over *every* product at once, by HiGHS's
+    primal-dual hybrid gradient solver (PDLP: matrix-vector products only, no factorisation).  Its answer is
+    accurate to ~1e-7 relative, which is enough: :func:`_certify` turns any ``c`` into a sound bound.
+    Returns ``(optimal, status, lambda, c, y)`` like :meth:`_MasterLP.solve`."""
+    hs = _highspy()
+    h = _new_highs(hs)
+    n_mono, n_prod = A.shape
+    inf = hs.kHighsInf
+    lam_col = sparse.csc_matrix(([-1.0], ([const], [0])), shape=(n_mono, 1))
+    M = sparse.hstack([lam_col, A], format="csc")
+    lp = hs.HighsLp()
+    lp.num_col_ = n_prod + 1
+    lp.num_row_ = n_mono
+    lp.col_cost_ = np.r_[1.0, np.zeros(n_prod)]
+    lp.col_lower_ = np.r_[-inf, np.zeros(n_prod)]
+    lp.col_upper_ = np.full(n_prod + 1, inf)
+    lp.row_lower_ = -p_vec
+    lp.row_upper_ = -p_vec
+    lp.a_matrix_.format_ = hs.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = M.indptr.astype(np.int32)
+    lp.a_matrix_.index_ = M.indices.astype(np.int32)
+    lp.a_matrix_.value_ = M.data.astype(np.float64)
+    h.passModel(lp)
+    h.setOptionValue("solver", "pdlp")
+    if time_limit is not None:
+        h.setOptionValue("time_limit", float(time_limit))
+    h.run()
+    status = h.getModelStatus()
+    text = h.modelStatusToString(status)
+    sol = h.getSolution()
+    if not sol.value_valid:
+        return False, text, math.nan, None, None
+    x = np.asarray(sol.col_value)
+    y = np.asarray(sol.row_dual) if sol.dual_valid else None
+    return status == hs.HighsModelStatus.kOptimal, text, float(x[0]), np.maximum(x[1:], 0.0), y
 
 
 def _highspy():
@@ -703,6 +814,11 @@ def lipopt(
         elif info.get("marginals") is not None:
             _, vertex_u = _best_vertex(poly, n_vars, info["marginals"])
             info["hints"] = _pattern_points(mlp, p, vertex_u)
+        if mlp.depth == 2 and p == math.inf:
+            # many more vertices than the LP's rounding: multi-start flips on the inputs' signs
+            flip_val, flip_u = _flip_search(mlp, r, info.get("marginals"))
+            info["flip_search_value"] = flip_val
+            info["hints"] = info.get("hints", []) + _pattern_points(mlp, p, flip_u)
         rows_out.append(val)
         infos.append(info)
     status = "; ".join(sorted({i["lp_status"] for i in infos}))

@@ -21,6 +21,13 @@ Schur complement, ``rho* = lambda_max(C_00 + C_01 P^{-1} C_10)`` with ``P = -C_1
 ``rho_hat``, where ``tau`` dominates the float64 error of forming ``M`` and of the eigenvalues.  The
 reported bound is ``sqrt(rho_hat)`` rounded up, so it is sound even if SCS returned garbage (then it is
 merely loose, or a ``LipSDPError`` is raised).
+
+Singular ``P``: a lowered GroupSort (``_mlp``) has hidden directions in which ``M`` is exactly zero for
+every ``T`` (a sorting network can pass a change through a chain of comparators without changing the
+output), so ``M <= -tau I`` never holds.  Then ``rho*`` comes from the pseudo-inverse on ``P``'s range and
+the verified ``lambda_max(M(rho_hat, T)) <= mu`` (``mu >= 0`` including round-off) is paid for in ``rho``:
+``z^T M z <= mu ||z||^2`` gives ``||df||^2 <= (rho_hat + mu (1 + K^2)) ||dx||^2`` where ``K`` bounds
+``||dphi|| / ||dx||`` (products of Frobenius norms and slopes, ``_structure``).
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from torch import nn
 
 from lipkit.bounds import EPS64, round_up
 
-from ._mlp import MLP, parse_mlp
+from ._mlp import MLP, _Comparators, parse_mlp
 
 __all__ = ["LipSDPResult", "LipSDPError", "lipsdp", "lipsdp_first_order", "certify_multipliers",
            "SCS_MAX_NEURONS"]
@@ -78,8 +85,7 @@ def _structure(mlp: MLP, scale: float) -> dict:
     n0 = Ws[0].shape[1]
     L = len(Ws)
     slopes = [mlp.layer_slopes(k) for k in range(L - 1)]
-    free = [a != b for a, b in slopes] if mlp.neuron_slopes is not None else [np.ones(w.shape[0], bool)
-                                                                                 for w in Ws[:-1]]
+    free = [a != b for a, b in slopes]
     hid = [int(f.sum()) for f in free]
     n = sum(hid)
     N = n0 + n
@@ -110,8 +116,14 @@ def _structure(mlp: MLP, scale: float) -> dict:
     alpha = np.concatenate([a[f] for (a, _), f in zip(slopes, free, strict=True)]) if n else np.zeros(0)
     beta = np.concatenate([b[f] for (_, b), f in zip(slopes, free, strict=True)]) if n else np.zeros(0)
     layer_of = np.concatenate([np.full(h, k) for k, h in enumerate(hid)]) if n else np.zeros(0, int)
+    # K^2 >= ||dphi||^2 / ||dx||^2: layer k's outputs move at most prod_{j<=k} ||W_j||_F max|slope_j| times dx
+    K2, gain = 0.0, 1.0
+    for k, w in enumerate(Ws[:-1]):
+        gain *= float(np.sqrt(np.sum(w * w))) * float(np.abs(np.concatenate(slopes[k])).max(initial=0.0))
+        K2 += gain * gain
+    K2 = K2 * (1.0 + 1e3 * N * EPS64) + 1e-300
     return dict(A=A, A_abs=A_abs, B=B, out=out, out_abs=out_abs, alpha=alpha, beta=beta, n0=n0, n=n, N=N,
-                layer_of=layer_of, n_layers=len(hid))
+                layer_of=layer_of, n_layers=len(hid), K2=K2)
 
 
 def _lmi(s: dict, lam: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray]:
@@ -130,6 +142,11 @@ def _lmi(s: dict, lam: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray]:
     return 0.5 * (M + M.T), Mabs
 
 
+def _free_neurons(mlp: MLP) -> int:
+    """Hidden neurons with a slope range (the identity neurons of a lowered GroupSort have none)."""
+    return int(sum((a != b).sum() for a, b in (mlp.layer_slopes(k) for k in range(mlp.depth - 1))))
+
+
 def certify_multipliers(s: dict, lam: np.ndarray) -> float:
     """Smallest verified ``rho`` with ``M(rho, diag(lam)) <= 0`` (see module docstring); ``inf`` if none."""
     lam = np.maximum(np.asarray(lam, dtype=np.float64), 0.0)
@@ -138,6 +155,10 @@ def certify_multipliers(s: dict, lam: np.ndarray) -> float:
     # repairs for inaccurate multipliers: scale them up, or lift the small ones
     candidates = [lam * g for g in (1.0, 1.001, 1.01, 1.1, 2.0, 10.0)]
     candidates += [lam + d * top for d in (1e-6, 1e-4, 1e-2, 1e-1, 1.0)] if top > 0 else []
+    # multipliers tilted toward the early layers: a lowered GroupSort's chained comparators leave P singular
+    # along directions where an early and a late multiplier cancel (the LP optimum sits there)
+    depth_left = s["n_layers"] - 1 - s["layer_of"]
+    candidates += [lam * (1.0 + d) ** depth_left for d in (1e-6, 1e-4, 1e-2)] if s["n_layers"] > 1 else []
     for lam_g in candidates:
         C, _ = _lmi(s, lam_g, 0.0)
         P = -C[n0:, n0:]
@@ -152,7 +173,33 @@ def certify_multipliers(s: dict, lam: np.ndarray) -> float:
             tau = 1e3 * N * EPS64 * (np.linalg.norm(Mabs) + rho)
             if float(np.linalg.eigvalsh(M)[-1]) <= -tau:
                 return rho
-    return math.inf
+    return _certify_singular(s, candidates)
+
+
+def _certify_singular(s: dict, candidates: list[np.ndarray]) -> float:
+    """:func:`certify_multipliers` when ``P`` is singular (module docstring): the smallest
+    ``rho_hat + mu (1 + K^2)`` over the candidate multipliers, ``inf`` if ``P`` is clearly indefinite."""
+    n0, N, K2 = s["n0"], s["N"], s.get("K2")
+    if K2 is None or not math.isfinite(K2):
+        return math.inf
+    best = math.inf
+    for lam_g in candidates:
+        C, _ = _lmi(s, lam_g, 0.0)
+        w, U = np.linalg.eigh(-C[n0:, n0:])
+        top = max(float(np.abs(w).max(initial=0.0)), 1e-300)
+        if float(w[0]) < -1e-7 * top:
+            continue
+        keep = w > 1e-9 * top
+        G = C[:n0, n0:] @ U[:, keep]
+        S = C[:n0, :n0] + (G / w[keep]) @ G.T
+        rho_star = max(float(np.linalg.eigvalsh(0.5 * (S + S.T))[-1]), 0.0)
+        for delta in (1e-9, 1e-6, 1e-3):
+            rho = rho_star * (1.0 + delta) + delta * 1e-6
+            M, Mabs = _lmi(s, lam_g, rho)
+            tau = 1e3 * N * EPS64 * (np.linalg.norm(Mabs) + rho)
+            mu = max(float(np.linalg.eigvalsh(M)[-1]), 0.0) + tau
+            best = min(best, rho + mu * (1.0 + K2))
+    return best
 
 
 def _lipsdp_layer(s: dict, scale: float, t0: float, time_limit: float | None) -> LipSDPResult:
@@ -230,8 +277,11 @@ def lipsdp(
         raise ValueError(f"unknown LipSDP solver {solver!r}; use 'auto', 'scs' or 'first-order'")
     t0 = time.perf_counter()
     mlp = parse_mlp(model, input_shape)
+    # lowered GroupSort layers: the first-order solver is poor on them (one net, 128 comparators: 1.20 against
+    # SCS's 0.56 in 14 s), so SCS keeps them up to 3x the usual size
+    limit = SCS_MAX_NEURONS * (3 if any(isinstance(a, _Comparators) for a in mlp.acts) else 1)
     if variant == "neuron" and neuron_slopes is None and mlp.depth >= 2 and (
-            solver == "first-order" or (solver == "auto" and sum(mlp.hidden_sizes) > SCS_MAX_NEURONS)):
+            solver == "first-order" or (solver == "auto" and _free_neurons(mlp) > limit)):
         return lipsdp_first_order(model, time_limit=time_limit, input_shape=input_shape)
     if neuron_slopes is not None:
         if len(neuron_slopes) != mlp.depth - 1:
@@ -245,7 +295,7 @@ def lipsdp(
     norms = [float(np.linalg.norm(w.numpy(), 2)) for w in mlp.weights]
     betas = [float(np.abs(np.concatenate(mlp.layer_slopes(k))).max(initial=0.0))
              for k in range(mlp.depth - 1)]
-    scale = float(np.prod(norms) * np.prod(betas))
+    scale = min(float(np.prod(norms) * np.prod(betas)), mlp.scale_hint)
     if not scale > 0:
         return LipSDPResult(0.0, np.zeros(0), 0.0, variant, "zero", 0.0, time.perf_counter() - t0)
     s = _structure(mlp, scale)
@@ -264,20 +314,31 @@ def lipsdp(
     cross = A.T @ cp.diag(c2) @ B
     M = A.T @ cp.diag(c1) @ A + cross + cross.T - 2.0 * B.T @ cp.diag(lam_full) @ B + s["out"] - rho * E0
     M = 0.5 * (M + M.T)
-    prob = cp.Problem(cp.Minimize(rho), [-M >> 0])
     kwargs: dict = dict(eps_abs=eps, eps_rel=eps, max_iters=max_iters, verbose=verbose)
     if time_limit is not None:
         kwargs["time_limit_secs"] = float(time_limit)
-    try:
-        with warnings.catch_warnings():  # an inaccurate solution is fine: it is re-certified below
-            warnings.filterwarnings("ignore", message="Solution may be inaccurate")
-            prob.solve(solver=cp.SCS, **kwargs)
-    except cp.error.SolverError as exc:  # pragma: no cover - depends on the solver build
-        raise LipSDPError(f"SCS failed on LipSDP-{variant}: {exc}") from exc
-    lam_val = None if lam_full.value is None else np.asarray(lam_full.value, dtype=np.float64).ravel()
-    if lam_val is None or not np.all(np.isfinite(lam_val)):
-        raise LipSDPError(f"SCS returned no multipliers for LipSDP-{variant} (status {prob.status})")
-    rho_cert = certify_multipliers(s, lam_val)
+    # second try, when SCS's multipliers cannot be certified: keep the hidden block of -M away from singular
+    # (lowered GroupSort layers put the optimum on a singular P, module docstring)
+    margin = 0.0
+    for attempt in range(3):
+        cons = [-M >> 0]
+        if attempt > 0:
+            cons.append(-M[n0:, n0:] >> margin * np.eye(n))
+        prob = cp.Problem(cp.Minimize(rho), cons)
+        try:
+            with warnings.catch_warnings():  # an inaccurate solution is fine: it is re-certified below
+                warnings.filterwarnings("ignore", message="Solution may be inaccurate")
+                prob.solve(solver=cp.SCS, **kwargs)
+        except cp.error.SolverError as exc:  # pragma: no cover - depends on the solver build
+            raise LipSDPError(f"SCS failed on LipSDP-{variant}: {exc}") from exc
+        lam_val = None if lam_full.value is None else np.asarray(lam_full.value, dtype=np.float64).ravel()
+        if lam_val is None or not np.all(np.isfinite(lam_val)):
+            raise LipSDPError(f"SCS returned no multipliers for LipSDP-{variant} (status {prob.status})")
+        rho_cert = certify_multipliers(s, lam_val)
+        if math.isfinite(rho_cert):
+            break
+        # P ~ 2 diag(lambda) - ...: a margin on the scale of the multipliers just found
+        margin = (1e-4 if attempt == 0 else 1e-2) * float(np.median(np.abs(lam_val))) + 1e-12
     if not math.isfinite(rho_cert):
         raise LipSDPError(f"could not certify the multipliers returned by SCS (status {prob.status})")
     upper = round_up(math.sqrt(rho_cert) * scale, 8)
@@ -523,7 +584,7 @@ def lipsdp_first_order(
     norms = [float(np.linalg.norm(w.numpy(), 2)) for w in mlp.weights]
     betas = [float(np.abs(np.concatenate(mlp.layer_slopes(k))).max(initial=0.0))
              for k in range(mlp.depth - 1)]
-    scale = float(np.prod(norms) * np.prod(betas))
+    scale = min(float(np.prod(norms) * np.prod(betas)), mlp.scale_hint)
     if not scale > 0:
         return LipSDPResult(0.0, np.zeros(0), 0.0, "neuron-fo", "zero", 0.0, time.perf_counter() - t0)
     blk = _blocks(mlp, scale)

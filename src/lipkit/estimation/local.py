@@ -44,7 +44,7 @@ from torch import nn
 
 from lipkit.bounds import EPS64, normalize_p, operator_norm, round_up
 
-from ._mlp import MLP, _flatten, parse_mlp
+from ._mlp import MLP, _Comparators, _flatten, has_sort, mlp_as_sequential, parse_mlp
 
 __all__ = ["Domain", "as_domain", "interval_bounds", "activation_slope_range", "local_slopes",
            "naive_local_upper", "affine_local_upper"]
@@ -171,7 +171,7 @@ def _drop_batch(t: torch.Tensor, input_shape: Sequence[int] | None) -> torch.Ten
 
 
 _MONOTONE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.Softplus, nn.Hardtanh, nn.ReLU6,
-             nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool2d)
+             nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool2d, _Comparators)
 
 
 def _widen(lo: torch.Tensor, hi: torch.Tensor, err: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -287,6 +287,9 @@ def activation_slope_range(act: nn.Module, lo: np.ndarray, hi: np.ndarray) -> tu
     lo = np.asarray(lo, dtype=np.float64)
     hi = np.asarray(hi, dtype=np.float64)
     ones = np.ones_like(lo)
+    if isinstance(act, _Comparators):  # a lowered sort: ReLU on the comparator neurons, identity elsewhere
+        relu_a, relu_b = activation_slope_range(nn.ReLU(), lo, hi)
+        return np.where(act.relu, relu_a, 1.0), np.where(act.relu, relu_b, 1.0)
     if isinstance(act, (nn.ReLU, nn.LeakyReLU)):
         a = float(act.negative_slope) if isinstance(act, nn.LeakyReLU) else 0.0
         alpha = np.where(lo >= 0, 1.0, np.where(hi <= 0, a, min(a, 1.0)))
@@ -338,7 +341,8 @@ def local_slopes(model: nn.Module, domain: Domain) -> tuple[MLP, list[tuple[np.n
     mlp = parse_mlp(model, domain.shape)
     if len(mlp.acts) == 0:
         return mlp, [], {"neurons": 0, "fixed": 0, "dead": 0}
-    ranges = interval_bounds(model, domain)
+    # GroupSort-type activations: propagate through the lowered net (comparators are monotone, element-wise)
+    ranges = interval_bounds(mlp_as_sequential(mlp) if has_sort(model) else model, domain)
     if len(ranges) != len(mlp.acts):
         raise TypeError("local bounds need an MLP whose activations follow its Linear layers")
     slopes = []
