@@ -18,7 +18,7 @@ certificate only has to hold on ``{0, 1}^n``: ``lambda - p(u) = sum_q c_q prod_q
 products of at most ``k`` literals ``u_i`` / ``1 - u_i`` on distinct variables.  This is the Krivine /
 Handelman certificate of LiPopt reduced modulo ``u_i^2 = u_i`` (the Sherali-Adams level ``k``), never looser
 than the box version of the same degree.  Minimising ``lambda`` is an LP, solved with HiGHS by column
-generation, or for more than ``PDLP_PRODUCTS`` products as a whole by its first-order solver PDLP
+generation, or (degree >= 3, more than ``PDLP_PRODUCTS`` products) whole by its first-order solver PDLP
 (:func:`krivine_max`); the *sparse* hierarchy of the paper keeps only products inside the cliques of
 the network's sparsity pattern (used automatically when the dense product family is too large).
 
@@ -172,12 +172,12 @@ def krivine_max(
     The LP is solved by column generation with HiGHS: start with the products on the supports of ``poly``
     (always feasible), add the products of most negative reduced cost, re-solve, until none is left (the LP
     optimum of the whole family) or ``time_limit`` runs out (the first, small LP always completes).  A family
-    of more than ``PDLP_PRODUCTS`` products is instead solved whole by PDLP (HiGHS's primal-dual hybrid
-    gradient) after that first LP: column generation stalls on these large, degenerate LPs while PDLP solves
-    width 60 (120 variables, 1.1M products) in about a minute.  Every restricted LP is itself a certificate,
-    and the best one is re-checked in float64: multipliers clipped to ``c >= 0``, residual
-    ``r = poly - lambda + sum c_q prod_q`` recomputed, and ``lambda + sum |r_mu|`` plus a round-off term
-    (``gamma_k`` per monomial, ``poly_err`` bounding the error of ``poly``'s coefficients).
+    of degree >= 3 with more than ``PDLP_PRODUCTS`` products is instead solved whole by PDLP (HiGHS's
+    primal-dual hybrid gradient) after that first LP: column generation stalls on these large, degenerate
+    LPs while PDLP solves width 60 (120 variables, 1.1M products) in about a minute.  Every restricted LP
+    is itself a certificate, and the best one is re-checked in float64: multipliers clipped to ``c >= 0``,
+    residual ``r = poly - lambda + sum c_q prod_q`` recomputed, and ``lambda + sum |r_mu|`` plus a
+    round-off term (``gamma_k`` per monomial, ``poly_err`` bounding the error of ``poly``'s coefficients).
 
     ``poly`` maps sorted variable-index tuples to coefficients.
     """
@@ -244,9 +244,10 @@ def krivine_max(
         if not ok:
             break
         last_y = y
-        if n_prod > PDLP_PRODUCTS:
-            # a large family: column generation stalls on these degenerate LPs (width 60: not converged in
-            # 180 s), a first-order method on the whole LP does not (bench/estimate.py)
+        if n_prod > PDLP_PRODUCTS and degree >= 3:
+            # a large level-3 family: column generation stalls on these degenerate LPs (width 60: not
+            # converged in 180 s), a first-order method on the whole LP does not (bench/estimate.py).  Level 2
+            # stays with column generation, which solves it fast (300-50-2: seconds; PDLP ~50 s per output)
             remaining = None if deadline is None else max(deadline - time.perf_counter(), 1e-3)
             ok, status, lam, c, y = _solve_whole_pdlp(A, p_vec, const, remaining)
             if c is not None:
@@ -330,12 +331,15 @@ def _evaluate(poly: Poly, u: np.ndarray) -> float:
     return float(sum(c for mono, c in poly.items() if all(u[v] for v in mono)))
 
 
-def _best_vertex(poly: Poly, n: int, start: np.ndarray) -> tuple[float, np.ndarray]:
-    """Round ``start`` to a vertex and improve it by single flips (a lower bound of the vertex maximum)."""
+def _best_vertex(poly: Poly, n: int, start: np.ndarray, seconds: float | None = None
+                 ) -> tuple[float, np.ndarray]:
+    """Round ``start`` to a vertex and improve it by single flips (a lower bound of the vertex maximum),
+    for at most about ``seconds``."""
     u = (start > 0.5).astype(np.int8)
     val = _evaluate(poly, u)
+    end = None if seconds is None else time.perf_counter() + seconds
     improved = True
-    while improved:
+    while improved and (end is None or time.perf_counter() < end):
         improved = False
         for v in range(n):
             u[v] ^= 1
@@ -803,7 +807,8 @@ def lipopt(
         val, info = krivine_max(poly, err, n_vars, degree, remaining, sparse_cliques=sparse_cliques)
         info["root"] = val
         nodes = max_nodes if max_nodes is not None else (32 if n_vars <= 64 else 1)
-        if nodes > 1 and info["converged"]:
+        branched = nodes > 1 and info["converged"]
+        if branched:
             remaining = None if deadline is None else max(deadline - time.perf_counter(), 1e-3)
             up, vertex, bb = branch_and_bound_max(poly, err, n_vars, degree, remaining,
                                                   sparse_cliques=info["sparse_cliques"], max_nodes=nodes,
@@ -811,14 +816,15 @@ def lipopt(
             info.update(nodes=bb["nodes"], gap_closed=bb["closed"], vertex_max=vertex)
             val = min(val, up)
             info["hints"] = _pattern_points(mlp, p, bb["vertex"])
-        elif info.get("marginals") is not None:
-            _, vertex_u = _best_vertex(poly, n_vars, info["marginals"])
-            info["hints"] = _pattern_points(mlp, p, vertex_u)
         if mlp.depth == 2 and p == math.inf:
-            # many more vertices than the LP's rounding: multi-start flips on the inputs' signs
+            # many more vertices than rounding the LP's marginals: multi-start flips of the inputs' signs (the
+            # marginals are one of the starts), each sweep scoring every flip at once
             flip_val, flip_u = _flip_search(mlp, r, info.get("marginals"))
             info["flip_search_value"] = flip_val
             info["hints"] = info.get("hints", []) + _pattern_points(mlp, p, flip_u)
+        elif not branched and info.get("marginals") is not None:
+            _, vertex_u = _best_vertex(poly, n_vars, info["marginals"], seconds=5.0)
+            info["hints"] = _pattern_points(mlp, p, vertex_u)
         rows_out.append(val)
         infos.append(info)
     status = "; ".join(sorted({i["lp_status"] for i in infos}))
