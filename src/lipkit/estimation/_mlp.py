@@ -233,7 +233,9 @@ def parse_mlp(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> M
     biases: list[torch.Tensor] = []
     acts: list[nn.Module] = []
     pending_linear = False
-    hint = 1.0
+    # the SDP conditioning hint is only needed (and only differs from the lowered weights' norms) with sorts
+    with_sorts = any(_is_sort(m) for m in layers)
+    hint = 1.0 if with_sorts else math.inf
     for m in layers:
         if isinstance(m, (nn.Identity, nn.Flatten)):
             continue
@@ -246,7 +248,8 @@ def parse_mlp(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> M
             b = _w64(m.bias) if m.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
             if not (torch.isfinite(w).all() and torch.isfinite(b).all()):
                 raise ValueError("the model has NaN or infinite weights")
-            hint *= float(torch.linalg.matrix_norm(w, 2)) if w.numel() else 0.0
+            if with_sorts:
+                hint *= float(torch.linalg.matrix_norm(w, 2)) if w.numel() else 0.0
             if pending_linear:
                 if w.shape[1] != weights[-1].shape[0]:
                     raise ValueError(f"shape mismatch between consecutive Linear layers: {tuple(w.shape)}")
@@ -270,7 +273,7 @@ def parse_mlp(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> M
             raise TypeError("two activations in a row are not supported")
         if not sort:
             a, b = activation_slopes(m)
-            hint *= max(abs(a), abs(b))
+            hint = hint * max(abs(a), abs(b)) if with_sorts else hint
             acts.append(m)
             pending_linear = False
             continue
