@@ -247,7 +247,7 @@ def krivine_max(
         if n_prod > PDLP_PRODUCTS and degree >= 3:
             # a large level-3 family: column generation stalls on these degenerate LPs (width 60: not
             # converged in 180 s), a first-order method on the whole LP does not (bench/estimate.py).  Level 2
-            # stays with column generation, which solves it fast (300-50-2: seconds; PDLP ~50 s per output)
+            # stays with column generation, which solves it in seconds (LiPopt-2 at width 60: 3-5 s)
             remaining = None if deadline is None else max(deadline - time.perf_counter(), 1e-3)
             ok, status, lam, c, y = _solve_whole_pdlp(A, p_vec, const, remaining)
             if c is not None:
