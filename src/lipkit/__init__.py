@@ -11,6 +11,7 @@ from lipkit.convnorm import *  # noqa: F403
 from lipkit.data import load_dataset  # noqa: F401
 from lipkit.estimation import Estimate, estimate  # noqa: F401
 from lipkit.export import *  # noqa: F403
+from lipkit.interval import *  # noqa: F403
 from lipkit.layers.activations import *  # noqa: F403
 from lipkit.layers.conv import *  # noqa: F403
 from lipkit.layers.distance import *  # noqa: F403

@@ -1,0 +1,168 @@
+"""Interval certificates (lipkit.interval): sound boxes, exact for one distance layer, never looser
+than the margin certificate, and no certified point broken by PGD."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import lipkit
+from lipkit.attacks import pgd
+from lipkit.bounds import UnsupportedModuleError
+from lipkit.certify import compute_certificates
+from lipkit.config import RunConfig
+from lipkit.data import load_digits_split
+from lipkit.interval import _interval_only, interval_bounds, interval_certified, interval_certified_accuracy
+from lipkit.linf import Negate
+from lipkit.train import fit
+
+INF = math.inf
+
+
+def _random_net(kind: str, seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    if kind == "linf":
+        layers = [lipkit.LinfDistLinear(6, 10), lipkit.LinfDistLinear(10, 8),
+                  lipkit.LinfDistLinear(8, 3, mean_shift=False), Negate()]
+    elif kind == "sortnet":
+        layers = [lipkit.LinfDistLinear(6, 10), lipkit.SortNeuronLinear(10, 8, q=0.4, init="normal"),
+                  lipkit.LinfDistLinear(8, 3, mean_shift=False), Negate()]
+    else:  # hybrid head and a plain ReLU MLP part
+        layers = [lipkit.LinfDistLinear(6, 10), nn.Linear(10, 7), nn.ReLU(), nn.Linear(7, 3)]
+    net = nn.Sequential(*layers)
+    with torch.no_grad():
+        for m in net.modules():
+            if getattr(m, "running_mean", None) is not None:
+                m.running_mean.uniform_(0.5, 1.5)
+            if isinstance(m, lipkit.LinfDistLinear) and m.bias is not None:
+                m.bias.uniform_(-0.3, 0.3)
+    return net.eval()
+
+
+@pytest.mark.parametrize("kind", ["linf", "sortnet", "hybrid"])
+@pytest.mark.parametrize("domain", [None, (0.0, 1.0)])
+def test_boxes_contain_every_sampled_output(kind, domain) -> None:
+    net = _random_net(kind)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(5, 6, generator=g)
+    eps = 0.2
+    lo, hi = interval_bounds(net, x, eps, input_domain=domain)
+    assert lo.dtype == torch.float64 and lo.shape == (5, 3) and bool((lo <= hi).all())
+    twin = _float64(net)
+    corners = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=6)), dtype=torch.float64)
+    for b in range(5):
+        pts = torch.cat([corners, 2 * torch.rand(3000, 6, generator=g, dtype=torch.float64) - 1]) * eps
+        pts = x[b].double() + pts
+        if domain is not None:
+            pts = pts.clamp(*domain)
+        with torch.no_grad():
+            out = twin(pts)
+        assert bool((out >= lo[b] - 1e-12).all() and (out <= hi[b] + 1e-12).all())
+    if kind != "hybrid":  # every logit is 1-Lipschitz: the Lipschitz intersection caps each box at 2 eps
+        assert float((hi - lo).max()) <= 2 * eps + 1e-9
+
+
+def _float64(net: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(net).double().eval()
+
+
+def test_one_distance_layer_box_is_exact() -> None:
+    torch.manual_seed(3)
+    layer = lipkit.LinfDistLinear(3, 5, mean_shift=False, bias=False).eval()
+    x = torch.rand(4, 3)
+    eps = 0.15
+    lo, hi = interval_bounds(layer, x, eps)
+    w = layer.weight.detach().double()
+    corners = torch.tensor(list(itertools.product([-eps, eps], repeat=3)), dtype=torch.float64)
+    for b in range(4):
+        box_lo, box_hi = x[b].double() - eps, x[b].double() + eps
+        top = (x[b].double() + corners)[:, None, :].sub(w).abs().amax(-1).amax(0)  # max at a corner
+        nearest = torch.minimum(torch.maximum(w, box_lo), box_hi)  # per-neuron minimiser
+        bottom = (nearest - w).abs().amax(-1)  # each |h_i - w_oi| is smallest at h_i = clamp(w_oi)
+        torch.testing.assert_close(hi[b], top, rtol=0, atol=1e-10)
+        torch.testing.assert_close(lo[b], bottom, rtol=0, atol=1e-10)
+
+
+def _cfg(**kw) -> RunConfig:
+    base = dict(name="t", model="linf-dist", p="inf", widths=[64, 64], loss="mix", margin=0.3,
+                temperature=4.0, epochs=8, batch_size=64, lr=0.02, schedule="cosine", p_window=[0.25, 0.75],
+                ce_weight=[0.5, 0.01], betas=[0.9, 0.99], adam_eps=1e-10, threads=1, seed=5,
+                radii=[0.05, 0.1])
+    base.update(kw)
+    return RunConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    s = load_digits_split()
+    split = dataclasses.replace(s, x_test=s.x_test[:200], y_test=s.y_test[:200])
+    model, _ = fit(_cfg(), tmp_path_factory.mktemp("run"), split=split, progress=False)
+    return model.eval(), split.x_test, split.y_test
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.1])
+def test_never_looser_than_margin_certificate_and_domain_only_adds(trained, eps) -> None:
+    model, x, y = trained
+    res = compute_certificates(model, x, INF)
+    by_margin = res.radius >= eps
+    assert int(by_margin.sum()) >= 20  # the trained net certifies something
+    # the interval test alone (every logit of this net is 1-Lipschitz) already contains the margin test
+    alone, pred = _interval_only(model, x, eps, None)
+    assert torch.equal(pred, res.prediction)
+    assert bool((alone | ~by_margin).all())
+    whole, pred1 = interval_certified(model, x, eps, batch_size=37)
+    clipped, pred2 = interval_certified(model, x, eps, input_domain=(0.0, 1.0))
+    assert torch.equal(pred, pred1) and torch.equal(pred, pred2)
+    assert torch.equal(whole, alone | by_margin)
+    assert bool((clipped | ~whole).all())  # the clipped box is a subset of the whole box
+    assert int(clipped.sum()) > int(by_margin.sum())  # the pixel domain certifies more points here
+    acc = interval_certified_accuracy(model, x, y, eps, input_domain=(0.0, 1.0))
+    assert acc == pytest.approx(float((clipped & (pred == y)).double().mean()), abs=1e-12)
+
+
+def test_interval_certified_points_survive_pgd_in_the_domain(trained) -> None:
+    model, x, y = trained
+    eps = 0.1
+    cert, pred = interval_certified(model, x, eps, input_domain=(0.0, 1.0))
+    idx = cert.nonzero().squeeze(1)
+    assert idx.numel() >= 20
+    g = torch.Generator().manual_seed(0)
+    adv = pgd(model, x[idx], pred[idx], eps, INF, steps=60, restarts=2, clamp=(0.0, 1.0), generator=g)
+    assert float((adv - x[idx]).abs().max()) <= eps * (1 + 1e-6)
+    # the same attack at 3 eps breaks some points: it is not toothless
+    adv3 = pgd(model, x, pred, 3 * eps, INF, steps=60, restarts=2, clamp=(0.0, 1.0), generator=g)
+    with torch.no_grad():
+        assert torch.equal(model(adv).argmax(1), pred[idx])
+        assert int((model(adv3).argmax(1) != pred).sum()) > 0
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    net = _random_net("linf")
+    x = torch.rand(4, 6)
+    with pytest.raises(ValueError, match="eps must be finite"):
+        interval_certified(net, x, -0.1)
+    with pytest.raises(ValueError, match="outside input_domain"):
+        interval_certified(net, x + 2.0, 0.1, input_domain=(0.0, 1.0))
+    with pytest.raises(ValueError, match="lo < hi"):
+        interval_bounds(net, x, 0.1, input_domain=(1.0, 0.0))
+    with pytest.raises(ValueError, match="pair"):
+        interval_bounds(net, x, 0.1, input_domain=0.5)
+    with pytest.raises(ValueError, match="batch_size"):
+        interval_certified(net, x, 0.1, batch_size=0)
+    with pytest.raises(ValueError, match="labels"):
+        interval_certified_accuracy(net, x, torch.zeros(3, dtype=torch.long), 0.1)
+    with pytest.raises(ValueError, match="NaN"):
+        interval_certified(net, torch.full((2, 6), math.nan), 0.1)
+    with pytest.raises(UnsupportedModuleError, match="Conv2d"):
+        interval_bounds(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()), torch.rand(1, 1, 5, 5), 0.1)
+    lp = _random_net("linf")
+    lp[0].p = 8.0
+    with pytest.raises(UnsupportedModuleError, match="LinfDistLinear"):
+        interval_bounds(lp, x, 0.1)
