@@ -290,6 +290,18 @@ def test_cli_recipe_train_then_certify_linf(tmp_path, capsys) -> None:
     assert out["clean_accuracy"] >= out["certified_accuracy"]["0.02"] >= out["certified_accuracy"]["0.05"]
     # the run folder certifies what training evaluated: same clean accuracy
     assert out["clean_accuracy"] == pytest.approx(metrics["clean_accuracy"])
+    code = main(["certify", str(run), "--eps", "0.02,0.05", "--pgd-steps", "20", "--interval",
+                 "--input-domain", "0,1"])
+    out2 = json.loads(capsys.readouterr().out)
+    iv = out2["interval"]
+    assert code == 0 and iv["input_domain"] == [0.0, 1.0] and out2["certificates_broken"] == 0
+    for r in ("0.02", "0.05"):  # the margin certificate is part of the union: never fewer points
+        assert out["certified_accuracy"][r] <= iv["certified_accuracy"][r] <= out["clean_accuracy"]
+    for argv, needle in ((["--input-domain", "0,1"], "needs --interval"),
+                         (["--interval", "--input-domain", "1,0"], "LO < HI"),
+                         (["--interval", "--input-domain", "0.5,1"], "outside it")):
+        assert main(["certify", str(run), "--pgd-steps", "0", *argv]) != 0
+        _one_line_error(capsys.readouterr().err, needle)
 
 
 def test_cli_recipe_errors(tmp_path, capsys, monkeypatch) -> None:

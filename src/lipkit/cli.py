@@ -58,6 +58,17 @@ def _echo(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
+def _parse_domain(text: str) -> tuple[float, float]:
+    parts = text.replace(",", " ").split()
+    try:
+        lo, hi = (float(v) for v in parts)
+    except ValueError:
+        raise CliError(f"--input-domain: {text!r} is not two numbers LO,HI (e.g. 0,1)") from None
+    if not (lo < hi and math.isfinite(lo) and math.isfinite(hi)):
+        raise CliError(f"--input-domain: need finite LO < HI, got {text!r}")
+    return lo, hi
+
+
 def _parse_radii(text: str) -> list[float]:
     out = []
     for tok in text.replace(",", " ").split():
@@ -170,16 +181,36 @@ def certify(
     eps: Annotated[str | None, typer.Option(help="radii in the run's norm (l2 or l_inf), e.g. 0.1,0.5 "
                                                  "(default: the run's radii)")] = None,
     pgd_steps: Annotated[int, typer.Option(help="PGD steps for the sanity check (0: skip)")] = 50,
+    interval: Annotated[bool, typer.Option(
+        help="l_inf runs: also certify with interval bounds tightened by the Lipschitz bound")] = False,
+    input_domain: Annotated[str | None, typer.Option(
+        help="with --interval: clip the ball to the valid inputs LO,HI (e.g. 0,1 for pixels); the "
+             "certificate then covers the clipped ball only")] = None,
 ) -> None:
     """Certified accuracy of a trained run at the given radii, with a PGD check; prints JSON."""
-    from lipkit.report import certify_run, load_run
+    from lipkit.bounds import UnsupportedModuleError
+    from lipkit.report import certify_run, interval_figures, load_run
 
     radii = _parse_radii(eps) if eps is not None else None
     if pgd_steps < 0:
         raise CliError("--pgd-steps must be >= 0")
+    domain = _parse_domain(input_domain) if input_domain is not None else None
+    if domain is not None and not interval:
+        raise CliError("--input-domain needs --interval")
     cfg, model, split = load_run(run_dir)
+    if interval and cfg.p != math.inf:
+        raise CliError(f"--interval certifies l_inf runs; this run is l_{cfg.p:g}")
     m = certify_run(model, split, radii or cfg.radii, pgd_steps=pgd_steps, seed=cfg.seed, p=cfg.p)
     m.pop("radii_sorted")
+    if interval:
+        if domain is not None and (split.x_test.min() < domain[0] or split.x_test.max() > domain[1]):
+            raise CliError(f"--input-domain {input_domain}: the test inputs lie in "
+                           f"[{float(split.x_test.min()):g}, {float(split.x_test.max()):g}], outside it")
+        try:
+            m["interval"] = interval_figures(model, split, radii or cfg.radii, domain, pgd_steps, cfg.seed)
+        except (ValueError, UnsupportedModuleError) as exc:
+            raise CliError(f"--interval: {exc}") from None
+        m["certificates_broken"] += sum(m["interval"]["broken"].values())
     typer.echo(json.dumps(m, indent=2, sort_keys=True))
     if m["certificates_broken"]:
         raise CliError(f"{m['certificates_broken']} certified points were broken by PGD: the bound is wrong")
