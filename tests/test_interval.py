@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from linf_helpers import linf_cfg
 from torch import nn
 
 import lipkit
@@ -91,12 +92,7 @@ def test_one_distance_layer_box_is_exact() -> None:
 
 
 def _cfg(**kw) -> RunConfig:
-    base = dict(name="t", model="linf-dist", p="inf", widths=[64, 64], loss="mix", margin=0.3,
-                temperature=4.0, epochs=8, batch_size=64, lr=0.02, schedule="cosine", p_window=[0.25, 0.75],
-                ce_weight=[0.5, 0.01], betas=[0.9, 0.99], adam_eps=1e-10, threads=1, seed=5,
-                radii=[0.05, 0.1])
-    base.update(kw)
-    return RunConfig(**base)
+    return linf_cfg(**{"widths": [64, 64], "epochs": 8, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -174,6 +174,22 @@ def _run(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _deployed_logits_and_twin(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
+    """The deployed model's logits at ``x`` (eval mode, in the model's own dtype; its mode is restored)
+    and its float64 twin (:func:`_float64_copy`)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            param = next(model.parameters(), None)
+            dtype = param.dtype if param is not None and param.is_floating_point() else x.dtype
+            logits32 = _run(model, x.to(dtype))
+            twin = _float64_copy(model)
+    finally:
+        model.train(was_training)
+    return logits32, twin
+
+
 def _pairwise_bound(model: nn.Module, p: float, input_shape) -> torch.Tensor | None:
     """Matrix ``B[c, j] >= Lip(f_c - f_j)`` from the last linear layer, or None."""
     if not (_plain_sequential(model) and len(model) >= 1 and _is_plain(model[-1], (nn.Linear,))):
@@ -348,18 +364,10 @@ def compute_certificates(model: nn.Module, x: torch.Tensor, p: float | int | str
         if not lip >= 0 or math.isnan(lip):
             raise ValueError(f"lipschitz must be a non-negative number, got {lipschitz!r}")
 
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            param = next(model.parameters(), None)
-            dtype = param.dtype if param is not None and param.is_floating_point() else x.dtype
-            logits32 = _run(model, x.to(dtype))
-            twin = _float64_copy(model)
-            x64 = x.detach().to(torch.float64)
-            logits = _run(twin, x64)
-    finally:
-        model.train(was_training)
+    logits32, twin = _deployed_logits_and_twin(model, x)
+    x64 = x.detach().to(torch.float64)
+    with torch.no_grad():
+        logits = _run(twin, x64)
 
     bsz, n_cls = logits.shape
     pred = logits32.argmax(dim=1)

@@ -46,6 +46,7 @@ from torch import nn
 from lipkit.bounds import UnsupportedModuleError, lipschitz_bound
 from lipkit.certify import (
     REL_FLOOR,
+    _deployed_logits_and_twin,
     _float64_copy,
     _is_linf_distance,
     _is_plain,
@@ -260,16 +261,7 @@ def interval_certified_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tens
 def _interval_only(model: nn.Module, x: torch.Tensor, eps: float,
                    domain: tuple[float, float] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The interval test alone (no margin certificate): ``(certified, prediction)``."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            param = next(model.parameters(), None)
-            dtype = param.dtype if param is not None and param.is_floating_point() else x.dtype
-            logits32 = _run(model, x.to(dtype))
-            twin = _float64_copy(model)
-    finally:
-        model.train(was_training)
+    logits32, twin = _deployed_logits_and_twin(model, x)
     chain = _check_chain(twin)
     x64 = x.detach().to(torch.float64)
     with torch.no_grad():
