@@ -104,6 +104,9 @@ def test_certify_command_and_bad_eps(demo_run, capsys) -> None:
         code, _, err = _run(capsys, "certify", str(run), "--eps", bad)
         assert code != 0, bad
         _one_line_error(err, needle)
+    code, _, err = _run(capsys, "certify", str(run), "--interval", "--pgd-steps", "0")
+    assert code != 0
+    _one_line_error(err, "l_inf runs")
 
 
 def test_report_command_regenerates(demo_run, capsys) -> None:
