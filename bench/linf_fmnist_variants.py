@@ -30,6 +30,7 @@ VARIANTS: dict[str, list[str]] = {
     "head512": ["--head-width", "512"],  # hybrid head: LipLinear(inf) -> relu -> Linear
     "margin0.2": ["--margin", "0.2"],  # training radius 0.2 instead of 0.15
     "depth5": ["--widths", "1024,1024,1024,1024,1024"],  # one more l_inf-distance layer
+    "width2048": ["--widths", "2048,2048,2048,2048"],  # twice as wide (~3x the training time)
 }
 
 
