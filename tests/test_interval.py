@@ -162,3 +162,38 @@ def test_bad_inputs_raise_clear_errors() -> None:
     lp[0].p = 8.0
     with pytest.raises(UnsupportedModuleError, match="LinfDistLinear"):
         interval_bounds(lp, x, 0.1)
+
+
+@pytest.mark.parametrize("kind", ["linf", "sortnet"])
+def test_forward_error_bound_covers_float64_round_off_exactly_computed(kind) -> None:
+    from fractions import Fraction
+
+    from lipkit.interval import _forward_error
+
+    torch.manual_seed(7)
+    if kind == "linf":
+        layer = lipkit.LinfDistLinear(5, 4)
+    else:
+        layer = lipkit.SortNeuronLinear(5, 4, q=0.3, init="normal")
+    layer = layer.double().eval()
+    with torch.no_grad():  # large shifts: cancellation in y = d - mu + b
+        layer.running_mean.uniform_(1e3, 2e3)
+        layer.bias = nn.Parameter(torch.empty(4, dtype=torch.float64).uniform_(-1e3, 1e3))
+    x = torch.rand(6, 5, dtype=torch.float64) * 3 + 1 / 3
+    with torch.no_grad():
+        out = layer(x)
+    bound = _forward_error(layer, out)
+    w, mu, b = layer.weight.detach(), layer.running_mean, layer.bias.detach()
+    coef = [Fraction(float(c)) for c in layer.coefficients] if kind == "sortnet" else [Fraction(1)]
+    seen = 0.0
+    for s in range(6):
+        worst = 0.0
+        for o in range(4):
+            d = sorted((abs(Fraction(float(x[s, i])) - Fraction(float(w[o, i]))) for i in range(5)),
+                       reverse=True)
+            exact = sum(c * di for c, di in zip(coef, d, strict=False))
+            exact = exact - Fraction(float(mu[o])) + Fraction(float(b[o]))
+            worst = max(worst, abs(float(Fraction(float(out[s, o])) - exact)))
+        assert worst <= float(bound[s]), (worst, float(bound[s]))
+        seen = max(seen, worst)
+    assert seen > 0  # float64 did round here: the comparison is not vacuous

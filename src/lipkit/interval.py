@@ -20,7 +20,9 @@ Two facts make the boxes never looser than the margin certificate:
 
 * every coordinate of the ``k``-th hidden vector is ``L_k``-Lipschitz for l_inf (``L_k`` the bound
   of the first ``k`` layers from :func:`lipkit.lipschitz_bound`), so the box of layer ``k`` is
-  intersected with ``[h_k(x) - L_k eps, h_k(x) + L_k eps]``;
+  intersected with ``[h_k(x) - L_k eps, h_k(x) + L_k eps]``, widened by the float64 round-off of
+  ``h_k(x)`` (done through the l_inf-distance / SortNet body, where that round-off is bounded a priori;
+  a hybrid head after it gets the interval rules only);
 * for a model whose logits are each 1-Lipschitz (the l_inf-distance nets of :mod:`lipkit.linf`)
   this gives ``f_c >= f_c(x) - eps`` and ``f_j <= f_j(x) + eps``, the margin certificate's test.
 
@@ -177,33 +179,70 @@ def _check_eps(eps: object) -> float:
     return e
 
 
+def _forward_error(m: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """Per-sample bound of the float64 round-off of one eval-mode distance layer's forward (``(B,)``).
+
+    ``y_o = sum_k c_k d_(k) - mu_o + b_o`` with ``d_i = |h_i - w_oi|`` (``K = 1`` for l_inf-distance): the
+    subtraction moves each ``d_i``, hence each order statistic, by at most ``u D``; the weighted sum of
+    ``K`` terms errs by ``gamma_K D``; ``- mu`` and ``+ b`` round once each.  With
+    ``D <= |y_o| + |mu_o| + |b_o|`` (divided by ``c_0`` for SortNet), ``2 (K + 4) u (D + |mu_o| + |b_o|)``
+    bounds it (``u = 2^-53``)."""
+    k = m.coefficients.numel() if _is_sortnet(m) else 1
+    c0 = float(m.coefficients[0]) if _is_sortnet(m) else 1.0
+    extra = torch.zeros_like(out[0])
+    if m.mean_shift and m.running_mean is not None:
+        extra = extra + m.running_mean.detach().abs()
+    if m.bias is not None:
+        extra = extra + m.bias.detach().abs()
+    d_max = (out.abs() + extra) / c0
+    return (2.0 * (k + 4) * 2.0**-53 * (d_max + extra)).amax(dim=1)
+
+
 def _propagate(chain: list[nn.Module], x64: torch.Tensor, eps: float,
                domain: tuple[float, float] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    lo, hi = x64 - eps, x64 + eps
+    """Boxes through ``chain`` (see the module docstring).
+
+    The Lipschitz intersection ``h_k(x) ± L_k eps`` is applied while the prefix consists of distance
+    layers, ``Negate`` and shape layers: there the float64 reference ``h_k(x)`` is off by at most the
+    accumulated :func:`_forward_error` (each such layer is 1-Lipschitz for l_inf, so earlier errors pass
+    through unchanged), which widens the intersection.  After the first other layer (a hybrid head)
+    only the interval rules apply.
+    """
+    lo, hi = _pad(x64 - eps, x64 + eps, x64.abs() + eps)  # x -/+ eps rounds in float64
     if domain is not None:
         lo, hi = lo.clamp_min(domain[0]), hi.clamp_max(domain[1])
     h = x64
+    ref_err = torch.zeros(x64.shape[0], dtype=torch.float64, device=x64.device)
+    intersect = True
     with torch.no_grad():
         for i, m in enumerate(chain):
-            h = m(h)
             if _is_linf_distance(m) or _is_sortnet(m):
                 lo, hi = _distance_layer_box(m, lo, hi)
             elif _negate(m):
                 lo, hi = -hi, -lo
             elif isinstance(m, nn.Linear):
                 lo, hi = _linear_box(m, lo, hi)
+                intersect = False
             elif isinstance(m, _MONOTONE):
                 lo, hi = m(lo), m(hi)
                 lo, hi = _pad(lo, hi, torch.maximum(lo.abs(), hi.abs()))
+                intersect = False
             else:  # Flatten / Identity / eval Dropout
                 lo, hi = m(lo), m(hi)
+            if not intersect:
+                continue
+            h = m(h)
+            if _is_linf_distance(m) or _is_sortnet(m):
+                ref_err = ref_err + _forward_error(m, h.reshape(h.shape[0], -1))
             try:
                 lip = lipschitz_bound(nn.Sequential(*chain[:i + 1]), math.inf)
             except UnsupportedModuleError:
+                intersect = False
                 continue
-            reach = lip * eps * (1.0 + 1e-9)
-            lo = torch.maximum(lo, h - reach - _PAD * (1.0 + h.abs()))
-            hi = torch.minimum(hi, h + reach + _PAD * (1.0 + h.abs()))
+            slack = (lip * eps * (1.0 + 1e-9) + ref_err * (1.0 + 1e-9)).reshape(-1, *[1] * (h.dim() - 1))
+            slack = slack + _PAD * (1.0 + h.abs())
+            lo = torch.maximum(lo, h - slack)
+            hi = torch.minimum(hi, h + slack)
     return lo, hi
 
 
