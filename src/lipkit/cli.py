@@ -200,12 +200,12 @@ def certify(
     cfg, model, split = load_run(run_dir)
     if interval and cfg.p != math.inf:
         raise CliError(f"--interval certifies l_inf runs; this run is l_{cfg.p:g}")
+    if domain is not None and (split.x_test.min() < domain[0] or split.x_test.max() > domain[1]):
+        raise CliError(f"--input-domain {input_domain}: the test inputs lie in "
+                       f"[{float(split.x_test.min()):g}, {float(split.x_test.max()):g}], outside it")
     m = certify_run(model, split, radii or cfg.radii, pgd_steps=pgd_steps, seed=cfg.seed, p=cfg.p)
     m.pop("radii_sorted")
     if interval:
-        if domain is not None and (split.x_test.min() < domain[0] or split.x_test.max() > domain[1]):
-            raise CliError(f"--input-domain {input_domain}: the test inputs lie in "
-                           f"[{float(split.x_test.min()):g}, {float(split.x_test.max()):g}], outside it")
         try:
             m["interval"] = interval_figures(model, split, radii or cfg.radii, domain, pgd_steps, cfg.seed)
         except (ValueError, UnsupportedModuleError) as exc:

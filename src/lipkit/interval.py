@@ -56,6 +56,7 @@ from lipkit.certify import (
     _leaves,
     _rigorous_roundoff,
     _run,
+    _undo_shift_and_bias,
     _validate_x,
     compute_certificates,
 )
@@ -104,11 +105,7 @@ def _distance_layer_box(m: nn.Module, lo: torch.Tensor,
             lows.append(a.sub_(r).amax(dim=-1).clamp_min_(0.0))
     d_lo, d_hi = torch.cat(lows), torch.cat(highs)
     scale = d_hi.abs() + w.abs().amax() + 1.0
-    shift = torch.zeros_like(w[:, 0])
-    if m.mean_shift and m.running_mean is not None:
-        shift = shift - m.running_mean.detach()
-    if m.bias is not None:
-        shift = shift + m.bias.detach()
+    shift = m._shift_and_bias(torch.zeros_like(w[None, :, 0]))[0].detach()  # -mu + b (eval mode)
     return _pad(d_lo + shift, d_hi + shift, scale + shift.abs())
 
 
@@ -189,11 +186,7 @@ def _forward_error(m: nn.Module, out: torch.Tensor) -> torch.Tensor:
     bounds it (``u = 2^-53``)."""
     k = m.coefficients.numel() if _is_sortnet(m) else 1
     c0 = float(m.coefficients[0]) if _is_sortnet(m) else 1.0
-    extra = torch.zeros_like(out[0])
-    if m.mean_shift and m.running_mean is not None:
-        extra = extra + m.running_mean.detach().abs()
-    if m.bias is not None:
-        extra = extra + m.bias.detach().abs()
+    _, extra = _undo_shift_and_bias(m, out)  # |mu_o| + |b_o|
     d_max = (out.abs() + extra) / c0
     return (2.0 * (k + 4) * 2.0**-53 * (d_max + extra)).amax(dim=1)
 
@@ -246,6 +239,20 @@ def _propagate(chain: list[nn.Module], x64: torch.Tensor, eps: float,
     return lo, hi
 
 
+def _check_call(model: nn.Module, x: torch.Tensor, eps: object, input_domain,
+                batch_size: object) -> tuple[torch.Tensor, float, tuple[float, float] | None]:
+    """Validate the arguments of the public interval functions; ``(x, eps, domain)``."""
+    eps = _check_eps(eps)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    x = _validate_x(x, None)
+    domain = _check_domain(x, input_domain)
+    _check_chain(model)
+    return x, eps, domain
+
+
 def interval_certified(model: nn.Module, x: torch.Tensor, eps: float, *,
                        input_domain: tuple[float, float] | None = None,
                        batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -261,22 +268,9 @@ def interval_certified(model: nn.Module, x: torch.Tensor, eps: float, *,
     more than twice the a-priori float32 round-off bound over the ball (and at least the floors of
     :func:`lipkit.compute_certificates`).
     """
-    eps = _check_eps(eps)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    x = _validate_x(x, None)
-    domain = _check_domain(x, input_domain)
-    _check_chain(model)
+    x, eps, domain = _check_call(model, x, eps, input_domain, batch_size)
     res = compute_certificates(model, x, math.inf)
-    certified = res.radius >= eps
-    todo = (~certified).nonzero().squeeze(1)
-    for s in range(0, todo.numel(), batch_size):
-        idx = todo[s:s + batch_size]
-        ok, pred = _interval_only(model, x[idx], eps, domain)
-        certified[idx] = ok & (pred == res.prediction[idx])
-    return certified, res.prediction
+    return _union_with_margin(model, x, res.radius, res.prediction, eps, domain, batch_size), res.prediction
 
 
 def interval_certified_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
@@ -286,22 +280,48 @@ def interval_certified_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tens
     (the interval bounds are computed for correctly classified inputs only)."""
     if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.is_floating_point() or y.dtype == torch.bool:
         raise ValueError("y must be a 1-D integer tensor of class labels")
-    x = _validate_x(x, None)
+    x, eps, domain = _check_call(model, x, eps, input_domain, batch_size)
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"y has {y.shape[0]} labels for a batch of {x.shape[0]} inputs")
     res = compute_certificates(model, x, math.inf)
     correct = (res.prediction == y.to(res.prediction.device)).nonzero().squeeze(1)
     if correct.numel() == 0:
         return 0.0
-    cert, _ = interval_certified(model, x[correct], eps, input_domain=input_domain, batch_size=batch_size)
+    cert = _union_with_margin(model, x[correct], res.radius[correct], res.prediction[correct], eps, domain,
+                              batch_size)
     return float(cert.sum().item()) / x.shape[0]
+
+
+def _union_with_margin(model: nn.Module, x: torch.Tensor, margin_radius: torch.Tensor,
+                       prediction: torch.Tensor, eps: float, domain: tuple[float, float] | None,
+                       batch_size: int = 256) -> torch.Tensor:
+    """Margin certificate (``margin_radius >= eps``, from :func:`lipkit.compute_certificates` on ``x``)
+    or, for the other inputs, the interval test, ``batch_size`` inputs at a time; the deployed logits
+    and the float64 twin are computed once."""
+    certified = margin_radius >= eps
+    todo = (~certified).nonzero().squeeze(1)
+    if todo.numel() == 0:
+        return certified
+    xt = x[todo]
+    logits32, twin = _deployed_logits_and_twin(model, xt)
+    chain = _check_chain(twin)
+    for s in range(0, todo.numel(), batch_size):
+        sl = slice(s, s + batch_size)
+        ok, pred = _interval_test(twin, chain, logits32[sl], xt[sl], eps, domain)
+        certified[todo[sl]] = ok & (pred == prediction[todo[sl]])
+    return certified
 
 
 def _interval_only(model: nn.Module, x: torch.Tensor, eps: float,
                    domain: tuple[float, float] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The interval test alone (no margin certificate): ``(certified, prediction)``."""
     logits32, twin = _deployed_logits_and_twin(model, x)
-    chain = _check_chain(twin)
+    return _interval_test(twin, _check_chain(twin), logits32, x, eps, domain)
+
+
+def _interval_test(twin: nn.Module, chain: list[nn.Module], logits32: torch.Tensor, x: torch.Tensor,
+                   eps: float, domain: tuple[float, float] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The interval test on ``x`` given the deployed logits there and the float64 twin (and its chain)."""
     x64 = x.detach().to(torch.float64)
     with torch.no_grad():
         logits = _run(twin, x64)

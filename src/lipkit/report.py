@@ -142,22 +142,24 @@ def interval_figures(model: nn.Module, split: Split, radii: list[float],
 
     from lipkit.attacks import pgd
     from lipkit.certify import compute_certificates
-    from lipkit.interval import interval_certified
+    from lipkit.interval import _check_call, _union_with_margin
 
     t0 = time.perf_counter()
     model.eval()
     x, y = split.x_test, split.y_test
-    res = compute_certificates(model, x, math.inf)
+    x, _, domain = _check_call(model, x, 0.0, input_domain, 1)
+    res = compute_certificates(model, x, math.inf)  # once for all radii
     correct = (res.prediction == y).nonzero().squeeze(1)
+    xc, radius, pred = x[correct], res.radius[correct], res.prediction[correct]
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, Any] = {"input_domain": list(input_domain) if input_domain is not None else None,
                            "certified_accuracy": {}, "interval_only_points": {}, "broken": {}}
     for r in radii:
-        cert, pred = interval_certified(model, x[correct], r, input_domain=input_domain)
-        only = (cert & ~(res.radius[correct] >= r)).nonzero().squeeze(1)
+        cert = _union_with_margin(model, xc, radius, pred, r, domain)
+        only = (cert & ~(radius >= r)).nonzero().squeeze(1)
         broken = 0
         if only.numel() and pgd_steps > 0:
-            xs = x[correct][only]
+            xs = xc[only]
             adv = pgd(model, xs, pred[only], r, math.inf, steps=pgd_steps, restarts=2, clamp=input_domain,
                       generator=gen)
             with torch.no_grad():
