@@ -408,15 +408,24 @@ def test_sequential_subclass_with_own_forward_is_not_treated_as_a_chain():
     assert not res.roundoff_rigorous
 
 
-def test_sortnet_and_linf_distance_roundoff_is_analysed_and_covers_float32_error():
-    from lipkit import LinfDistLinear, SortNeuronLinear
+@pytest.mark.parametrize("conv", [False, True])
+def test_sortnet_and_linf_distance_roundoff_is_analysed_and_covers_float32_error(conv):
+    from lipkit import LinfDistConv2d, LinfDistLinear, SortNeuronConv2d, SortNeuronLinear
 
     torch.manual_seed(0)
-    model = nn.Sequential(SortNeuronLinear(24, 32, q=0.3), LinfDistLinear(32, 16), SortNeuronLinear(16, 6))
+    if conv:  # 24 inputs as 1 x 4 x 6 images; per-channel running means and biases
+        model = nn.Sequential(nn.Unflatten(1, (1, 4, 6)), SortNeuronConv2d(1, 4, 3, padding=1, q=0.3),
+                              LinfDistConv2d(4, 2, 2, stride=2), nn.Flatten(), SortNeuronLinear(12, 6))
+    else:
+        model = nn.Sequential(SortNeuronLinear(24, 32, q=0.3), LinfDistLinear(32, 16),
+                              SortNeuronLinear(16, 6))
     model.train()
     with torch.no_grad():
         for _ in range(5):  # populate the running means
             model(torch.rand(64, 24))
+        for m in model.modules():
+            if getattr(m, "bias", None) is not None:
+                m.bias.uniform_(-0.5, 0.5)
     model.eval()
     x = torch.rand(40, 24)
     res = lipkit.compute_certificates(model, x, "inf")

@@ -234,3 +234,26 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="smaller than the kernel"):
         conv_operator_norm(torch.randn(2, 2, 5, 5), (2, 2))
     assert conv_operator_norm(torch.full((2, 2, 3, 3), math.nan)) == math.inf
+
+
+@pytest.mark.parametrize("constraint", ["spectral", "aol"])
+def test_certify_a_conv_net_and_its_certificates_hold(constraint):
+    """Certifying a LipConv2d net works (the float64 twin of a spectral conv once crashed in its
+    forward pre-hook) and the twin computes the deployed model's logits."""
+    from lipkit.certify import _deployed_logits_and_twin
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Unflatten(1, (1, 6, 6)), LipConv2d(1, 4, 3, constraint=constraint),
+                          lipkit.MaxMin(), nn.Flatten(), lipkit.LipLinear(144, 5, constraint="orthogonal"))
+    x = torch.rand(64, 36)
+    model.train()
+    model(x)  # one training step's worth of state
+    model.eval()
+    res = lipkit.compute_certificates(model, x, 2)
+    logits32, twin = _deployed_logits_and_twin(model, x)
+    with torch.no_grad():
+        assert torch.allclose(twin(x.double()), logits32.double(), atol=1e-5)
+    assert float(res.radius.max()) > 0
+    sampled = lipkit.attacks.check_certificates(model, x, res.prediction, 2, radii=res.radius, steps=30,
+                                                generator=torch.Generator().manual_seed(0))
+    assert sampled.n_broken == 0

@@ -197,3 +197,89 @@ def test_forward_error_bound_covers_float64_round_off_exactly_computed(kind) -> 
         assert worst <= float(bound[s]), (worst, float(bound[s]))
         seen = max(seen, worst)
     assert seen > 0  # float64 did round here: the comparison is not vacuous
+
+
+# --------------------------------------------------------------------------- conv distance layers
+
+
+def _conv_net(seed: int = 0) -> nn.Sequential:
+    """A small l_inf-distance / SortNet conv net on 1 x 5 x 5 images, with populated running means."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Unflatten(1, (1, 5, 5)),
+                        lipkit.LinfDistConv2d(1, 4, 3, padding=1),
+                        lipkit.SortNeuronConv2d(4, 3, 2, stride=2, q=0.4, init="normal"),
+                        nn.Flatten(), lipkit.LinfDistLinear(12, 3, mean_shift=False), Negate())
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.rand(16, 25))
+        for m in net.modules():
+            if isinstance(m, (lipkit.LinfDistConv2d, lipkit.SortNeuronConv2d)) and m.bias is not None:
+                m.bias.uniform_(-0.3, 0.3)
+    return net.eval()
+
+
+@pytest.mark.parametrize("domain", [None, (0.0, 1.0)])
+def test_conv_boxes_contain_every_sampled_output(domain) -> None:
+    net = _conv_net()
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(3, 25, generator=g)
+    eps = 0.15
+    lo, hi = interval_bounds(net, x, eps, input_domain=domain)
+    assert lo.shape == (3, 3) and bool((lo <= hi).all())
+    assert float((hi - lo).max()) <= 2 * eps + 1e-9  # 1-Lipschitz logits: the intersection caps the box
+    twin = _float64(net)
+    for b in range(3):
+        signs = torch.randint(0, 2, (2000, 25), generator=g).double() * 2 - 1  # random box corners
+        pts = torch.cat([signs, 2 * torch.rand(2000, 25, generator=g, dtype=torch.float64) - 1]) * eps
+        pts = x[b].double() + pts
+        if domain is not None:
+            pts = pts.clamp(*domain)
+        with torch.no_grad():
+            out = twin(pts)
+        assert bool((out >= lo[b] - 1e-12).all() and (out <= hi[b] + 1e-12).all())
+
+
+@pytest.mark.parametrize("kind", ["linf", "sortnet"])
+def test_conv_distance_box_equals_the_dense_box_of_each_patch(kind) -> None:
+    """The conv box is the dense layer's (exact) box applied to every zero-padded patch box."""
+    from lipkit.interval import _distance_layer_box
+
+    torch.manual_seed(4)
+    conv = (lipkit.LinfDistConv2d(2, 3, 3, padding=1, stride=2) if kind == "linf"
+            else lipkit.SortNeuronConv2d(2, 3, 3, padding=1, stride=2, q=0.3)).double()
+    conv.train()
+    with torch.no_grad():
+        conv(torch.rand(8, 2, 5, 5, dtype=torch.float64))
+    conv.eval()
+    dense = (lipkit.LinfDistLinear(18, 3) if kind == "linf"
+             else lipkit.SortNeuronLinear(18, 3, q=0.3)).double()
+    with torch.no_grad():
+        dense.weight.copy_(conv.weight.reshape(3, 18))
+        dense.bias.copy_(conv.bias)
+        dense.running_mean.copy_(conv.running_mean)
+    dense.eval()
+    x = torch.rand(2, 2, 5, 5, dtype=torch.float64)
+    lo, hi = _distance_layer_box(conv, x - 0.1, x + 0.1)
+    assert lo.shape == (2, 3, 3, 3)
+    unfold = nn.Unfold(3, padding=1, stride=2)
+    p_lo, p_hi = (unfold(t).transpose(1, 2).reshape(-1, 18) for t in (x - 0.1, x + 0.1))
+    d_lo, d_hi = _distance_layer_box(dense, p_lo, p_hi)
+    assert torch.equal(lo, d_lo.view(2, 9, 3).transpose(1, 2).reshape(2, 3, 3, 3))
+    assert torch.equal(hi, d_hi.view(2, 9, 3).transpose(1, 2).reshape(2, 3, 3, 3))
+    with torch.no_grad():  # and the box holds the layer's value at the centre
+        y = conv(x)
+    assert bool((lo <= y).all() and (y <= hi).all())
+
+
+def test_conv_net_interval_certificate_is_never_looser_than_the_margin() -> None:
+    net = _conv_net(seed=1)
+    x = torch.rand(30, 25, generator=torch.Generator().manual_seed(5))
+    res = compute_certificates(net, x, INF)
+    assert res.roundoff_rigorous  # conv distance layers have an a-priori round-off bound
+    for eps in (0.01, 0.05):
+        cert, pred = interval_certified(net, x, eps)
+        assert torch.equal(pred, res.prediction)
+        assert bool((cert >= (res.radius >= eps)).all())
+        only, _ = _interval_only(net, x, eps, None)
+        assert bool((only >= (res.radius >= eps)).all())  # the interval test alone contains the margin test

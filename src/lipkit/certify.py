@@ -33,7 +33,9 @@ ball (not only at ``x``), ``|| |W||h| + |b| ||_p`` is increased by
 bound of the layers before).  ``u`` is ``2^-24 + 2^-53`` (float32 forward plus our float64
 evaluation), the activations ``|h|`` come from the float64 copy and we take a factor 2 on
 ``gamma`` to cover second-order terms.  Non-exact activations (tanh, sigmoid, ...) add
-``16 u |output|``.  In every case the allowance is at least ``1e-5 * max_j |f_j(x)|`` and at
+``16 u |output|``.  l_inf-distance and SortNet layers, dense or conv (a conv layer evaluates the
+dense neuron on each zero-padded patch), are analysed per output (``_linf_distance_error``,
+``_sortnet_error``).  In every case the allowance is at least ``1e-5 * max_j |f_j(x)|`` and at
 least ``8 |f32(x) - f64(x)|_max`` (the round-off actually observed).  For models outside this
 class (custom ``forward`` with branches, unknown layers) no a-priori bound is computed: the
 allowance is then ``max(1e-4 max_j |f_j(x)|, 8 |f32(x) - f64(x)|_max)``, a heuristic (about
@@ -227,28 +229,34 @@ def _abs_operator_norm(mod: nn.Module, p: float) -> float:
 
 
 def _is_linf_distance(module: nn.Module) -> bool:
-    """An exact-l_inf ``LinfDistLinear`` (p = inf) as lipkit defines it (not a subclass)."""
-    return (type(module).__name__ == "LinfDistLinear" and type(module).__module__ == "lipkit.layers.distance"
-            and math.isinf(float(module.p)))
+    """An exact-l_inf ``LinfDistLinear`` or ``LinfDistConv2d`` (p = inf) as lipkit defines it (not a
+    subclass).  A conv layer computes, at each position, the dense neuron on the zero-padded patch
+    (an exact copy), so the round-off analysis of the dense layer applies output by output."""
+    return (type(module).__name__ in ("LinfDistLinear", "LinfDistConv2d")
+            and type(module).__module__ == "lipkit.layers.distance" and math.isinf(float(module.p)))
 
 
 def _undo_shift_and_bias(m: nn.Module, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For a distance layer's float64 output ``y = S - mu + b``: ``S`` (rows ``(B, out)``) and
-    ``|mu| + |b|`` (``(out,)``), ``mu`` the running mean when mean shift is on."""
-    s = out.reshape(out.shape[0], -1)
+    """For a distance layer's float64 output ``y = S - mu + b``: ``S`` (rows ``(B, n)``, ``n`` the
+    outputs per sample) and ``|mu| + |b|`` (``(n,)``), ``mu`` the running mean when mean shift is on.
+    ``mu`` and ``b`` are per output neuron (dense) or per output channel (conv, outputs in
+    channel-major order)."""
+    bsz = out.shape[0]
+    s = out.reshape(bsz, m.out_features, -1)  # (B, out, positions); one position for dense layers
     extra = torch.zeros_like(s[0])
     if m.mean_shift and getattr(m, "running_mean", None) is not None:
-        s = s + m.running_mean
-        extra = extra + m.running_mean.abs()
+        s = s + m.running_mean[:, None]
+        extra = extra + m.running_mean.abs()[:, None]
     if m.bias is not None:
-        s = s - m.bias.detach()
-        extra = extra + m.bias.detach().abs()
-    return s, extra
+        s = s - m.bias.detach()[:, None]
+        extra = extra + m.bias.detach().abs()[:, None]
+    return s.reshape(bsz, -1), extra.reshape(-1)
 
 
 def _is_sortnet(module: nn.Module) -> bool:
-    """A ``SortNeuronLinear`` as lipkit defines it (not a subclass); evaluated with exact top-K."""
-    return (type(module).__name__ == "SortNeuronLinear"
+    """A ``SortNeuronLinear`` or ``SortNeuronConv2d`` as lipkit defines it (not a subclass); evaluated
+    with exact top-K."""
+    return (type(module).__name__ in ("SortNeuronLinear", "SortNeuronConv2d")
             and type(module).__module__ == "lipkit.layers.distance")
 
 

@@ -68,7 +68,7 @@ _PAD = 1e-12
 #: working-memory budget of one (rows, out, in) block of a distance layer, in bytes
 _BLOCK_BYTES = 64 * 2**20
 _MONOTONE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.ReLU6, nn.Hardtanh, nn.Softplus)
-_SHAPE = (nn.Flatten, nn.Identity, nn.Dropout)
+_SHAPE = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)
 
 
 def _negate(m: nn.Module) -> bool:
@@ -83,7 +83,27 @@ def _pad(lo: torch.Tensor, hi: torch.Tensor,
 
 def _distance_layer_box(m: nn.Module, lo: torch.Tensor,
                         hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact range of an eval-mode l_inf-distance / SortNet layer over the box ``[lo, hi]``."""
+    """Exact range of an eval-mode l_inf-distance / SortNet layer over the box ``[lo, hi]``.
+
+    A conv layer applies the dense neuron to each zero-padded patch, so its range is the dense
+    range over the box of each patch (padding entries are the point interval ``[0, 0]``)."""
+    if lo.dim() == 4:  # conv: (N, C, H, W) -> one patch per row, as the layer's forward
+        n, (ho, wo) = lo.shape[0], m.output_size(lo.shape[2], lo.shape[3])
+
+        def patches(t: torch.Tensor) -> torch.Tensor:
+            cols = nn.functional.unfold(t, m.kernel_size, dilation=m.dilation, padding=m.padding,
+                                        stride=m.stride)
+            return cols.transpose(1, 2).reshape(n * ho * wo, m.in_features)
+
+        r_lo, r_hi = _dense_distance_box(m, patches(lo), patches(hi))
+        back = [t.view(n, ho * wo, m.out_features).transpose(1, 2).reshape(n, m.out_features, ho, wo)
+                for t in (r_lo, r_hi)]
+        return back[0], back[1]
+    return _dense_distance_box(m, lo, hi)
+
+
+def _dense_distance_box(m: nn.Module, lo: torch.Tensor,
+                        hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     w = m._weight2d().detach()
     mid, rad = (lo + hi) / 2, (hi - lo) / 2
     n_out, n_in = w.shape
@@ -133,8 +153,9 @@ def _check_chain(model: nn.Module) -> list[nn.Module]:
               or _is_plain(m, _MONOTONE) or _is_plain(m, _SHAPE))
         if not ok:
             raise UnsupportedModuleError(
-                f"interval certificates do not support {type(m).__name__} (supported: LinfDistLinear at "
-                "p=inf, SortNeuronLinear, Negate, Linear, Flatten and monotone element-wise activations)")
+                f"interval certificates do not support {type(m).__name__} (supported: LinfDistLinear and "
+                "LinfDistConv2d at p=inf, SortNeuronLinear, SortNeuronConv2d, Negate, Linear, Flatten, "
+                "Unflatten and monotone element-wise activations)")
     return chain
 
 

@@ -234,5 +234,7 @@ def _spectral_pre_hook(module: LipConv2d, args: tuple) -> None:
         )
     if x.shape[-3] != module.in_channels:
         raise ValueError(f"LipConv2d expects {module.in_channels} input channels, got shape {tuple(x.shape)}")
+    if not parametrize.is_parametrized(module, "weight"):
+        return  # a copy whose weight was materialised (e.g. certify's float64 twin): nothing to track
     param = module.parametrizations.weight[0]
     param.set_input_shape(tuple(x.shape[-3:]), x.device, module.parametrizations.weight.original.dtype)
