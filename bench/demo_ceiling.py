@@ -7,11 +7,18 @@ the strongest empirical defence.  This script trains, on the same digits split a
   PGD accuracy at each radius;
 * ``plain``: the same-size ReLU MLP trained normally (plain torch): clean and PGD accuracy;
 * ``adversarial``: that ReLU MLP trained with l2 PGD (Madry et al. 2018) at eps 0.6: clean and
-  PGD accuracy -- an empirical estimate of the best robust accuracy a network reaches here.
+  PGD accuracy;
+* ``adversarial_cnn_0.5`` / ``adversarial_cnn_0.75``: a plain ReLU CNN (3x3 convolutions with 64 and
+  128 channels, 2x2 max pooling, 256 channels, dense 256) trained with l2 PGD (10 steps) at eps 0.5 /
+  0.75 for 60 epochs (Adam, one-cycle lr 1e-3) -- the strongest empirical defence measured here.
 
 PGD: 100 steps, 2 restarts, inputs kept in [0, 1] (``lipkit.attacks.pgd``).
 
-Run on an idle machine: ``python bench/demo_ceiling.py`` (about 5 minutes on 2 cores).
+PGD accuracy is an upper bound of the true robust accuracy of that model, which bounds any certificate
+of it; the best defence's PGD accuracy says what networks can reach on this split, not what 1-Lipschitz
+networks can.
+
+Run on an idle machine: ``python bench/demo_ceiling.py`` (about 17 minutes on 2 cores).
 Writes ``bench/results/demo_ceiling.json``.
 """
 
@@ -57,8 +64,18 @@ def relu_mlp(widths: list[int], n_in: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(*layers, nn.Linear(n_in, n_out))
 
 
-def train_plain(model: nn.Module, split, epochs: int, adv_eps: float | None) -> None:
+def relu_cnn() -> nn.Sequential:
+    return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 64, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Conv2d(128, 256, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(256 * 16, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+def train_plain(model: nn.Module, split, epochs: int, adv_eps: float | None, *, attack_steps: int = 7,
+                onecycle: bool = False) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    steps = epochs * math.ceil(len(split.x_train) / 64)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps) if onecycle else None
     gen = torch.Generator().manual_seed(0)
     for _ in range(epochs):
         perm = torch.randperm(len(split.x_train), generator=gen)
@@ -67,12 +84,14 @@ def train_plain(model: nn.Module, split, epochs: int, adv_eps: float | None) -> 
             xb, yb = split.x_train[idx], split.y_train[idx]
             if adv_eps is not None:
                 model.eval()
-                xb = pgd(model, xb, yb, adv_eps, 2, steps=7, generator=gen)
+                xb = pgd(model, xb, yb, adv_eps, 2, steps=attack_steps, generator=gen)
                 model.train()
             loss = nn.functional.cross_entropy(model(xb), yb)
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
 
 
 def main() -> None:
@@ -119,7 +138,20 @@ def main() -> None:
         }
         print(name, out[name], flush=True)
 
-    best_empirical = max(out[k]["pgd"]["0.5"] for k in ("adversarial", "plain", "lipkit"))
+    for eps in (0.5, 0.75):
+        name = f"adversarial_cnn_{eps}"
+        torch.manual_seed(0)
+        net = relu_cnn()
+        t0 = time.time()
+        train_plain(net, split, 60, eps, attack_steps=10, onecycle=True)
+        out[name] = {"train_eps": eps, "epochs": 60, "clean": clean_accuracy(net, x, y),
+                     "pgd": {str(e): pgd_accuracy(net, x, y, e) for e in RADII},
+                     "train_seconds": round(time.time() - t0, 1)}
+        print(name, out[name], flush=True)
+
+    models = [k for k in out if isinstance(out[k], dict) and "pgd" in out[k]]
+    best_empirical = max(out[k]["pgd"]["0.5"] for k in models)
+    out["best_pgd_model_at_0.5"] = max(models, key=lambda k: out[k]["pgd"]["0.5"])
     out["best_pgd_accuracy_at_0.5"] = best_empirical
     out["target_certified_at_0.5"] = 0.85
     out["target_below_best_pgd"] = bool(best_empirical >= 0.85)
