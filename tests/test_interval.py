@@ -54,18 +54,26 @@ def test_boxes_contain_every_sampled_output(kind, domain) -> None:
     eps = 0.2
     lo, hi = interval_bounds(net, x, eps, input_domain=domain)
     assert lo.dtype == torch.float64 and lo.shape == (5, 3) and bool((lo <= hi).all())
-    twin = _float64(net)
     corners = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=6)), dtype=torch.float64)
-    for b in range(5):
-        pts = torch.cat([corners, 2 * torch.rand(3000, 6, generator=g, dtype=torch.float64) - 1]) * eps
-        pts = x[b].double() + pts
+    _assert_samples_inside(net, x, eps, domain, lo, hi, corners, 3000, g)
+    if kind != "hybrid":  # every logit is 1-Lipschitz: the Lipschitz intersection caps each box at 2 eps
+        assert float((hi - lo).max()) <= 2 * eps + 1e-9
+
+
+def _assert_samples_inside(net: nn.Module, x: torch.Tensor, eps: float, domain, lo: torch.Tensor,
+                           hi: torch.Tensor, corners: torch.Tensor, n_random: int,
+                           g: torch.Generator) -> None:
+    """The float64 net at ``corners`` (offsets in {-1, 1}^n) and ``n_random`` uniform points of each
+    ball ``x_b + eps [-1, 1]^n`` (clipped to ``domain``) stays inside the boxes ``[lo_b, hi_b]``."""
+    twin = _float64(net)
+    for b in range(x.shape[0]):
+        rand = 2 * torch.rand(n_random, x.shape[1], generator=g, dtype=torch.float64) - 1
+        pts = x[b].double() + torch.cat([corners, rand]) * eps
         if domain is not None:
             pts = pts.clamp(*domain)
         with torch.no_grad():
             out = twin(pts)
         assert bool((out >= lo[b] - 1e-12).all() and (out <= hi[b] + 1e-12).all())
-    if kind != "hybrid":  # every logit is 1-Lipschitz: the Lipschitz intersection caps each box at 2 eps
-        assert float((hi - lo).max()) <= 2 * eps + 1e-9
 
 
 def _float64(net: nn.Module) -> nn.Module:
@@ -228,16 +236,8 @@ def test_conv_boxes_contain_every_sampled_output(domain) -> None:
     lo, hi = interval_bounds(net, x, eps, input_domain=domain)
     assert lo.shape == (3, 3) and bool((lo <= hi).all())
     assert float((hi - lo).max()) <= 2 * eps + 1e-9  # 1-Lipschitz logits: the intersection caps the box
-    twin = _float64(net)
-    for b in range(3):
-        signs = torch.randint(0, 2, (2000, 25), generator=g).double() * 2 - 1  # random box corners
-        pts = torch.cat([signs, 2 * torch.rand(2000, 25, generator=g, dtype=torch.float64) - 1]) * eps
-        pts = x[b].double() + pts
-        if domain is not None:
-            pts = pts.clamp(*domain)
-        with torch.no_grad():
-            out = twin(pts)
-        assert bool((out >= lo[b] - 1e-12).all() and (out <= hi[b] + 1e-12).all())
+    corners = torch.randint(0, 2, (2000, 25), generator=g).double() * 2 - 1  # random box corners
+    _assert_samples_inside(net, x, eps, domain, lo, hi, corners, 2000, g)
 
 
 @pytest.mark.parametrize("kind", ["linf", "sortnet"])
