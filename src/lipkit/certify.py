@@ -260,8 +260,10 @@ def _is_sortnet(module: nn.Module) -> bool:
             and type(module).__module__ == "lipkit.layers.distance")
 
 
-def _sortnet_error(m: nn.Module, out: torch.Tensor, spread: torch.Tensor, p: float) -> torch.Tensor:
-    """Bound of the float round-off of one SortNet layer (eval: ``y_o = sum_k c_k d_(k) - mu_o + b_o``).
+def _sortnet_error(m: nn.Module, out: torch.Tensor, spread: torch.Tensor, p: float,
+                   u: float = _U) -> torch.Tensor:
+    """Bound of the float round-off of one SortNet layer (eval: ``y_o = sum_k c_k d_(k) - mu_o + b_o``;
+    ``u`` as in :func:`_linf_distance_error`).
 
     With ``d_i = |h_i - w_oi|`` and ``D = max_i d_i``: the rounded subtraction moves every ``d_i``, hence
     every order statistic, by at most ``u D``; the float32 coefficients are off by ``u c_k``; summing
@@ -273,12 +275,16 @@ def _sortnet_error(m: nn.Module, out: torch.Tensor, spread: torch.Tensor, p: flo
     c = m.coefficients
     s, extra = _undo_shift_and_bias(m, out)
     d_max = s.abs() / float(c[0]) * (1.0 + 1e-9)
-    per_output = 2.0 * (len(c) + 3) * _U * (d_max + spread[:, None] + extra[None, :])
+    per_output = 2.0 * (len(c) + 3) * u * (d_max + spread[:, None] + extra[None, :])
     return torch.linalg.vector_norm(per_output, ord=p, dim=1)
 
 
-def _linf_distance_error(m: nn.Module, out: torch.Tensor, spread: torch.Tensor, p: float) -> torch.Tensor:
+def _linf_distance_error(m: nn.Module, out: torch.Tensor, spread: torch.Tensor, p: float,
+                         u: float = _U) -> torch.Tensor:
     """Bound of the float round-off of one l_inf-distance layer, over the ball, in the l_p norm.
+
+    ``u``: the unit round-off of the evaluation being bounded (default: a float32 forward plus our
+    float64 one; :mod:`lipkit.interval` passes ``2^-53`` for the float64 reference alone).
 
     In eval mode ``y_o = max_i |h_i - w_oi| - mu_o + b_o``.  Rounded: the subtraction ``h_i - w_oi``
     (relative error ``u``; ``|.|`` and ``max`` are exact, so ``d_o`` is off by at most ``u d_o``),
@@ -289,7 +295,7 @@ def _linf_distance_error(m: nn.Module, out: torch.Tensor, spread: torch.Tensor, 
     """
     d, extra = _undo_shift_and_bias(m, out)
     d = d.abs() * (1.0 + 1e-12)
-    per_output = 4.0 * _U * (d + spread[:, None] + extra[None, :])
+    per_output = 4.0 * u * (d + spread[:, None] + extra[None, :])
     return torch.linalg.vector_norm(per_output, ord=p, dim=1)
 
 

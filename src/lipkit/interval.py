@@ -54,9 +54,10 @@ from lipkit.certify import (
     _is_plain,
     _is_sortnet,
     _leaves,
+    _linf_distance_error,
     _rigorous_roundoff,
     _run,
-    _undo_shift_and_bias,
+    _sortnet_error,
     _validate_x,
     compute_certificates,
 )
@@ -89,16 +90,8 @@ def _distance_layer_box(m: nn.Module, lo: torch.Tensor,
     range over the box of each patch (padding entries are the point interval ``[0, 0]``)."""
     if lo.dim() == 4:  # conv: (N, C, H, W) -> one patch per row, as the layer's forward
         n, (ho, wo) = lo.shape[0], m.output_size(lo.shape[2], lo.shape[3])
-
-        def patches(t: torch.Tensor) -> torch.Tensor:
-            cols = nn.functional.unfold(t, m.kernel_size, dilation=m.dilation, padding=m.padding,
-                                        stride=m.stride)
-            return cols.transpose(1, 2).reshape(n * ho * wo, m.in_features)
-
-        r_lo, r_hi = _dense_distance_box(m, patches(lo), patches(hi))
-        back = [t.view(n, ho * wo, m.out_features).transpose(1, 2).reshape(n, m.out_features, ho, wo)
-                for t in (r_lo, r_hi)]
-        return back[0], back[1]
+        r_lo, r_hi = _dense_distance_box(m, m._patch_rows(lo, ho, wo), m._patch_rows(hi, ho, wo))
+        return m._feature_map(r_lo, n, ho, wo), m._feature_map(r_hi, n, ho, wo)
     return _dense_distance_box(m, lo, hi)
 
 
@@ -198,18 +191,11 @@ def _check_eps(eps: object) -> float:
 
 
 def _forward_error(m: nn.Module, out: torch.Tensor) -> torch.Tensor:
-    """Per-sample bound of the float64 round-off of one eval-mode distance layer's forward (``(B,)``).
-
-    ``y_o = sum_k c_k d_(k) - mu_o + b_o`` with ``d_i = |h_i - w_oi|`` (``K = 1`` for l_inf-distance): the
-    subtraction moves each ``d_i``, hence each order statistic, by at most ``u D``; the weighted sum of
-    ``K`` terms errs by ``gamma_K D``; ``- mu`` and ``+ b`` round once each.  With
-    ``D <= |y_o| + |mu_o| + |b_o|`` (divided by ``c_0`` for SortNet), ``2 (K + 4) u (D + |mu_o| + |b_o|)``
-    bounds it (``u = 2^-53``)."""
-    k = m.coefficients.numel() if _is_sortnet(m) else 1
-    c0 = float(m.coefficients[0]) if _is_sortnet(m) else 1.0
-    _, extra = _undo_shift_and_bias(m, out)  # |mu_o| + |b_o|
-    d_max = (out.abs() + extra) / c0
-    return (2.0 * (k + 4) * 2.0**-53 * (d_max + extra)).amax(dim=1)
+    """Per-sample bound of the float64 round-off of one eval-mode distance layer's forward (``(B,)``):
+    certify's a-priori analysis of the layer (:func:`lipkit.certify._linf_distance_error`,
+    :func:`lipkit.certify._sortnet_error`) at the point itself, with ``u = 2^-53``."""
+    error = _sortnet_error if _is_sortnet(m) else _linf_distance_error
+    return error(m, out, torch.zeros_like(out[:, 0]), math.inf, u=2.0**-53)
 
 
 def _propagate(chain: list[nn.Module], x64: torch.Tensor, eps: float,

@@ -394,12 +394,19 @@ class _DistanceConv2d(_DistanceLayer):
         if ho < 1 or wo < 1:
             raise ValueError(f"{who}: input spatial size {tuple(x.shape[2:])} with padding {self.padding} is "
                              f"smaller than the (dilated) kernel {self.kernel_size}")
-        n = x.shape[0]
-        cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
-        rows = cols.transpose(1, 2).reshape(n * ho * wo, self.in_features)  # one patch per row
-        z = self._shift_and_bias(self._distance(rows, ho * wo))
-        y = z.view(n, ho * wo, self.out_features).transpose(1, 2).reshape(n, self.out_features, ho, wo)
+        z = self._shift_and_bias(self._distance(self._patch_rows(x, ho, wo), ho * wo))
+        y = self._feature_map(z, x.shape[0], ho, wo)
         return y[0] if single else y
+
+    def _patch_rows(self, x: torch.Tensor, ho: int, wo: int) -> torch.Tensor:
+        """The zero-padded patches of ``x`` (``(N, C, H, W)``), one per row:
+        ``(N * ho * wo, in_features)``."""
+        cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
+        return cols.transpose(1, 2).reshape(x.shape[0] * ho * wo, self.in_features)
+
+    def _feature_map(self, z: torch.Tensor, n: int, ho: int, wo: int) -> torch.Tensor:
+        """Rows ``(N * ho * wo, out_channels)`` back to the map ``(N, out_channels, ho, wo)``."""
+        return z.view(n, ho * wo, self.out_features).transpose(1, 2).reshape(n, self.out_features, ho, wo)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
