@@ -31,7 +31,9 @@ from torch import nn
 
 import lipkit
 from lipkit.cli import DEMO_CONFIG
+from lipkit.config import RunConfig
 from lipkit.data import load_dataset
+from lipkit.train import make_loss
 
 RADII = (0.25, 0.5, 0.75)
 
@@ -91,7 +93,7 @@ VARIANTS: dict[str, tuple[Callable[[], nn.Module], int, float]] = {
 
 
 def train(model: nn.Module, split, epochs: int, shift_prob: float) -> None:
-    t, m = DEMO_CONFIG["temperature"], DEMO_CONFIG["margin"] * math.sqrt(2.0)
+    loss_fn = make_loss(RunConfig.from_dict(DEMO_CONFIG))  # the demo's CE with temperature and margin
     bs, lr = DEMO_CONFIG["batch_size"], DEMO_CONFIG["lr"]
     n = len(split.x_train)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -105,8 +107,7 @@ def train(model: nn.Module, split, epochs: int, shift_prob: float) -> None:
             x, y = split.x_train[idx], split.y_train[idx]
             if shift_prob > 0:
                 x = shift(x, gen, shift_prob)
-            f = model(x)
-            loss = F.cross_entropy(t * (f - m * F.one_hot(y, f.shape[1]).to(f.dtype)), y) / t
+            loss = loss_fn(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
