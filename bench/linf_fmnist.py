@@ -52,6 +52,14 @@ def main() -> None:
     config = json.loads((run / "config.json").read_text())
     if metrics.get("dataset") != "fashion-mnist" or config.get("name") != "linf-fmnist":
         raise SystemExit(f"{run} is not a linf-fmnist run")
+    from lipkit.config import RunConfig, load_recipe
+
+    shipped = load_recipe("linf-fmnist").to_dict()
+    trained = RunConfig.from_dict(config).to_dict()  # keys added since take their defaults
+    stale = sorted(k for k in shipped if k not in ("threads", "pgd_steps") and trained[k] != shipped[k])
+    if stale:
+        raise SystemExit(f"{run} was trained with another version of the recipe (keys {stale} differ); "
+                         "train the shipped recipe into a new --out-dir")
     history = metrics["history"]
     fmnist = {
         "certified": metrics["certified_accuracy"]["0.1"],

@@ -7,9 +7,10 @@ the same machine, then certified and attacked on the full 10k test set by the ru
 pixel domain.  The baseline is the recipe itself at the same N.  Compressed runs rank variants; they
 do not predict the 100-epoch figures (8 epochs of the recipe: ~66% certified, 100 epochs: ~75%).
 
-``python bench/linf_fmnist_variants.py [--epochs 8] [--out-dir DIR] [--only base,head512,...]`` writes
-``bench/results/linf_fmnist_variants.json``: per variant ``certified``, ``certified_domain``,
-``clean``, ``pgd``, ``train_seconds`` and ``certified_minus_base``.  Runs resume from their
+``python bench/linf_fmnist_variants.py [--epochs 8] [--out-dir DIR] [--only base,head512,...]
+[--results-name NAME]`` writes ``bench/results/NAME.json`` (default ``linf_fmnist_variants``): per
+variant ``certified``, ``certified_domain``, ``clean``, ``pgd``, ``train_seconds`` and
+``certified_minus_base``.  Runs resume from their
 checkpoints, so an interrupted sweep continues where it stopped.
 """
 
@@ -27,6 +28,8 @@ from _common import write_result  # noqa: E402
 
 VARIANTS: dict[str, list[str]] = {
     "base": [],
+    # the recipe before standardised_init: raw N(0, 1) / identity-10 init at lr 0.02
+    "raw-init": ["--lr", "0.02", "--no-standardised-init"],
     "head512": ["--head-width", "512"],  # hybrid head: LipLinear(inf) -> relu -> Linear
     "margin0.2": ["--margin", "0.2"],  # training radius 0.2 instead of 0.15
     "depth5": ["--widths", "1024,1024,1024,1024,1024"],  # one more l_inf-distance layer
@@ -39,6 +42,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--out-dir", default="runs/fmnist-variants")
     ap.add_argument("--only", default=",".join(VARIANTS), help="comma-separated variant names")
+    ap.add_argument("--results-name", default="linf_fmnist_variants", help="bench/results/NAME.json")
     args = ap.parse_args()
     names = [n for n in args.only.split(",") if n]
     unknown = [n for n in names if n not in VARIANTS]
@@ -73,7 +77,7 @@ def main() -> None:
     if "base" in rows:
         for r in rows.values():
             r["certified_minus_base"] = r["certified"] - rows["base"]["certified"]
-    write_result("linf_fmnist_variants", {"epochs": args.epochs, "variants": rows},
+    write_result(args.results_name, {"epochs": args.epochs, "variants": rows},
                  time.perf_counter() - t0)
 
 

@@ -13,6 +13,7 @@ from lipkit.data import (
     load_digits_split,
     load_fashion_mnist,
     load_mnist_5k,
+    random_shift,
 )
 
 
@@ -69,3 +70,28 @@ def test_mnist_5k_error_names_pip_install() -> None:
     else:
         s = load_mnist_5k()
         assert s.x_train.shape[1] == 784 and len(s.x_train) + len(s.x_test) == 5000
+
+
+def test_random_shift_is_a_crop_of_the_edge_padded_image() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(200, 25)  # 5 x 5 images
+    out = random_shift(x, 1, torch.Generator().manual_seed(3))
+    assert out.shape == x.shape and not torch.equal(out, x)
+    img = x.view(-1, 5, 5)
+    pad = torch.cat([img[:, :1], img, img[:, -1:]], 1)  # edge padding by hand
+    pad = torch.cat([pad[:, :, :1], pad, pad[:, :, -1:]], 2)
+    seen = set()
+    for b in range(len(x)):
+        hits = [(dy, dx) for dy in range(3) for dx in range(3)
+                if torch.equal(out[b].view(5, 5), pad[b, dy:dy + 5, dx:dx + 5])]
+        assert hits, f"image {b} is not a crop of its padded image"
+        seen.add(hits[0])
+    assert len(seen) == 9  # every offset occurs
+    # same generator state, same offsets; max_shift 0 is the identity
+    again = random_shift(x, 1, torch.Generator().manual_seed(3))
+    assert torch.equal(out, again)
+    assert torch.equal(random_shift(x, 0), x)
+    with pytest.raises(ValueError, match="not a square image"):
+        random_shift(torch.rand(3, 10), 1)
+    with pytest.raises(ValueError, match="max_shift"):
+        random_shift(x, -1)

@@ -23,6 +23,7 @@ from lipkit.linf import (
     pair_lipschitz,
     recalibrate_mean_shift,
     schedule_at,
+    standardised_init,
 )
 from lipkit.train import fit, latest_checkpoint
 
@@ -63,6 +64,8 @@ def _cfg(**kw) -> RunConfig:
     ({"margin": 0.0}, "mix loss needs margin > 0"),
     ({"head_activation": "gelu"}, "'head_activation'"),
     ({"p_window": "a,b"}, "'p_window'"),
+    ({"augment_shift": -1}, "'augment_shift'"),
+    ({"standardised_init": "yes"}, "'standardised_init'"),
 ])
 def test_new_config_keys_are_validated(bad, needle) -> None:
     with pytest.raises(ConfigError, match=needle):
@@ -165,6 +168,40 @@ def test_pair_lipschitz_is_the_certificates_rule(small_split) -> None:
     assert (lcj.fill_diagonal_(INF) < 2 * lipkit.lipschitz_bound(head, INF)).any()  # tighter than global
 
 
+@pytest.mark.parametrize("p", [8.0, INF])
+def test_standardised_init_follows_the_run_on_standardised_inputs(p) -> None:
+    """Raw-unit model == std * the model on (x - mean) / std, before and after Adam steps at lr * std."""
+    torch.manual_seed(2)
+    mean, std = 0.3, 0.25
+    ref = lipkit.linf.build_linf_model(_cfg(widths=[24, 24]), 16, 5)  # (square layer: identity init)
+    raw = copy.deepcopy(ref)
+    standardised_init(raw, mean, std)
+    for net in (ref, raw):
+        for layer in lipkit.linf.distance_layers(net):
+            layer.p = p
+    x = mean + std * torch.randn(48, 16)
+    y = torch.randint(0, 5, (48,))
+    lr = 0.01
+    opts = [torch.optim.Adam(ref.parameters(), lr=lr, eps=1e-30),
+            torch.optim.Adam(raw.parameters(), lr=lr * std, eps=1e-30)]
+    for _ in range(4):
+        f_ref, f_raw = ref((x - mean) / std), raw(x)
+        torch.testing.assert_close(f_raw, std * f_ref, rtol=1e-4, atol=1e-4 * std)
+        # the same loss of the same function (the cross-entropy reads raw logits / std)
+        for f, opt in zip((f_ref, f_raw / std), opts, strict=True):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(f, y).backward()
+            opt.step()
+    ref.eval()
+    raw.eval()
+    with torch.no_grad():  # (Adam's early steps are nearly sign(g): round-off differences grow a little)
+        torch.testing.assert_close(raw(x), std * ref((x - mean) / std), rtol=1e-2, atol=1e-2 * std)
+    with pytest.raises(ValueError, match="std > 0"):
+        standardised_init(raw, 0.0, 0.0)
+    with pytest.raises(ConfigError, match="'standardised_init'"):
+        RunConfig(standardised_init=True)  # an l2 model has no distance layers
+
+
 def test_recalibrated_running_means_center_eval_features(small_split) -> None:
     torch.manual_seed(1)
     net = lipkit.linf.build_linf_model(_cfg(model="sortnet", sort_q=0.7), 64, 10)
@@ -181,7 +218,8 @@ def test_recalibrated_running_means_center_eval_features(small_split) -> None:
 
 
 @pytest.mark.parametrize("kw", [{}, {"model": "sortnet", "sort_q": 0.7},
-                                {"head_width": 16, "weight_decay": 0.01}])
+                                {"head_width": 16, "weight_decay": 0.01},
+                                {"augment_shift": 1, "standardised_init": True, "lr": 0.007}])
 def test_resume_is_bit_identical(tmp_path, small_split, kw) -> None:
     cfg = _cfg(**kw)
     full, h_full = fit(cfg, tmp_path / "a", split=small_split, progress=False)
@@ -201,6 +239,16 @@ def test_resume_is_bit_identical(tmp_path, small_split, kw) -> None:
     saved = json.loads(sorted((tmp_path / "b" / "checkpoints").glob("*.json"))[-1].read_text())["config"]
     for key in ("p_start", "p_end", "p_window", "eps_window", "ce_weight", "betas", "adam_eps", "model"):
         assert saved[key] == cfg.to_dict()[key], key
+
+
+def test_augment_shift_changes_training_and_needs_square_images(tmp_path, small_split) -> None:
+    plain, _ = fit(_cfg(epochs=1), tmp_path / "a", split=small_split, progress=False)
+    shifted, _ = fit(_cfg(epochs=1, augment_shift=1), tmp_path / "b", split=small_split, progress=False)
+    assert not torch.equal(plain[0].weight, shifted[0].weight)
+    odd = dataclasses.replace(small_split, x_train=small_split.x_train[:, :60],
+                              x_test=small_split.x_test[:, :60])
+    with pytest.raises(ConfigError, match="'augment_shift': needs square images"):
+        fit(_cfg(augment_shift=1), tmp_path / "c", split=odd, progress=False)
 
 
 @pytest.mark.parametrize("kw", [{"widths": [64, 64]}, {"widths": [64], "head_width": 32}])

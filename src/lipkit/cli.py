@@ -147,6 +147,8 @@ def train(
         help="a shipped recipe (linf-digits, linf-fmnist); --config keys and flags override it")] = None,
     model: Annotated[str | None, typer.Option(help="lipmlp (l2), linf-dist or sortnet (l_inf)")] = None,
     head_width: Annotated[int | None, typer.Option(help="l_inf models: hybrid head width (0: none)")] = None,
+    standardised_init: Annotated[bool | None, typer.Option(
+        help="l_inf models: initialise as if the inputs were standardised (see the recipe)")] = None,
     name: Annotated[str | None, typer.Option()] = None,
     dataset: Annotated[str | None, typer.Option()] = None,
     widths: Annotated[str | None, typer.Option(help="hidden widths, e.g. 256,256")] = None,
@@ -171,7 +173,8 @@ def train(
     cfg = load_recipe(recipe).replace(**raw) if recipe is not None else RunConfig.from_dict(raw)
     cfg = cfg.replace(name=name, dataset=dataset, widths=widths, activation=activation, loss=loss,
                       temperature=temperature, margin=margin, lr=lr, epochs=epochs, batch_size=batch_size,
-                      seed=seed, radii=radii, p=p, model=model, head_width=head_width)
+                      seed=seed, radii=radii, p=p, model=model, head_width=head_width,
+                      standardised_init=standardised_init)
     _run_pipeline(cfg, out, progress)
 
 

@@ -54,6 +54,12 @@ class RunConfig:
     ``eps`` ramps linearly from 0 to ``margin`` over ``eps_window`` and ``w`` decays
     geometrically from ``ce_weight[0]`` to ``ce_weight[1]`` over ``p_window``.  Adam uses ``betas``,
     ``adam_eps`` and decoupled ``weight_decay`` (AdamW; never on distance-layer weights).
+    ``standardised_init`` (l_inf models): initialise as if the inputs were standardised by the
+    training set's pixel mean and standard deviation ``s`` (see
+    :func:`lipkit.linf.standardised_init`); with ``lr = s * lr'`` training then follows a run on
+    standardised inputs at learning rate ``lr'``, as in Zhang et al.  ``augment_shift``: translate
+    each training image by up to this many pixels per axis, edges repeated
+    (:func:`lipkit.data.random_shift`; square images only).
     """
 
     name: str = "run"
@@ -91,6 +97,8 @@ class RunConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
+    standardised_init: bool = False
+    augment_shift: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -109,12 +117,13 @@ class RunConfig:
                   "adam_eps", "weight_decay"):
             setattr(self, k, _as_float(k, getattr(self, k)))
         for k in ("data_seed", "group_size", "epochs", "batch_size", "seed", "threads", "pgd_steps",
-                  "head_width"):
+                  "head_width", "augment_shift"):
             setattr(self, k, _as_int(k, getattr(self, k)))
         for k in ("name", "dataset", "activation", "constraint", "orthogonal_method", "loss", "optimizer",
                   "schedule", "model", "head_activation"):
             need(isinstance(getattr(self, k), str), k, "must be a string")
         self.p = _as_p(self.p)
+        need(isinstance(self.standardised_init, bool), "standardised_init", "must be true or false")
 
         need(bool(self.name) and "/" not in self.name and self.name not in (".", ".."), "name",
              "must be a non-empty folder name without '/'")
@@ -140,6 +149,7 @@ class RunConfig:
         need(self.batch_size >= 1, "batch_size", "must be >= 1")
         need(self.threads >= 1, "threads", "must be >= 1")
         need(self.pgd_steps >= 0, "pgd_steps", "must be >= 0")
+        need(self.augment_shift >= 0, "augment_shift", "must be >= 0 (0: no augmentation)")
         need(len(self.radii) >= 1 and all(r > 0 and math.isfinite(r) for r in self.radii), "radii",
              "must be a non-empty list of positive finite radii")
         need(self.model in MODELS, "model", f"must be one of {list(MODELS)}")
@@ -172,6 +182,8 @@ class RunConfig:
                  "orthogonal layers are 1-Lipschitz for l2 only; use p=2 (or model: linf-dist / sortnet "
                  "for l_inf)")
             need(self.head_width == 0, "head_width", "a hybrid head is for model: linf-dist / sortnet only")
+            need(not self.standardised_init, "standardised_init",
+                 "is for model: linf-dist / sortnet (distance layers) only")
         else:
             need(self.p == math.inf, "p", f"model {self.model!r} is 1-Lipschitz for l_inf: use p=inf")
         if self.loss == "hkr":

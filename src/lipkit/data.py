@@ -29,7 +29,31 @@ __all__ = [
     "load_mnist_5k",
     "load_dataset",
     "DATASETS",
+    "random_shift",
 ]
+
+
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Translate each flattened square image of ``x`` (``(n, side * side)``) by a random offset in
+    ``[-max_shift, max_shift]`` per axis, filling the uncovered border by repeating the edge pixels
+    (a random crop of the edge-padded image: the augmentation of Zhang et al. on (Fashion-)MNIST,
+    ``max_shift = 1``).  Offsets are drawn from ``generator``; returns a new tensor."""
+    if x.dim() != 2:
+        raise ValueError(f"random_shift: expected (n, side * side) images, got shape {tuple(x.shape)}")
+    side = round(x.shape[1] ** 0.5)
+    if side * side != x.shape[1]:
+        raise ValueError(f"random_shift: {x.shape[1]} features are not a square image")
+    if not isinstance(max_shift, int) or max_shift < 0:
+        raise ValueError(f"random_shift: max_shift must be an int >= 0, got {max_shift!r}")
+    if max_shift == 0 or x.shape[0] == 0:
+        return x.clone()
+    n, s = x.shape[0], max_shift
+    padded = torch.nn.functional.pad(x.view(n, 1, side, side), (s, s, s, s), mode="replicate")
+    dy = torch.randint(0, 2 * s + 1, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * s + 1, (n,), generator=generator).to(x.device)
+    rows = (dy[:, None] + torch.arange(side, device=x.device))[:, :, None]
+    cols = (dx[:, None] + torch.arange(side, device=x.device))[:, None, :]
+    return padded[torch.arange(n, device=x.device)[:, None, None], 0, rows, cols].reshape(n, side * side)
 
 
 class DataUnavailableError(RuntimeError):

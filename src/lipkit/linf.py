@@ -55,6 +55,7 @@ __all__ = [
     "apply_schedule",
     "distance_layers",
     "recalibrate_mean_shift",
+    "standardised_init",
 ]
 
 
@@ -114,6 +115,33 @@ def build_linf_model(cfg, in_features: int, num_classes: int, *, plain: bool = F
         layers.append(nn.ReLU() if cfg.head_activation == "relu" else nn.Tanh())
         layers.append(nn.Linear(cfg.head_width, num_classes))
     return nn.Sequential(*layers)
+
+
+def standardised_init(model: nn.Module, mean: float, std: float) -> None:
+    """Rescale a freshly initialised l_inf model so that training it on raw inputs ``x`` follows
+    the trajectory of the same model trained on standardised inputs ``(x - mean) / std``.
+
+    Zhang et al. (2021, 2022) train on standardised pixels; lipkit keeps the data in its own units
+    so that radii and certificates need no conversion.  The two are the same network up to scale:
+    with first-layer weights ``w = mean + std * w'`` and every later distance layer's weights and
+    biases ``std * w'``, each hidden value is ``std`` times the standardised model's (the l_inf
+    distance is translation invariant and positively homogeneous, mean shift commutes with
+    scaling), so the logits are ``std`` times its logits.  Adam's update does not depend on the
+    gradient's scale, so a learning rate ``std * lr'`` keeps the two runs equal at every step
+    (up to Adam's ``eps``).  Without it the first layer's ``N(0, 1)`` prototypes lie far outside
+    pixel data in ``[0, 1]`` and the identity init's constant (10) dwarfs the inputs.
+
+    Only distance layers are rescaled (a hybrid head is left as built).  In place.
+    """
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise ValueError(f"standardised_init needs a finite mean and std > 0, got mean={mean}, std={std}")
+    with torch.no_grad():
+        for i, layer in enumerate(distance_layers(model)):
+            layer.weight.mul_(std)
+            if i == 0:
+                layer.weight.add_(mean)
+            elif layer.bias is not None:
+                layer.bias.mul_(std)
 
 
 def pair_lipschitz(model: nn.Sequential) -> torch.Tensor:

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipkit.config import RunConfig
-from lipkit.data import Split, load_dataset
+from lipkit.config import ConfigError, RunConfig
+from lipkit.data import Split, load_dataset, random_shift
 
 __all__ = [
     "CheckpointError",
@@ -388,7 +388,14 @@ def fit(
         split = load_dataset(cfg.dataset, **({"test_size": cfg.test_size, "seed": cfg.data_seed}
                                              if cfg.dataset != "fashion-mnist" else {}))
     model = build_model(cfg, split.num_features, split.num_classes)
+    if cfg.standardised_init:  # (a resumed run overwrites these weights from its checkpoint)
+        from lipkit.linf import standardised_init
+
+        standardised_init(model, float(split.x_train.mean()), float(split.x_train.std()))
     n = len(split.x_train)
+    if cfg.augment_shift and round(split.num_features ** 0.5) ** 2 != split.num_features:
+        raise ConfigError(f"config key 'augment_shift': needs square images, but {split.name} has "
+                          f"{split.num_features} features")
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     opt, sched = _make_optimizer(cfg, model, cfg.epochs * steps_per_epoch)
     linf = cfg.is_linf_model
@@ -450,7 +457,10 @@ def fit(
 
                     values = schedule_at(cfg, epoch, step, steps_per_epoch)
                     apply_schedule(model, values)
-                out = model(split.x_train[idx])
+                x_batch = split.x_train[idx]
+                if cfg.augment_shift:
+                    x_batch = random_shift(x_batch, cfg.augment_shift, gen)
+                out = model(x_batch)
                 if loss_fn is None:
                     loss = mix_loss(out, split.y_train[idx], pair_lipschitz(model), values.eps,
                                     values.ce_weight, cfg.temperature)
