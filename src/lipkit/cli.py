@@ -149,6 +149,8 @@ def train(
     head_width: Annotated[int | None, typer.Option(help="l_inf models: hybrid head width (0: none)")] = None,
     standardised_init: Annotated[bool | None, typer.Option(
         help="l_inf models: initialise as if the inputs were standardised (see the recipe)")] = None,
+    augment_shift: Annotated[int | None, typer.Option(
+        help="random image shifts of up to this many pixels (0: none)")] = None,
     name: Annotated[str | None, typer.Option()] = None,
     dataset: Annotated[str | None, typer.Option()] = None,
     widths: Annotated[str | None, typer.Option(help="hidden widths, e.g. 256,256")] = None,
@@ -174,7 +176,7 @@ def train(
     cfg = cfg.replace(name=name, dataset=dataset, widths=widths, activation=activation, loss=loss,
                       temperature=temperature, margin=margin, lr=lr, epochs=epochs, batch_size=batch_size,
                       seed=seed, radii=radii, p=p, model=model, head_width=head_width,
-                      standardised_init=standardised_init)
+                      standardised_init=standardised_init, augment_shift=augment_shift)
     _run_pipeline(cfg, out, progress)
 
 
