@@ -28,7 +28,8 @@ from _common import write_result  # noqa: E402
 
 VARIANTS: dict[str, list[str]] = {
     "base": [],
-    # the recipe before standardised_init: raw N(0, 1) / identity-10 init at lr 0.02
+    # the recipe without standardised_init: raw N(0, 1) / identity-10 init at lr 0.02 (the recipe
+    # before 2026-11-30 was this without the shifts: add --augment-shift 0)
     "raw-init": ["--lr", "0.02", "--no-standardised-init"],
     "head512": ["--head-width", "512"],  # hybrid head: LipLinear(inf) -> relu -> Linear
     "margin0.2": ["--margin", "0.2"],  # training radius 0.2 instead of 0.15
