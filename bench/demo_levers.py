@@ -25,14 +25,13 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from _common import write_result
 from torch import nn
 
 import lipkit
 from lipkit.cli import DEMO_CONFIG
 from lipkit.config import RunConfig
-from lipkit.data import load_dataset
+from lipkit.data import load_dataset, random_shift
 from lipkit.train import make_loss
 
 RADII = (0.25, 0.5, 0.75)
@@ -67,16 +66,9 @@ def conv_net(kind: str) -> nn.Sequential:
 
 def shift(x: torch.Tensor, gen: torch.Generator, prob: float) -> torch.Tensor:
     """Translate each 8x8 image by -1, 0 or +1 pixel per axis (zero fill) with probability ``prob``."""
-    b = x.shape[0]
-    img = F.pad(x.view(b, 8, 8), (1, 1, 1, 1))
-    dy = torch.randint(0, 3, (b,), generator=gen)
-    dx = torch.randint(0, 3, (b,), generator=gen)
-    still = torch.rand(b, generator=gen) >= prob
-    dy[still] = 1
-    dx[still] = 1
-    rows = (dy[:, None] + torch.arange(8))[:, :, None].expand(b, 8, 8)
-    cols = (dx[:, None] + torch.arange(8))[:, None, :].expand(b, 8, 8)
-    return img[torch.arange(b)[:, None, None], rows, cols].reshape(b, 64)
+    moved = random_shift(x, 1, gen, fill="zero")
+    still = torch.rand(x.shape[0], generator=gen) >= prob
+    return torch.where(still[:, None], x, moved)
 
 
 VARIANTS: dict[str, tuple[Callable[[], nn.Module], int, float]] = {

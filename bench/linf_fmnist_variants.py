@@ -5,7 +5,8 @@ their windows are fractions of the run) plus the variant's flags, trained one af
 the same machine, then certified and attacked on the full 10k test set by the run's own report
 (margin / 2, PGD-l_inf at 0.1) and by :func:`lipkit.interval_certified` on the ball clipped to the
 pixel domain.  The baseline is the recipe itself at the same N.  Compressed runs rank variants; they
-do not predict the 100-epoch figures (8 epochs of the recipe: ~66% certified, 100 epochs: ~75%).
+do not predict the 100-epoch figures (8 epochs of the recipe of 2026-11-28: ~66% certified, 100
+epochs: ~75%).
 
 ``python bench/linf_fmnist_variants.py [--epochs 8] [--out-dir DIR] [--only base,head512,...]
 [--results-name NAME]`` writes ``bench/results/NAME.json`` (default ``linf_fmnist_variants``): per

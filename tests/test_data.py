@@ -95,3 +95,12 @@ def test_random_shift_is_a_crop_of_the_edge_padded_image() -> None:
         random_shift(torch.rand(3, 10), 1)
     with pytest.raises(ValueError, match="max_shift"):
         random_shift(x, -1)
+    # zero fill: the same offsets (same draws), the border filled with zeros instead of edge pixels
+    zero = random_shift(x, 1, torch.Generator().manual_seed(3), fill="zero").view(-1, 5, 5)
+    zpad = torch.nn.functional.pad(img, (1, 1, 1, 1))
+    for b, (dy, dx) in enumerate(
+            next((dy, dx) for dy in range(3) for dx in range(3)
+                 if torch.equal(out[i].view(5, 5), pad[i, dy:dy + 5, dx:dx + 5])) for i in range(len(x))):
+        assert torch.equal(zero[b], zpad[b, dy:dy + 5, dx:dx + 5])
+    with pytest.raises(ValueError, match="unknown fill 'wrap'"):
+        random_shift(x, 1, fill="wrap")

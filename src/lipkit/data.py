@@ -30,25 +30,37 @@ __all__ = [
     "load_dataset",
     "DATASETS",
     "random_shift",
+    "square_side",
 ]
 
 
-def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def square_side(num_features: int) -> int | None:
+    """The side of a square image of ``num_features`` pixels, or ``None`` if there is none."""
+    side = round(num_features ** 0.5)
+    return side if side * side == num_features else None
+
+
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None, *,
+                 fill: str = "edge") -> torch.Tensor:
     """Translate each flattened square image of ``x`` (``(n, side * side)``) by a random offset in
-    ``[-max_shift, max_shift]`` per axis, filling the uncovered border by repeating the edge pixels
-    (a random crop of the edge-padded image: the augmentation of Zhang et al. on (Fashion-)MNIST,
-    ``max_shift = 1``).  Offsets are drawn from ``generator``; returns a new tensor."""
+    ``[-max_shift, max_shift]`` per axis (row offset drawn first, then column), filling the uncovered
+    border by repeating the edge pixels (``fill="edge"``: a random crop of the edge-padded image, the
+    augmentation of Zhang et al. on (Fashion-)MNIST, ``max_shift = 1``) or with zeros
+    (``fill="zero"``).  Offsets are drawn from ``generator``; returns a new tensor."""
     if x.dim() != 2:
         raise ValueError(f"random_shift: expected (n, side * side) images, got shape {tuple(x.shape)}")
-    side = round(x.shape[1] ** 0.5)
-    if side * side != x.shape[1]:
+    side = square_side(x.shape[1])
+    if side is None:
         raise ValueError(f"random_shift: {x.shape[1]} features are not a square image")
     if not isinstance(max_shift, int) or max_shift < 0:
         raise ValueError(f"random_shift: max_shift must be an int >= 0, got {max_shift!r}")
+    modes = {"edge": "replicate", "zero": "constant"}
+    if fill not in modes:
+        raise ValueError(f"random_shift: unknown fill {fill!r}; use one of {sorted(modes)}")
     if max_shift == 0 or x.shape[0] == 0:
         return x.clone()
     n, s = x.shape[0], max_shift
-    padded = torch.nn.functional.pad(x.view(n, 1, side, side), (s, s, s, s), mode="replicate")
+    padded = torch.nn.functional.pad(x.view(n, 1, side, side), (s, s, s, s), mode=modes[fill])
     dy = torch.randint(0, 2 * s + 1, (n,), generator=generator).to(x.device)
     dx = torch.randint(0, 2 * s + 1, (n,), generator=generator).to(x.device)
     rows = (dy[:, None] + torch.arange(side, device=x.device))[:, :, None]

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipkit.config import ConfigError, RunConfig
-from lipkit.data import Split, load_dataset, random_shift
+from lipkit.data import Split, load_dataset, random_shift, square_side
 
 __all__ = [
     "CheckpointError",
@@ -387,15 +387,15 @@ def fit(
     if split is None:
         split = load_dataset(cfg.dataset, **({"test_size": cfg.test_size, "seed": cfg.data_seed}
                                              if cfg.dataset != "fashion-mnist" else {}))
+    if cfg.augment_shift and square_side(split.num_features) is None:
+        raise ConfigError(f"config key 'augment_shift': needs square images, but {split.name} has "
+                          f"{split.num_features} features")
     model = build_model(cfg, split.num_features, split.num_classes)
     if cfg.standardised_init:  # (a resumed run overwrites these weights from its checkpoint)
         from lipkit.linf import standardised_init
 
         standardised_init(model, float(split.x_train.mean()), float(split.x_train.std()))
     n = len(split.x_train)
-    if cfg.augment_shift and round(split.num_features ** 0.5) ** 2 != split.num_features:
-        raise ConfigError(f"config key 'augment_shift': needs square images, but {split.name} has "
-                          f"{split.num_features} features")
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     opt, sched = _make_optimizer(cfg, model, cfg.epochs * steps_per_epoch)
     linf = cfg.is_linf_model
