@@ -196,6 +196,64 @@ def test_lp_equals_reference(backend: str, p: float, shape) -> None:
     torch.testing.assert_close(gw1, gw2, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("p", [32.0, 200.0, 1000.0])
+def test_lp_large_p_matches_float64_reference(backend: str, dtype: torch.dtype, p: float) -> None:
+    """Large p, as late in the l_p phase of training: most terms (d / max)^p are negligible, and the
+    native kernel does not power them.  Values and gradients must still match a float64 reference
+    to the rounding of the dtype.  Inputs spread like trained layers: a few coordinates near the
+    maximum, most far below (uniform on [0, 1] plus a few entries near 3)."""
+    g = torch.Generator().manual_seed(int(p))
+    b, m, n = 37, 29, 300
+    x = torch.rand(b, n, generator=g, dtype=torch.float64)
+    w = torch.rand(m, n, generator=g, dtype=torch.float64)
+    hot = torch.randint(0, n, (b, 3), generator=g)
+    x.scatter_(1, hot, 3.0 + 0.01 * torch.rand(b, 3, generator=g, dtype=torch.float64))
+    upstream = torch.randn(b, m, generator=g, dtype=torch.float64)
+
+    def value_and_grads(fn, dt):
+        a, c = x.to(dt).requires_grad_(), w.to(dt).requires_grad_()
+        y = fn(a, c)
+        return (y.detach().double(), *(t.double() for t in torch.autograd.grad(y, (a, c), upstream.to(dt))))
+
+    y1, gx1, gw1 = value_and_grads(lambda a, c: lp_dist(a, c, p, backend=backend), dtype)
+    def scaled_reference(a, c):  # ||d||_p = m ||d / m||_p for any constant m > 0 (no overflow at p = 1000)
+        d = (a.unsqueeze(1) - c.unsqueeze(0)).abs()
+        m = d.amax(dim=2, keepdim=True).detach()
+        return m.squeeze(2) * torch.linalg.vector_norm(d / m, ord=p, dim=2)
+
+    y2, gx2, gw2 = value_and_grads(scaled_reference, torch.float64)
+    # float32: the gradient (d / y)^(p - 1) amplifies the rounding of d / y by p - 1
+    u = 2.0**-24 if dtype == torch.float32 else 2.0**-53
+    tol = dict(rtol=4 * p * u, atol=4 * p * u)
+    torch.testing.assert_close(y1, y2, **tol)
+    for got, want in ((gx1, gx2), (gw1, gw2)):  # relative to the largest entry
+        scale = want.abs().max().item()
+        torch.testing.assert_close(got / scale, want / scale, **tol)
+
+
+@native_only
+def test_lp_skipping_negligible_terms_changes_nothing_but_rounding() -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(64, 500, generator=g)
+    w = torch.rand(48, 500, generator=g)
+    upstream = torch.randn(64, 48, generator=g)
+    results = {}
+    previous = distance_native.set_lp_skip(True)
+    try:
+        for skip in (False, True):
+            assert distance_native.set_lp_skip(skip) is (not skip)
+            a, c = x.clone().requires_grad_(), w.clone().requires_grad_()
+            y = lp_dist(a, c, 700.0, backend="native")
+            results[skip] = (y.detach(), *torch.autograd.grad(y, (a, c), upstream))
+    finally:
+        distance_native.set_lp_skip(previous)
+    for off, on in zip(results[False], results[True], strict=True):
+        scale = off.abs().max().item()
+        torch.testing.assert_close(on / scale, off / scale, rtol=1e-6, atol=1e-6)
+
+
 def test_lp_large_p_no_overflow_and_zero_distance_gradient() -> None:
     x = torch.tensor([[1e30, 0.0, 3.0], [1.0, 2.0, 3.0]], dtype=D, requires_grad=True)
     w = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]], dtype=D)

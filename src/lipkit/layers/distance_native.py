@@ -34,10 +34,10 @@ import time
 import warnings
 from pathlib import Path
 
-__all__ = ["load", "reload", "unavailable_reason", "library_path", "cache_dir"]
+__all__ = ["load", "reload", "unavailable_reason", "library_path", "cache_dir", "set_lp_skip"]
 
 SOURCE = Path(__file__).with_name("_native") / "distance.cpp"
-ABI_VERSION = 2
+ABI_VERSION = 3
 _FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 
 _lock = threading.Lock()
@@ -148,6 +148,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn.argtypes = [p, i64, i32]
         fn.restype = ctypes.c_int
     lib.lk_abi_version.restype = ctypes.c_int
+    lib.lk_set_lp_skip.argtypes = [i32]
+    lib.lk_set_lp_skip.restype = ctypes.c_int
     lib.lk_vector_bytes.restype = ctypes.c_int
 
 
@@ -217,6 +219,21 @@ def unavailable_reason() -> str | None:
     """Why :func:`load` returned ``None`` (``None`` if the library is loaded)."""
     load()
     return _state["reason"]
+
+
+def set_lp_skip(enabled: bool) -> bool:
+    """Whether the native l_p kernels skip negligible terms; returns the previous setting.
+
+    With ratios ``r = |x_i - w_i| / max_i |x_i - w_i|``, terms with ``r^p < eps / n^2`` (``eps`` the
+    dtype's machine epsilon, ``n`` the input width) cannot change a float of that dtype, so by default
+    (for exponents of 24 or more) a vector of them is not raised to the power.  Late in the l_p phase of
+    training most terms are of that kind.  Turning it off is for timing the difference side by side;
+    the results agree to rounding.  Raises ``RuntimeError`` if the native kernels are unavailable.
+    """
+    lib = load()
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {unavailable_reason()}")
+    return bool(lib.lk_set_lp_skip(1 if enabled else 0))
 
 
 def library_path() -> Path | None:

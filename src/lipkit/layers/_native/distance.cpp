@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <functional>
 #include <cstring>
+#include <limits>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -670,6 +671,32 @@ inline void tile_pow(typename VecT<T>::v* t, const typename VecT<T>::v* base, in
   }
 }
 
+std::atomic<int> g_lp_skip(1);  // lk_set_lp_skip: 0 powers every term (for side-by-side timing)
+
+// Negligible terms of an l_p sum.  With ratios r_i in [0, 1] of which the largest is 1 (forward:
+// r = |d| / max |d|) or at least N^(-1/p) (backward: r = |d| / y), a term r^e below
+// delta = epsilon / N^2 changes nothing a float of type T can hold: in the forward sum (>= 1) all such
+// terms together add less than epsilon / N, and in the backward each is below epsilon / N of the
+// pair's largest gradient entry (>= r_max^(p-1) >= 1 / N).  skip_below returns t = delta^(1/e), so
+// r < t <=> r^e < delta: a vector of ratios that are all below t needs no powering.  For small
+// exponents almost nothing is below t, so the test is not worth its cost and 0 is returned.  The
+// kernels skip whole tiles (all their vectors below t): compacting the active vectors of a tile
+// costs more than it saves, because the powering then leaves the registers (measured, bench/linf_lp.py).
+
+template <typename T> inline T skip_below(int64_t N, int64_t e) {
+  if (e < 24 || !g_lp_skip.load(std::memory_order_relaxed)) return T(0);
+  const double delta = (double)std::numeric_limits<T>::epsilon() / ((double)N * (double)N);
+  return (T)std::pow(delta, 1.0 / (double)e);
+}
+
+// True if every lane of every vector of the tile is below tv (a tile of negligible terms).
+template <typename T, int NJ>
+inline bool all_below(const typename VecT<T>::v* tile, typename VecT<T>::v tv) {
+  typename VecT<T>::v m = tile[0];
+  for (int j = 1; j < NJ; ++j) m = vmax<T>(m, tile[j]);
+  return mask_ge<T>(m, tv) == 0;
+}
+
 // y[b, o] = ||x[b] - w[o]||_p for an integer p >= 1, scaled by the maximum to avoid overflow:
 // y = m (sum_i (d_i / m)^p)^(1/p), m = max_i d_i.
 template <typename T>
@@ -677,6 +704,8 @@ void lp_forward(const T* x, const T* w, int64_t B, int64_t M, int64_t N, int64_t
   typedef typename VecT<T>::v v;
   constexpr int L = lanes<T>();
   constexpr int NJ = LFB * LFO;
+  const T tskip = skip_below<T>(N, p);
+  const v tv = splat<T>(tskip);
   parallel_for(n_items(B, M), nt, [&](int64_t item, int) {
     for_tiles<T, LFB, LFO>(x, w, B, M, N, item, [&](int64_t b0, int nb, int64_t o0, int no, const T* const* xr,
                                                     const T* const* wr) {
@@ -703,6 +732,7 @@ void lp_forward(const T* x, const T* w, int64_t B, int64_t M, int64_t N, int64_t
           const v xv = load(xr[r] + i);
           for (int c = 0; c < LFO; ++c) base[r * LFO + c] = vabs<T>(xv - load(wr[c] + i)) * inv[r * LFO + c];
         }
+        if (tskip > 0 && all_below<T, NJ>(base, tv)) continue;  // adds nothing a T can hold
         tile_pow<T, NJ>(t, base, p);
         for (int j = 0; j < NJ; ++j) acc[j] += t[j];
       }
@@ -727,6 +757,8 @@ void lp_backward(const T* x, const T* w, const T* y, const T* g, int64_t B, int6
   typedef typename VecT<T>::vi vi;
   constexpr int L = lanes<T>();
   constexpr int NJ = LBB * LBO;
+  const T tskip = p > 1 ? skip_below<T>(N, p - 1) : T(0);
+  const v tv = splat<T>(tskip);
   const int64_t items = n_items(B, M);
   const int ntu = (int)std::min<int64_t>(std::max(1, nt), items);
   if (gx) std::memset(scratch, 0, sizeof(T) * (size_t)ntu * B * N);
@@ -757,6 +789,8 @@ void lp_backward(const T* x, const T* w, const T* y, const T* g, int64_t B, int6
             for (int c = 0; c < LBO; ++c) base[r * LBO + c] = vabs<T>(xv[r] - wv[c]) * inv[r * LBO + c];
           if (p == 1) {
             for (int j = 0; j < NJ; ++j) t[j] = (v)((vi)(base[j] > splat<T>(0)) & (vi)splat<T>(1));
+          } else if (tskip > 0 && all_below<T, NJ>(base, tv)) {
+            continue;  // a tile of negligible gradient terms (see skip_below): nothing to add
           } else {
             tile_pow<T, NJ>(t, base, p - 1);
           }
@@ -825,7 +859,9 @@ template <typename T> int all_finite(const T* a, int64_t n, int nt) {
 
 #define LK_EXPORT extern "C" __attribute__((visibility("default")))
 
-LK_EXPORT int lk_abi_version() { return 2; }
+LK_EXPORT int lk_abi_version() { return 3; }
+// Whether the l_p kernels skip negligible terms (see skip_below); returns the previous setting.
+LK_EXPORT int lk_set_lp_skip(int on) { return g_lp_skip.exchange(on ? 1 : 0); }
 LK_EXPORT int lk_vector_bytes() { return LK_VBYTES; }
 
 #define LK_DEFINE(T, SUF)                                                                             \
