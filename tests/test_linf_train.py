@@ -316,12 +316,14 @@ def test_cli_recipe_train_then_certify_linf(tmp_path, capsys) -> None:
     one = tmp_path / "one.yaml"
     one.write_text("threads: 1\npgd_steps: 10\n")  # a config file overrides recipe keys too
     code = main(["train", "--recipe", "linf-digits", "--config", str(one), "--epochs", "3",
-                 "--widths", "48,48", "--out", str(tmp_path), "--no-progress", "--name", "r"])
+                 "--widths", "48,48", "--out", str(tmp_path), "--no-progress", "--name", "r",
+                 "--ce-weight", "0.5,0.01", "--p-window", "0.1,0.6"])
     assert code == 0
     run = tmp_path / "r"
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"] == "linf-dist" and cfg["p"] == "inf" and cfg["widths"] == [48, 48]
-    assert cfg["p_window"] == load_recipe("linf-digits").p_window  # recipe keys kept, flags override
+    assert cfg["p_end"] == load_recipe("linf-digits").p_end  # recipe keys kept, flags override
+    assert cfg["p_window"] == [0.1, 0.6] and cfg["ce_weight"] == [0.5, 0.01]
     assert cfg["threads"] == 1 and cfg["pgd_steps"] == 10
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["p"] == "inf" and metrics["certificates_broken"] == 0
@@ -363,6 +365,12 @@ def test_cli_recipe_errors(tmp_path, capsys, monkeypatch) -> None:
     code = main(["train", "--recipe", "linf-digits", "--model", "lipmlp", "--out", str(tmp_path)])
     assert code != 0
     _one_line_error(capsys.readouterr().err, "'p'")
+    code = main(["train", "--recipe", "linf-digits", "--p-window", "0.5,0.1", "--out", str(tmp_path)])
+    assert code != 0
+    _one_line_error(capsys.readouterr().err, "'p_window'")
+    code = main(["train", "--recipe", "linf-digits", "--ce-weight", "1,x", "--out", str(tmp_path)])
+    assert code != 0
+    _one_line_error(capsys.readouterr().err, "'ce_weight'")
     # Fashion-MNIST missing: one line naming the Debian package to install
     monkeypatch.setattr(data, "_find_fashion_dir", lambda roots: None)
     code = main(["train", "--recipe", "linf-fmnist", "--out", str(tmp_path)])

@@ -151,6 +151,10 @@ def train(
         help="l_inf models: initialise as if the inputs were standardised (see the recipe)")] = None,
     augment_shift: Annotated[int | None, typer.Option(
         help="random image shifts of up to this many pixels (0: none)")] = None,
+    ce_weight: Annotated[str | None, typer.Option(
+        help="l_inf mix loss: CE weight decaying from W0 to W1 over the p window, e.g. 1,0.02")] = None,
+    p_window: Annotated[str | None, typer.Option(
+        help="l_inf models: fractions A,B of the steps over which p grows to p_end, e.g. 0.02,0.3")] = None,
     name: Annotated[str | None, typer.Option()] = None,
     dataset: Annotated[str | None, typer.Option()] = None,
     widths: Annotated[str | None, typer.Option(help="hidden widths, e.g. 256,256")] = None,
@@ -176,7 +180,8 @@ def train(
     cfg = cfg.replace(name=name, dataset=dataset, widths=widths, activation=activation, loss=loss,
                       temperature=temperature, margin=margin, lr=lr, epochs=epochs, batch_size=batch_size,
                       seed=seed, radii=radii, p=p, model=model, head_width=head_width,
-                      standardised_init=standardised_init, augment_shift=augment_shift)
+                      standardised_init=standardised_init, augment_shift=augment_shift,
+                      ce_weight=ce_weight, p_window=p_window)
     _run_pipeline(cfg, out, progress)
 
 
