@@ -679,9 +679,7 @@ std::atomic<int> g_lp_skip(1);  // lk_set_lp_skip: 0 powers every term (for side
 // terms together add less than epsilon / N, and in the backward each is below epsilon / N of the
 // pair's largest gradient entry (>= r_max^(p-1) >= 1 / N).  skip_below returns t = delta^(1/e), so
 // r < t <=> r^e < delta: a vector of ratios that are all below t needs no powering.  For small
-// exponents almost nothing is below t, so the test is not worth its cost and 0 is returned.  The
-// kernels skip whole tiles (all their vectors below t): compacting the active vectors of a tile
-// costs more than it saves, because the powering then leaves the registers (measured, bench/linf_lp.py).
+// exponents almost nothing is below t, so the test is not worth its cost and 0 is returned.
 
 template <typename T> inline T skip_below(int64_t N, int64_t e) {
   if (e < 24 || !g_lp_skip.load(std::memory_order_relaxed)) return T(0);
@@ -697,6 +695,55 @@ inline bool all_below(const typename VecT<T>::v* tile, typename VecT<T>::v tv) {
   return mask_ge<T>(m, tv) == 0;
 }
 
+// Bit j set iff vector j of the tile has a lane >= tv (a term that is not negligible).
+template <typename T, int NJ>
+inline uint32_t active_vectors(const typename VecT<T>::v* tile, typename VecT<T>::v tv) {
+  uint32_t act = 0;
+  for (int j = 0; j < NJ; ++j) act |= (uint32_t)(mask_ge<T>(tile[j], tv) != 0) << j;
+  return act;
+}
+
+// Tiles with few active vectors: the active ones wait in a queue (their tile slot j and vector step
+// i alongside) and are raised to the power NJ at a time, so the powering stays in registers and
+// works on full tiles.  Powering only the active vectors of each tile one by one is slower than
+// powering them all.  Tiles with more than half of their vectors active are powered whole, and
+// below the exponent kQueueFrom the bookkeeping costs more than the powering it saves (measured
+// with bench/linf_lp.py): there only tiles that are negligible as a whole are skipped.
+constexpr int64_t kQueueFrom = 100;
+template <typename T, int NJ> struct PowQueue {
+  typedef typename VecT<T>::v v;
+  v val[2 * NJ];  // a step pushes at most NJ / 2 onto at most NJ - 1 waiting: < 2 NJ
+  int slot[2 * NJ];
+  int64_t step[2 * NJ];
+  int n = 0;
+  // Appends the vectors of tile selected by act (branch-free: each is written, only selected ones count).
+  inline void push(const v* tile, uint32_t act, int64_t i) {
+    for (int j = 0; j < NJ; ++j) {
+      val[n] = tile[j];
+      slot[n] = j;
+      step[n] = i;
+      n += (act >> j) & 1;
+    }
+  }
+  // Pads the queue with zeros (0^e = 0 adds nothing) up to NJ entries.
+  inline void pad() {
+    for (; n < NJ; ++n) {
+      val[n] = splat<T>(0);
+      slot[n] = 0;
+      step[n] = 0;
+    }
+  }
+  // Drops the first NJ entries.
+  inline void pop() {
+    n -= NJ;
+    for (int k = 0; k < n; ++k) {
+      val[k] = val[NJ + k];
+      slot[k] = slot[NJ + k];
+      step[k] = step[NJ + k];
+    }
+  }
+};
+
 // y[b, o] = ||x[b] - w[o]||_p for an integer p >= 1, scaled by the maximum to avoid overflow:
 // y = m (sum_i (d_i / m)^p)^(1/p), m = max_i d_i.
 template <typename T>
@@ -706,6 +753,7 @@ void lp_forward(const T* x, const T* w, int64_t B, int64_t M, int64_t N, int64_t
   constexpr int NJ = LFB * LFO;
   const T tskip = skip_below<T>(N, p);
   const v tv = splat<T>(tskip);
+  const bool use_queue = p >= kQueueFrom;
   parallel_for(n_items(B, M), nt, [&](int64_t item, int) {
     for_tiles<T, LFB, LFO>(x, w, B, M, N, item, [&](int64_t b0, int nb, int64_t o0, int no, const T* const* xr,
                                                     const T* const* wr) {
@@ -727,15 +775,36 @@ void lp_forward(const T* x, const T* w, int64_t B, int64_t M, int64_t N, int64_t
           acc[r * LFO + c] = splat<T>(0);
         }
       v base[NJ], t[NJ];
+      PowQueue<T, NJ> q;
+      v qacc[NJ];  // sums of the queued terms, per tile slot
+      for (int j = 0; j < NJ; ++j) qacc[j] = splat<T>(0);
+      auto power_queue_head = [&]() {
+        tile_pow<T, NJ>(t, q.val, p);
+        for (int k = 0; k < NJ; ++k) qacc[q.slot[k]] += t[k];
+        q.pop();
+      };
       for (i = 0; i + L <= N; i += L) {  // pass 2: sum of (d / m)^p
         for (int r = 0; r < LFB; ++r) {
           const v xv = load(xr[r] + i);
           for (int c = 0; c < LFO; ++c) base[r * LFO + c] = vabs<T>(xv - load(wr[c] + i)) * inv[r * LFO + c];
         }
-        if (tskip > 0 && all_below<T, NJ>(base, tv)) continue;  // adds nothing a T can hold
+        if (tskip > 0) {  // negligible terms add nothing a T can hold (see skip_below)
+          if (all_below<T, NJ>(base, tv)) continue;
+          const uint32_t act = use_queue ? active_vectors<T, NJ>(base, tv) : ~0u;
+          if (__builtin_popcount(act) <= NJ / 2) {
+            q.push(base, act, i);
+            if (q.n >= NJ) power_queue_head();
+            continue;
+          }
+        }
         tile_pow<T, NJ>(t, base, p);
         for (int j = 0; j < NJ; ++j) acc[j] += t[j];
       }
+      if (q.n > 0) {
+        q.pad();
+        power_queue_head();
+      }
+      for (int j = 0; j < NJ; ++j) acc[j] += qacc[j];
       for (int r = 0; r < nb; ++r)
         for (int c = 0; c < no; ++c) {
           const int j = r * LFO + c;
@@ -759,6 +828,7 @@ void lp_backward(const T* x, const T* w, const T* y, const T* g, int64_t B, int6
   constexpr int NJ = LBB * LBO;
   const T tskip = p > 1 ? skip_below<T>(N, p - 1) : T(0);
   const v tv = splat<T>(tskip);
+  const bool use_queue = p - 1 >= kQueueFrom;
   const int64_t items = n_items(B, M);
   const int ntu = (int)std::min<int64_t>(std::max(1, nt), items);
   if (gx) std::memset(scratch, 0, sizeof(T) * (size_t)ntu * B * N);
@@ -780,6 +850,19 @@ void lp_backward(const T* x, const T* w, const T* y, const T* g, int64_t B, int6
           }
         const vi signmask = (vi)splat<T>(T(-0.0));
         v base[NJ], t[NJ];
+        PowQueue<T, NJ> q;
+        auto power_queue_head = [&]() {  // sign(d) (|d| / y)^(p-1) g for NJ queued vectors
+          v mag[NJ];
+          for (int k = 0; k < NJ; ++k) mag[k] = vabs<T>(q.val[k]);
+          tile_pow<T, NJ>(t, mag, p - 1);
+          for (int k = 0; k < NJ; ++k) {
+            const int j = q.slot[k], r = j / LBO, c = j % LBO;
+            const v tt = (v)((vi)t[k] | ((vi)q.val[k] & signmask)) * sc[j];
+            if (gxt && r < nb) store(gxt + (b0 + r) * N + q.step[k], load(gxt + (b0 + r) * N + q.step[k]) + tt);
+            if (gw && c < no) store(gw + (o0 + c) * N + q.step[k], load(gw + (o0 + c) * N + q.step[k]) - tt);
+          }
+          q.pop();
+        };
         int64_t i = 0;
         for (; i + L <= N; i += L) {
           v xv[LBB], wv[LBO];
@@ -789,9 +872,18 @@ void lp_backward(const T* x, const T* w, const T* y, const T* g, int64_t B, int6
             for (int c = 0; c < LBO; ++c) base[r * LBO + c] = vabs<T>(xv[r] - wv[c]) * inv[r * LBO + c];
           if (p == 1) {
             for (int j = 0; j < NJ; ++j) t[j] = (v)((vi)(base[j] > splat<T>(0)) & (vi)splat<T>(1));
-          } else if (tskip > 0 && all_below<T, NJ>(base, tv)) {
-            continue;  // a tile of negligible gradient terms (see skip_below): nothing to add
           } else {
+            if (tskip > 0) {  // negligible gradient terms (see skip_below) add nothing
+              if (all_below<T, NJ>(base, tv)) continue;
+              const uint32_t act = use_queue ? active_vectors<T, NJ>(base, tv) : ~0u;
+              if (__builtin_popcount(act) <= NJ / 2) {  // queue signed ratios d / y
+                for (int r = 0; r < LBB; ++r)
+                  for (int c = 0; c < LBO; ++c) base[r * LBO + c] = (xv[r] - wv[c]) * inv[r * LBO + c];
+                q.push(base, act, i);
+                if (q.n >= NJ) power_queue_head();
+                continue;
+              }
+            }
             tile_pow<T, NJ>(t, base, p - 1);
           }
           v gxa[LBB];
@@ -808,6 +900,10 @@ void lp_backward(const T* x, const T* w, const T* y, const T* g, int64_t B, int6
           }
           if (gxt)
             for (int r = 0; r < nb; ++r) store(gxt + (b0 + r) * N + i, load(gxt + (b0 + r) * N + i) + gxa[r]);
+        }
+        if (q.n > 0) {
+          q.pad();
+          power_queue_head();
         }
         for (; i < N; ++i)
           for (int r = 0; r < nb; ++r)
