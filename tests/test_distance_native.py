@@ -352,6 +352,47 @@ def test_loader_falls_back_without_compiler(monkeypatch: pytest.MonkeyPatch, tmp
     assert native_available() == HAVE_NATIVE
 
 
+_NARROWER = {"sse2": [], "avx2": ["-mavx2", "-mfma"]}  # the vector widths -march=native may not give here
+
+
+@native_only
+@pytest.mark.parametrize("isa", list(_NARROWER))
+def test_narrower_vector_builds_equal_the_references(isa: str, tmp_path) -> None:
+    """The kernels have 16-, 32- and 64-byte vector code paths (tile shapes differ with them), and
+    -march=native builds only one: build the others and check l_inf, top-K and l_p, ties included."""
+    import ctypes
+
+    if isa == "avx2" and "avx2" not in distance_native._cpu_flags().split():
+        pytest.skip("this CPU has no AVX2")
+    cxx = distance_native._compiler()
+    target = tmp_path / f"distance-{isa}.so"
+    err = distance_native._build(cxx, [*distance_native._FLAGS, *_NARROWER[isa]], target)
+    assert err is None, err
+    lib = ctypes.CDLL(str(target))
+    distance_native._declare(lib)
+    assert lib.lk_vector_bytes() == (16 if isa == "sse2" else 32)
+    saved = dict(distance_native._state)
+    distance_native._state.update(lib=lib, path=target)
+    try:
+        for shape in [(9, 7, 11), (17, 33, 40), (66, 20, 130)]:
+            for ties in (False, True):
+                x, w = _data(*shape, seed=sum(shape), ties=ties)
+                _assert_same(lambda a, b: linf_dist(a, b, backend="native", budget_bytes=256),
+                             lambda a, b: linf_dist_reference(a, b, ties="first"), x, w, exact_values=True)
+                c = sortnet_coefficients(0.3, shape[2], 5)
+                _assert_same(lambda a, b, c=c: sort_dist(a, b, c, backend="native", budget_bytes=256),
+                             lambda a, b, c=c: sort_dist_reference(a, b, c), x, w, exact_values=False)
+            x, w = _data(*shape, seed=5, ties=False)
+            for pw in (3.0, 64.0):
+                _assert_same(lambda a, b, pw=pw: lp_dist(a, b, pw, backend="native"),
+                             lambda a, b, pw=pw: lp_dist_reference(a, b, pw), x, w, exact_values=False)
+        for pw in (200.0, 1000.0):  # skipped and queued terms
+            test_lp_large_p_matches_float64_reference("native", torch.float32, pw)
+            test_lp_large_p_matches_float64_reference("native", torch.float64, pw)
+    finally:
+        distance_native._state.update(saved)
+
+
 @native_only
 def test_native_rejects_nan_like_torch() -> None:
     x, w = torch.randn(4, 20), torch.randn(3, 20)
