@@ -10,7 +10,8 @@ reports the median step time of each and their ratio.
 
 The share of negligible terms depends on the weights, so the bench runs on the model as the recipe
 initialises it and, with ``--run DIR``, on the weights of a trained run (``DIR/weights.safetensors``
-from ``lipkit train --recipe linf-fmnist``).
+from ``lipkit train --recipe linf-fmnist``), and with ``--checkpoint`` on a training checkpoint
+(its own model shape and weights, e.g. in the middle of the l_p phase).
 
 ``python bench/linf_lp.py [--run /work/runs/fm100sa/linf-fmnist] [--rounds 7]`` writes
 ``bench/results/linf_lp.json``: per weights (``init``, ``trained``) and per p the medians
@@ -36,6 +37,9 @@ P_VALUES = [8, 32, 64, 128, 256, 512, 1000]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", default=None, help="a trained linf-fmnist run folder (weights.safetensors)")
+    ap.add_argument("--checkpoint", default=None,
+                    help="a training checkpoint (RUN/checkpoints/epoch_NNNN.json): its model and weights")
+    ap.add_argument("--p", default=",".join(map(str, P_VALUES)), help="exponents to time, e.g. 8,32,1000")
     ap.add_argument("--rounds", type=int, default=7, help="timed steps per variant and p")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -74,12 +78,26 @@ def main() -> None:
         trained.load_state_dict(load_file(str(Path(args.run) / "weights.safetensors")))
         models["trained"] = trained
 
+    if args.checkpoint:
+        import json
+
+        from safetensors.torch import load_file
+
+        from lipkit.config import RunConfig
+
+        meta = json.loads(Path(args.checkpoint).read_text())
+        ck_model = build_model(RunConfig.from_dict(meta["config"]), x_all.shape[1], 10)
+        tensors = load_file(str(Path(args.checkpoint).with_suffix(".safetensors")))
+        ck_model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        models[f"epoch {meta['epoch']}"] = ck_model
+    p_values = [int(v) for v in args.p.split(",")]
+
     figures: dict[str, dict] = {}
     for label, model in models.items():
         model.train()
         opt = torch.optim.Adam(model.parameters(), lr=1e-9)  # a real step, weights barely move
         rows = {}
-        for p in P_VALUES:
+        for p in p_values:
             apply_schedule(model, LinfSchedule(p=float(p), eps=cfg.margin, ce_weight=0.1))
             times: dict[bool, list[float]] = {True: [], False: []}
             for r in range(args.rounds + 1):  # round 0 warms up

@@ -709,7 +709,7 @@ inline uint32_t active_vectors(const typename VecT<T>::v* tile, typename VecT<T>
 // powering them all.  Tiles with more than half of their vectors active are powered whole, and
 // below the exponent kQueueFrom the bookkeeping costs more than the powering it saves (measured
 // with bench/linf_lp.py): there only tiles that are negligible as a whole are skipped.
-constexpr int64_t kQueueFrom = 100;
+constexpr int64_t kQueueFrom = 200;
 template <typename T, int NJ> struct PowQueue {
   typedef typename VecT<T>::v v;
   v val[2 * NJ];  // a step pushes at most NJ / 2 onto at most NJ - 1 waiting: < 2 NJ
