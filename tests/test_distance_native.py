@@ -340,6 +340,8 @@ def test_loader_falls_back_without_compiler(monkeypatch: pytest.MonkeyPatch, tmp
         torch.testing.assert_close(linf_dist(x, w), linf_dist_reference(x, w), rtol=0, atol=0)  # auto
         with pytest.raises(RuntimeError, match="native backend requested but unavailable"):
             linf_dist(x, w, backend="native")
+        with pytest.raises(RuntimeError, match="native kernels unavailable"):
+            distance_native.set_lp_skip(True)
         monkeypatch.delenv("CXX")
         monkeypatch.setenv("LIPKIT_NO_NATIVE", "1")
         with warnings.catch_warnings():
