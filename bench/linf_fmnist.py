@@ -20,6 +20,11 @@ measured into the ``fmnist`` section of ``bench/results/linf.json`` (the ``speed
   ``domain_certificates_broken``: of the points only the domain certificate certifies, how many a PGD-l_inf
   attack clamped to [0, 1] (50 steps, 2 restarts) broke (must be 0).
 
+``--variant NAME`` collects a finished run trained with something other than the shipped recipe (an earlier
+version of it, or flags on top of it) into ``fmnist_variants[NAME]`` instead, with the keys that differ from
+the shipped recipe (``recipe_diff``: run value, recipe value); it never trains.  The ``fmnist`` section only
+ever holds a run of the shipped recipe.
+
 Baseline: the issue's anchor, 79.23% certified at 0.1 (an l_inf-distance net trained on a GPU).
 """
 
@@ -41,9 +46,13 @@ ANCHOR = 0.7923
 def main() -> None:
     ap = argparse.ArgumentParser(description="Fashion-MNIST l_inf recipe -> bench/results/linf.json")
     ap.add_argument("--out-dir", default="runs", help="parent folder of the run folder linf-fmnist")
+    ap.add_argument("--variant", default=None,
+                    help="collect a finished run of another recipe version into fmnist_variants[NAME]")
     args = ap.parse_args()
     t0 = time.perf_counter()
     run = Path(args.out_dir) / "linf-fmnist"
+    if args.variant and not (run / "metrics.json").exists():
+        raise SystemExit(f"--variant collects finished runs only: {run / 'metrics.json'} does not exist")
     if not (run / "metrics.json").exists():
         cmd = [sys.executable, "-c", "from lipkit.cli import main; main()", "train", "--recipe",
                "linf-fmnist", "--out", str(args.out_dir)]
@@ -57,7 +66,7 @@ def main() -> None:
     shipped = load_recipe("linf-fmnist").to_dict()
     trained = RunConfig.from_dict(config).to_dict()  # keys added since take their defaults
     stale = sorted(k for k in shipped if k not in ("threads", "pgd_steps") and trained[k] != shipped[k])
-    if stale:
+    if stale and not args.variant:
         raise SystemExit(f"{run} was trained with another version of the recipe (keys {stale} differ); "
                          "train the shipped recipe into a new --out-dir")
     history = metrics["history"]
@@ -74,7 +83,9 @@ def main() -> None:
         "anchor_certified": ANCHOR,
         "met": metrics["certified_accuracy"]["0.1"] >= 0.80,
         "command": "lipkit train --recipe linf-fmnist --out " + str(args.out_dir)
-        + "  (collected by: python bench/linf_fmnist.py --out-dir " + str(args.out_dir) + ")",
+        + (" (with the keys of recipe_diff)" if args.variant else "")
+        + "  (collected by: python bench/linf_fmnist.py --out-dir " + str(args.out_dir)
+        + (f" --variant {args.variant}" if args.variant else "") + ")",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime((run / "metrics.json").stat().st_mtime)),
         "machine": machine(),
         "seconds": round(time.perf_counter() - t0 + metrics["train_seconds"]
@@ -86,7 +97,11 @@ def main() -> None:
     fmnist["seconds"] = round(fmnist["seconds"] + fmnist["interval_seconds"], 1)
     path = RESULTS / "linf.json"
     data = json.loads(path.read_text()) if path.exists() else {}
-    data["fmnist"] = fmnist
+    if args.variant:
+        fmnist["recipe_diff"] = {k: [trained[k], shipped[k]] for k in stale}
+        data.setdefault("fmnist_variants", {})[args.variant] = fmnist
+    else:
+        data["fmnist"] = fmnist
     path.write_text(json.dumps(data, indent=2) + "\n")
     keys = ("certified", "certified_interval", "certified_domain", "clean", "pgd", "train_seconds", "met")
     print(json.dumps({k: fmnist[k] for k in keys}, indent=2))
