@@ -680,7 +680,6 @@ std::atomic<int> g_lp_skip(1);  // lk_set_lp_skip: 0 powers every term (for side
 // pair's largest gradient entry (>= r_max^(p-1) >= 1 / N).  skip_below returns t = delta^(1/e), so
 // r < t <=> r^e < delta: a vector of ratios that are all below t needs no powering.  For small
 // exponents almost nothing is below t, so the test is not worth its cost and 0 is returned.
-
 template <typename T> inline T skip_below(int64_t N, int64_t e) {
   if (e < 24 || !g_lp_skip.load(std::memory_order_relaxed)) return T(0);
   const double delta = (double)std::numeric_limits<T>::epsilon() / ((double)N * (double)N);
