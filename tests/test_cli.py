@@ -125,3 +125,31 @@ def test_corrupt_checkpoint_is_one_line_error(demo_run, capsys) -> None:
     assert code != 0
     _one_line_error(err, "corrupt")
     assert ck.read_text() == "garbage"  # nothing overwritten
+
+
+def test_sigterm_during_training_is_one_line_and_resumable(tmp_path) -> None:
+    """`kill` (SIGTERM) mid-training: exit code 143, one line, no temporary file left, and the same
+    command resumes from the last checkpoint."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-c", "import sys; from lipkit.cli import main; sys.exit(main())", "train",
+           "--dataset", "digits", "--widths", "32,32", "--epochs", "400", "--out", str(tmp_path),
+           "--name", "t", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt = tmp_path / "t" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not list(ckpt.glob("epoch_*.json")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert list(ckpt.glob("epoch_*.json")), "no checkpoint within 120 s"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    _one_line_error(err, "terminated", "resume")
+    assert not list(ckpt.glob(".*.tmp")), list(ckpt.iterdir())
+    from lipkit.train import latest_checkpoint
+
+    done = latest_checkpoint(tmp_path / "t")
+    assert done is not None and 1 <= done < 400

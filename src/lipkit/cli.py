@@ -2,15 +2,17 @@
 
 Every user-facing failure (bad config, missing run folder, bad radius, corrupt checkpoint,
 missing data) ends with one line ``error: ...`` on stderr and a non-zero exit code, never a
-traceback.  Ctrl-C during training exits with code 130; re-running the same command resumes
-from the last checkpoint.
+traceback.  Ctrl-C during training exits with code 130 and ``kill`` (SIGTERM) with 143, each with one
+line; checkpoints are written atomically, so re-running the same command resumes from the last one.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -280,9 +282,31 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             UnsupportedModuleError, FloatingPointError, FileNotFoundError, PermissionError)
 
 
+_terminated = threading.Event()  # set by the SIGTERM handler
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C (temporary files removed, one line, resumable): typer turns the
+    KeyboardInterrupt into exit code 130, and the flag tells the two apart."""
+    _terminated.set()
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turn user errors into one line on stderr and an exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
+    previous = None
+    _terminated.clear()
+    if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _main(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: list[str]) -> int:
     try:
         rv = app(args=args, prog_name="lipkit", standalone_mode=False)
     except _cx.NoArgsIsHelpError as exc:
@@ -298,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as exc:
         _echo(f"error: {exc}")
         return 1
+    if rv == 130 and _terminated.is_set():
+        _echo("error: terminated; re-run the same command to resume from the last checkpoint")
+        return 143
     if rv == 130:  # typer turns Ctrl-C into exit code 130
         _echo("error: interrupted; re-run the same command to resume from the last checkpoint")
         return 130
