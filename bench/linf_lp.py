@@ -78,16 +78,13 @@ def main() -> None:
         trained.load_state_dict(load_file(str(Path(args.run) / "weights.safetensors")))
         models["trained"] = trained
 
-    if args.checkpoint:
-        import json
-
-        from safetensors.torch import load_file
-
+    if args.checkpoint:  # RUN/checkpoints/epoch_NNNN.json, read (and checksummed) as the trainer does
         from lipkit.config import RunConfig
+        from lipkit.train import load_checkpoint
 
-        meta = json.loads(Path(args.checkpoint).read_text())
+        ck = Path(args.checkpoint)
+        meta, tensors = load_checkpoint(ck.parent.parent, int(ck.stem.split("_")[-1]))
         ck_model = build_model(RunConfig.from_dict(meta["config"]), x_all.shape[1], 10)
-        tensors = load_file(str(Path(args.checkpoint).with_suffix(".safetensors")))
         ck_model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         models[f"epoch {meta['epoch']}"] = ck_model
     p_values = [int(v) for v in args.p.split(",")]
