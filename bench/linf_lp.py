@@ -80,12 +80,12 @@ def main() -> None:
 
     if args.checkpoint:  # RUN/checkpoints/epoch_NNNN.json, read (and checksummed) as the trainer does
         from lipkit.config import RunConfig
-        from lipkit.train import load_checkpoint
+        from lipkit.train import checkpoint_model_state, load_checkpoint
 
         ck = Path(args.checkpoint)
         meta, tensors = load_checkpoint(ck.parent.parent, int(ck.stem.split("_")[-1]))
         ck_model = build_model(RunConfig.from_dict(meta["config"]), x_all.shape[1], 10)
-        ck_model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        ck_model.load_state_dict(checkpoint_model_state(tensors))
         models[f"epoch {meta['epoch']}"] = ck_model
     p_values = [int(v) for v in args.p.split(",")]
 

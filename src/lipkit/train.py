@@ -260,6 +260,9 @@ def _optim_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+_MODEL = "model."  # checkpoint tensor keys of the model's state dict (optimiser: "optim.", RNG: "rng.")
+
+
 def _ckpt_paths(run_dir: Path, epoch: int) -> tuple[Path, Path]:
     d = Path(run_dir) / CKPT_DIR
     return d / f"epoch_{epoch:04d}.safetensors", d / f"epoch_{epoch:04d}.json"
@@ -283,7 +286,7 @@ def save_checkpoint(run_dir: Path, epoch: int, cfg: RunConfig, model: nn.Module,
                     opt: torch.optim.Optimizer, sched: Any, metrics: dict[str, Any], keep: int = 2) -> None:
     from safetensors.torch import save
 
-    tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = {f"{_MODEL}{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     opt_tensors, opt_meta = _optim_to_flat(opt)
     tensors.update(opt_tensors)
     tensors["rng.torch"] = torch.get_rng_state().clone()
@@ -307,6 +310,11 @@ def save_checkpoint(run_dir: Path, epoch: int, cfg: RunConfig, model: nn.Module,
     for e in old:
         for p in _ckpt_paths(run_dir, e)[::-1]:
             p.unlink(missing_ok=True)
+
+
+def checkpoint_model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's ``state_dict`` inside the tensors of :func:`load_checkpoint`."""
+    return {k[len(_MODEL):]: v for k, v in tensors.items() if k.startswith(_MODEL)}
 
 
 def load_checkpoint(run_dir: Path, epoch: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -420,7 +428,7 @@ def fit(
             raise CheckpointError(f"run folder {run_dir} was trained with epochs={saved.get('epochs')}, "
                                   f"not {cfg.epochs} (the lr schedule depends on it)")
         try:
-            model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+            model.load_state_dict(checkpoint_model_state(tensors))
             _optim_from_flat(opt, tensors, meta["optimizer"])
             if sched is not None and meta.get("scheduler") is not None:
                 sched.load_state_dict(meta["scheduler"])
