@@ -11,6 +11,10 @@ measured into the ``fmnist`` section of ``bench/results/linf.json`` (the ``speed
   body, a-priori float32 round-off allowance subtracted);
 * ``clean``; ``pgd``: accuracy under PGD-l_inf at 0.1 (the ``lipkit train`` report's attack);
 * ``train_seconds``: training time summed over epochs (resumed runs included), ``epochs``;
+  ``epoch_seconds_median`` per phase (``lp``: p finite, ``inf``); ``paused_epochs``: epochs that took
+  more than 1.3x the median of their neighbours in the same phase (4 on each side: a process stopped with
+  SIGSTOP keeps its epoch clock running), and ``train_seconds_without_pauses``, the sum with each of those
+  replaced by that median (an estimate);
 * ``certificates_broken``: certified test points PGD broke at their own radius (must be 0);
 * ``certified_interval``: certified at 0.1 by the margin or by interval bounds tightened with the
   Lipschitz bound (``lipkit.interval_certified``), whole ball;
@@ -32,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import subprocess
 import sys
 import time
@@ -93,6 +99,7 @@ def main() -> None:
         "note": "train_seconds from the run's own epoch clock; machine load during training not controlled "
         "(see docs/benchmarks.md)",
     }
+    fmnist.update(_epoch_clock(history))
     fmnist.update(_interval_figures(run))
     fmnist["seconds"] = round(fmnist["seconds"] + fmnist["interval_seconds"], 1)
     path = RESULTS / "linf.json"
@@ -105,6 +112,25 @@ def main() -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
     keys = ("certified", "certified_interval", "certified_domain", "clean", "pgd", "train_seconds", "met")
     print(json.dumps({k: fmnist[k] for k in keys}, indent=2))
+
+
+def _epoch_clock(history: list[dict], factor: float = 1.3, reach: int = 4) -> dict:
+    """Per-phase median epoch time, and the training time with paused epochs (slower than ``factor`` x
+    the median of their ``reach`` neighbours on each side in the same phase) replaced by that median."""
+    seconds = [float(r["seconds"]) for r in history]
+    phase = ["inf" if math.isinf(float(r.get("p", math.inf))) else "lp" for r in history]
+    paused, unpaused = [], []
+    for i, s in enumerate(seconds):
+        near = [seconds[j] for j in range(max(0, i - reach), min(len(seconds), i + reach + 1))
+                if j != i and phase[j] == phase[i]]
+        typical = statistics.median(near) if near else s
+        if s > factor * typical:
+            paused.append(int(history[i]["epoch"]))
+        unpaused.append(typical if s > factor * typical else s)
+    medians = {ph: statistics.median([s for s, q in zip(unpaused, phase, strict=True) if q == ph])
+               for ph in ("lp", "inf") if ph in phase}
+    return {"epoch_seconds_median": {k: round(v, 1) for k, v in medians.items()},
+            "paused_epochs": paused, "train_seconds_without_pauses": round(sum(unpaused), 1)}
 
 
 def _interval_figures(run: Path, eps: float = 0.1) -> dict:
