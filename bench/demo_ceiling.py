@@ -3,7 +3,7 @@
 Certified accuracy can never exceed the accuracy under a real attack, and adversarial training is
 the strongest empirical defence.  This script trains, on the same digits split as ``lipkit demo``:
 
-* ``lipkit``: the demo's 1-Lipschitz network (``lipkit.cli.DEMO_CONFIG``): clean, certified and
+* ``lipkit``: the demo's 1-Lipschitz network (``lipkit.training.config.DEMO_CONFIG``): clean, certified and
   PGD accuracy at each radius;
 * ``plain``: the same-size ReLU MLP trained normally (plain torch): clean and PGD accuracy;
 * ``adversarial``: that ReLU MLP trained with l2 PGD (Madry et al. 2018) at eps 0.6: clean and
@@ -12,7 +12,7 @@ the strongest empirical defence.  This script trains, on the same digits split a
   128 channels, 2x2 max pooling, 256 channels, dense 256) trained with l2 PGD (10 steps) at eps 0.5 /
   0.75 for 60 epochs (Adam, one-cycle lr 1e-3) -- the strongest empirical defence measured here.
 
-PGD: 100 steps, 2 restarts, inputs kept in [0, 1] (``lipkit.attacks.pgd``).
+PGD: 100 steps, 2 restarts, inputs kept in [0, 1] (``lipkit.certify.attacks.pgd``).
 
 PGD accuracy is an upper bound of the true robust accuracy of that model, which bounds any certificate
 of it; the best defence's PGD accuracy says what networks can reach on this split, not what 1-Lipschitz
@@ -33,12 +33,11 @@ import torch
 from _common import write_result
 from torch import nn
 
-from lipkit.attacks import pgd
-from lipkit.certify import certified_radius
-from lipkit.cli import DEMO_CONFIG
-from lipkit.config import RunConfig
-from lipkit.data import load_dataset
-from lipkit.train import fit
+from lipkit.certify.attacks import pgd
+from lipkit.certify.margin import certified_radius
+from lipkit.training.config import DEMO_CONFIG, RunConfig
+from lipkit.training.data import load_dataset
+from lipkit.training.trainer import fit
 
 RADII = (0.25, 0.5, 0.75)
 

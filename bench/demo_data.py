@@ -21,9 +21,8 @@ import time
 import torch
 from _common import write_result
 
-from lipkit.cli import DEMO_CONFIG
-from lipkit.config import RunConfig
-from lipkit.data import load_dataset
+from lipkit.training.config import DEMO_CONFIG, RunConfig
+from lipkit.training.data import load_dataset
 
 RADII = (0.25, 0.5, 0.75, 1.0)
 

@@ -29,10 +29,9 @@ from _common import write_result
 from torch import nn
 
 import lipkit
-from lipkit.cli import DEMO_CONFIG
-from lipkit.config import RunConfig
-from lipkit.data import load_dataset, random_shift
-from lipkit.train import make_loss
+from lipkit.training.config import DEMO_CONFIG, RunConfig
+from lipkit.training.data import load_dataset, random_shift
+from lipkit.training.trainer import make_loss
 
 RADII = (0.25, 0.5, 0.75)
 

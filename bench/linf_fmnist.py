@@ -67,7 +67,7 @@ def main() -> None:
     config = json.loads((run / "config.json").read_text())
     if metrics.get("dataset") != "fashion-mnist" or config.get("name") != "linf-fmnist":
         raise SystemExit(f"{run} is not a linf-fmnist run")
-    from lipkit.config import RunConfig, load_recipe
+    from lipkit.training.config import RunConfig, load_recipe
 
     shipped = load_recipe("linf-fmnist").to_dict()
     trained = RunConfig.from_dict(config).to_dict()  # keys added since take their defaults
@@ -137,7 +137,7 @@ def _interval_figures(run: Path, eps: float = 0.1) -> dict:
     """Interval certificates at ``eps`` on the full test set, for the whole ball and for the ball clipped
     to the pixel domain, each with a PGD check (50 steps, 2 restarts; clamped to [0, 1] for the clipped
     ball) of the points only the interval bounds certify."""
-    from lipkit.report import interval_figures, load_run
+    from lipkit.training.report import interval_figures, load_run
 
     _, model, split = load_run(run)
     whole = interval_figures(model, split, [eps], None, pgd_steps=50)

@@ -54,7 +54,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
     t0 = time.perf_counter()
-    from lipkit.report import interval_figures, load_run
+    from lipkit.training.report import interval_figures, load_run
 
     rows: dict[str, dict] = {}
     for name in names:

@@ -4,7 +4,7 @@
 into ``DIR`` (skipped when the run exists; re-running resumes), then certifies the 450 test digits at
 each of the recipe's radii three ways: margin / 2 (``lipkit.certify``, the baseline), interval bounds
 on the whole ball, and interval bounds on the ball clipped to the pixel domain [0, 1]
-(``lipkit.report.interval_figures``, with a PGD check of the points only the interval bounds
+(``lipkit.training.report.interval_figures``, with a PGD check of the points only the interval bounds
 certify).  Writes ``bench/results/linf_interval_digits.json``.
 """
 
@@ -31,7 +31,7 @@ def main() -> None:
         cmd = [sys.executable, "-c", "from lipkit.cli import main; main()", "train", "--recipe",
                "linf-digits", "--out", str(args.out_dir), "--no-progress"]
         subprocess.run(cmd, check=True)
-    from lipkit.report import interval_figures, load_run
+    from lipkit.training.report import interval_figures, load_run
 
     cfg, model, split = load_run(run)
     margin = json.loads((run / "metrics.json").read_text())["certified_accuracy"]

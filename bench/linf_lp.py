@@ -3,7 +3,7 @@
 During the l_p relaxation, each l_inf-distance neuron computes ||x - w||_p for p from 8 up to 1000,
 and the native kernels raise every ratio |x_i - w_i| / max_i |x_i - w_i| to the power p.  Terms
 below eps / n^2 cannot change a float, and late in the phase most terms are of that kind, so the
-kernels skip vectors of them (``lipkit.layers.distance_native.set_lp_skip``).  This bench times one
+kernels skip vectors of them (``lipkit.nn.distance.native.set_lp_skip``).  This bench times one
 training step (forward, loss, backward, Adam) of the ``linf-fmnist`` model on real Fashion-MNIST
 batches of 512, at several p, with skipping on and off alternating step by step in one process, and
 reports the median step time of each and their ratio.
@@ -46,10 +46,10 @@ def main() -> None:
     t0 = time.perf_counter()
     torch.set_num_threads(args.threads)
 
-    from lipkit.config import load_recipe
-    from lipkit.data import load_dataset
-    from lipkit.layers import distance_native
-    from lipkit.linf import (
+    from lipkit.nn.distance import native as distance_native
+    from lipkit.training.config import load_recipe
+    from lipkit.training.data import load_dataset
+    from lipkit.training.linf import (
         LinfSchedule,
         apply_schedule,
         distance_layers,
@@ -57,7 +57,7 @@ def main() -> None:
         pair_lipschitz,
         standardised_init,
     )
-    from lipkit.train import build_model
+    from lipkit.training.trainer import build_model
 
     if distance_native.load() is None:
         raise SystemExit(f"native kernels unavailable: {distance_native.unavailable_reason()}")
@@ -79,8 +79,8 @@ def main() -> None:
         models["trained"] = trained
 
     if args.checkpoint:  # RUN/checkpoints/epoch_NNNN.json, read (and checksummed) as the trainer does
-        from lipkit.config import RunConfig
-        from lipkit.train import checkpoint_model_state, load_checkpoint
+        from lipkit.training.config import RunConfig
+        from lipkit.training.trainer import checkpoint_model_state, load_checkpoint
 
         ck = Path(args.checkpoint)
         meta, tensors = load_checkpoint(ck.parent.parent, int(ck.stem.split("_")[-1]))

@@ -29,12 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_result  # noqa: E402
 
 import lipkit  # noqa: E402
-from lipkit.certify import compute_certificates  # noqa: E402
-from lipkit.config import RunConfig, load_recipe  # noqa: E402
-from lipkit.export import export  # noqa: E402
-from lipkit.linf import build_linf_model, mix_loss, pair_lipschitz, schedule_at  # noqa: E402
-from lipkit.report import _split_for, certify_run  # noqa: E402
-from lipkit.train import fit  # noqa: E402
+from lipkit.certify.margin import compute_certificates  # noqa: E402
+from lipkit.exporting import export  # noqa: E402
+from lipkit.training.config import RunConfig, load_recipe  # noqa: E402
+from lipkit.training.linf import build_linf_model, mix_loss, pair_lipschitz, schedule_at  # noqa: E402
+from lipkit.training.report import _split_for, certify_run  # noqa: E402
+from lipkit.training.trainer import fit  # noqa: E402
 
 INF = math.inf
 

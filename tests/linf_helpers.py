@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lipkit.config import RunConfig
+from lipkit.training.config import RunConfig
 
 
 def linf_cfg(**kw) -> RunConfig:

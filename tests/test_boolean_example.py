@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import lipkit
-from lipkit.attacks import check_certificates
+from lipkit.certify.attacks import check_certificates
 
 _PATH = Path(__file__).resolve().parents[1] / "docs" / "examples" / "boolean_linf.py"
 

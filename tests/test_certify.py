@@ -10,8 +10,8 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import orthogonal
 
 import lipkit
-from lipkit.attacks import check_certificates, margin_loss, pgd
-from lipkit.certify import (
+from lipkit.certify.attacks import check_certificates, margin_loss, pgd
+from lipkit.certify.margin import (
     _float64_copy,
     _pairwise_bound,
     certified_accuracy,

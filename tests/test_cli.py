@@ -149,7 +149,7 @@ def test_sigterm_during_training_is_one_line_and_resumable(tmp_path) -> None:
     assert proc.returncode == 143, err
     _one_line_error(err, "terminated", "resume")
     assert not list(ckpt.glob(".*.tmp")), list(ckpt.iterdir())
-    from lipkit.train import latest_checkpoint
+    from lipkit.training.trainer import latest_checkpoint
 
     done = latest_checkpoint(tmp_path / "t")
     assert done is not None and 1 <= done < 400

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import lipkit
-from lipkit.convnorm import conv_module_norm, conv_operator_norm, gram_spectral_bound, reshaped_kernel_norm
-from lipkit.layers.conv import LipConv2d
+from lipkit.bounds.conv import conv_module_norm, conv_operator_norm, gram_spectral_bound, reshaped_kernel_norm
+from lipkit.nn.conv import LipConv2d
 
 
 def _matrix(conv: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
@@ -240,7 +240,7 @@ def test_bad_inputs():
 def test_certify_a_conv_net_and_its_certificates_hold(constraint):
     """Certifying a LipConv2d net works (the float64 twin of a spectral conv once crashed in its
     forward pre-hook) and the twin computes the deployed model's logits."""
-    from lipkit.certify import _deployed_logits_and_twin
+    from lipkit.certify.margin import _deployed_logits_and_twin
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Unflatten(1, (1, 6, 6)), LipConv2d(1, 4, 3, constraint=constraint),

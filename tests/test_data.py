@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lipkit.data import (
+from lipkit.training.data import (
     DataUnavailableError,
     load_dataset,
     load_digits_split,

@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from lipkit.bounds import UnsupportedModuleError, lipschitz_bound
-from lipkit.layers.distance import LinfDistLinear, SortNeuronLinear
-from lipkit.layers.distance_kernels import (
+from lipkit.nn.distance.kernels import (
     chunk_plan,
     linf_dist,
     linf_dist_reference,
@@ -22,6 +21,7 @@ from lipkit.layers.distance_kernels import (
     sort_dist_reference,
     sortnet_coefficients,
 )
+from lipkit.nn.distance.layers import LinfDistLinear, SortNeuronLinear
 
 D = torch.float64
 TINY_BUDGET = 200  # bytes: forces blocks over the batch *and* the outputs
@@ -450,7 +450,7 @@ def test_tiny_net_certificates_survive_pgd() -> None:
 
 @pytest.mark.parametrize("q", [0.5, 0.2])
 def test_default_top_k_is_the_full_sortnet_to_float_precision(q):
-    from lipkit.layers.distance_kernels import sortnet_coefficients
+    from lipkit.nn.distance.kernels import sortnet_coefficients
 
     n = 300
     short, full = sortnet_coefficients(q, n), sortnet_coefficients(q, n, k=n)

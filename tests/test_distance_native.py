@@ -9,8 +9,8 @@ import warnings
 import pytest
 import torch
 
-from lipkit.layers import distance_native
-from lipkit.layers.distance_kernels import (
+from lipkit.nn.distance import native as distance_native
+from lipkit.nn.distance.kernels import (
     NATIVE_MAX_K,
     get_backend,
     grouped_masked_linf_dist,
@@ -432,7 +432,7 @@ def test_bench_linf_writes_its_keys_and_keeps_others(tmp_path) -> None:
 
 def test_top_level_exports() -> None:
     import lipkit
-    from lipkit.layers import distance
+    from lipkit.nn import distance
 
     for name in ("LinfDistLinear", "SortNeuronLinear", "LinfDistConv2d", "SortNeuronConv2d"):
         assert getattr(lipkit, name) is getattr(distance, name)

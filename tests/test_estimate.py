@@ -24,7 +24,7 @@ from lipkit.estimation._mlp import parse_mlp
 from lipkit.estimation.exact import _opnorm
 from lipkit.estimation.lipopt import LiPoptError, krivine_max
 from lipkit.estimation.lipsdp import _certify_singular, _lmi, _structure, certify_multipliers
-from lipkit.layers.activations import FullSort, GroupSort, MaxMin
+from lipkit.nn.activations import FullSort, GroupSort, MaxMin
 
 
 def one_hidden(d: int, h: int, m: int, seed: int, bias: bool = False) -> nn.Sequential:

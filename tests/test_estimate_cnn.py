@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lipkit.bounds import lipschitz_bound
-from lipkit.convnorm import conv_module_norm, conv_operator_norm
+from lipkit.bounds.conv import conv_module_norm, conv_operator_norm
 from lipkit.estimation import estimate, jacobian_norm, naive_upper
 
 

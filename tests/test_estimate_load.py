@@ -167,9 +167,9 @@ def test_onnx_errors_are_clear(tmp_path):
 
 
 def test_run_folder(tmp_path):
-    from lipkit.config import RunConfig
-    from lipkit.report import save_weights
-    from lipkit.train import build_plain_model
+    from lipkit.training.config import RunConfig
+    from lipkit.training.report import save_weights
+    from lipkit.training.trainer import build_plain_model
 
     cfg = RunConfig.from_dict({"name": "r", "dataset": "digits", "widths": [8, 6], "activation": "maxmin"})
     torch.manual_seed(3)

@@ -7,7 +7,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import orthogonal
 
 import lipkit
-from lipkit.export import ExportError, export
+from lipkit.exporting import ExportError, export
 
 
 def _model() -> nn.Sequential:

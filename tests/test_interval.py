@@ -1,4 +1,4 @@
-"""Interval certificates (lipkit.interval): sound boxes, exact for one distance layer, never looser
+"""Interval certificates (lipkit.certify.interval): sound boxes, exact for one distance layer, never looser
 than the margin certificate, and no certified point broken by PGD."""
 
 from __future__ import annotations
@@ -13,14 +13,19 @@ from linf_helpers import linf_cfg
 from torch import nn
 
 import lipkit
-from lipkit.attacks import pgd
 from lipkit.bounds import UnsupportedModuleError
-from lipkit.certify import compute_certificates
-from lipkit.config import RunConfig
-from lipkit.data import load_digits_split
-from lipkit.interval import _interval_only, interval_bounds, interval_certified, interval_certified_accuracy
-from lipkit.linf import Negate
-from lipkit.train import fit
+from lipkit.certify.attacks import pgd
+from lipkit.certify.interval import (
+    _interval_only,
+    interval_bounds,
+    interval_certified,
+    interval_certified_accuracy,
+)
+from lipkit.certify.margin import compute_certificates
+from lipkit.training.config import RunConfig
+from lipkit.training.data import load_digits_split
+from lipkit.training.linf import Negate
+from lipkit.training.trainer import fit
 
 INF = math.inf
 
@@ -176,7 +181,7 @@ def test_bad_inputs_raise_clear_errors() -> None:
 def test_forward_error_bound_covers_float64_round_off_exactly_computed(kind) -> None:
     from fractions import Fraction
 
-    from lipkit.interval import _forward_error
+    from lipkit.certify.interval import _forward_error
 
     torch.manual_seed(7)
     if kind == "linf":
@@ -243,7 +248,7 @@ def test_conv_boxes_contain_every_sampled_output(domain) -> None:
 @pytest.mark.parametrize("kind", ["linf", "sortnet"])
 def test_conv_distance_box_equals_the_dense_box_of_each_patch(kind) -> None:
     """The conv box is the dense layer's (exact) box applied to every zero-padded patch box."""
-    from lipkit.interval import _distance_layer_box
+    from lipkit.certify.interval import _distance_layer_box
 
     torch.manual_seed(4)
     conv = (lipkit.LinfDistConv2d(2, 3, 3, padding=1, stride=2) if kind == "linf"

@@ -12,11 +12,11 @@ import torch
 from linf_helpers import linf_cfg
 
 import lipkit
-from lipkit.attacks import check_certificates
-from lipkit.certify import compute_certificates
-from lipkit.config import ConfigError, RunConfig, load_recipe, recipe_names
-from lipkit.data import load_digits_split
-from lipkit.linf import (
+from lipkit.certify.attacks import check_certificates
+from lipkit.certify.margin import compute_certificates
+from lipkit.training.config import ConfigError, RunConfig, load_recipe, recipe_names
+from lipkit.training.data import load_digits_split
+from lipkit.training.linf import (
     Negate,
     mix_loss,
     nominal_radius,
@@ -25,7 +25,7 @@ from lipkit.linf import (
     schedule_at,
     standardised_init,
 )
-from lipkit.train import fit, latest_checkpoint
+from lipkit.training.trainer import fit, latest_checkpoint
 
 INF = math.inf
 
@@ -139,7 +139,7 @@ def test_mix_loss_hinge_is_zero_exactly_when_the_nominal_radius_reaches_eps() ->
 
 def test_pair_lipschitz_is_the_certificates_rule(small_split) -> None:
     torch.manual_seed(0)
-    plain = lipkit.linf.build_linf_model(_cfg(), 64, 10)
+    plain = lipkit.training.linf.build_linf_model(_cfg(), 64, 10)
     plain.train()
     plain(small_split.x_train[:64])  # running means
     plain.eval()
@@ -148,7 +148,7 @@ def test_pair_lipschitz_is_the_certificates_rule(small_split) -> None:
     res = compute_certificates(plain, small_split.x_test, INF)
     assert torch.allclose(res.radius, ((res.margin - res.allowance) / 2).clamp_min(0), rtol=1e-9, atol=1e-12)
 
-    head = lipkit.linf.build_linf_model(_cfg(head_width=16), 64, 10)
+    head = lipkit.training.linf.build_linf_model(_cfg(head_width=16), 64, 10)
     head.train()
     head(small_split.x_train[:64])
     head.eval()
@@ -173,11 +173,11 @@ def test_standardised_init_follows_the_run_on_standardised_inputs(p) -> None:
     """Raw-unit model == std * the model on (x - mean) / std, before and after Adam steps at lr * std."""
     torch.manual_seed(2)
     mean, std = 0.3, 0.25
-    ref = lipkit.linf.build_linf_model(_cfg(widths=[24, 24]), 16, 5)  # (square layer: identity init)
+    ref = lipkit.training.linf.build_linf_model(_cfg(widths=[24, 24]), 16, 5)  # (square layer: identity init)
     raw = copy.deepcopy(ref)
     standardised_init(raw, mean, std)
     for net in (ref, raw):
-        for layer in lipkit.linf.distance_layers(net):
+        for layer in lipkit.training.linf.distance_layers(net):
             layer.p = p
     x = mean + std * torch.randn(48, 16)
     y = torch.randint(0, 5, (48,))
@@ -204,7 +204,7 @@ def test_standardised_init_follows_the_run_on_standardised_inputs(p) -> None:
 
 def test_recalibrated_running_means_center_eval_features(small_split) -> None:
     torch.manual_seed(1)
-    net = lipkit.linf.build_linf_model(_cfg(model="sortnet", sort_q=0.7), 64, 10)
+    net = lipkit.training.linf.build_linf_model(_cfg(model="sortnet", sort_q=0.7), 64, 10)
     net.train()
     net(small_split.x_train[:64])
     recalibrate_mean_shift(net, small_split.x_train, batch_size=100)
@@ -351,8 +351,8 @@ def test_cli_recipe_train_then_certify_linf(tmp_path, capsys) -> None:
 
 
 def test_cli_recipe_errors(tmp_path, capsys, monkeypatch) -> None:
-    from lipkit import data
     from lipkit.cli import main
+    from lipkit.training import data
 
     code = main(["train", "--recipe", "linf-cifar", "--out", str(tmp_path)])
     assert code != 0
@@ -379,7 +379,7 @@ def test_cli_recipe_errors(tmp_path, capsys, monkeypatch) -> None:
 
 
 def test_fashion_default_roots_include_the_debian_package_path(monkeypatch) -> None:
-    from lipkit import data
+    from lipkit.training import data
 
     seen: list = []
     monkeypatch.setattr(data, "_find_fashion_dir", lambda roots: seen.extend(roots))

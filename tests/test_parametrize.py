@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn.utils import parametrize
 
-from lipkit.parametrize import (
+from lipkit.nn.parametrize import (
     AOL,
     CayleyOrthogonal,
     OperatorNorm,

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from lipkit.config import RunConfig
-from lipkit.data import load_digits_split
-from lipkit.train import CheckpointError, fit, latest_checkpoint, make_loss, margin_radius
+from lipkit.training.config import RunConfig
+from lipkit.training.data import load_digits_split
+from lipkit.training.trainer import CheckpointError, fit, latest_checkpoint, make_loss, margin_radius
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_losses_reward_margin() -> None:
 
 
 def test_config_yaml_roundtrip_and_validation(tmp_path) -> None:
-    from lipkit.config import ConfigError, load_config
+    from lipkit.training.config import ConfigError, load_config
 
     p = tmp_path / "c.yaml"
     p.write_text("widths: [64, 32]\nlr: 0.01\nradii: [0.5, 1]\np: 2\n")

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 import lipkit
-from lipkit.linf import Negate
+from lipkit.training.linf import Negate
 
 RADIUS = 0.45
 X = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.0]])

@@ -23,12 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from lipkit.nn.activations import SmoothSoftplus
+
 __all__ = ["MLP", "parse_mlp", "activation_slopes", "conv_as_linear", "mlp_as_sequential", "MAX_CONV_MATRIX"]
 
 
 def activation_slopes(act: nn.Module) -> tuple[float, float]:
     """Slope bounds ``[alpha, beta]`` of an element-wise activation module (raises TypeError if unknown)."""
-    if isinstance(act, (nn.ReLU, nn.Tanh, nn.Hardtanh, nn.ReLU6, nn.Softplus)):
+    if isinstance(act, (nn.ReLU, nn.Tanh, nn.Hardtanh, nn.ReLU6, SmoothSoftplus)):
         return 0.0, 1.0
     if isinstance(act, nn.Sigmoid):
         return 0.0, 0.25
@@ -44,7 +46,9 @@ def activation_slopes(act: nn.Module) -> tuple[float, float]:
         return act.slopes
     raise TypeError(
         f"module {type(act).__name__} is not supported by the MLP estimators (LipSDP, LiPopt), which need "
-        "nn.Linear layers, the activations ReLU, LeakyReLU, Tanh, Sigmoid, ELU, Softplus, Hardtanh, ReLU6 "
+        "nn.Linear layers, the activations ReLU, LeakyReLU, Tanh, Sigmoid, ELU, lipkit.SmoothSoftplus, "
+        "Hardtanh, "
+        "ReLU6 "
         "and lipkit's GroupSort / MaxMin / FullSort on features"
     )
 
@@ -63,7 +67,7 @@ class _Comparators(nn.Module):
 
 
 def _is_sort(m: nn.Module) -> bool:
-    from lipkit.layers.activations import GroupSort
+    from lipkit.nn.activations import GroupSort
 
     return isinstance(m, GroupSort)
 

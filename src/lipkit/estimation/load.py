@@ -15,7 +15,7 @@ MatMul (+ Add const)   ``nn.Linear`` (the following constant Add becomes its bia
 Conv                   ``nn.Conv1d`` / ``nn.Conv2d`` (symmetric pads, strides, dilations, group)
 Relu, LeakyRelu, Elu   ``nn.ReLU``, ``nn.LeakyReLU(alpha)``, ``nn.ELU(alpha)``
 Sigmoid, Tanh          ``nn.Sigmoid``, ``nn.Tanh``
-Softplus               ``nn.Softplus``
+Softplus               ``lipkit.SmoothSoftplus`` (``nn.Softplus`` jumps at its threshold)
 Flatten, Reshape       ``nn.Flatten`` (to ``(batch, -1)``) / ``nn.Unflatten``
 MaxPool, AveragePool   ``nn.MaxPool2d``, ``nn.AvgPool2d`` (``count_include_pad``)
 GlobalAveragePool      ``nn.AdaptiveAvgPool2d(1)``
@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from lipkit.nn.activations import SmoothSoftplus
 
 __all__ = ["ModelLoadError", "LoadedSequential", "load_model", "onnx_to_torch", "SUPPORTED_ONNX_OPS"]
 
@@ -61,7 +63,8 @@ def load_model(source: nn.Module | str | Path) -> nn.Module:
     """Return an ``nn.Module`` for ``source`` (eval mode).
 
     * an ``nn.Module``: returned as is;
-    * a folder with ``config.json`` and ``weights.safetensors`` (a lipkit run, see :mod:`lipkit.train`): the
+    * a folder with ``config.json`` and ``weights.safetensors`` (a lipkit run, see
+      :mod:`lipkit.training.trainer`): the
       exported plain architecture rebuilt from the config, input/output sizes read from the weights;
     * a ``.onnx`` file: converted to a :class:`LoadedSequential` (see the module docstring).
 
@@ -97,8 +100,8 @@ def _load_run_folder(path: Path) -> nn.Module:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from lipkit.config import ConfigError, RunConfig
-    from lipkit.train import build_plain_model
+    from lipkit.training.config import ConfigError, RunConfig
+    from lipkit.training.trainer import build_plain_model
 
     cfg_path, w_path = path / "config.json", path / "weights.safetensors"
     for f in (cfg_path, w_path):
@@ -299,7 +302,7 @@ def onnx_to_torch(path: str | Path) -> LoadedSequential:
                     conv.bias.copy_(_t(bias.reshape(-1), dt))
             b.add(conv, where)
         elif op in ("Relu", "Sigmoid", "Tanh", "Softplus"):
-            acts = {"Relu": nn.ReLU, "Sigmoid": nn.Sigmoid, "Tanh": nn.Tanh, "Softplus": nn.Softplus}
+            acts = {"Relu": nn.ReLU, "Sigmoid": nn.Sigmoid, "Tanh": nn.Tanh, "Softplus": SmoothSoftplus}
             b.add(acts[op](), where)
         elif op == "LeakyRelu":
             b.add(nn.LeakyReLU(float(at.get("alpha", 0.01))), where)

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from lipkit.bounds import EPS64, normalize_p, operator_norm, round_up
+from lipkit.nn.activations import SmoothSoftplus
 
 from ._mlp import MLP, _Comparators, _flatten, has_sort, mlp_as_sequential, parse_mlp
 
@@ -170,7 +171,7 @@ def _drop_batch(t: torch.Tensor, input_shape: Sequence[int] | None) -> torch.Ten
 # --------------------------------------------------------------------------- interval bound propagation
 
 
-_MONOTONE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.Softplus, nn.Hardtanh, nn.ReLU6,
+_MONOTONE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.ELU, SmoothSoftplus, nn.Hardtanh, nn.ReLU6,
              nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool2d, _Comparators)
 
 
@@ -321,11 +322,10 @@ def activation_slope_range(act: nn.Module, lo: np.ndarray, hi: np.ndarray) -> tu
         alpha = np.where(has_neg, np.where(has_pos, np.minimum(s_lo, 1.0), s_lo), 1.0)
         beta = np.where(has_neg, np.where(has_pos, np.maximum(a, 1.0) * ones, s_hi), 1.0)
         # ELU's slope on the negative side is alpha * e^z: approaches alpha at 0^-; max covered above
-    elif isinstance(act, nn.Softplus):
-        b, thr = float(act.beta), float(act.threshold)
-        s = 1.0 / (1.0 + np.exp(-b * lo))
-        alpha = s
-        beta = np.where(b * hi > thr, 1.0, 1.0 / (1.0 + np.exp(-b * hi)))
+    elif isinstance(act, SmoothSoftplus):
+        b = float(act.beta)
+        alpha = 1.0 / (1.0 + np.exp(-b * lo))
+        beta = 1.0 / (1.0 + np.exp(-b * hi))
     else:
         raise TypeError(f"no slope range for activation {type(act).__name__}")
     widen = 1e-12 * np.maximum(np.abs(alpha), np.abs(beta)) + 1e-300

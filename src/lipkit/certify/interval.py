@@ -1,0 +1,348 @@
+"""Interval (box) certificates for l_inf, tightened by the Lipschitz bound and an input domain.
+
+The margin certificate of :mod:`lipkit.certify` asks ``f_c(x) - f_j(x) > L_cj eps``: it treats the
+whole l_inf ball ``B(x, eps)`` and only uses the network's Lipschitz constant.  Interval bound
+propagation (IBP; Gowal et al., "On the effectiveness of interval bound propagation for training
+verifiably robust models", 2018) pushes the box ``[x - eps, x + eps]`` through the layers instead.
+For an l_inf-distance neuron ``d_o(h) = max_i |h_i - w_oi|`` the range over a box
+``[l, u]`` (centre ``m``, half-width ``r``) is exact and cheap:
+
+    max_{h in box} d_o = max_i (|m_i - w_oi| + r_i),
+    min_{h in box} d_o = max_i max(0, |m_i - w_oi| - r_i)
+
+(each term depends on one coordinate only, so the box's extreme points are reached coordinate by
+coordinate).  The SortNet neuron ``sum_k c_k d_(k)`` (``c_k >= 0``) is non-decreasing in every
+``d_i``, so its range is the same weighted sum of the sorted lower and sorted upper ``d_i``.
+Affine layers use the usual centre/radius rule ``W m + b ± |W| r`` and monotone activations map
+the end points.
+
+Two facts make the boxes never looser than the margin certificate:
+
+* every coordinate of the ``k``-th hidden vector is ``L_k``-Lipschitz for l_inf (``L_k`` the bound
+  of the first ``k`` layers from :func:`lipkit.lipschitz_bound`), so the box of layer ``k`` is
+  intersected with ``[h_k(x) - L_k eps, h_k(x) + L_k eps]``, widened by the float64 round-off of
+  ``h_k(x)`` (done through the l_inf-distance / SortNet body, where that round-off is bounded a priori;
+  a hybrid head after it gets the interval rules only);
+* for a model whose logits are each 1-Lipschitz (the l_inf-distance nets of :mod:`lipkit.training.linf`)
+  this gives ``f_c >= f_c(x) - eps`` and ``f_j <= f_j(x) + eps``, the margin certificate's test.
+
+``input_domain=(lo, hi)`` also clips the input box to the set of valid inputs (pixels in
+``[0, 1]``): the certificate then covers ``B(x, eps) ∩ [lo, hi]^n``, the threat model of an attack
+that clamps its iterates to valid images (as :func:`lipkit.certify.attacks.pgd` does), and no more.  It is
+stated as such in every report; without ``input_domain`` the whole ball is covered.
+
+Round-off: bounds are computed in float64 from the float32 weights the deployed forward uses
+(the float64 copy of :mod:`lipkit.certify`), every bound is padded outward by more than the float64
+rounding of its computation, and the predicted class must beat every other class by more than
+the deployed model's float32 round-off allowance over the ball (the a-priori bound of
+:mod:`lipkit.certify`, evaluated at radius ``eps``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lipkit.bounds import UnsupportedModuleError, computes_as, lipschitz_bound
+from lipkit.certify.margin import (
+    REL_FLOOR,
+    _deployed_logits_and_twin,
+    _float64_copy,
+    _is_linf_distance,
+    _is_plain,
+    _is_sortnet,
+    _leaves,
+    _linf_distance_error,
+    _rigorous_roundoff,
+    _run,
+    _sortnet_error,
+    _validate_x,
+    compute_certificates,
+)
+from lipkit.nn.activations import Negate, SmoothSoftplus
+
+__all__ = ["interval_bounds", "interval_certified", "interval_certified_accuracy"]
+
+#: relative outward padding of every float64 bound (float64 round-off is ~1.1e-16 per operation)
+_PAD = 1e-12
+#: working-memory budget of one (rows, out, in) block of a distance layer, in bytes
+_BLOCK_BYTES = 64 * 2**20
+_MONOTONE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.ReLU6, nn.Hardtanh, SmoothSoftplus)
+_SHAPE = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)
+
+
+def _negate(m: nn.Module) -> bool:
+    return computes_as(m, (Negate,))
+
+
+def _pad(lo: torch.Tensor, hi: torch.Tensor,
+         scale: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+    slack = _PAD * (1.0 + scale)
+    return lo - slack, hi + slack
+
+
+def _distance_layer_box(m: nn.Module, lo: torch.Tensor,
+                        hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact range of an eval-mode l_inf-distance / SortNet layer over the box ``[lo, hi]``.
+
+    A conv layer applies the dense neuron to each zero-padded patch, so its range is the dense
+    range over the box of each patch (padding entries are the point interval ``[0, 0]``)."""
+    if lo.dim() == 4:  # conv: (N, C, H, W) -> one patch per row, as the layer's forward
+        n, (ho, wo) = lo.shape[0], m.output_size(lo.shape[2], lo.shape[3])
+        r_lo, r_hi = _dense_distance_box(m, m._patch_rows(lo, ho, wo), m._patch_rows(hi, ho, wo))
+        return m._feature_map(r_lo, n, ho, wo), m._feature_map(r_hi, n, ho, wo)
+    return _dense_distance_box(m, lo, hi)
+
+
+def _dense_distance_box(m: nn.Module, lo: torch.Tensor,
+                        hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    w = m._weight2d().detach()
+    mid, rad = (lo + hi) / 2, (hi - lo) / 2
+    n_out, n_in = w.shape
+    rows = max(1, _BLOCK_BYTES // (8 * n_out * n_in))
+    sort = _is_sortnet(m)
+    coef = m.coefficients.to(lo) if sort else None
+    lows, highs = [], []
+    for s in range(0, mid.shape[0], rows):
+        a = (mid[s:s + rows, None, :] - w[None]).abs_()  # (b, out, in)
+        r = rad[s:s + rows, None, :]
+        if sort:
+            k = coef.numel()
+            hi_d = torch.topk(a + r, k, dim=-1).values
+            lo_d = torch.topk((a - r).clamp_min_(0.0), k, dim=-1).values
+            highs.append(hi_d @ coef)
+            lows.append(lo_d @ coef)
+        else:
+            highs.append((a + r).amax(dim=-1))
+            lows.append(a.sub_(r).amax(dim=-1).clamp_min_(0.0))
+    d_lo, d_hi = torch.cat(lows), torch.cat(highs)
+    scale = d_hi.abs() + w.abs().amax() + 1.0
+    shift = m._shift_and_bias(torch.zeros_like(w[None, :, 0]))[0].detach()  # -mu + b (eval mode)
+    return _pad(d_lo + shift, d_hi + shift, scale + shift.abs())
+
+
+def _linear_box(m: nn.Linear, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mid, rad = (lo + hi) / 2, (hi - lo) / 2
+    w = m.weight.detach()
+    b = m.bias.detach() if m.bias is not None else None
+    centre = nn.functional.linear(mid, w, b)
+    spread = nn.functional.linear(rad, w.abs())
+    # float64 matmul error <= gamma_{n+1} (|W||m| + |b| + |W| r); padded generously
+    mag = nn.functional.linear(mid.abs(), w.abs(), b.abs() if b is not None else None) + spread
+    k = w.shape[1] + 2
+    err = 2.0 * k * 2.0**-53 * mag
+    return _pad(centre - spread - err, centre + spread + err, mag)
+
+
+def _check_chain(model: nn.Module) -> list[nn.Module]:
+    chain = _leaves(model)
+    if chain is None:
+        raise ValueError("interval certificates need an nn.Sequential chain of layers (nested Sequentials "
+                         "are fine); "
+                         f"got {type(model).__name__} with its own forward")
+    for m in chain:
+        ok = (_is_linf_distance(m) or _is_sortnet(m) or _negate(m) or _is_plain(m, (nn.Linear,))
+              or _is_plain(m, _MONOTONE) or _is_plain(m, _SHAPE))
+        if not ok:
+            raise UnsupportedModuleError(
+                f"interval certificates do not support {type(m).__name__} (supported: LinfDistLinear and "
+                "LinfDistConv2d at p=inf, SortNeuronLinear, SortNeuronConv2d, Negate, Linear, Flatten, "
+                "Unflatten and monotone element-wise activations)")
+    return chain
+
+
+def _check_domain(x: torch.Tensor, input_domain) -> tuple[float, float] | None:
+    if input_domain is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in input_domain)
+    except (TypeError, ValueError):
+        raise ValueError(f"input_domain must be a pair (lo, hi) of numbers, got {input_domain!r}") from None
+    if not lo < hi:
+        raise ValueError(f"input_domain must have lo < hi, got {input_domain!r}")
+    if x.min() < lo or x.max() > hi:
+        raise ValueError(f"x lies outside input_domain {input_domain!r} (values in [{float(x.min()):.4g}, "
+                         f"{float(x.max()):.4g}])")
+    return lo, hi
+
+
+def interval_bounds(model: nn.Module, x: torch.Tensor, eps: float, *,
+                    input_domain: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sound float64 bounds ``(lower, upper)``, each ``(B, C)``, of the exact logits of ``model`` (its
+    float32 weights, real arithmetic) over ``B_inf(x, eps)``, or over ``B_inf(x, eps) ∩ [lo, hi]^n``
+    with ``input_domain=(lo, hi)``.  See the module docstring."""
+    eps = _check_eps(eps)
+    x = _validate_x(x, None)
+    domain = _check_domain(x, input_domain)
+    twin = _float64_copy(model)
+    chain = _check_chain(twin)
+    return _propagate(chain, x.detach().to(torch.float64), eps, domain)
+
+
+def _check_eps(eps: object) -> float:
+    try:
+        e = float(eps)
+    except (TypeError, ValueError):
+        raise ValueError(f"eps must be a number, got {eps!r}") from None
+    if not (e >= 0 and math.isfinite(e)):
+        raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
+    return e
+
+
+def _forward_error(m: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """Per-sample bound of the float64 round-off of one eval-mode distance layer's forward (``(B,)``):
+    certify's a-priori analysis of the layer (:func:`lipkit.certify._linf_distance_error`,
+    :func:`lipkit.certify._sortnet_error`) at the point itself, with ``u = 2^-53``."""
+    error = _sortnet_error if _is_sortnet(m) else _linf_distance_error
+    return error(m, out, torch.zeros_like(out[:, 0]), math.inf, u=2.0**-53)
+
+
+def _propagate(chain: list[nn.Module], x64: torch.Tensor, eps: float,
+               domain: tuple[float, float] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes through ``chain`` (see the module docstring).
+
+    The Lipschitz intersection ``h_k(x) ± L_k eps`` is applied while the prefix consists of distance
+    layers, ``Negate`` and shape layers: there the float64 reference ``h_k(x)`` is off by at most the
+    accumulated :func:`_forward_error` (each such layer is 1-Lipschitz for l_inf, so earlier errors pass
+    through unchanged), which widens the intersection.  After the first other layer (a hybrid head)
+    only the interval rules apply.
+    """
+    lo, hi = _pad(x64 - eps, x64 + eps, x64.abs() + eps)  # x -/+ eps rounds in float64
+    if domain is not None:
+        lo, hi = lo.clamp_min(domain[0]), hi.clamp_max(domain[1])
+    h = x64
+    ref_err = torch.zeros(x64.shape[0], dtype=torch.float64, device=x64.device)
+    intersect = True
+    with torch.no_grad():
+        for i, m in enumerate(chain):
+            if _is_linf_distance(m) or _is_sortnet(m):
+                lo, hi = _distance_layer_box(m, lo, hi)
+            elif _negate(m):
+                lo, hi = -hi, -lo
+            elif isinstance(m, nn.Linear):
+                lo, hi = _linear_box(m, lo, hi)
+                intersect = False
+            elif isinstance(m, _MONOTONE):
+                lo, hi = m(lo), m(hi)
+                lo, hi = _pad(lo, hi, torch.maximum(lo.abs(), hi.abs()))
+                intersect = False
+            else:  # Flatten / Identity / eval Dropout
+                lo, hi = m(lo), m(hi)
+            if not intersect:
+                continue
+            h = m(h)
+            if _is_linf_distance(m) or _is_sortnet(m):
+                ref_err = ref_err + _forward_error(m, h.reshape(h.shape[0], -1))
+            try:
+                lip = lipschitz_bound(nn.Sequential(*chain[:i + 1]), math.inf)
+            except UnsupportedModuleError:
+                intersect = False
+                continue
+            slack = (lip * eps * (1.0 + 1e-9) + ref_err * (1.0 + 1e-9)).reshape(-1, *[1] * (h.dim() - 1))
+            slack = slack + _PAD * (1.0 + h.abs())
+            lo = torch.maximum(lo, h - slack)
+            hi = torch.minimum(hi, h + slack)
+    return lo, hi
+
+
+def _check_call(model: nn.Module, x: torch.Tensor, eps: object, input_domain,
+                batch_size: object) -> tuple[torch.Tensor, float, tuple[float, float] | None]:
+    """Validate the arguments of the public interval functions; ``(x, eps, domain)``."""
+    eps = _check_eps(eps)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    x = _validate_x(x, None)
+    domain = _check_domain(x, input_domain)
+    _check_chain(model)
+    return x, eps, domain
+
+
+def interval_certified(model: nn.Module, x: torch.Tensor, eps: float, *,
+                       input_domain: tuple[float, float] | None = None,
+                       batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which inputs are certified at l_inf radius ``eps``: by the margin certificate of
+    :func:`lipkit.compute_certificates` or, failing that, by interval bounds (module docstring).
+
+    Returns ``(certified, prediction)``: a bool ``(B,)`` tensor and the deployed (float32) model's
+    predicted classes.  ``certified[b]`` means: for every ``x'`` in ``B_inf(x_b, eps)`` (intersected
+    with ``[lo, hi]^n`` when ``input_domain`` is given) the deployed model predicts
+    ``prediction[b]``.  Both certificates are sound, so their union is; the interval bounds are only
+    computed for the inputs the margin does not certify, ``batch_size`` at a time.  For the interval
+    test the lower bound of the predicted logit must exceed the upper bound of every other logit by
+    more than twice the a-priori float32 round-off bound over the ball (and at least the floors of
+    :func:`lipkit.compute_certificates`).
+    """
+    x, eps, domain = _check_call(model, x, eps, input_domain, batch_size)
+    res = compute_certificates(model, x, math.inf)
+    return _union_with_margin(model, x, res.radius, res.prediction, eps, domain, batch_size), res.prediction
+
+
+def interval_certified_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
+                                input_domain: tuple[float, float] | None = None,
+                                batch_size: int = 256) -> float:
+    """Fraction of inputs correctly classified and certified at ``eps`` by :func:`interval_certified`
+    (the interval bounds are computed for correctly classified inputs only)."""
+    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.is_floating_point() or y.dtype == torch.bool:
+        raise ValueError("y must be a 1-D integer tensor of class labels")
+    x, eps, domain = _check_call(model, x, eps, input_domain, batch_size)
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"y has {y.shape[0]} labels for a batch of {x.shape[0]} inputs")
+    res = compute_certificates(model, x, math.inf)
+    correct = (res.prediction == y.to(res.prediction.device)).nonzero().squeeze(1)
+    if correct.numel() == 0:
+        return 0.0
+    cert = _union_with_margin(model, x[correct], res.radius[correct], res.prediction[correct], eps, domain,
+                              batch_size)
+    return float(cert.sum().item()) / x.shape[0]
+
+
+def _union_with_margin(model: nn.Module, x: torch.Tensor, margin_radius: torch.Tensor,
+                       prediction: torch.Tensor, eps: float, domain: tuple[float, float] | None,
+                       batch_size: int = 256) -> torch.Tensor:
+    """Margin certificate (``margin_radius >= eps``, from :func:`lipkit.compute_certificates` on ``x``)
+    or, for the other inputs, the interval test, ``batch_size`` inputs at a time; the deployed logits
+    and the float64 twin are computed once."""
+    certified = margin_radius >= eps
+    todo = (~certified).nonzero().squeeze(1)
+    if todo.numel() == 0:
+        return certified
+    xt = x[todo]
+    logits32, twin = _deployed_logits_and_twin(model, xt)
+    chain = _check_chain(twin)
+    for s in range(0, todo.numel(), batch_size):
+        sl = slice(s, s + batch_size)
+        ok, pred = _interval_test(twin, chain, logits32[sl], xt[sl], eps, domain)
+        certified[todo[sl]] = ok & (pred == prediction[todo[sl]])
+    return certified
+
+
+def _interval_only(model: nn.Module, x: torch.Tensor, eps: float,
+                   domain: tuple[float, float] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The interval test alone (no margin certificate): ``(certified, prediction)``."""
+    logits32, twin = _deployed_logits_and_twin(model, x)
+    return _interval_test(twin, _check_chain(twin), logits32, x, eps, domain)
+
+
+def _interval_test(twin: nn.Module, chain: list[nn.Module], logits32: torch.Tensor, x: torch.Tensor,
+                   eps: float, domain: tuple[float, float] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The interval test on ``x`` given the deployed logits there and the float64 twin (and its chain)."""
+    x64 = x.detach().to(torch.float64)
+    with torch.no_grad():
+        logits = _run(twin, x64)
+        lo, hi = _propagate(chain, x64, eps, domain)
+        r = torch.full((x64.shape[0],), eps, dtype=torch.float64, device=x64.device)
+        rig = _rigorous_roundoff(chain, x64, math.inf, r, None)
+    if rig is None:
+        raise UnsupportedModuleError("no a-priori round-off bound for this model; "
+                                     "interval certificates need one")
+    pred = logits32.argmax(dim=1)
+    scale = logits.abs().max(dim=1).values + eps * lipschitz_bound(nn.Sequential(*chain), math.inf)
+    observed = (logits32.to(torch.float64) - logits).abs().max(dim=1).values
+    allowance = torch.maximum(torch.maximum(REL_FLOOR * scale, 8.0 * observed), 2.0 * rig) * (1.0 + 1e-9)
+    low_c = lo.gather(1, pred[:, None]).squeeze(1)
+    others = hi.scatter(1, pred[:, None], -math.inf).amax(dim=1)
+    return (low_c - others > allowance), pred

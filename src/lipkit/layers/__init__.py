@@ -1,1 +1,0 @@
-"""Lipschitz layers: dense, convolutional, activations, pooling, residual blocks."""

@@ -1,0 +1,256 @@
+"""Training side of l_inf certified robustness: models, schedules and the mixed loss.
+
+Models (built from a :class:`lipkit.training.config.RunConfig` with ``model: linf-dist`` or ``sortnet``):
+
+* body: ``len(widths)`` layers of l_inf-distance neurons ``y_o = max_i |x_i - w_oi|`` with mean
+  shift (Zhang, Lu, Ye, Wang, He, Wang, ICML 2021), or for ``sortnet`` an l_inf-distance first
+  layer followed by SortNet layers ``y_o = sum_k c_k d_(k)``, ``c_k ∝ q (1 - q)^k`` (Zhang, Jiang,
+  He, Wang, NeurIPS 2022; the first layer of their MLP is also a plain l_inf-distance layer),
+  trained with the Bernoulli(q) subset trick and initialised with normal weights.
+  Every such layer is 1-Lipschitz for l_inf (in eval mode, at ``p = inf``);
+* no head: a last distance layer to the classes (no mean shift, with bias) and :class:`Negate`,
+  so the logit of class ``j`` is minus the distance of the features to a prototype ``w_j``.  All
+  logits are 1-Lipschitz for l_inf, so ``f_c - f_j`` is 2-Lipschitz and a margin ``m``
+  certifies the radius ``m / 2``;
+* hybrid head (``head_width > 0``): ``LipLinear(width, head_width, constraint="inf")`` (rows of
+  l1 norm <= 1, so l_inf -> l_inf norm <= 1), an element-wise 1-Lipschitz activation and a plain
+  ``nn.Linear(head_width, classes)`` with rows ``v_c``.  Hoelder gives
+  ``|(f_c - f_j)(x) - (f_c - f_j)(x')| <= ||v_c - v_j||_1 * L_body * ||x - x'||_inf``, the pairwise
+  rule of :func:`lipkit.certify.compute_certificates` (it reads the actual weights; ``L_body``
+  is :func:`lipkit.lipschitz_bound` of everything before the last layer).
+
+Training (:func:`schedule_at`): the l_p relaxation ``||x - w||_p`` of the l_inf-distance layers
+with ``p`` growing geometrically from ``p_start`` to ``p_end`` over ``p_window`` and ``inf`` after
+(rounded to integers: the kernels compute integer powers by repeated squaring), the training radius
+``eps`` ramped linearly to ``margin`` over ``eps_window``, and the cross-entropy weight decaying
+geometrically from ``ce_weight[0]`` to ``ce_weight[1]`` over ``p_window`` (windows are fractions of
+all training steps; Zhang et al. 2022,
+"Boosting the certified robustness of L-infinity distance nets", ICLR).  Every value is a pure
+function of the step index, so a resumed run sees exactly the values of an uninterrupted one.
+
+:func:`mix_loss` is the clipped hinge of Zhang et al. (2022) written with the certificate's own
+pairwise constants ``L_yj``: ``max_{j != y} clamp(1 - (f_y - f_j) / (L_yj eps), 0, 1)`` is 0 exactly
+when the certificate reaches ``eps``, plus the cross-entropy term for clean accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lipkit.nn.activations import Negate
+
+__all__ = [
+    "Negate",
+    "build_linf_model",
+    "pair_lipschitz",
+    "mix_loss",
+    "nominal_radius",
+    "LinfSchedule",
+    "schedule_at",
+    "apply_schedule",
+    "distance_layers",
+    "recalibrate_mean_shift",
+    "standardised_init",
+]
+
+
+def _is_distance(m: nn.Module) -> bool:
+    import lipkit
+
+    return isinstance(m, (lipkit.LinfDistLinear, lipkit.SortNeuronLinear))
+
+
+def distance_layers(model: nn.Module) -> list[nn.Module]:
+    """The l_inf-distance / SortNet layers of ``model`` in order."""
+    return [m for m in model.modules() if _is_distance(m)]
+
+
+def build_linf_model(cfg, in_features: int, num_classes: int, *, plain: bool = False) -> nn.Sequential:
+    """The l_inf model of ``cfg`` (see the module docstring).
+
+    ``plain=True`` builds the exported architecture (the head's ``LipLinear`` becomes a plain
+    ``nn.Linear`` holding the materialised weight), used to reload a run's weights.
+    """
+    import lipkit
+
+    def dist(n_in: int, n_out: int, first: bool, *, last: bool) -> nn.Module:
+        kw = {"mean_shift": not last, "bias": last}
+        if cfg.model == "sortnet" and not first:
+            # normal init: under the Bernoulli(q) training mask the identity init's diagonal
+            # coordinate (|x_j + C|, C = 10) is dropped with probability 1 - q, so each output
+            # jumps by about C between sub-batches and that noise drowns the signal (measured on
+            # digits: 15% test accuracy after 300 steps with identity init, 83% with normal).
+            return lipkit.SortNeuronLinear(n_in, n_out, q=cfg.sort_q, init="normal", **kw)
+        return lipkit.LinfDistLinear(n_in, n_out, **kw)
+
+    layers: list[nn.Module] = []
+    width_in = in_features
+    for i, w in enumerate(cfg.widths):
+        layers.append(dist(width_in, w, i == 0, last=False))
+        width_in = w
+    if cfg.head_width == 0:
+        layers += [dist(width_in, num_classes, False, last=True), Negate()]
+    else:
+        if plain:
+            layers.append(nn.Linear(width_in, cfg.head_width))
+        else:
+            layers.append(lipkit.LipLinear(width_in, cfg.head_width, constraint="inf"))
+        layers.append(nn.ReLU() if cfg.head_activation == "relu" else nn.Tanh())
+        layers.append(nn.Linear(cfg.head_width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def standardised_init(model: nn.Module, mean: float, std: float) -> None:
+    """Rescale a freshly initialised l_inf model so that training it on raw inputs ``x`` follows
+    the trajectory of the same model trained on standardised inputs ``(x - mean) / std``.
+
+    Zhang et al. (2021, 2022) train on standardised pixels; lipkit keeps the data in its own units
+    so that radii and certificates need no conversion.  The two are the same network up to scale:
+    with first-layer weights ``w = mean + std * w'`` and every later distance layer's weights and
+    biases ``std * w'``, each hidden value is ``std`` times the standardised model's (the l_inf
+    distance is translation invariant and positively homogeneous, mean shift commutes with
+    scaling), so the logits are ``std`` times its logits.  Adam's update does not depend on the
+    gradient's scale, so a learning rate ``std * lr'`` keeps the two runs equal at every step
+    (up to Adam's ``eps``).  Without it the first layer's ``N(0, 1)`` prototypes lie far outside
+    pixel data in ``[0, 1]`` and the identity init's constant (10) dwarfs the inputs.
+
+    Only distance layers are rescaled (a hybrid head is left as built).  In place.
+    """
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise ValueError(f"standardised_init needs a finite mean and std > 0, got mean={mean}, std={std}")
+    with torch.no_grad():
+        for i, layer in enumerate(distance_layers(model)):
+            layer.weight.mul_(std)
+            if i == 0:
+                layer.weight.add_(mean)
+            elif layer.bias is not None:
+                layer.bias.mul_(std)
+
+
+def pair_lipschitz(model: nn.Sequential) -> torch.Tensor:
+    """Differentiable ``L[c, j]`` bounding the l_inf Lipschitz constant of ``f_c - f_j``.
+
+    The same rule as :func:`lipkit.certify.compute_certificates` (which is what certifies): 2 for
+    a model of 1-Lipschitz logits (``L = 1``, ``|a_c - a_j| <= 2 ||a||_inf``); with a hybrid head
+    ``||v_c - v_j||_1 * ||W||_{inf->inf}`` (``W`` the head's first linear layer: max row l1 norm).
+    Returned as a 0-d tensor (no head) or a ``(C, C)`` tensor.  Assumes p = inf for the body
+    (true at the end of the p schedule; earlier it is a training signal only).
+    """
+    last = model[-1]
+    if isinstance(last, Negate):
+        return torch.tensor(2.0)
+    first = model[-3]
+    w1 = first.weight  # the parametrised (actual) weight
+    body = w1.abs().sum(dim=1).amax()
+    v = last.weight
+    return (v[:, None, :] - v[None, :, :]).abs().sum(dim=-1) * body
+
+
+def _pair_for(lcj: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``L[y_b, j]`` per sample, with 1 at ``j = y_b`` (``L_yy = 0`` would give 0/0 = NaN gradients)."""
+    if lcj.dim() == 0:
+        return lcj.expand(y.shape[0], num_classes)
+    return lcj[y].scatter(1, y[:, None], 1.0)
+
+
+def nominal_radius(f: torch.Tensor, y: torch.Tensor, lcj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Correctness and ``min_{j != y} (f_y - f_j) / L_yj`` (0 where misclassified): a training
+    signal computed from float32 logits, never reported as a certificate."""
+    f = f.double()
+    lyj = _pair_for(lcj.detach().double(), y, f.shape[1])
+    gap = f.gather(1, y[:, None]) - f
+    r = (gap / lyj).scatter(1, y[:, None], math.inf).amin(dim=1)
+    correct = r > 0
+    return correct, torch.where(correct, r, torch.zeros_like(r))
+
+
+def mix_loss(f: torch.Tensor, y: torch.Tensor, lcj: torch.Tensor, eps: float, ce_weight: float,
+             temperature: float) -> torch.Tensor:
+    """``mean_b max_{j != y} clamp(1 - (f_y - f_j) / (L_yj eps), 0, 1) + w * CE(t f, y)``.
+
+    The hinge is 0 exactly when the certified radius ``min_j (f_y - f_j) / L_yj`` reaches
+    ``eps`` and 1 for a misclassified point (clipped: Zhang et al., ICLR 2022); ``eps = 0`` drops it.
+    """
+    loss = f.new_zeros(())
+    if eps > 0:
+        lyj = _pair_for(lcj.to(f.dtype), y, f.shape[1])
+        gap = f.gather(1, y[:, None]) - f
+        h = (1.0 - gap / (lyj * eps)).clamp(0.0, 1.0)
+        h = h.scatter(1, y[:, None], 0.0)
+        loss = loss + h.amax(dim=1).mean()
+    if ce_weight > 0:
+        loss = loss + ce_weight * F.cross_entropy(temperature * f, y)
+    return loss
+
+
+@dataclass(frozen=True)
+class LinfSchedule:
+    """Values in force at one training step."""
+
+    p: float
+    eps: float
+    ce_weight: float
+
+
+def _ratio(t: int, window: list[float], total: int) -> float:
+    a, b = window[0] * total, window[1] * total
+    if b <= a:
+        return 1.0 if t >= a else 0.0
+    return min(max((t - a) / (b - a), 0.0), 1.0)
+
+
+def schedule_at(cfg, epoch: int, step: int, steps_per_epoch: int) -> LinfSchedule:
+    """The schedule values at ``step`` of ``epoch`` (0-based), a pure function of the config:
+    with ``t = epoch * steps_per_epoch + step`` and ``T = epochs * steps_per_epoch``, a window
+    ``[a, b]`` is at ratio ``clamp((t - aT) / ((b - a) T), 0, 1)``."""
+    t = epoch * steps_per_epoch + step
+    total = cfg.epochs * steps_per_epoch
+    r_p = _ratio(t, cfg.p_window, total)
+    if r_p >= 1.0:
+        p = math.inf
+    else:
+        p = float(round(cfg.p_start * (cfg.p_end / cfg.p_start) ** r_p))
+    eps = cfg.margin * _ratio(t, cfg.eps_window, total)
+    w0, w1 = cfg.ce_weight
+    w = 0.0 if w0 == 0 else w0 * (w1 / w0) ** r_p
+    return LinfSchedule(p=p, eps=eps, ce_weight=w)
+
+
+def apply_schedule(model: nn.Module, sched: LinfSchedule) -> None:
+    """Set ``p`` of every l_inf-distance layer (SortNet layers have no relaxation)."""
+    import lipkit
+
+    for m in model.modules():
+        if isinstance(m, lipkit.LinfDistLinear):
+            m.p = sched.p
+
+
+@torch.no_grad()
+def recalibrate_mean_shift(model: nn.Sequential, x: torch.Tensor, batch_size: int = 1024) -> None:
+    """Set every mean-shift running mean to the exact mean over ``x`` of the *evaluation-mode*
+    network, layer by layer.
+
+    During training the running mean tracks training-mode outputs (batch statistics, l_p
+    relaxation, SortNet masks); evaluation subtracts it as a constant.  Any constant keeps the
+    Lipschitz bound, so this only improves accuracy (the recipe of Zhang et al. re-estimates the
+    running means before testing as well).  Leaves ``model`` in eval mode.
+    """
+    model.eval()
+
+    def run(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        return torch.cat([layer(h[i:i + batch_size]) for i in range(0, h.shape[0], batch_size)])
+
+    h = x
+    for layer in model:
+        if _is_distance(layer) and layer.mean_shift:
+            layer.running_mean.zero_()
+            out = run(layer, h)
+            if layer.bias is not None:
+                out = out - layer.bias
+            layer.running_mean.copy_(out.double().mean(dim=0).to(out.dtype))
+        h = run(layer, h)
