@@ -73,3 +73,19 @@ def dense_matrix(f, in_shape: tuple[int, ...]) -> torch.Tensor:
     with torch.no_grad():
         out = f(eye).reshape(n, -1)
     return out.t().contiguous()
+
+
+def l2_norm_sq_lower(w: torch.Tensor) -> Fraction:
+    """An exact rational lower bound of ``||w||_2^2`` for matrices too big for :func:`l2_norm_mp`.
+
+    For every vector ``v``, ``||w v||^2 / ||v||^2 <= sigma_max^2``; with ``v`` the float64 top right
+    singular vector (any ``v`` is valid, this one makes the bound tight to ~1e-16) and the products
+    evaluated in exact rational arithmetic on the float values, the quotient is a rigorous lower bound.
+    """
+    w64 = w.detach().cpu().to(torch.float64)
+    v = torch.linalg.svd(w64, full_matrices=False).Vh[0]
+    vf = [Fraction(x) for x in v.tolist()]
+    rows = fractions_of(w64)
+    num = sum((sum((a * b for a, b in zip(r, vf, strict=True)), Fraction(0)) ** 2 for r in rows), Fraction(0))
+    den = sum((x * x for x in vf), Fraction(0))
+    return num / den
