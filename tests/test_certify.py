@@ -3,8 +3,10 @@ from __future__ import annotations
 import copy
 import math
 
+import mpmath
 import pytest
 import torch
+from exact_ref import l2_norm_mp
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import orthogonal
@@ -179,6 +181,67 @@ def test_unconstrained_net_gets_sound_smaller_radii():
                                  generator=torch.Generator().manual_seed(0))
         assert chk.n_certified >= 20
         assert chk.n_broken == 0
+    _check_radii_against_exact_values(model, x, res)
+
+
+def _check_radii_against_exact_values(model: nn.Sequential, x: torch.Tensor, res) -> None:
+    """The l2 radii of a plain Linear/ReLU classifier on R^2 against values computed without lipkit:
+
+    1. the radius its bound implies: ``min_j (m_j - allowance) / L_cj`` with
+       ``L_cj = min(sqrt(2) prod ||W_l||_2, ||w_c - w_j||_2 prod_{l < last} ||W_l||_2)`` from 50-digit norms
+       (the exact values of what lipkit rounds up), compared exactly: the radius must not exceed it and
+       must be within 1e-6 of it;
+    2. ``m_j / L_cj`` with the true-Lipschitz *lower* bound ``L_cj >= max ||grad(f_c - f_j)||_2`` over a
+       dense grid (attained gradients, so no sound Lipschitz radius can exceed this);
+    3. a near-exhaustive 2-D attack: the deployed model's class is constant at 360 directions x 40 radii
+       inside 0.999 x the radius.
+    """
+    lins = [m for m in model if isinstance(m, nn.Linear)]
+    m64 = copy.deepcopy(model).double()
+    with torch.no_grad():
+        logits = m64(x.double())
+    pred = res.prediction
+    last = lins[-1].weight.detach().double()
+    with mpmath.workdps(50):
+        body = mpmath.mpf(1)
+        for lin in lins[:-1]:
+            body *= l2_norm_mp(lin.weight)
+        full = body * l2_norm_mp(lins[-1].weight)
+        n_cls = last.shape[0]
+        lcj = [[min(mpmath.sqrt(2) * full,
+                    mpmath.sqrt(mpmath.fsum(mpmath.mpf(v) ** 2 for v in (last[c] - last[j]).tolist())) * body)
+                for j in range(n_cls)] for c in range(n_cls)]
+        for i in range(len(x)):
+            c = int(pred[i])
+            diffs = [mpmath.mpf(logits[i, c].item()) - mpmath.mpf(logits[i, j].item()) for j in range(n_cls)]
+            expected = min((diffs[j] - mpmath.mpf(res.allowance[i].item())) / lcj[c][j]
+                           for j in range(n_cls) if j != c)
+            r = mpmath.mpf(res.radius[i].item())
+            if expected <= 0:
+                assert r == 0, i
+                continue
+            assert r <= expected, (i, r, expected)
+            assert r >= expected * (1 - mpmath.mpf(1e-6)), (i, r, expected)
+    # 2. attained gradients of the logit differences on a grid
+    t = torch.linspace(-4, 4, 201, dtype=torch.float64)
+    pts = torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2)
+    jac = torch.func.vmap(torch.func.jacrev(m64))(pts).detach()  # (N, C, 2)
+    low = torch.zeros(n_cls, n_cls, dtype=torch.float64)
+    for c in range(n_cls):
+        for j in range(n_cls):
+            low[c, j] = torch.linalg.vector_norm(jac[:, c] - jac[:, j], dim=1).max() * (1 - 1e-9)
+    top = logits.gather(1, pred[:, None])
+    off = torch.ones_like(logits, dtype=torch.bool).scatter_(1, pred[:, None], False)
+    cap = ((top - logits) / low[pred]).masked_fill(~off, math.inf).min(1).values
+    assert (res.radius <= cap).all(), (res.radius - cap).max()
+    # 3. attack: dense rays inside the certified ball
+    ang = torch.linspace(0, 2 * math.pi, 361, dtype=torch.float64)[:-1]
+    dirs = torch.stack([ang.cos(), ang.sin()], 1)
+    frac = torch.linspace(0, 0.999, 41, dtype=torch.float64)[1:]
+    with torch.no_grad():
+        for i in torch.nonzero(res.radius > 0).flatten().tolist():
+            ball = x[i].double() + (res.radius[i] * frac)[:, None, None] * dirs[None]
+            assert (model(ball.reshape(-1, 2).float()).argmax(1) == pred[i]).all(), i
 
 
 def _linear_model(seed: int = 0) -> tuple[nn.Sequential, torch.Tensor]:

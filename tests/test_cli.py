@@ -111,9 +111,35 @@ def test_certify_command_and_bad_eps(demo_run, capsys) -> None:
 
 def test_report_command_regenerates(demo_run, capsys) -> None:
     _, run = demo_run
+    before = json.loads((run / "metrics.json").read_text())
     (run / "report.md").unlink()
     code, out, _ = _run(capsys, "report", str(run))
     assert code == 0 and (run / "report.md").is_file() and "wrote" in out
+    text = (run / "report.md").read_text()
+    m = json.loads((run / "metrics.json").read_text())
+    # the regenerated figures are the run's: same weights, same seed, same certificates
+    for key in ("lipschitz_bound", "clean_accuracy", "certified_accuracy", "certificates_broken"):
+        assert m[key] == before[key], key
+    # and the report states exactly the figures of metrics.json
+    assert f"Lipschitz bound of the exported weights: **{m['lipschitz_bound']:.9f}**." in text
+    assert f"Clean accuracy: **{100 * m['clean_accuracy']:.2f}%**" in text
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0] in m["certified_accuracy"]:
+            rows[cells[0]] = cells
+    assert set(rows) == set(m["certified_accuracy"]) == {"0.1", "0.25", "0.5", "0.75", "1"}
+    for k, cells in rows.items():
+        pgd = m.get("pgd", {}).get(k, {})
+        assert cells[1] == f"{100 * m['certified_accuracy'][k]:.2f}%", k
+        assert cells[2] == str(pgd.get("certified_points", 0)) and cells[3] == str(pgd.get("broken", 0)), k
+        rob = pgd.get("pgd_robust_accuracy")
+        assert cells[4] == ("" if rob is None else f"{100 * rob:.2f}%"), k
+    own = m["pgd_own_radius"]
+    assert f"Per-point PGD check: {own['n_certified']} certified points attacked" in text
+    assert f"**{own['n_broken']} broken**" in text
+    assert sum(int(c[3]) for c in rows.values()) + own["n_broken"] == m["certificates_broken"] == 0
+    assert f"test split ({m['n_test']} points" in text
 
 
 def test_corrupt_checkpoint_is_one_line_error(demo_run, capsys) -> None:

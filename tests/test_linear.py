@@ -1,7 +1,9 @@
 import math
+from fractions import Fraction
 
 import pytest
 import torch
+from exact_ref import l2_norm_sq_lower
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -64,6 +66,15 @@ def test_orthogonal_bound_and_gradient(method, shape):
     for mode in ("train", "eval"):
         getattr(layer, mode)()
         assert abs(lipschitz_bound(layer, 2) - 2.0) < 2e-3, mode
+        # the bound dominates the exact norm of the weight the forward pass uses (one cached weight for
+        # the bound, the forward and the reference; the reference is an exact rational lower bound of
+        # ||W||_2^2, tight to ~1e-16, computed without lipkit)
+        with parametrize.cached():
+            bound = lipschitz_bound(layer, 2)
+            w = layer.weight.detach().clone()
+            torch.testing.assert_close(layer(x), nn.functional.linear(x, w, layer.bias), rtol=0, atol=0)
+        assert Fraction(bound) ** 2 >= l2_norm_sq_lower(w), mode
+        assert Fraction(bound) ** 2 <= l2_norm_sq_lower(w) * (1 + Fraction(1, 10**9)), mode
         sv = torch.linalg.svdvals(layer.weight.double())
         tol = 1e-5 if mode == "eval" else 1e-3
         assert (sv / 2.0 - 1).abs().max().item() < tol, (mode, sv)
