@@ -134,11 +134,14 @@ def test_piecewise_unit_slope_constants(make):
 
 
 @pytest.mark.parametrize("beta", [0.5, 1.0, 3.0])
-def test_softplus_constant(beta):
-    """The smooth part: f' = sigmoid(beta x) < 1, with sup 1 (the limit at +inf)."""
+def test_smooth_softplus_constant(beta):
+    """f' = sigmoid(beta x) < 1, with sup 1 (the limit at +inf); lipkit.SmoothSoftplus has no threshold."""
     b = mpmath.mpf(beta)
     sup = _sup_abs(lambda x: _sigmoid(b * x), (0, 1))
-    _assert_tight(lipkit.lipschitz_bound(nn.Softplus(beta=beta)), sup, "softplus")
+    _assert_tight(lipkit.lipschitz_bound(lipkit.SmoothSoftplus(beta=beta)), sup, "softplus")
+    x = torch.linspace(-30, 30, 601, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(lipkit.SmoothSoftplus(beta=beta)(x).sum(), x)
+    torch.testing.assert_close(g, torch.sigmoid(beta * x.detach()), rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
@@ -162,11 +165,13 @@ def test_torch_derivatives_agree_with_the_references():
         torch.testing.assert_close(g, ref, rtol=1e-12, atol=1e-12, msg=name)
 
 
-@pytest.mark.xfail(strict=True, reason="src issue: nn.Softplus switches to the identity above `threshold` "
-                   "and jumps by log1p(exp(-threshold)) / beta there; the registered bound 1.0 ignores it")
-def test_softplus_threshold_jump_is_bounded():
+def test_torch_softplus_threshold_jump_is_refused():
+    """nn.Softplus switches to the identity above ``threshold`` and jumps by log1p(exp(-threshold)) / beta:
+    no finite constant holds across the switch, so no bound is given."""
     sp = nn.Softplus(beta=1.0, threshold=2.0).double()
     x = torch.tensor([2.0], dtype=torch.float64)
     y = x + 1e-6
     ratio = ((sp(x) - sp(y)).abs() / (x - y).abs()).item()
-    assert ratio <= lipkit.lipschitz_bound(sp)
+    assert ratio > 1e4  # the jump is real
+    with pytest.raises(lipkit.UnsupportedModuleError, match="not Lipschitz.*SmoothSoftplus"):
+        lipkit.lipschitz_bound(sp)
