@@ -4,7 +4,8 @@ through the command line, with the figures of its report kept in ``bench/results
 ``python bench/demo.py [--threads N]`` (about 1.5 min with 2 idle threads).  The run goes through
 ``python -m lipkit.cli train --config`` with `lipkit demo`'s configuration
 (``lipkit.training.config.DEMO_CONFIG``); only the number of torch threads may differ (``--threads``,
-default: the configuration's).  Two-thread training is not bit-reproducible, so figures move by a point or two between runs.
+default: the configuration's).  Two-thread training is not bit-reproducible, so figures move by a point
+or two between runs.
 
 Keys: ``clean``, ``certified[r]`` (fraction of the 450 test digits), ``pgd[r]`` (``broken`` of
 ``certified_points``: certified points that l2 PGD at radius r misclassifies; must be 0),
