@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["MulticlassHingeLoss", "HKRLoss", "LipschitzCrossEntropyLoss"]
+__all__ = ["MulticlassHingeLoss", "HKRLoss", "LipschitzCrossEntropyLoss", "top2_margin"]
 
 
 def _check(logits: torch.Tensor, target: torch.Tensor) -> None:
@@ -51,7 +51,11 @@ def _check_number(name: str, value: float, *, positive: bool = False) -> float:
     return v
 
 
-def _top2_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def top2_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-example margin ``f_y - max_{j != y} f_j`` (negative when misclassified); differentiable.
+
+    The one implementation of the top-2 margin: losses, attacks, certificates and training read it.
+    """
     true = logits.gather(1, target[:, None]).squeeze(1)
     other = logits.scatter(1, target[:, None], float("-inf")).max(dim=1).values
     return true - other
@@ -70,7 +74,7 @@ class MulticlassHingeLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         _check(logits, target)
-        return torch.relu(self.margin - _top2_margin(logits, target)).mean()
+        return torch.relu(self.margin - top2_margin(logits, target)).mean()
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}"
@@ -103,7 +107,7 @@ class HKRLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         _check(logits, target)
-        hinge = torch.relu(self.margin - _top2_margin(logits, target)).mean()
+        hinge = torch.relu(self.margin - top2_margin(logits, target)).mean()
         return self.alpha * hinge - self.kantorovich_rubinstein(logits, target)
 
     def extra_repr(self) -> str:

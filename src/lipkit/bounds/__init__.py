@@ -9,7 +9,14 @@ sensitivity facet used by differential privacy (:mod:`.sensitivity`).  Imports n
 from lipkit.bounds import conv as _conv  # noqa: F401  (registers the nn.Conv rules)
 from lipkit.bounds import torch_rules as _torch_rules  # noqa: F401  (registers the torch.nn rules)
 from lipkit.bounds.conv import conv_module_norm, conv_operator_norm, gram_spectral_bound, reshaped_kernel_norm
-from lipkit.bounds.numerics import EPS64, as_float64, normalize_p, operator_norm, round_up
+from lipkit.bounds.numerics import (
+    EPS64,
+    as_float64,
+    normalize_p,
+    operator_norm,
+    pairwise_head_bound,
+    round_up,
+)
 from lipkit.bounds.registry import (
     LIPSCHITZ,
     Facet,
@@ -42,6 +49,7 @@ __all__ = [
     "normalize_p",
     "observer_hook",
     "operator_norm",
+    "pairwise_head_bound",
     "parameter_sensitivity",
     "record_input_shapes",
     "register_bound",

@@ -13,7 +13,7 @@ import math
 import torch
 
 __all__ = ["EPS64", "Norm", "normalize_p", "round_up", "as_float64", "operator_norm", "norm_order",
-           "dual_exponent"]
+           "dual_exponent", "pairwise_head_bound"]
 
 #: float64 unit round-off (machine epsilon 2^-52).
 EPS64 = float(torch.finfo(torch.float64).eps)
@@ -115,3 +115,17 @@ def operator_norm(weight: torch.Tensor, p_in: float | str = 2, p_out: float | st
     # inf -> 2, inf -> 1, 2 -> 1: Hoelder row by row, then the l_{p_out} norm of the row bounds
     rows = torch.linalg.vector_norm(w, ord=dual_exponent(p_in), dim=1)
     return round_up(torch.linalg.vector_norm(rows, ord=p_out).item(), 2 * (m + n))
+
+
+def pairwise_head_bound(head_weight: torch.Tensor, body_bound: torch.Tensor | float,
+                        p: float) -> torch.Tensor:
+    """``B[c, j] = ||w_c - w_j||_{p*} * L_body``: a bound of the l_p Lipschitz constant of ``f_c - f_j``.
+
+    For a classifier ``f = W h(x) + b`` whose body ``h`` is ``L_body``-Lipschitz (l_p -> l_p), Hoelder
+    gives ``|(f_c - f_j)(x) - (f_c - f_j)(x')| <= ||w_c - w_j||_{p*} L_body ||x - x'||_p`` (``p*`` the dual
+    exponent).  Differentiable in both arguments (training uses it as a signal); certificates evaluate it
+    in float64 and round it up themselves.  Returns the ``(C, C)`` matrix (zero diagonal).
+    """
+    w = head_weight
+    diff = w[:, None, :] - w[None, :, :]
+    return torch.linalg.vector_norm(diff, ord=dual_exponent(normalize_p(p)), dim=-1) * body_bound

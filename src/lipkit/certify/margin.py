@@ -63,6 +63,7 @@ from lipkit.bounds import (
     lipschitz_bound,
     normalize_p,
     operator_norm,
+    pairwise_head_bound,
     round_up,
     unwrap,
 )
@@ -221,11 +222,8 @@ def _pairwise_bound(model: nn.Module, p: float, input_shape) -> torch.Tensor | N
     except UnsupportedModuleError:
         return None
     w = model[-1].weight.detach().to(torch.float64)
-    diff = w[:, None, :] - w[None, :, :]
-    q = 2 if p == 2 else 1
-    norms = torch.linalg.vector_norm(diff, ord=q, dim=-1)
     slack = 4.0 * (w.shape[1] + 4) * 2.0**-52
-    return norms * (1.0 + slack) * body * (1.0 + 1e-12)
+    return pairwise_head_bound(w, body, p) * (1.0 + slack) * (1.0 + 1e-12)
 
 
 def _affine_abs(mod: nn.Module, h_abs: torch.Tensor) -> tuple[torch.Tensor, int]:
