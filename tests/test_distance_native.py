@@ -440,3 +440,30 @@ def test_top_level_exports() -> None:
     with lipkit.use_distance_backend("torch"):
         assert get_backend() == "torch"
     assert get_backend() == "auto"
+
+
+def test_backend_and_lp_skip_settings_belong_to_their_thread() -> None:
+    """No process-wide switch: a setting made in one thread (a rank, a served model) leaves others alone."""
+    import threading
+
+    seen: dict[str, object] = {}
+
+    def worker() -> None:
+        set_backend("torch")
+        seen["worker_backend"] = get_backend()
+        if native_available():
+            distance_native.set_lp_skip(False)
+            seen["worker_skip"] = distance_native.lp_skip_enabled()
+
+    with use_backend("auto"):
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+        assert get_backend() == "auto"
+    assert seen["worker_backend"] == "torch"
+    if native_available():
+        assert seen["worker_skip"] is False
+        assert distance_native.lp_skip_enabled() is True
+        with distance_native.lp_skip(False):
+            assert distance_native.lp_skip_enabled() is False
+        assert distance_native.lp_skip_enabled() is True

@@ -51,6 +51,7 @@ variable ``LIPKIT_DISTANCE_BACKEND`` (``auto`` / ``native`` / ``torch``).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import os
 from collections.abc import Iterator
@@ -89,7 +90,8 @@ NATIVE_MAX_K = 64
 #: Backend names accepted by ``backend=`` and :func:`set_backend`.
 BACKENDS = ("auto", "native", "torch")
 _NATIVE_DTYPES = {torch.float32: "f32", torch.float64: "f64"}
-_backend: list[str | None] = [None]  # None: read LIPKIT_DISTANCE_BACKEND (default "auto")
+#: the default backend of the current context (thread, task); None: read LIPKIT_DISTANCE_BACKEND
+_BACKEND: contextvars.ContextVar[str | None] = contextvars.ContextVar("lipkit_distance_backend", default=None)
 
 
 # --------------------------------------------------------------------------- backend selection
@@ -103,26 +105,30 @@ def _valid_backend(name: object, where: str) -> str:
 
 def get_backend() -> str:
     """The default backend: set by :func:`set_backend`, else ``$LIPKIT_DISTANCE_BACKEND``, else ``"auto"``."""
-    if _backend[0] is not None:
-        return _backend[0]
+    chosen = _BACKEND.get()
+    if chosen is not None:
+        return chosen
     env = os.environ.get("LIPKIT_DISTANCE_BACKEND")
     return _valid_backend(env, "environment variable LIPKIT_DISTANCE_BACKEND") if env else "auto"
 
 
 def set_backend(name: str | None) -> None:
-    """Set the default backend (``"auto"``, ``"native"``, ``"torch"``; ``None``: back to the environment)."""
-    _backend[0] = None if name is None else _valid_backend(name, "set_backend")
+    """Set the default backend (``"auto"``, ``"native"``, ``"torch"``; ``None``: back to the environment).
+
+    The setting belongs to the current context (a ``contextvars`` variable): other threads and asyncio
+    tasks, e.g. the ranks of a multi-process run or a second model served in another thread, keep theirs.
+    """
+    _BACKEND.set(None if name is None else _valid_backend(name, "set_backend"))
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Context manager: run the enclosed kernels with backend ``name``."""
-    old = _backend[0]
-    set_backend(name)
+    token = _BACKEND.set(_valid_backend(name, "use_backend"))
     try:
         yield
     finally:
-        _backend[0] = old
+        _BACKEND.reset(token)
 
 
 def native_available() -> bool:
@@ -543,10 +549,11 @@ class _NativeLpDist(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, p: int, lib) -> torch.Tensor:
         y = torch.empty(x.shape[0], w.shape[0], dtype=x.dtype)
+        skip = int(distance_native.lp_skip_enabled())
         _fn(lib, "lp_forward", x.dtype)(x.data_ptr(), w.data_ptr(), x.shape[0], w.shape[0], x.shape[1], p,
-                                        y.data_ptr(), _nthreads())
+                                        y.data_ptr(), skip, _nthreads())
         ctx.save_for_backward(x, w, y)
-        ctx.p, ctx.lib = p, lib
+        ctx.p, ctx.lib, ctx.skip = p, lib, skip
         return y
 
     @staticmethod
@@ -565,7 +572,7 @@ class _NativeLpDist(torch.autograd.Function):
         gw_ptr = None if gw is None else gw.data_ptr()
         _fn(ctx.lib, "lp_backward", x.dtype)(
             x.data_ptr(), w.data_ptr(), y.data_ptr(), gy.data_ptr(), x.shape[0], w.shape[0], x.shape[1],
-            ctx.p, gx_ptr, gw_ptr, scratch.data_ptr(), nt)
+            ctx.p, gx_ptr, gw_ptr, scratch.data_ptr(), ctx.skip, nt)
         return gx, gw, None, None
 
 

@@ -22,6 +22,7 @@ torch kernels run instead.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import hashlib
 import os
@@ -32,12 +33,14 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["load", "reload", "unavailable_reason", "library_path", "cache_dir", "set_lp_skip"]
+__all__ = ["load", "reload", "unavailable_reason", "library_path", "cache_dir", "set_lp_skip", "lp_skip",
+           "lp_skip_enabled"]
 
 SOURCE = Path(__file__).with_name("_native") / "distance.cpp"
-ABI_VERSION = 3
+ABI_VERSION = 4
 _FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 
 _lock = threading.Lock()
@@ -135,8 +138,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "lk_linf_forward": [p, p, i64, i64, i64, p, i64, p, p, i32],
         "lk_scatter_backward": [p, p, p, i64, i64, i64, i64, p, p, i32],
         "lk_topk_forward": [p, p, p, i64, i64, i64, i64, p, p, i32],
-        "lk_lp_forward": [p, p, i64, i64, i64, i64, p, i32],
-        "lk_lp_backward": [p, p, p, p, i64, i64, i64, i64, p, p, p, i32],
+        "lk_lp_forward": [p, p, i64, i64, i64, i64, p, i32, i32],
+        "lk_lp_backward": [p, p, p, p, i64, i64, i64, i64, p, p, p, i32, i32],
     }
     for name, args in sigs.items():
         for suf in ("f32", "f64"):
@@ -148,8 +151,6 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn.argtypes = [p, i64, i32]
         fn.restype = ctypes.c_int
     lib.lk_abi_version.restype = ctypes.c_int
-    lib.lk_set_lp_skip.argtypes = [i32]
-    lib.lk_set_lp_skip.restype = ctypes.c_int
     lib.lk_vector_bytes.restype = ctypes.c_int
 
 
@@ -221,6 +222,15 @@ def unavailable_reason() -> str | None:
     return _state["reason"]
 
 
+#: whether the native l_p kernels skip negligible terms, per context (thread, task); default on
+_LP_SKIP: contextvars.ContextVar[bool] = contextvars.ContextVar("lipkit_lp_skip", default=True)
+
+
+def lp_skip_enabled() -> bool:
+    """Whether the native l_p kernels skip negligible terms in this context (see :func:`set_lp_skip`)."""
+    return _LP_SKIP.get()
+
+
 def set_lp_skip(enabled: bool) -> bool:
     """Whether the native l_p kernels skip negligible terms; returns the previous setting.
 
@@ -228,12 +238,25 @@ def set_lp_skip(enabled: bool) -> bool:
     dtype's machine epsilon, ``n`` the input width) cannot change a float of that dtype, so by default
     (for exponents of 24 or more) a vector of them is not raised to the power.  Late in the l_p phase of
     training most terms are of that kind.  Turning it off is for timing the difference side by side;
-    the results agree to rounding.  Raises ``RuntimeError`` if the native kernels are unavailable.
+    the results agree to rounding.  The setting belongs to the current context (a ``contextvars``
+    variable, passed to each kernel call): other threads and tasks keep their own.  Use
+    :func:`lp_skip` to set it for a block.  Raises ``RuntimeError`` if the native kernels are unavailable.
     """
-    lib = load()
-    if lib is None:
+    if load() is None:
         raise RuntimeError(f"native kernels unavailable: {unavailable_reason()}")
-    return bool(lib.lk_set_lp_skip(1 if enabled else 0))
+    previous = _LP_SKIP.get()
+    _LP_SKIP.set(bool(enabled))
+    return previous
+
+
+@contextlib.contextmanager
+def lp_skip(enabled: bool) -> Iterator[None]:
+    """Context manager: the native l_p kernels skip negligible terms (or not) inside the block."""
+    token = _LP_SKIP.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _LP_SKIP.reset(token)
 
 
 def library_path() -> Path | None:

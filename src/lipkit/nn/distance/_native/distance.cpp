@@ -671,8 +671,6 @@ inline void tile_pow(typename VecT<T>::v* t, const typename VecT<T>::v* base, in
   }
 }
 
-std::atomic<int> g_lp_skip(1);  // lk_set_lp_skip: 0 powers every term (for side-by-side timing)
-
 // Negligible terms of an l_p sum.  With ratios r_i in [0, 1] of which the largest is 1 (forward:
 // r = |d| / max |d|) or at least N^(-1/p) (backward: r = |d| / y), a term r^e below
 // delta = epsilon / N^2 changes nothing a float of type T can hold: in the forward sum (>= 1) all such
@@ -680,8 +678,9 @@ std::atomic<int> g_lp_skip(1);  // lk_set_lp_skip: 0 powers every term (for side
 // pair's largest gradient entry (>= r_max^(p-1) >= 1 / N).  skip_below returns t = delta^(1/e), so
 // r < t <=> r^e < delta: a vector of ratios that are all below t needs no powering.  For small
 // exponents almost nothing is below t, so the test is not worth its cost and 0 is returned.
-template <typename T> inline T skip_below(int64_t N, int64_t e) {
-  if (e < 24 || !g_lp_skip.load(std::memory_order_relaxed)) return T(0);
+// skip = 0 powers every term (for side-by-side timing); it is an argument of each call, not a global.
+template <typename T> inline T skip_below(int64_t N, int64_t e, int skip) {
+  if (e < 24 || !skip) return T(0);
   const double delta = (double)std::numeric_limits<T>::epsilon() / ((double)N * (double)N);
   return (T)std::pow(delta, 1.0 / (double)e);
 }
@@ -746,11 +745,11 @@ template <typename T, int NJ> struct PowQueue {
 // y[b, o] = ||x[b] - w[o]||_p for an integer p >= 1, scaled by the maximum to avoid overflow:
 // y = m (sum_i (d_i / m)^p)^(1/p), m = max_i d_i.
 template <typename T>
-void lp_forward(const T* x, const T* w, int64_t B, int64_t M, int64_t N, int64_t p, T* y, int nt) {
+void lp_forward(const T* x, const T* w, int64_t B, int64_t M, int64_t N, int64_t p, T* y, int skip, int nt) {
   typedef typename VecT<T>::v v;
   constexpr int L = lanes<T>();
   constexpr int NJ = LFB * LFO;
-  const T tskip = skip_below<T>(N, p);
+  const T tskip = skip_below<T>(N, p, skip);
   const v tv = splat<T>(tskip);
   const bool use_queue = p >= kQueueFrom;
   parallel_for(n_items(B, M), nt, [&](int64_t item, int) {
@@ -820,12 +819,12 @@ void lp_forward(const T* x, const T* w, int64_t B, int64_t M, int64_t N, int64_t
 // accumulated in per-thread buffers (scratch: nt x B x N) and summed at the end.
 template <typename T>
 void lp_backward(const T* x, const T* w, const T* y, const T* g, int64_t B, int64_t M, int64_t N, int64_t p,
-                 T* gx, T* gw, T* scratch, int nt) {
+                 T* gx, T* gw, T* scratch, int skip, int nt) {
   typedef typename VecT<T>::v v;
   typedef typename VecT<T>::vi vi;
   constexpr int L = lanes<T>();
   constexpr int NJ = LBB * LBO;
-  const T tskip = p > 1 ? skip_below<T>(N, p - 1) : T(0);
+  const T tskip = p > 1 ? skip_below<T>(N, p - 1, skip) : T(0);
   const v tv = splat<T>(tskip);
   const bool use_queue = p - 1 >= kQueueFrom;
   const int64_t items = n_items(B, M);
@@ -954,9 +953,7 @@ template <typename T> int all_finite(const T* a, int64_t n, int nt) {
 
 #define LK_EXPORT extern "C" __attribute__((visibility("default")))
 
-LK_EXPORT int lk_abi_version() { return 3; }
-// Whether the l_p kernels skip negligible terms (see skip_below); returns the previous setting.
-LK_EXPORT int lk_set_lp_skip(int on) { return g_lp_skip.exchange(on ? 1 : 0); }
+LK_EXPORT int lk_abi_version() { return 4; }
 LK_EXPORT int lk_vector_bytes() { return LK_VBYTES; }
 
 #define LK_DEFINE(T, SUF)                                                                             \
@@ -975,13 +972,13 @@ LK_EXPORT int lk_vector_bytes() { return LK_VBYTES; }
     topk_forward<T>(x, w, coef, B, M, N, K, y, code, nt);                                             \
   }                                                                                                   \
   LK_EXPORT void lk_lp_forward_##SUF(const T* x, const T* w, int64_t B, int64_t M, int64_t N, int64_t p, \
-                                     T* y, int nt) {                                                  \
-    lp_forward<T>(x, w, B, M, N, p, y, nt);                                                           \
+                                     T* y, int skip, int nt) {                                        \
+    lp_forward<T>(x, w, B, M, N, p, y, skip, nt);                                                     \
   }                                                                                                   \
   LK_EXPORT void lk_lp_backward_##SUF(const T* x, const T* w, const T* y, const T* g, int64_t B,         \
                                       int64_t M, int64_t N, int64_t p, T* gx, T* gw, T* scratch,      \
-                                      int nt) {                                                       \
-    lp_backward<T>(x, w, y, g, B, M, N, p, gx, gw, scratch, nt);                                      \
+                                      int skip, int nt) {                                             \
+    lp_backward<T>(x, w, y, g, B, M, N, p, gx, gw, scratch, skip, nt);                                \
   }
 
 LK_DEFINE(float, f32)
