@@ -4,32 +4,12 @@ import math
 
 import pytest
 import torch
+from conftest import lipschitz_ratio, sample_pairs
 from torch import nn
 
 import lipkit
 
 PS = [2, math.inf]
-
-
-def _max_ratio(f, x: torch.Tensor, y: torch.Tensor, p: float) -> float:
-    with torch.no_grad():
-        num = torch.linalg.vector_norm((f(x) - f(y)).flatten(1), ord=p, dim=1)
-    den = torch.linalg.vector_norm((x - y).flatten(1), ord=p, dim=1)
-    return (num / den).max().item()
-
-
-def _pairs(shape: tuple[int, ...], n: int = 400, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random pairs, close pairs, and pairs differing in a single coordinate (order statistics)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, *shape, generator=g, dtype=torch.float64)
-    far = torch.randn(n, *shape, generator=g, dtype=torch.float64)
-    close = x + 1e-3 * torch.randn(n, *shape, generator=g, dtype=torch.float64)
-    single = x.clone().flatten(1)
-    idx = torch.randint(0, single.shape[1], (n,), generator=g)
-    single[torch.arange(n), idx] += 3.0 * torch.randn(n, generator=g, dtype=torch.float64)
-    xs = torch.cat([x, x, x])
-    ys = torch.cat([far, close, single.view_as(x)])
-    return xs, ys
 
 
 # --------------------------------------------------------------------------- sorting
@@ -80,8 +60,8 @@ def test_sort_like_pairs_never_exceed_bound(make, p):
     m = make().double()
     bound = lipkit.lipschitz_bound(m, p)
     assert bound == 1.0
-    xs, ys = _pairs((6,))
-    ratio = _max_ratio(m, xs, ys, p)
+    xs, ys = sample_pairs((6,))
+    ratio = lipschitz_ratio(m, xs, ys, p)
     assert ratio <= bound * (1 + 1e-12)
     assert ratio > 0.999  # single-coordinate moves inside a piece attain 1: the bound is tight
 
@@ -112,14 +92,14 @@ def test_householder_bound_sound_and_tight(p):
     expected = 1.0 if p == 2 else abs(math.cos(0.6)) + abs(math.sin(0.6))  # ~1.390
     assert bound == pytest.approx(expected, rel=1e-6)
     assert bound >= expected
-    xs, ys = _pairs((2,))
+    xs, ys = sample_pairs((2,))
     # pairs deep in the reflected half-space, moved along the row that attains ||R||_inf
     v = torch.tensor([math.cos(0.3), math.sin(0.3)], dtype=torch.float64)
     base = -5.0 * v.expand(50, 2)
     r = torch.eye(2, dtype=torch.float64) - 2 * torch.outer(v, v)
     d = 1e-2 * torch.sign(r[0]).expand(50, 2)
     xs, ys = torch.cat([xs, base]), torch.cat([ys, base + d])
-    ratio = _max_ratio(h, xs, ys, p)
+    ratio = lipschitz_ratio(h, xs, ys, p)
     assert ratio <= bound * (1 + 1e-9)
     assert ratio >= 0.99 * bound
 
@@ -168,8 +148,8 @@ def test_spline_slopes_clipped_after_gradient_step(p):
     assert bound <= 1.0  # ... but the forward pass clips them
     assert bound == 1.0
     s = s.double()
-    xs, ys = _pairs((3,), seed=1)
-    ratio = _max_ratio(s, xs, ys, p)
+    xs, ys = sample_pairs((3,), seed=1)
+    ratio = lipschitz_ratio(s, xs, ys, p)
     assert ratio <= bound + 1e-9
     assert ratio > 0.99
 

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import lipschitz_ratio, sample_pairs
 from torch import nn
 
 from lipkit.bounds import UnsupportedModuleError, lipschitz_bound
@@ -297,24 +298,6 @@ def test_identity_init_is_identity_up_to_constant() -> None:
 # --------------------------------------------------------------------------- Lipschitz bounds
 
 
-def _max_ratio(f, x, x2, p) -> float:
-    with torch.no_grad():
-        num = torch.linalg.vector_norm(f(x) - f(x2), ord=p, dim=1)
-        den = torch.linalg.vector_norm(x - x2, ord=p, dim=1)
-    return (num / den).max().item()
-
-
-def _pairs(n: int, count: int = 400, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(count, n, dtype=D, generator=g) * 3
-    x2 = x + torch.randn(count, n, dtype=D, generator=g) * torch.rand(count, 1, dtype=D, generator=g)
-    # half the pairs differ in one coordinate only
-    one = x.clone()
-    idx = torch.randint(0, n, (count,), generator=g)
-    one[torch.arange(count), idx] += torch.randn(count, dtype=D, generator=g)
-    return torch.cat([x, x]), torch.cat([x2, one])
-
-
 @pytest.mark.parametrize("kind", ["linf", "sort"])
 def test_sampled_pairs_never_break_linf_bound(kind: str) -> None:
     torch.manual_seed(1)
@@ -329,8 +312,8 @@ def test_sampled_pairs_never_break_linf_bound(kind: str) -> None:
     net.eval()
     bound = lipschitz_bound(net, math.inf)
     assert bound == pytest.approx(1.0, abs=1e-12)
-    x, x2 = _pairs(10)
-    r = _max_ratio(net, x, x2, math.inf)
+    x, x2 = sample_pairs((10,), scale=3.0)
+    r = lipschitz_ratio(net, x, x2, math.inf)
     assert r <= bound + 1e-12
     assert r > 0.5  # not vacuous: some pairs move the output by a good part of the input change
     if kind == "sort":  # a realised training mask is still 1-Lipschitz (no mean shift, fixed mask)
@@ -342,7 +325,7 @@ def test_sampled_pairs_never_break_linf_bound(kind: str) -> None:
             torch.set_rng_state(state)
             return layer(z)
 
-        assert _max_ratio(f, x, x2, math.inf) <= 1 + 1e-12
+        assert lipschitz_ratio(f, x, x2, math.inf) <= 1 + 1e-12
 
 
 def test_linf_layer_single_coordinate_is_tight() -> None:
@@ -370,11 +353,11 @@ def test_bounds_for_p2_p1_and_relaxation_are_sound_and_attained() -> None:
     x[0, 0] = 3.0
     x2 = x.clone()
     x2[0, 0] = 3.5
-    assert _max_ratio(layer, x, x2, 2) == pytest.approx(math.sqrt(m), rel=1e-12)  # sqrt(m) is attained
-    assert _max_ratio(layer, x, x2, 1) == pytest.approx(m, rel=1e-12)
-    xs, x2s = _pairs(n)
+    assert lipschitz_ratio(layer, x, x2, 2) == pytest.approx(math.sqrt(m), rel=1e-12)  # sqrt(m) is attained
+    assert lipschitz_ratio(layer, x, x2, 1) == pytest.approx(m, rel=1e-12)
+    xs, x2s = sample_pairs((n,), scale=3.0)
     layer.reset_parameters()
-    assert _max_ratio(layer, xs, x2s, 2) <= lipschitz_bound(layer, 2)
+    assert lipschitz_ratio(layer, xs, x2s, 2) <= lipschitz_bound(layer, 2)
     # l_r relaxation: n^{1/r} w.r.t. l_inf, attained at w = 0, x = 1, x' = 1.1
     layer.p = 4.0
     bound = lipschitz_bound(layer, math.inf)
@@ -382,12 +365,12 @@ def test_bounds_for_p2_p1_and_relaxation_are_sound_and_attained() -> None:
     with torch.no_grad():
         layer.weight.zero_()
     ones = torch.ones(1, n, dtype=D)
-    assert _max_ratio(layer, ones, 1.1 * ones, math.inf) == pytest.approx(n**0.25, rel=1e-12)
+    assert lipschitz_ratio(layer, ones, 1.1 * ones, math.inf) == pytest.approx(n**0.25, rel=1e-12)
     layer.reset_parameters()
-    assert _max_ratio(layer, xs, x2s, math.inf) <= bound
+    assert lipschitz_ratio(layer, xs, x2s, math.inf) <= bound
     layer.p = 1.5  # r < 2: l2 bound grows by n^{1/r - 1/2}
     assert lipschitz_bound(layer, 2) == pytest.approx(math.sqrt(m) * n ** (1 / 1.5 - 0.5), rel=1e-12)
-    assert _max_ratio(layer, xs, x2s, 2) <= lipschitz_bound(layer, 2)
+    assert lipschitz_ratio(layer, xs, x2s, 2) <= lipschitz_bound(layer, 2)
 
 
 def test_bound_refuses_mean_shift_in_training_mode() -> None:

@@ -8,6 +8,7 @@ import zlib
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import sample_pairs
 from torch import nn
 
 from lipkit import LinfDistConv2d, LinfDistLinear, SortNeuronConv2d, SortNeuronLinear, lipschitz_bound
@@ -89,18 +90,6 @@ def test_mean_shift_per_channel_and_identity_init() -> None:
     assert wide.weight[:2].abs().sum().item() == 20.0  # everything else in the first rows is 0
 
 
-def _pairs(shape: tuple[int, ...], count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(count, *shape, dtype=D, generator=g) * 2
-    scale = torch.rand(count, 1, 1, 1, dtype=D, generator=g)
-    x2 = x + torch.randn(count, *shape, dtype=D, generator=g) * scale
-    one = x.clone()  # pairs that differ in one pixel only
-    flat = one.view(count, -1)
-    idx = torch.randint(0, flat.shape[1], (count,), generator=g)
-    flat[torch.arange(count), idx] += torch.randn(count, dtype=D, generator=g)
-    return torch.cat([x, x]), torch.cat([x2, one])
-
-
 def _ratio(f, x, x2, p) -> torch.Tensor:
     with torch.no_grad():
         num = torch.linalg.vector_norm((f(x) - f(x2)).flatten(1), ord=p, dim=1)
@@ -118,7 +107,7 @@ def test_sampled_pairs_never_break_the_bounds(kind: str) -> None:
                         dense(4 * 3 * 3, 5, mean_shift=False, dtype=D))
     net(torch.randn(32, 2, 7, 7, dtype=D))  # running means
     net.eval()
-    x, x2 = _pairs((2, 7, 7), 300, seed=1)
+    x, x2 = sample_pairs((2, 7, 7), 300, seed=1, scale=2.0)
     r_inf = _ratio(net, x, x2, math.inf)
     assert lipschitz_bound(net, "inf") == pytest.approx(1.0, abs=1e-12)  # product, rounded up
     assert r_inf.max().item() <= 1.0 + 1e-12
@@ -172,7 +161,7 @@ def test_sortnet_conv_training_masks_are_shared_per_sub_batch_of_images() -> Non
         y = paired(img)
     assert torch.equal(y[0], y[1]) and torch.equal(y[2], y[3])
     # one realised mask is still 1-Lipschitz for l_inf
-    x, x2 = _pairs((2, 5, 5), 100, seed=3)
+    x, x2 = sample_pairs((2, 5, 5), 100, seed=3, scale=2.0)
     state = torch.get_rng_state()
     big = SortNeuronConv2d(2, 3, 3, q=0.3, sub_batch=10**6, mean_shift=False, dtype=D).train()
 

@@ -357,6 +357,7 @@ def test_loader_falls_back_without_compiler(monkeypatch: pytest.MonkeyPatch, tmp
 _NARROWER = {"sse2": [], "avx2": ["-mavx2", "-mfma"]}  # the vector widths -march=native may not give here
 
 
+@pytest.mark.slow
 @native_only
 @pytest.mark.parametrize("isa", list(_NARROWER))
 def test_narrower_vector_builds_equal_the_references(isa: str, tmp_path) -> None:

@@ -286,6 +286,7 @@ def test_lower_bound_witness_is_real(p):
     assert lb.value <= naive_upper(net, p)
 
 
+@pytest.mark.slow
 def test_estimate_errors_and_fallbacks():
     net = one_hidden(5, 5, 1, seed=0)
     with pytest.raises(ValueError, match="available: naive, lipsdp"):
@@ -377,6 +378,7 @@ def test_parse_merges_consecutive_linear_layers():
     assert exact <= lipsdp(net).upper <= 1.05 * exact
 
 
+@pytest.mark.slow
 def test_first_order_lipsdp_is_sound_and_close_to_scs():
     from lipkit.estimation.lipsdp import (
         _blocks,

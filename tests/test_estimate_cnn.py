@@ -21,6 +21,7 @@ def _fft_exact(w: torch.Tensor, n: int) -> float:
     return float(torch.linalg.svdvals(mats).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("c_out,c_in,k,n,seed", [(4, 3, 3, 8, 0), (8, 8, 3, 16, 1), (6, 2, 5, 12, 2),
                                                   (16, 16, 3, 32, 3)])
 def test_gram_5_iterations_within_half_percent_of_exact_fft(c_out, c_in, k, n, seed):
@@ -42,6 +43,7 @@ def test_gram_5_iterations_within_half_percent_of_exact_fft(c_out, c_in, k, n, s
     assert 0.98 * exact <= power <= exact * (1 + 1e-9)
 
 
+@pytest.mark.slow
 def test_naive_on_a_cnn_uses_the_sound_conv_norm_and_lower_bound_matches_a_linear_conv():
     torch.manual_seed(4)
     conv = nn.Conv2d(2, 4, 3, padding=1, padding_mode="circular")
