@@ -111,7 +111,32 @@ def _window_rule(n_cover: int, k_pixels: int, p: float, lip_in_window_l2: bool) 
 # --------------------------------------------------------------------------- lipkit layers
 
 
-class L2NormPool2d(nn.Module):
+class _WindowPool2d(nn.Module):
+    """Shared parts of the window poolings: ``kernel_size``, ``stride`` (default: the kernel) and zero
+    ``padding`` (at most half the kernel), and the input checks of their forward."""
+
+    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
+                 padding: int | tuple[int, int] = 0) -> None:
+        super().__init__()
+        who = type(self).__name__
+        self.kernel_size = _pair(kernel_size, "kernel_size", who)
+        self.stride = self.kernel_size if stride is None else _pair(stride, "stride", who)
+        self.padding = _pair(padding, "padding", who, minimum=0)
+        if any(2 * pd > k for pd, k in zip(self.padding, self.kernel_size, strict=True)):
+            raise ValueError(f"{who}: padding {self.padding} must be at most half the kernel size "
+                             f"{self.kernel_size}")
+
+    def _checked(self, x: torch.Tensor) -> int:
+        """Check ``x`` and return the window size ``kh * kw``."""
+        _check_4d(x, type(self).__name__)
+        _check_window_fits(x, self.kernel_size, self.padding, type(self).__name__)
+        return self.kernel_size[0] * self.kernel_size[1]
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class L2NormPool2d(_WindowPool2d):
     """l2-norm pooling: ``y_w = sqrt(sum_{i in w} x_i^2)`` for each window ``w`` (the
     gradient-norm-preserving pooling of 1-Lipschitz CNNs, e.g. deel-lip's ScaledL2NormPool2d).
 
@@ -122,25 +147,10 @@ class L2NormPool2d(nn.Module):
     still 1-Lipschitz, and differentiable at 0.
     """
 
-    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
-                 padding: int | tuple[int, int] = 0) -> None:
-        super().__init__()
-        self.kernel_size = _pair(kernel_size, "kernel_size", "L2NormPool2d")
-        self.stride = self.kernel_size if stride is None else _pair(stride, "stride", "L2NormPool2d")
-        self.padding = _pair(padding, "padding", "L2NormPool2d", minimum=0)
-        if any(2 * pd > k for pd, k in zip(self.padding, self.kernel_size, strict=True)):
-            raise ValueError(f"L2NormPool2d: padding {self.padding} must be at most half the kernel size "
-                             f"{self.kernel_size}")
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_4d(x, "L2NormPool2d")
-        _check_window_fits(x, self.kernel_size, self.padding, "L2NormPool2d")
-        k = self.kernel_size[0] * self.kernel_size[1]
+        k = self._checked(x)
         sq = F.avg_pool2d(x * x, self.kernel_size, self.stride, self.padding, count_include_pad=True) * k
         return torch.sqrt(torch.clamp(sq, min=torch.finfo(sq.dtype).tiny))
-
-    def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
 def _check_window_fits(x: torch.Tensor, k: tuple[int, int], pad: tuple[int, int], who: str) -> None:
@@ -149,7 +159,7 @@ def _check_window_fits(x: torch.Tensor, k: tuple[int, int], pad: tuple[int, int]
         raise ValueError(f"{who}: input spatial size {(h, w)} (padding {pad}) is smaller than the kernel {k}")
 
 
-class ScaledAvgPool2d(nn.Module):
+class ScaledAvgPool2d(_WindowPool2d):
     """Average pooling multiplied by ``sqrt(kh * kw)``: ``y_w = sum_{i in w} x_i / sqrt(k)``.
 
     The row ``1_w / sqrt(k)`` has l2 norm 1, so with ``stride == kernel_size`` (disjoint windows)
@@ -158,25 +168,10 @@ class ScaledAvgPool2d(nn.Module):
     Zero padding counts in the divisor (``count_include_pad=True``).
     """
 
-    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
-                 padding: int | tuple[int, int] = 0) -> None:
-        super().__init__()
-        self.kernel_size = _pair(kernel_size, "kernel_size", "ScaledAvgPool2d")
-        self.stride = self.kernel_size if stride is None else _pair(stride, "stride", "ScaledAvgPool2d")
-        self.padding = _pair(padding, "padding", "ScaledAvgPool2d", minimum=0)
-        if any(2 * pd > k for pd, k in zip(self.padding, self.kernel_size, strict=True)):
-            raise ValueError(f"ScaledAvgPool2d: padding {self.padding} must be at most half the kernel size "
-                             f"{self.kernel_size}")
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_4d(x, "ScaledAvgPool2d")
-        _check_window_fits(x, self.kernel_size, self.padding, "ScaledAvgPool2d")
-        k = self.kernel_size[0] * self.kernel_size[1]
+        k = self._checked(x)
         y = F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, count_include_pad=True)
         return y * math.sqrt(k)
-
-    def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
 class InvertibleDownsample(nn.Module):

@@ -20,6 +20,11 @@ from lipkit.bounds import EPS64, as_float64, child_bound, operator_norm, registe
 __all__ = ["Residual", "ConvexResidual", "SLL", "SLLConv2d"]
 
 
+def _positive_int(value: object, name: str, who: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{who}: {name} must be a positive int, got {value!r}")
+
+
 class Residual(nn.Module):
     """``x + f(x)``; Lipschitz bound ``1 + L_f`` for every norm (triangle inequality)."""
 
@@ -141,11 +146,9 @@ class SLL(_SLLBase):
 
     def __init__(self, in_features: int, hidden_features: int | None = None, bias: bool = True) -> None:
         super().__init__()
-        if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
-            raise ValueError(f"SLL: in_features must be a positive int, got {in_features!r}")
+        _positive_int(in_features, "in_features", "SLL")
         hidden = in_features if hidden_features is None else hidden_features
-        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-            raise ValueError(f"SLL: hidden_features must be a positive int, got {hidden_features!r}")
+        _positive_int(hidden, "hidden_features", "SLL")
         self.in_features = in_features
         self.hidden_features = hidden
         self.weight = nn.Parameter(torch.empty(hidden, in_features))
@@ -201,11 +204,9 @@ class SLLConv2d(_SLLBase):
     def __init__(self, in_channels: int, hidden_channels: int | None = None, kernel_size: int = 3,
                  bias: bool = True) -> None:
         super().__init__()
-        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"SLLConv2d: in_channels must be a positive int, got {in_channels!r}")
+        _positive_int(in_channels, "in_channels", "SLLConv2d")
         hidden = in_channels if hidden_channels is None else hidden_channels
-        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-            raise ValueError(f"SLLConv2d: hidden_channels must be a positive int, got {hidden_channels!r}")
+        _positive_int(hidden, "hidden_channels", "SLLConv2d")
         if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 \
                 or kernel_size % 2 == 0:
             raise ValueError(f"SLLConv2d: kernel_size must be an odd positive int, got {kernel_size!r}")

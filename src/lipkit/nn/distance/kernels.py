@@ -326,12 +326,15 @@ def _check_finite(t: torch.Tensor, what: str, name: str, lib=None) -> None:
         raise ValueError(f"{name}: {what} contains NaN or infinite values")
 
 
-class _NativeLinfDist(torch.autograd.Function):
+class _NativeScatter(torch.autograd.Function):
+    """A native forward that saved its argmax ``code``; the backward scatters ``gy`` to ``x`` and ``w``
+    and returns ``None`` for the forward's other (non-tensor) inputs."""
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, lib) -> torch.Tensor:
-        y, code = _native_forward(lib, "linf_forward", x, w, 1, want_code=True)
+    def _keep(ctx, y: torch.Tensor, code: torch.Tensor, lib, x: torch.Tensor, w: torch.Tensor,
+              extra_inputs: int) -> torch.Tensor:
         ctx.save_for_backward(code)
-        ctx.lib, ctx.shapes = lib, (x.shape, w.shape)
+        ctx.lib, ctx.shapes, ctx.extra_inputs = lib, (x.shape, w.shape), extra_inputs
         return y
 
     @staticmethod
@@ -339,7 +342,14 @@ class _NativeLinfDist(torch.autograd.Function):
     def backward(ctx, gy: torch.Tensor):
         (code,) = ctx.saved_tensors
         gx, gw = _native_scatter(ctx.lib, ctx, gy, code, None, *ctx.shapes)
-        return gx, gw, None
+        return (gx, gw) + (None,) * ctx.extra_inputs
+
+
+class _NativeLinfDist(_NativeScatter):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, lib) -> torch.Tensor:
+        y, code = _native_forward(lib, "linf_forward", x, w, 1, want_code=True)
+        return _NativeScatter._keep(ctx, y, code, lib, x, w, extra_inputs=1)
 
 
 def linf_dist(x: torch.Tensor, w: torch.Tensor, *, budget_bytes: int = DEFAULT_BUDGET_BYTES,
@@ -386,20 +396,11 @@ def masked_linf_dist(x: torch.Tensor, w: torch.Tensor, mask: torch.Tensor, *,
                                     backend=backend)
 
 
-class _NativeGroupedMasked(torch.autograd.Function):
+class _NativeGroupedMasked(_NativeScatter):
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, cols: list, rows: int, lib) -> torch.Tensor:
         y, code = _native_grouped_forward(lib, x, w, cols, rows, want_code=True)
-        ctx.save_for_backward(code)
-        ctx.lib, ctx.shapes = lib, (x.shape, w.shape)
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, gy: torch.Tensor):
-        (code,) = ctx.saved_tensors
-        gx, gw = _native_scatter(ctx.lib, ctx, gy, code, None, *ctx.shapes)
-        return gx, gw, None, None, None
+        return _NativeScatter._keep(ctx, y, code, lib, x, w, extra_inputs=3)
 
 
 def _native_grouped_forward(lib, x: torch.Tensor, w: torch.Tensor, cols: list, rows: int, want_code: bool):
@@ -576,6 +577,23 @@ class _NativeLpDist(torch.autograd.Function):
         return gx, gw, None, None
 
 
+def _native_inputs(x: torch.Tensor, w: torch.Tensor, backend: str | None, who: str,
+                   unsupported: str | None) -> tuple[object, torch.Tensor, torch.Tensor]:
+    """The native library for this call (None: torch kernels), and ``x``, ``w`` checked and contiguous.
+
+    ``unsupported``: why the native kernels cannot serve this call (None if they can): an error if the
+    native backend was asked for explicitly, the torch kernels otherwise.
+    """
+    lib = _native(x, backend, who)
+    if lib is not None and unsupported is not None:
+        if (backend or get_backend()) == "native":
+            raise ValueError(f"{who}: {unsupported}; use backend='auto'")
+        lib = None
+    _check_finite(x, "input", who, lib)
+    _check_finite(w, "weight", who, lib)
+    return lib, x.contiguous(), w.contiguous()
+
+
 def lp_dist(x: torch.Tensor, w: torch.Tensor, p: float, *,
             budget_bytes: int = DEFAULT_BUDGET_BYTES, backend: str | None = None) -> torch.Tensor:
     """``y[b, o] = ||x[b] - w[o]||_p`` for ``1 <= p < inf`` with bounded memory (``p = inf``
@@ -592,15 +610,9 @@ def lp_dist(x: torch.Tensor, w: torch.Tensor, p: float, *,
         raise ValueError(f"lp_dist: p must be >= 1 (or inf), got {p}")
     if math.isinf(p):
         return linf_dist(x, w, budget_bytes=budget_bytes, backend=backend)
-    lib = _native(x, backend, "lp_dist")
     integer = p == int(p) and p <= 2**30
-    if lib is not None and not integer:
-        if (backend or get_backend()) == "native":
-            raise ValueError(f"lp_dist: the native backend needs an integer p, got {p}; use backend='auto'")
-        lib = None
-    _check_finite(x, "input", "lp_dist", lib)
-    _check_finite(w, "weight", "lp_dist", lib)
-    x, w = x.contiguous(), w.contiguous()
+    lib, x, w = _native_inputs(x, w, backend, "lp_dist",
+                               None if integer else f"the native backend needs an integer p, got {p}")
     if lib is not None:
         if _needs_grad(x, w):
             return _NativeLpDist.apply(x, w, int(p), lib)
@@ -732,15 +744,9 @@ def sort_dist(x: torch.Tensor, w: torch.Tensor, coeffs: torch.Tensor, *,
     coeffs = coeffs.detach().to(dtype=x.dtype, device=x.device).contiguous()
     if coeffs.numel() == 1:
         return coeffs[0] * linf_dist(x, w, budget_bytes=budget_bytes, backend=backend)
-    lib = _native(x, backend, "sort_dist")
-    if lib is not None and coeffs.numel() > NATIVE_MAX_K:
-        if (backend or get_backend()) == "native":
-            raise ValueError(f"sort_dist: the native backend keeps at most NATIVE_MAX_K={NATIVE_MAX_K} order "
-                             f"statistics, got K={coeffs.numel()}; use backend='auto'")
-        lib = None
-    _check_finite(x, "input", "sort_dist", lib)
-    _check_finite(w, "weight", "sort_dist", lib)
-    x, w = x.contiguous(), w.contiguous()
+    too_many = (f"the native backend keeps at most NATIVE_MAX_K={NATIVE_MAX_K} order statistics, "
+                f"got K={coeffs.numel()}") if coeffs.numel() > NATIVE_MAX_K else None
+    lib, x, w = _native_inputs(x, w, backend, "sort_dist", too_many)
     if lib is not None:
         if _needs_grad(x, w):
             return _NativeSortDist.apply(x, w, coeffs, lib)

@@ -107,6 +107,14 @@ class _DistanceLayer(nn.Module):
             self.register_buffer("running_mean", None)
         self.reset_parameters()
 
+    def _init_mode(self, n_in: int, n_out: int) -> tuple[str, int]:
+        """Draw the weight from N(0, 1) and return the resolved init mode and ``min(n_in, n_out)``."""
+        mode = self.init
+        if mode == "auto":
+            mode = "identity" if n_in == n_out else "normal"
+        self.weight.normal_()
+        return mode, min(n_in, n_out)
+
     def reset_parameters(self) -> None:
         """Initialise as in Zhang et al. (2021).
 
@@ -117,12 +125,8 @@ class _DistanceLayer(nn.Module):
         ``"auto"``: identity when ``in_features == out_features``, otherwise normal.
         """
         with torch.no_grad():
-            mode = self.init
-            if mode == "auto":
-                mode = "identity" if self.in_features == self.out_features else "normal"
-            self.weight.normal_()
+            mode, r = self._init_mode(self.in_features, self.out_features)
             if mode == "identity":
-                r = min(self.in_features, self.out_features)
                 self.weight[:r].zero_()
                 self.weight[:r, :r].diagonal().fill_(-self.identity_scale)
             if self.bias is not None:
@@ -354,12 +358,8 @@ class _DistanceConv2d(_DistanceLayer):
         channel j (shifted by the kernel's centre offset) plus C.  ``"auto"``: identity when
         ``in_channels == out_channels``, else normal."""
         with torch.no_grad():
-            mode = self.init
-            if mode == "auto":
-                mode = "identity" if self.in_channels == self.out_channels else "normal"
-            self.weight.normal_()
+            mode, r = self._init_mode(self.in_channels, self.out_channels)
             if mode == "identity":
-                r = min(self.in_channels, self.out_channels)
                 ch, cw = self.kernel_size[0] // 2, self.kernel_size[1] // 2
                 self.weight[:r].zero_()
                 self.weight[:r, :r, ch, cw] = -self.identity_scale * torch.eye(r, dtype=self.weight.dtype,

@@ -105,65 +105,44 @@ template <typename T> inline T hsum(typename VecT<T>::v v) {
   return s;
 }
 
-// Bit l set iff a[l] == b[l] (resp. a[l] > b[l]).
-template <typename T> inline uint32_t mask_eq(typename VecT<T>::v a, typename VecT<T>::v b);
-template <typename T> inline uint32_t mask_gt(typename VecT<T>::v a, typename VecT<T>::v b);
-template <typename T> inline uint32_t mask_ge(typename VecT<T>::v a, typename VecT<T>::v b);
+// Bit l set iff a[l] == b[l] (resp. a[l] > b[l], a[l] >= b[l]).  cmp_mask<P> compares with the
+// predicate P (LK_EQ, LK_GT, LK_GE: the AVX predicates where AVX is there), one overload per element type.
+#if defined(__AVX512F__) || defined(__AVX__)
+enum { LK_EQ = _CMP_EQ_OQ, LK_GT = _CMP_GT_OQ, LK_GE = _CMP_GE_OQ };
+#else
+enum { LK_EQ = 0, LK_GT = 1, LK_GE = 2 };
+#endif
 #if defined(__AVX512F__)
-template <> inline uint32_t mask_ge<float>(VecT<float>::v a, VecT<float>::v b) {
-  return _mm512_cmp_ps_mask((__m512)a, (__m512)b, _CMP_GE_OQ);
+template <int P> inline uint32_t cmp_mask(VecT<float>::v a, VecT<float>::v b) {
+  return _mm512_cmp_ps_mask((__m512)a, (__m512)b, P);
 }
-template <> inline uint32_t mask_ge<double>(VecT<double>::v a, VecT<double>::v b) {
-  return _mm512_cmp_pd_mask((__m512d)a, (__m512d)b, _CMP_GE_OQ);
-}
-template <> inline uint32_t mask_eq<float>(VecT<float>::v a, VecT<float>::v b) {
-  return _mm512_cmp_ps_mask((__m512)a, (__m512)b, _CMP_EQ_OQ);
-}
-template <> inline uint32_t mask_eq<double>(VecT<double>::v a, VecT<double>::v b) {
-  return _mm512_cmp_pd_mask((__m512d)a, (__m512d)b, _CMP_EQ_OQ);
-}
-template <> inline uint32_t mask_gt<float>(VecT<float>::v a, VecT<float>::v b) {
-  return _mm512_cmp_ps_mask((__m512)a, (__m512)b, _CMP_GT_OQ);
-}
-template <> inline uint32_t mask_gt<double>(VecT<double>::v a, VecT<double>::v b) {
-  return _mm512_cmp_pd_mask((__m512d)a, (__m512d)b, _CMP_GT_OQ);
+template <int P> inline uint32_t cmp_mask(VecT<double>::v a, VecT<double>::v b) {
+  return _mm512_cmp_pd_mask((__m512d)a, (__m512d)b, P);
 }
 #elif defined(__AVX__)
-template <> inline uint32_t mask_ge<float>(VecT<float>::v a, VecT<float>::v b) {
-  return _mm256_movemask_ps(_mm256_cmp_ps((__m256)a, (__m256)b, _CMP_GE_OQ));
+template <int P> inline uint32_t cmp_mask(VecT<float>::v a, VecT<float>::v b) {
+  return _mm256_movemask_ps(_mm256_cmp_ps((__m256)a, (__m256)b, P));
 }
-template <> inline uint32_t mask_ge<double>(VecT<double>::v a, VecT<double>::v b) {
-  return _mm256_movemask_pd(_mm256_cmp_pd((__m256d)a, (__m256d)b, _CMP_GE_OQ));
-}
-template <> inline uint32_t mask_eq<float>(VecT<float>::v a, VecT<float>::v b) {
-  return _mm256_movemask_ps(_mm256_cmp_ps((__m256)a, (__m256)b, _CMP_EQ_OQ));
-}
-template <> inline uint32_t mask_eq<double>(VecT<double>::v a, VecT<double>::v b) {
-  return _mm256_movemask_pd(_mm256_cmp_pd((__m256d)a, (__m256d)b, _CMP_EQ_OQ));
-}
-template <> inline uint32_t mask_gt<float>(VecT<float>::v a, VecT<float>::v b) {
-  return _mm256_movemask_ps(_mm256_cmp_ps((__m256)a, (__m256)b, _CMP_GT_OQ));
-}
-template <> inline uint32_t mask_gt<double>(VecT<double>::v a, VecT<double>::v b) {
-  return _mm256_movemask_pd(_mm256_cmp_pd((__m256d)a, (__m256d)b, _CMP_GT_OQ));
+template <int P> inline uint32_t cmp_mask(VecT<double>::v a, VecT<double>::v b) {
+  return _mm256_movemask_pd(_mm256_cmp_pd((__m256d)a, (__m256d)b, P));
 }
 #else
-template <typename T> inline uint32_t mask_eq(typename VecT<T>::v a, typename VecT<T>::v b) {
+template <int P, typename V> inline uint32_t cmp_mask(V a, V b) {
   uint32_t m = 0;
-  for (int l = 0; l < lanes<T>(); ++l) m |= (uint32_t)(a[l] == b[l]) << l;
-  return m;
-}
-template <typename T> inline uint32_t mask_gt(typename VecT<T>::v a, typename VecT<T>::v b) {
-  uint32_t m = 0;
-  for (int l = 0; l < lanes<T>(); ++l) m |= (uint32_t)(a[l] > b[l]) << l;
-  return m;
-}
-template <typename T> inline uint32_t mask_ge(typename VecT<T>::v a, typename VecT<T>::v b) {
-  uint32_t m = 0;
-  for (int l = 0; l < lanes<T>(); ++l) m |= (uint32_t)(a[l] >= b[l]) << l;
+  for (int l = 0; l < (int)(sizeof(V) / sizeof(a[0])); ++l)
+    m |= (uint32_t)(P == LK_EQ ? a[l] == b[l] : P == LK_GT ? a[l] > b[l] : a[l] >= b[l]) << l;
   return m;
 }
 #endif
+template <typename T> inline uint32_t mask_eq(typename VecT<T>::v a, typename VecT<T>::v b) {
+  return cmp_mask<LK_EQ>(a, b);
+}
+template <typename T> inline uint32_t mask_gt(typename VecT<T>::v a, typename VecT<T>::v b) {
+  return cmp_mask<LK_GT>(a, b);
+}
+template <typename T> inline uint32_t mask_ge(typename VecT<T>::v a, typename VecT<T>::v b) {
+  return cmp_mask<LK_GE>(a, b);
+}
 
 // ----------------------------------------------------------------------------- threading
 
