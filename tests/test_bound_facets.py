@@ -228,3 +228,16 @@ def test_sensitivity_refuses_what_it_cannot_bound():
         parameter_sensitivity(Scaled(2, 2), 1.0, 1.0)
     with pytest.raises(ValueError, match="input_norm"):
         parameter_sensitivity(nn.Linear(2, 2), float("nan"), 1.0)
+
+
+def test_sensitivity_refuses_gradient_hooks():
+    layer = nn.Linear(3, 2)
+    assert parameter_sensitivity(layer, 1.0, 1.0)["weight"] >= 1.0
+    layer.register_full_backward_hook(lambda m, gin, gout: tuple(3 * g for g in gin))
+    with pytest.raises(UnsupportedModuleError, match="backward hook"):
+        parameter_sensitivity(layer, 1.0, 1.0)
+    assert lipkit.lipschitz_bound(layer) > 0  # the forward is unchanged: the Lipschitz facet accepts it
+    other = nn.Linear(3, 2)
+    other.weight.register_hook(lambda g: 3 * g)
+    with pytest.raises(UnsupportedModuleError, match="gradient hook"):
+        parameter_sensitivity(other, 1.0, 1.0)

@@ -189,12 +189,14 @@ def global_hook_problem() -> str | None:
     return None
 
 
-def module_problem(module: nn.Module, registered: type,
-                   overridable: frozenset[str] = frozenset()) -> str | None:
+def module_problem(module: nn.Module, registered: type, overridable: frozenset[str] = frozenset(),
+                   gradients: bool = False) -> str | None:
     """Why ``module`` may not compute what a rule written for ``registered`` assumes (None: it does).
 
     ``overridable``: members the rule itself evaluates on the module (so that an override is seen by the
-    forward pass and by the rule alike), which a subclass may therefore override.
+    forward pass and by the rule alike), which a subclass may therefore override.  ``gradients``: the rule
+    bounds gradients too (the sensitivity facet), so backward hooks of the module and gradient hooks of its
+    tensors, which can rescale what the optimiser receives, are refused as well.
     """
     base = _base_class(module)
     # 1. the class code: subclasses must not override what the registered class has
@@ -231,6 +233,16 @@ def module_problem(module: nn.Module, registered: type,
             problem = _hook_problem(hook, kind)
             if problem is not None:
                 return problem
+    if gradients:
+        for kind, hooks in (("backward pre-hook", module._backward_pre_hooks),
+                            ("backward hook", module._backward_hooks)):
+            if hooks:
+                return f"it has a {kind}, which may change the gradients its rule bounds"
+        for name, t in module._parameters.items():
+            if t is not None and (getattr(t, "_backward_hooks", None)
+                                  or getattr(t, "_post_accumulate_grad_hooks", None)):
+                return (f"its parameter {name!r} has a gradient hook, which may change the gradient its rule "
+                        "bounds")
     # 5. tensors of the module itself
     for kind, tensors in (("parameter", module._parameters), ("buffer", module._buffers)):
         for name, t in tensors.items():
@@ -294,9 +306,10 @@ class Facet:
     for a module and checks that the module really computes what the rule was written for.
     """
 
-    def __init__(self, name: str, how_to_register: str) -> None:
+    def __init__(self, name: str, how_to_register: str, *, gradients: bool = False) -> None:
         self.name = name
         self.how_to_register = how_to_register
+        self.gradients = gradients  # rules bound gradients: backward and tensor gradient hooks are refused
         self._rules: dict[type, Rule] = {}
 
     def register(self, *types: type, subclasses: bool = False, replace: bool = False,
@@ -363,7 +376,7 @@ class Facet:
                 f"{_describe(module)} is a subclass of {rule.cls.__qualname__}, whose {self.name} rule does "
                 f"not extend to subclasses; {self.how_to_register}", module
             )
-        problem = module_problem(module, rule.cls, rule.overridable)
+        problem = module_problem(module, rule.cls, rule.overridable, self.gradients)
         if problem is not None:
             raise UnsupportedModuleError(f"{_describe(module)}: {problem}", module)
         return rule, module

@@ -37,7 +37,8 @@ from lipkit.bounds.registry import Facet, UnsupportedModuleError, record_input_s
 __all__ = ["SENSITIVITY", "parameter_sensitivity", "register_sensitivity", "max_patch_cover"]
 
 #: rules ``rule(module, input_norm, grad_norm, shapes) -> {tensor name: bound of ||dl/dT||_F}``
-SENSITIVITY = Facet("gradient-sensitivity", "register one with lipkit.register_sensitivity(YourModule)")
+SENSITIVITY = Facet("gradient-sensitivity", "register one with lipkit.register_sensitivity(YourModule)",
+                    gradients=True)
 
 
 def register_sensitivity(*types: type, subclasses: bool = False, replace: bool = False) -> Callable:
