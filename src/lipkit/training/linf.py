@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lipkit.bounds import pairwise_head_bound
+from lipkit.losses import top2_margin
 from lipkit.nn.activations import Negate
 
 __all__ = [
@@ -138,17 +140,16 @@ def pair_lipschitz(model: nn.Sequential) -> torch.Tensor:
     The same rule as :func:`lipkit.certify.compute_certificates` (which is what certifies): 2 for
     a model of 1-Lipschitz logits (``L = 1``, ``|a_c - a_j| <= 2 ||a||_inf``); with a hybrid head
     ``||v_c - v_j||_1 * ||W||_{inf->inf}`` (``W`` the head's first linear layer: max row l1 norm).
+    The pairwise product is :func:`lipkit.bounds.pairwise_head_bound` (the certificate's formula).
     Returned as a 0-d tensor (no head) or a ``(C, C)`` tensor.  Assumes p = inf for the body
     (true at the end of the p schedule; earlier it is a training signal only).
     """
     last = model[-1]
     if isinstance(last, Negate):
         return torch.tensor(2.0)
-    first = model[-3]
-    w1 = first.weight  # the parametrised (actual) weight
-    body = w1.abs().sum(dim=1).amax()
-    v = last.weight
-    return (v[:, None, :] - v[None, :, :]).abs().sum(dim=-1) * body
+    w1 = model[-3].weight  # the parametrised (actual) weight
+    body = w1.abs().sum(dim=1).amax()  # ||W||_{inf->inf}: max row l1 norm (differentiable)
+    return pairwise_head_bound(last.weight, body, math.inf)
 
 
 def _pair_for(lcj: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -162,9 +163,12 @@ def nominal_radius(f: torch.Tensor, y: torch.Tensor, lcj: torch.Tensor) -> tuple
     """Correctness and ``min_{j != y} (f_y - f_j) / L_yj`` (0 where misclassified): a training
     signal computed from float32 logits, never reported as a certificate."""
     f = f.double()
-    lyj = _pair_for(lcj.detach().double(), y, f.shape[1])
-    gap = f.gather(1, y[:, None]) - f
-    r = (gap / lyj).scatter(1, y[:, None], math.inf).amin(dim=1)
+    lcj = lcj.detach().double()
+    if lcj.dim() == 0:  # one constant for every pair: the top-2 margin over it
+        r = top2_margin(f, y) / lcj
+    else:
+        gap = f.gather(1, y[:, None]) - f
+        r = (gap / _pair_for(lcj, y, f.shape[1])).scatter(1, y[:, None], math.inf).amin(dim=1)
     correct = r > 0
     return correct, torch.where(correct, r, torch.zeros_like(r))
 
@@ -177,7 +181,9 @@ def mix_loss(f: torch.Tensor, y: torch.Tensor, lcj: torch.Tensor, eps: float, ce
     ``eps`` and 1 for a misclassified point (clipped: Zhang et al., ICLR 2022); ``eps = 0`` drops it.
     """
     loss = f.new_zeros(())
-    if eps > 0:
+    if eps > 0 and lcj.dim() == 0:  # one constant: the hinge of the top-2 margin
+        loss = loss + (1.0 - top2_margin(f, y) / (lcj.to(f.dtype) * eps)).clamp(0.0, 1.0).mean()
+    elif eps > 0:
         lyj = _pair_for(lcj.to(f.dtype), y, f.shape[1])
         gap = f.gather(1, y[:, None]) - f
         h = (1.0 - gap / (lyj * eps)).clamp(0.0, 1.0)

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from lipkit.losses import top2_margin
 from lipkit.training.config import ConfigError, RunConfig
 from lipkit.training.data import Split, load_dataset, random_shift, square_side
 
@@ -108,45 +108,46 @@ def build_plain_model(cfg: RunConfig, in_features: int, num_classes: int) -> nn.
 # --------------------------------------------------------------------------- losses
 
 
+def certificate_factor(p: float) -> float:
+    """``L`` of ``f_c - f_j`` for a 1-Lipschitz network: ``sqrt(2)`` for l2, 2 for l_inf
+    (``|a_c - a_j| <= 2 ||a||_inf``); a logit margin ``m * factor`` certifies the radius ``m``."""
+    return 2.0 if math.isinf(p) else math.sqrt(2.0)
+
+
 def make_loss(cfg: RunConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The training loss for logits ``f`` (batch, classes) and labels ``y``.
+    """The training loss for logits ``f`` (batch, classes) and labels ``y``, built from :mod:`lipkit.losses`.
 
-    * ``ce``: ``CE(t * (f - m * sqrt(2) * onehot(y)), y) / t``: a margin offset ``m * sqrt(2)`` on
-      the true logit asks for an l2 certified radius ``m`` (radius = logit margin / sqrt(2) for a
-      1-Lipschitz net); the temperature ``t`` trades accuracy for margin (Bethune et al.,
-      "Pay attention to your loss", 2022);
-    * ``hinge``: ``mean_j relu(m * sqrt(2) - (f_y - f_j))`` over ``j != y``;
-    * ``hkr``: hinge plus ``-(f_y - mean_{j!=y} f_j) / alpha`` (a Kantorovich-Rubinstein term
-      pushing the margin further; Serrurier et al., CVPR 2021).
+    With ``m = margin * factor`` (``factor`` = :func:`certificate_factor`: sqrt(2) for l2, 2 for l_inf, so
+    a logit margin ``m`` certifies the radius ``margin`` of a 1-Lipschitz net):
 
-    For ``p = inf`` the factor ``sqrt(2)`` becomes 2 (``|a_c - a_j| <= 2 ||a||_inf``).  The ``mix``
-    loss needs the schedule and the model's pairwise constants: see :func:`lipkit.training.linf.mix_loss`
-    (it is built inside :func:`fit`, not here).
+    * ``ce``: :class:`~lipkit.losses.LipschitzCrossEntropyLoss` ``(temperature=t, margin=m)`` divided by
+      ``t``, i.e. ``CE(t * (f - m * onehot(y)), y) / t`` (Bethune et al., "Pay attention to your loss",
+      2022).  The ``1 / t`` keeps the loss and its gradient in logit units whatever the temperature;
+      the demo's figures were tuned with it;
+    * ``hinge``: :class:`~lipkit.losses.MulticlassHingeLoss` ``(margin=m)``, the hinge on the top-2
+      margin ``f_y - max_{j != y} f_j`` (the quantity the certificate divides);
+    * ``hkr``: :class:`~lipkit.losses.HKRLoss` ``(alpha, margin=m)``, ``alpha * hinge - KR`` with the
+      one-vs-all Kantorovich-Rubinstein term (Serrurier et al., CVPR 2021).
+
+    The ``mix`` loss needs the schedule and the model's pairwise constants: see
+    :class:`lipkit.training.linf.LinfScheduleStrategy`.
     """
+    from lipkit.losses import HKRLoss, LipschitzCrossEntropyLoss, MulticlassHingeLoss
+
     if cfg.loss == "mix":
         raise ValueError("the mix loss is scheduled per step; use lipkit.training.linf.mix_loss")
-    m = cfg.margin * (2.0 if math.isinf(cfg.p) else math.sqrt(2.0))
+    m = cfg.margin * certificate_factor(cfg.p)
+    if cfg.loss == "hinge":
+        return MulticlassHingeLoss(margin=m)
+    if cfg.loss == "hkr":
+        return HKRLoss(alpha=cfg.alpha, margin=m)
     t = cfg.temperature
+    ce = LipschitzCrossEntropyLoss(temperature=t, margin=m)
 
-    def ce(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        off = F.one_hot(y, f.shape[1]).to(f.dtype) * m
-        return F.cross_entropy(t * (f - off), y) / t
+    def ce_in_logit_units(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return ce(f, y) / t
 
-    def hinge_terms(f: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        true = f.gather(1, y[:, None])
-        mask = 1.0 - F.one_hot(y, f.shape[1]).to(f.dtype)
-        gaps = (true - f) * mask
-        h = (F.relu(m - gaps) * mask).sum(1) / mask.sum(1)
-        return h.mean(), (gaps.sum(1) / mask.sum(1)).mean()
-
-    def hinge(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return hinge_terms(f, y)[0]
-
-    def hkr(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h, kr = hinge_terms(f, y)
-        return h - kr / cfg.alpha
-
-    return {"ce": ce, "hinge": hinge, "hkr": hkr}[cfg.loss]
+    return ce_in_logit_units
 
 
 # --------------------------------------------------------------------------- certification
@@ -172,9 +173,7 @@ def _nominal(f: torch.Tensor, y: torch.Tensor, factor: float = math.sqrt(2.0)
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Correctness and the *nominal* radius ``margin / factor`` (assumes a 1-Lipschitz net;
     ``factor`` sqrt(2) for l2, 2 for l_inf)."""
-    f = f.double()
-    true = f.gather(1, y[:, None]).squeeze(1)
-    margin = true - f.scatter(1, y[:, None], -math.inf).max(1).values
+    margin = top2_margin(f.double(), y)
     correct = margin > 0
     return correct, torch.where(correct, margin / factor, torch.zeros_like(margin))
 
