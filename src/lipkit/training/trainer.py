@@ -37,7 +37,7 @@ from lipkit.training.checkpoints import (
     optimizer_from_flat,
     save_checkpoint,
 )
-from lipkit.training.config import ConfigError, RunConfig
+from lipkit.training.config import ConfigError, OptimConfig, RunConfig
 from lipkit.training.data import Split, random_shift, split_for_config, square_side
 from lipkit.training.strategy import StepState, TrainingStrategy, nominal_radius, strategies_for
 
@@ -230,23 +230,25 @@ def evaluate(model: nn.Module, split: Split, radii: list[float], *, sound: bool 
 # --------------------------------------------------------------------------- training loop
 
 
-def make_optimizer(cfg: RunConfig, params: Any, steps_total: int) -> tuple[torch.optim.Optimizer, Any]:
-    """The optimiser and lr scheduler of ``cfg`` for ``params`` (parameters or parameter groups).
+def make_optimizer(optim: OptimConfig, params: Any, steps_total: int) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimiser and per-step lr scheduler of a config's ``optim`` section for ``params`` (parameters
+    or parameter groups).
 
     ``adam``: Adam with ``betas`` and ``adam_eps``, or AdamW (decoupled decay) when ``weight_decay > 0``
-    (a group's own ``weight_decay`` wins); ``sgd``: Nesterov momentum 0.9.  Scheduler per step:
-    ``onecycle``, ``cosine`` (to 0 over ``steps_total``) or ``constant`` (``None``)."""
-    if cfg.optimizer == "adam":
-        if cfg.weight_decay > 0:
-            opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas),
-                                                           eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+    (a group's own ``weight_decay`` wins); ``sgd``: Nesterov momentum 0.9.  Scheduler: ``onecycle``,
+    ``cosine`` (to 0 over ``steps_total``) or ``constant`` (``None``)."""
+    if optim.optimizer == "adam":
+        if optim.weight_decay > 0:
+            opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas),
+                                                           eps=optim.adam_eps,
+                                                           weight_decay=optim.weight_decay)
         else:
-            opt = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
+            opt = torch.optim.Adam(params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.adam_eps)
     else:
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True)
-    if cfg.schedule == "onecycle":
-        sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps_total)
-    elif cfg.schedule == "cosine":
+        opt = torch.optim.SGD(params, lr=optim.lr, momentum=0.9, nesterov=True)
+    if optim.schedule == "onecycle":
+        sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=optim.lr, total_steps=steps_total)
+    elif optim.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps_total)
     else:
         sched = None
@@ -300,7 +302,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(split.x_train) / cfg.batch_size)
         groups = next((g for s in self.strategies if (g := s.param_groups(self)) is not None),
                       self.model.parameters())
-        self.optimizer, self.scheduler = make_optimizer(cfg, groups, cfg.epochs * self.steps_per_epoch)
+        self.optimizer, self.scheduler = make_optimizer(cfg.optim, groups, cfg.epochs * self.steps_per_epoch)
         self.loss_fn = None if cfg.loss == "mix" else make_loss(cfg)  # (mix: the l_inf strategy's)
         self.resume()
 
