@@ -31,6 +31,9 @@ function of the step index, so a resumed run sees exactly the values of an unint
 :func:`mix_loss` is the clipped hinge of Zhang et al. (2022) written with the certificate's own
 pairwise constants ``L_yj``: ``max_{j != y} clamp(1 - (f_y - f_j) / (L_yj eps), 0, 1)`` is 0 exactly
 when the certificate reaches ``eps``, plus the cross-entropy term for clean accuracy.
+
+:class:`LinfScheduleStrategy` plugs all of this into :class:`lipkit.training.trainer.Trainer` through the
+hooks of :class:`lipkit.training.strategy.TrainingStrategy`.
 """
 
 from __future__ import annotations
