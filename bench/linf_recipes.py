@@ -32,8 +32,9 @@ import lipkit  # noqa: E402
 from lipkit.certify.margin import compute_certificates  # noqa: E402
 from lipkit.exporting import export  # noqa: E402
 from lipkit.training.config import RunConfig, load_recipe  # noqa: E402
+from lipkit.training.data import split_for_config  # noqa: E402
 from lipkit.training.linf import build_linf_model, mix_loss, pair_lipschitz, schedule_at  # noqa: E402
-from lipkit.training.report import _split_for, certify_run  # noqa: E402
+from lipkit.training.report import certify_run  # noqa: E402
 from lipkit.training.trainer import fit  # noqa: E402
 
 INF = math.inf
@@ -62,7 +63,7 @@ def _certify_linf(cfg: RunConfig, run_dir: Path, split, pgd_steps: int, stop_hal
 
 def digits(pgd_steps: int) -> dict:
     cfg = load_recipe("linf-digits")
-    split = _split_for(cfg)
+    split = split_for_config(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         ours = _certify_linf(cfg, Path(tmp) / "linf", split, pgd_steps, stop_half=False)
         base_cfg = RunConfig(name="l2", dataset="digits", widths=[256, 256], epochs=cfg.epochs,
@@ -122,7 +123,7 @@ def _log_gap(b: float, p: float) -> float:
 def fmnist(epochs: int, pgd_steps: int) -> dict:
     full = load_recipe("linf-fmnist")
     cfg = full.replace(epochs=epochs, name="linf-fmnist-short")
-    split = _split_for(cfg)
+    split = split_for_config(cfg)
     torch.set_num_threads(cfg.threads)
     flush = torch.set_flush_denormal(True)
     try:

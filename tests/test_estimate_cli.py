@@ -89,3 +89,27 @@ def test_estimate_bad_input_is_one_line(tmp_path, capsys, mlp_path):
         code, _, err = _run(capsys, *args)
         assert code != 0, args
         _one_line_error(err, *needles)
+
+
+def test_estimate_a_run_folder(tmp_path, capsys):
+    """The CLI resolves a run folder itself (lipkit.training.runs.load_run_model): the estimation layer
+    only reads modules and ONNX files."""
+    from lipkit.estimation import naive_upper
+    from lipkit.training.config import RunConfig
+    from lipkit.training.runs import save_run
+    from lipkit.training.trainer import build_plain_model
+
+    cfg = RunConfig(name="r", widths=[8, 6])
+    torch.manual_seed(3)
+    model = build_plain_model(cfg, 64, 10).eval()
+    save_run(tmp_path / "r", cfg, model)
+    out_json = tmp_path / "res.json"
+    code, _, err = _run(capsys, "estimate", str(tmp_path / "r"), "--method", "naive", "--json", str(out_json),
+                        "--no-progress", "--no-lower")
+    assert code == 0, err
+    rec = json.loads(out_json.read_text())
+    assert rec["input_shape"] == [64] and rec["best_upper"] == naive_upper(model, 2)
+    (tmp_path / "empty").mkdir()
+    code, _, err = _run(capsys, "estimate", str(tmp_path / "empty"), "--no-progress")
+    assert code != 0
+    _one_line_error(err, "has no config.json")

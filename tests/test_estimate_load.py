@@ -1,4 +1,4 @@
-"""Loading models for estimation: torch modules, lipkit run folders, ONNX files."""
+"""Loading models for estimation: torch modules, ONNX files; lipkit run folders through the training layer."""
 
 from __future__ import annotations
 
@@ -162,34 +162,65 @@ def test_onnx_errors_are_clear(tmp_path):
         load_model(tmp_path / "model.pt")
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_model(tmp_path / "missing.onnx")
-    with pytest.raises(ModelLoadError, match="not a lipkit run folder"):
+    # a folder is the training layer's business: the error names the function to use
+    with pytest.raises(ModelLoadError, match=r"is a folder.*lipkit\.training\.runs\.load_run_model"):
         load_model(tmp_path)
 
 
-def test_run_folder(tmp_path):
+def _write_run(tmp_path, **cfg_keys):
     from lipkit.training.config import RunConfig
-    from lipkit.training.report import save_weights
+    from lipkit.training.runs import save_run
     from lipkit.training.trainer import build_plain_model
 
-    cfg = RunConfig.from_dict({"name": "r", "dataset": "digits", "widths": [8, 6], "activation": "maxmin"})
+    cfg = RunConfig.from_dict({"name": "r", "dataset": "digits", "widths": [8, 6], "activation": "maxmin",
+                               **cfg_keys})
     torch.manual_seed(3)
     model = build_plain_model(cfg, 64, 10).eval()
     run = tmp_path / "r"
     run.mkdir()
-    save_weights(model, run / "weights.safetensors")
-    (run / "config.json").write_text(cfg.to_json())
-    loaded = load_model(run)
+    save_run(run, cfg, model)
+    return run, model
+
+
+def test_run_folder_through_the_training_layer(tmp_path):
+    from lipkit.training.runs import RunError, load_run, load_run_model
+
+    run, model = _write_run(tmp_path)
+    with pytest.raises(ModelLoadError, match="is a folder"):
+        load_model(run)  # estimation does not read run folders (it would import the trainer)
+    loaded = load_run_model(run)
     assert loaded.input_shape == (64,)
     x = torch.randn(9, 64)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+    assert load_model(loaded) is loaded  # a module passes through
     est = estimate(loaded, 2, "lipsdp", lower_kwargs={"n_starts": 4, "steps": 10})
     # MaxMin is lowered to comparators (ReLU + identity neurons): LipSDP runs and beats the product of norms
     assert est.method == "lipsdp", est.details
     assert 0 < est.lower <= est.upper <= naive_upper(model, 2)
+    # load_run: the same weights, plus the data split the config names
+    cfg, same, split = load_run(run)
+    assert cfg.widths == [8, 6] and split.num_features == 64
+    with torch.no_grad():
+        assert torch.equal(same(x), model(x))
     (run / "weights.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(ModelLoadError, match="not a readable safetensors"):
-        load_model(run)
+    with pytest.raises(RunError, match="not a readable safetensors"):
+        load_run_model(run)
     (run / "config.json").write_text("{")
-    with pytest.raises(ModelLoadError, match="not valid JSON"):
-        load_model(run)
+    with pytest.raises(RunError, match="not valid JSON"):
+        load_run_model(run)
+    (run / "config.json").unlink()
+    with pytest.raises(RunError, match="has no config.json"):
+        load_run_model(run)
+    with pytest.raises(RunError, match="does not exist"):
+        load_run_model(tmp_path / "missing")
+
+
+def test_run_folder_of_another_config_is_refused(tmp_path):
+    from lipkit.training.config import RunConfig
+    from lipkit.training.runs import RunError, load_run_model
+
+    run, _ = _write_run(tmp_path)
+    (run / "config.json").write_text(RunConfig(widths=[16, 6]).to_json())
+    with pytest.raises(RunError, match="does not hold the weights of the run's config"):
+        load_run_model(run)

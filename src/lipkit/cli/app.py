@@ -67,17 +67,16 @@ def _parse_radii(text: str) -> list[float]:
 def _run_pipeline(cfg: RunConfig, out: Path, progress: bool) -> dict[str, Any]:
     """Train (resuming if possible), export, certify, attack and write the run folder."""
     from lipkit.exporting import export
-    from lipkit.training.report import certify_run, save_weights, write_report
-    from lipkit.training.trainer import atomic_write_bytes, fit
+    from lipkit.training.data import split_for_config
+    from lipkit.training.report import certify_run, write_report
+    from lipkit.training.runs import save_run
+    from lipkit.training.trainer import fit
 
     run_dir = out / cfg.name
     model, hist = fit(cfg, run_dir, progress=progress)
-    from lipkit.training.report import _split_for
-
-    split = _split_for(cfg)
+    split = split_for_config(cfg)
     plain = export(model, split.x_test[:256], p=cfg.p)
-    save_weights(plain, run_dir / "weights.safetensors")
-    atomic_write_bytes(run_dir / "config.json", cfg.to_json().encode())
+    save_run(run_dir, cfg, plain)
     metrics = certify_run(plain, split, cfg.radii, pgd_steps=cfg.pgd_steps, seed=cfg.seed, p=cfg.p)
     metrics["train_seconds"] = hist["train_seconds"]
     metrics["resumed_from_epoch"] = hist["resumed_from"]
@@ -179,7 +178,8 @@ def certify(
 ) -> None:
     """Certified accuracy of a trained run at the given radii, with a PGD check; prints JSON."""
     from lipkit.bounds import UnsupportedModuleError
-    from lipkit.training.report import certify_run, interval_figures, load_run
+    from lipkit.training.report import certify_run, interval_figures
+    from lipkit.training.runs import load_run
 
     radii = _parse_radii(eps) if eps is not None else None
     if pgd_steps < 0:
@@ -209,7 +209,8 @@ def certify(
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="a run folder (e.g. runs/demo)")]) -> None:
     """Recompute metrics.json, certified_accuracy.png and report.md for a trained run."""
-    from lipkit.training.report import certify_run, load_run, write_report
+    from lipkit.training.report import certify_run, write_report
+    from lipkit.training.runs import load_run
 
     cfg, model, split = load_run(run_dir)
     metrics = certify_run(model, split, cfg.radii, pgd_steps=cfg.pgd_steps, seed=cfg.seed, p=cfg.p)
@@ -252,9 +253,9 @@ def estimate_cmd(
 def _user_errors() -> tuple[type[BaseException], ...]:
     from lipkit.bounds import UnsupportedModuleError
     from lipkit.exporting import ExportError
+    from lipkit.training.checkpoints import CheckpointError
     from lipkit.training.data import DataUnavailableError
-    from lipkit.training.report import RunError
-    from lipkit.training.trainer import CheckpointError
+    from lipkit.training.runs import RunError
 
     return (CliError, ConfigError, RunError, CheckpointError, DataUnavailableError, ExportError,
             UnsupportedModuleError, FloatingPointError, FileNotFoundError, PermissionError)

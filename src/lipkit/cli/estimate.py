@@ -13,11 +13,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lipkit.bounds import normalize_p
 from lipkit.estimation import METHODS, estimate
 from lipkit.estimation.load import load_model
 
-__all__ = ["EstimateCommandError", "run_estimate", "default_method"]
+__all__ = ["EstimateCommandError", "run_estimate", "default_method", "resolve_model"]
 
 
 class EstimateCommandError(ValueError):
@@ -40,6 +42,20 @@ def _parse_shape(text: str | None) -> tuple[int, ...] | None:
     if not shape or any(s <= 0 for s in shape):
         raise EstimateCommandError(f"--input-shape: {text!r} must list positive sizes, e.g. 1,28,28")
     return shape
+
+
+def resolve_model(source: str | Path) -> torch.nn.Module:
+    """The network ``lipkit estimate`` reads: a lipkit run folder's exported model
+    (:func:`lipkit.training.runs.load_run_model`) or an ``.onnx`` file (:func:`lipkit.estimation.load_model`);
+    a problem with either raises a ``ValueError`` with one line."""
+    if Path(source).is_dir():
+        from lipkit.training.runs import RunError, load_run_model
+
+        try:
+            return load_run_model(source)
+        except RunError as exc:
+            raise EstimateCommandError(str(exc)) from None
+    return load_model(source)
 
 
 def _p_text(p: float) -> str:
@@ -74,12 +90,10 @@ def run_estimate(
     if time_limit is not None and not (time_limit > 0 and math.isfinite(time_limit)):
         raise EstimateCommandError("--time-limit must be a positive number of seconds")
     shape = _parse_shape(input_shape)
-    model = load_model(model_path)
+    model = resolve_model(model_path)
     if shape is None:
         shape = getattr(model, "input_shape", None)
     if shape is not None:
-        import torch
-
         try:
             with torch.no_grad():
                 param = next(model.parameters(), None)

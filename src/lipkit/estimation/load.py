@@ -1,8 +1,9 @@
-"""Bring a network to the estimators: a torch module, a lipkit run folder, or an ONNX file of an MLP / CNN.
+"""Bring a network to the estimators: a torch module or an ONNX file of an MLP / CNN.
 
-Nothing here unpickles a file: run folders are read as JSON (the config) plus safetensors (the weights), ONNX
-files with the ``onnx`` package (protobuf).  A pickled ``.pt`` / ``.pth`` file is refused with a message
-saying how to convert it.
+A lipkit run folder is the application's business (:func:`lipkit.training.runs.load_run_model`, or
+``lipkit estimate RUN_FOLDER``): this layer does not import the trainer.  Nothing here unpickles a file:
+ONNX files are read with the ``onnx`` package (protobuf).  A pickled ``.pt`` / ``.pth`` file is refused
+with a message saying how to convert it.
 
 ONNX support (opset-independent reading of the graph; the model must be a *chain*: every node consumes the
 previous node's output plus constants):
@@ -28,7 +29,6 @@ Any other operator raises :class:`ModelLoadError` naming it; so does a malformed
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ __all__ = ["ModelLoadError", "LoadedSequential", "load_model", "onnx_to_torch", 
 
 
 class ModelLoadError(ValueError):
-    """The model file or folder cannot be read as a supported network (the message says why)."""
+    """The model file cannot be read as a supported network (the message says why)."""
 
 
 class LoadedSequential(nn.Sequential):
@@ -63,10 +63,10 @@ def load_model(source: nn.Module | str | Path) -> nn.Module:
     """Return an ``nn.Module`` for ``source`` (eval mode).
 
     * an ``nn.Module``: returned as is;
-    * a folder with ``config.json`` and ``weights.safetensors`` (a lipkit run, see
-      :mod:`lipkit.training.trainer`): the
-      exported plain architecture rebuilt from the config, input/output sizes read from the weights;
     * a ``.onnx`` file: converted to a :class:`LoadedSequential` (see the module docstring).
+
+    A folder (e.g. a lipkit run folder) is refused: load a run with
+    :func:`lipkit.training.runs.load_run_model` or use ``lipkit estimate RUN_FOLDER``.
 
     Loaded models carry ``input_shape`` (one input, no batch) when it is known.
     Raises :class:`ModelLoadError` (a ``ValueError``) with one clear message for anything else.
@@ -80,7 +80,9 @@ def load_model(source: nn.Module | str | Path) -> nn.Module:
     if not path.exists():
         raise ModelLoadError(f"model path {str(path)!r} does not exist")
     if path.is_dir():
-        return _load_run_folder(path)
+        raise ModelLoadError(f"{str(path)!r} is a folder; load_model reads nn.Modules and .onnx files only: "
+                             "load a lipkit run folder with lipkit.training.runs.load_run_model(path) or "
+                             "run `lipkit estimate RUN_FOLDER`")
     suffix = path.suffix.lower()
     if suffix in (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin"):
         raise ModelLoadError(
@@ -90,47 +92,7 @@ def load_model(source: nn.Module | str | Path) -> nn.Module:
     if suffix == ".onnx":
         return onnx_to_torch(path)
     raise ModelLoadError(f"{path.name}: unknown model format {suffix or '(no suffix)'!r}; "
-                         "use an .onnx file or a lipkit run folder")
-
-
-# --------------------------------------------------------------------------- run folders
-
-
-def _load_run_folder(path: Path) -> nn.Module:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from lipkit.training.config import ConfigError, RunConfig
-    from lipkit.training.trainer import build_plain_model
-
-    cfg_path, w_path = path / "config.json", path / "weights.safetensors"
-    for f in (cfg_path, w_path):
-        if not f.is_file():
-            raise ModelLoadError(f"{str(path)!r} is not a lipkit run folder: it has no {f.name}")
-    try:
-        cfg = RunConfig.from_dict(json.loads(cfg_path.read_text()))
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{cfg_path} is not valid JSON: {exc}") from None
-    except ConfigError as exc:
-        raise ModelLoadError(f"{cfg_path}: {exc}") from None
-    try:
-        state = load_file(str(w_path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelLoadError(f"{w_path} is not a readable safetensors file: {exc}") from None
-    weights = sorted((k for k in state if k.endswith(".weight") and state[k].dim() == 2),
-                     key=lambda k: int(k.split(".")[0]) if k.split(".")[0].isdigit() else -1)
-    if not weights:
-        raise ModelLoadError(f"{w_path} holds no linear layer weights")
-    in_features, num_classes = int(state[weights[0]].shape[1]), int(state[weights[-1]].shape[0])
-    model = build_plain_model(cfg, in_features, num_classes)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ModelLoadError(f"{w_path} does not match the run's config: {first}") from None
-    out = LoadedSequential(*model)
-    out.input_shape = (in_features,)
-    return out.eval()
+                         "use an .onnx file (a lipkit run folder: lipkit.training.runs.load_run_model)")
 
 
 # --------------------------------------------------------------------------- ONNX

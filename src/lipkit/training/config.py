@@ -1,8 +1,11 @@
-"""Run configuration: one dataclass, loadable from a YAML file or CLI flags, validated.
+"""Run configuration: a :class:`RunConfig` in sections, read from a YAML/JSON file or CLI flags, validated.
 
-Every error is a :class:`ConfigError` with one message naming the offending key and value
-(unknown key, wrong type, out-of-range value, or an impossible combination such as a MaxMin
-activation on an odd width, or l_inf certificates from l2-orthogonal layers).
+A config file may be flat (``lr: 0.01``, the form every run folder and recipe so far uses) or sectioned
+(``optim: {lr: 0.01}``; sections ``data``, ``network``, ``objective``, ``optim``, ``linf``, ``certify``,
+see :data:`SECTIONS`), or mix both.  Every error is a :class:`ConfigError` with one message naming the
+offending key, its section and value (unknown or misplaced key, key given twice, wrong type,
+out-of-range value, or an impossible combination such as a MaxMin activation on an odd width, or l_inf
+certificates from l2-orthogonal layers).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DEMO_CONFIG", "RunConfig", "ConfigError", "load_config", "read_config_file", "load_recipe",
-           "recipe_names"]
+           "recipe_names", "SECTIONS", "KEY_SECTION", "TOP_LEVEL_KEYS", "DataConfig", "NetworkConfig",
+           "ObjectiveConfig", "OptimConfig", "LinfConfig", "CertifyConfig"]
 
 ACTIVATIONS = ("maxmin", "groupsort")
 CONSTRAINTS = ("orthogonal",)
@@ -55,15 +59,125 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class DataConfig:
+    """Section ``data``: which data set, its split, and training-time augmentation."""
+
+    dataset: str = "digits"
+    test_size: float = 0.25
+    data_seed: int = 0
+    augment_shift: int = 0
+
+
+@dataclass
+class NetworkConfig:
+    """Section ``network``: the architecture (``model`` kind, widths, activations, constraints, head)."""
+
+    model: str = "lipmlp"
+    widths: list[int] = field(default_factory=lambda: [256, 256])
+    activation: str = "maxmin"
+    group_size: int = 2
+    constraint: str = "orthogonal"
+    orthogonal_method: str = "cayley"
+    head_width: int = 0
+    head_activation: str = "relu"
+    sort_q: float = 0.5
+    standardised_init: bool = False
+
+
+@dataclass
+class ObjectiveConfig:
+    """Section ``objective``: the training loss and its constants."""
+
+    loss: str = "ce"
+    temperature: float = 8.0
+    margin: float = 1.0
+    alpha: float = 10.0
+
+
+@dataclass
+class OptimConfig:
+    """Section ``optim``: optimiser, learning-rate schedule, epochs and batches."""
+
+    optimizer: str = "adam"
+    lr: float = 3e-3
+    schedule: str = "onecycle"
+    epochs: int = 60
+    batch_size: int = 64
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+
+
+@dataclass
+class LinfConfig:
+    """Section ``linf``: the l_inf training schedule (p relaxation, eps ramp, CE weight)."""
+
+    p_start: float = 8.0
+    p_end: float = 1000.0
+    p_window: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    eps_window: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    ce_weight: list[float] = field(default_factory=lambda: [0.1, 0.001])
+
+
+@dataclass
+class CertifyConfig:
+    """Section ``certify``: the norm of the certificates, the radii reported and the PGD check."""
+
+    p: float = 2.0
+    radii: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 1.0])
+    pgd_steps: int = 50
+
+
+#: section name -> its dataclass; the keys of all sections and :data:`TOP_LEVEL_KEYS` are distinct, so a
+#: flat config (``lr: 0.01``) and a sectioned one (``optim: {lr: 0.01}``) mean the same.
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "network": NetworkConfig,
+    "objective": ObjectiveConfig,
+    "optim": OptimConfig,
+    "linf": LinfConfig,
+    "certify": CertifyConfig,
+}
+#: the keys that belong to no section
+TOP_LEVEL_KEYS: tuple[str, ...] = ("name", "seed", "threads")
+#: flat key -> its section
+KEY_SECTION: dict[str, str] = {f.name: sec for sec, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+
+
+class _Alias:
+    """``cfg.lr`` reads and writes ``cfg.optim.lr`` (the flat names of every key stay valid)."""
+
+    def __init__(self, section: str, key: str) -> None:
+        self.section, self.key = section, key
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        return getattr(getattr(obj, self.section), self.key)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        setattr(getattr(obj, self.section), self.key, value)
+
+
+@dataclass(init=False)
 class RunConfig:
-    """Everything a training run needs; JSON/YAML round-trips through :meth:`to_dict`.
+    """Everything a training run needs, in sections; JSON/YAML round-trips through :meth:`to_dict`.
+
+    Sections (see :data:`SECTIONS`): ``data`` (:class:`DataConfig`), ``network`` (:class:`NetworkConfig`),
+    ``objective`` (:class:`ObjectiveConfig`), ``optim`` (:class:`OptimConfig`), ``linf``
+    (:class:`LinfConfig`) and ``certify`` (:class:`CertifyConfig`); ``name``, ``seed`` and ``threads``
+    are top-level.  Every key has one name in all sections, so ``cfg.optim.lr`` is also ``cfg.lr``, the
+    constructor takes flat keys (``RunConfig(lr=0.01)``) or sections (``RunConfig(optim={"lr": 0.01})``),
+    and a config file may use either form (or mix them; a key given twice is an error).
+    :meth:`to_dict` writes the flat form (what ``config.json`` and checkpoints hold, so that run folders
+    of every version read alike); ``to_dict(sections=True)`` the sectioned one.
 
     Model: ``widths`` hidden layers of ``LipLinear(constraint=...)`` each followed by the
     activation, then a ``LipLinear`` to ``num_classes`` outputs (orthogonal rows), so the network
     is 1-Lipschitz in l2 and the margin certificate ``(f_y - max_j f_j) / sqrt(2)`` applies.
     Loss ``ce``: cross-entropy on ``temperature * (f - margin * sqrt(2) * onehot(y))`` (divided by
     the temperature); ``hinge``: multiclass hinge with ``margin``; ``hkr``: hinge +
-    Kantorovich-Rubinstein with weight ``alpha``.
+    Kantorovich-Rubinstein with weight ``alpha`` (:func:`lipkit.training.trainer.make_loss`).
 
     l_inf models (``model: linf-dist`` or ``sortnet``, ``p: inf``; see :mod:`lipkit.training.linf`): the
     ``widths`` are l_inf-distance layers (``sortnet``: the first one l_inf-distance, the others
@@ -85,52 +199,41 @@ class RunConfig:
     (:func:`lipkit.training.data.random_shift`; square images only).
     """
 
-    name: str = "run"
-    dataset: str = "digits"
-    test_size: float = 0.25
-    data_seed: int = 0
-    widths: list[int] = field(default_factory=lambda: [256, 256])
-    activation: str = "maxmin"
-    group_size: int = 2
-    constraint: str = "orthogonal"
-    orthogonal_method: str = "cayley"
-    loss: str = "ce"
-    temperature: float = 8.0
-    margin: float = 1.0
-    alpha: float = 10.0
-    optimizer: str = "adam"
-    lr: float = 3e-3
-    schedule: str = "onecycle"
-    epochs: int = 60
-    batch_size: int = 64
-    seed: int = 0
-    radii: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 1.0])
-    p: float = 2.0
-    threads: int = 2
-    pgd_steps: int = 50
-    model: str = "lipmlp"
-    head_width: int = 0
-    head_activation: str = "relu"
-    sort_q: float = 0.5
-    p_start: float = 8.0
-    p_end: float = 1000.0
-    p_window: list[float] = field(default_factory=lambda: [0.0, 0.0])
-    eps_window: list[float] = field(default_factory=lambda: [0.0, 0.0])
-    ce_weight: list[float] = field(default_factory=lambda: [0.1, 0.001])
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    adam_eps: float = 1e-8
-    weight_decay: float = 0.0
-    standardised_init: bool = False
-    augment_shift: int = 0
+    name: str
+    seed: int
+    threads: int
+    data: DataConfig
+    network: NetworkConfig
+    objective: ObjectiveConfig
+    optim: OptimConfig
+    linf: LinfConfig
+    certify: CertifyConfig
 
-    def __post_init__(self) -> None:
+    def __init__(self, name: str = "run", seed: int = 0, threads: int = 2, *,
+                 data: DataConfig | Mapping[str, Any] | None = None,
+                 network: NetworkConfig | Mapping[str, Any] | None = None,
+                 objective: ObjectiveConfig | Mapping[str, Any] | None = None,
+                 optim: OptimConfig | Mapping[str, Any] | None = None,
+                 linf: LinfConfig | Mapping[str, Any] | None = None,
+                 certify: CertifyConfig | Mapping[str, Any] | None = None,
+                 **keys: Any) -> None:
+        self.name, self.seed, self.threads = name, seed, threads
+        given = {"data": data, "network": network, "objective": objective, "optim": optim, "linf": linf,
+                 "certify": certify}
+        flat = _flatten({**{k: v for k, v in given.items() if v is not None}, **keys})
+        for sec, cls in SECTIONS.items():  # fresh sections: the config owns them
+            own = {f.name: flat[f.name] for f in dataclasses.fields(cls) if f.name in flat}
+            setattr(self, sec, cls(**own))
         self.validate()
 
     # ----------------------------------------------------------------- validation
     def validate(self) -> None:
+        """Coerce every value to its type and check ranges and combinations; :class:`ConfigError` names
+        the first offending key, its section and value."""
+
         def need(cond: bool, key: str, msg: str) -> None:
             if not cond:
-                raise ConfigError(f"config key {key!r}: {msg} (got {getattr(self, key)!r})")
+                raise ConfigError(f"config key {_label(key)}: {msg} (got {getattr(self, key)!r})")
 
         self.widths = [_as_int("widths", w) for w in _as_list("widths", self.widths)]
         self.radii = [_as_float("radii", r) for r in _as_list("radii", self.radii)]
@@ -216,10 +319,20 @@ class RunConfig:
             need(self.model != "lipmlp", "loss", "the mix loss is for model: linf-dist / sortnet")
 
     # ----------------------------------------------------------------- I/O
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["p"] = "inf" if math.isinf(self.p) else self.p
-        return d
+    def to_dict(self, sections: bool = False) -> dict[str, Any]:
+        """The config as plain data: flat keys (default; the form of ``config.json`` and checkpoints) or,
+        with ``sections=True``, ``{"name", "seed", "threads", "data": {...}, "network": {...}, ...}``.
+        ``p = inf`` is written as the string ``"inf"`` (JSON has no infinity)."""
+        out: dict[str, Any] = {k: getattr(self, k) for k in TOP_LEVEL_KEYS}
+        for sec in SECTIONS:
+            part = dataclasses.asdict(getattr(self, sec))
+            if sec == "certify":
+                part["p"] = "inf" if math.isinf(self.p) else self.p
+            if sections:
+                out[sec] = part
+            else:
+                out.update(part)
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -231,19 +344,80 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        """A validated config from flat keys, sections, or a mix (unknown keys are refused by name)."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"a run config must be a mapping of keys to values, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown config key(s) {unknown}; known keys are {sorted(known)}")
-        return cls(**dict(data))
+        return cls(**_flatten(data))
 
     def replace(self, **changes: Any) -> RunConfig:
-        """A validated copy with ``changes`` applied (``None`` values are ignored)."""
+        """A validated copy with ``changes`` applied: flat keys or section mappings (``None`` values are
+        ignored, so unset CLI flags change nothing)."""
         d = self.to_dict()
-        d.update({k: v for k, v in changes.items() if v is not None})
+        d.update({k: v for k, v in _flatten(changes).items() if v is not None})
         return RunConfig.from_dict(d)
+
+
+for _sec, _cls in SECTIONS.items():
+    for _f in dataclasses.fields(_cls):
+        setattr(RunConfig, _f.name, _Alias(_sec, _f.name))
+del _sec, _cls, _f
+
+
+def _is_section(value: Any) -> bool:
+    return dataclasses.is_dataclass(value) and type(value) in SECTIONS.values()
+
+
+def _label(key: str) -> str:
+    """``'lr' in section 'optim'`` (``'name'`` for a top-level key)."""
+    return f"{key!r} in section {KEY_SECTION[key]!r}" if key in KEY_SECTION else repr(key)
+
+
+def _known_keys_hint(key: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, [*TOP_LEVEL_KEYS, *KEY_SECTION], n=1)
+    hint = f" (did you mean {_label(close[0])}?)" if close else ""
+    return (f"{hint}; top-level keys: {list(TOP_LEVEL_KEYS)}; sections: "
+            + ", ".join(f"{sec} {sorted(k for k, s in KEY_SECTION.items() if s == sec)}" for sec in SECTIONS))
+
+
+def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat ``key -> value`` from a flat, sectioned or mixed mapping; unknown or misplaced keys and keys
+    given twice raise :class:`ConfigError` naming the key and its section."""
+    flat: dict[str, Any] = {}
+    where: dict[str, str] = {}
+
+    def put(key: str, value: Any, place: str) -> None:
+        if key in flat:
+            raise ConfigError(f"config key {key!r} is given twice ({where[key]} and {place})")
+        flat[key], where[key] = value, place
+
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"config keys must be strings, got {key!r}")
+        if key in SECTIONS:
+            if _is_section(value):
+                value = dataclasses.asdict(value)
+            if value is None:
+                value = {}
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config section {key!r} must be a mapping of keys to values, "
+                                  f"got {value!r}")
+            for sub, v in value.items():
+                if KEY_SECTION.get(sub) == key:
+                    put(sub, v, f"in section {key!r}")
+                elif sub in KEY_SECTION or sub in TOP_LEVEL_KEYS:
+                    home = f"in section {KEY_SECTION[sub]!r}" if sub in KEY_SECTION else "at the top level"
+                    raise ConfigError(f"config key {sub!r} is not in section {key!r}: it belongs {home}")
+                else:
+                    keys = sorted(k for k, s in KEY_SECTION.items() if s == key)
+                    raise ConfigError(f"unknown config key {sub!r} in section {key!r}; the keys of section "
+                                      f"{key!r} are {keys}")
+        elif key in KEY_SECTION or key in TOP_LEVEL_KEYS:
+            put(key, value, "at the top level")
+        else:
+            raise ConfigError(f"unknown config key {key!r} at the top level{_known_keys_hint(key)}")
+    return flat
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -307,13 +481,13 @@ def _as_list(key: str, value: Any) -> list:
     if isinstance(value, (int, float)):
         value = [value]
     if not isinstance(value, (list, tuple)):
-        raise ConfigError(f"config key {key!r}: must be a list, got {value!r}")
+        raise ConfigError(f"config key {_label(key)}: must be a list, got {value!r}")
     return list(value)
 
 
 def _as_int(key: str, value: Any) -> int:
     if isinstance(value, bool):
-        raise ConfigError(f"config key {key!r}: must be an integer, got {value!r}")
+        raise ConfigError(f"config key {_label(key)}: must be an integer, got {value!r}")
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, str):
@@ -323,18 +497,18 @@ def _as_int(key: str, value: Any) -> int:
             pass
     if isinstance(value, int):
         return value
-    raise ConfigError(f"config key {key!r}: must be an integer, got {value!r}")
+    raise ConfigError(f"config key {_label(key)}: must be an integer, got {value!r}")
 
 
 def _as_float(key: str, value: Any) -> float:
     if isinstance(value, bool):
-        raise ConfigError(f"config key {key!r}: must be a number, got {value!r}")
+        raise ConfigError(f"config key {_label(key)}: must be a number, got {value!r}")
     try:
         out = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"config key {key!r}: must be a number, got {value!r}") from None
+        raise ConfigError(f"config key {_label(key)}: must be a number, got {value!r}") from None
     if math.isnan(out):
-        raise ConfigError(f"config key {key!r}: must be a number, got NaN")
+        raise ConfigError(f"config key {_label(key)}: must be a number, got NaN")
     return out
 
 
@@ -344,4 +518,4 @@ def _as_p(value: Any) -> float:
     try:
         return normalize_p(value)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"config key 'p': {exc}") from None
+        raise ConfigError(f"config key {_label('p')}: {exc}") from None

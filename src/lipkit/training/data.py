@@ -17,6 +17,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ __all__ = [
     "DATASETS",
     "random_shift",
     "square_side",
+    "split_for_config",
 ]
 
 
@@ -219,3 +221,11 @@ def load_dataset(name: str, **kwargs: object) -> Split:
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
     return DATASETS[key](**kwargs)
+
+
+def split_for_config(cfg: Any) -> Split:
+    """The data split a run config trains and certifies on: ``load_dataset(cfg.dataset, ...)`` with the
+    config's ``test_size`` and ``data_seed`` (Fashion-MNIST has a fixed split and takes neither)."""
+    if cfg.dataset == "fashion-mnist":
+        return load_dataset(cfg.dataset)
+    return load_dataset(cfg.dataset, test_size=cfg.test_size, seed=cfg.data_seed)

@@ -1,7 +1,8 @@
 """Certify a trained run, check it with an attack, and write a report a person reads.
 
 A run folder ``runs/<name>/`` holds ``config.json`` and ``weights.safetensors`` (the exported,
-plain-torch weights).  :func:`certify_run` reloads them, computes the sound l_p bound ``L`` of those
+plain-torch weights; read and written by :mod:`lipkit.training.runs`).  :func:`certify_run` takes the
+reloaded model and computes the sound l_p bound ``L`` of those
 exact weights with :func:`lipkit.lipschitz_bound` (p = the run's norm, 2 or inf), the certified
 radius of every test point from :func:`lipkit.certify.compute_certificates` (l2:
 ``(f_y - max_{j!=y} f_j) / (sqrt(2) L)``; l_inf: ``margin / (2 L)``, or the pairwise rule of a hybrid
@@ -22,59 +23,15 @@ import torch
 from torch import nn
 
 from lipkit.bounds import lipschitz_bound
-from lipkit.training.config import ConfigError, RunConfig
-from lipkit.training.data import Split, load_dataset
-from lipkit.training.trainer import atomic_write_bytes, build_plain_model, margin_radius
+from lipkit.training.checkpoints import atomic_write_bytes
+from lipkit.training.config import RunConfig
+from lipkit.training.data import Split
+from lipkit.training.runs import RunError, load_run, save_weights
+from lipkit.training.trainer import margin_radius
 
-__all__ = ["RunError", "load_run", "certify_run", "write_report", "save_weights"]
-
-
-class RunError(RuntimeError):
-    """A run folder is missing or incomplete."""
-
-
-def save_weights(model: nn.Module, path: Path) -> None:
-    """Atomically write a plain model's ``state_dict`` as safetensors."""
-    from safetensors.torch import save
-
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    atomic_write_bytes(Path(path), save(tensors))
-
-
-def _split_for(cfg: RunConfig) -> Split:
-    kwargs: dict[str, Any] = {}
-    if cfg.dataset != "fashion-mnist":
-        kwargs = {"test_size": cfg.test_size, "seed": cfg.data_seed}
-    return load_dataset(cfg.dataset, **kwargs)
-
-
-def load_run(run_dir: str | Path) -> tuple[RunConfig, nn.Module, Split]:
-    """Reload ``(config, plain model, data split)`` from a run folder; clear :class:`RunError` if absent."""
-    from safetensors.torch import load_file
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunError(f"run folder {str(run_dir)!r} does not exist")
-    cfg_path, w_path = run_dir / "config.json", run_dir / "weights.safetensors"
-    for p in (cfg_path, w_path):
-        if not p.is_file():
-            raise RunError(f"run folder {str(run_dir)!r} has no {p.name}; "
-                           "train it first (lipkit train / lipkit demo)")
-    try:
-        cfg = RunConfig.from_dict(json.loads(cfg_path.read_text()))
-    except json.JSONDecodeError as exc:
-        raise RunError(f"{cfg_path} is not valid JSON: {exc}") from None
-    except ConfigError as exc:
-        raise RunError(f"{cfg_path}: {exc}") from None
-    split = _split_for(cfg)
-    model = build_plain_model(cfg, split.num_features, split.num_classes)
-    try:
-        model.load_state_dict(load_file(str(w_path)))
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RunError(f"{w_path} does not hold this run's weights: {first}") from None
-    model.eval()
-    return cfg, model, split
+__all__ = ["certify_run", "interval_figures", "write_report",
+           # run-folder I/O, re-exported from lipkit.training.runs (its home)
+           "RunError", "load_run", "save_weights"]
 
 
 def certify_run(model: nn.Module, split: Split, radii: list[float], pgd_steps: int = 50,
@@ -141,6 +98,10 @@ def interval_figures(model: nn.Module, split: Split, radii: list[float],
     import math
 
     from lipkit.certify.attacks import pgd
+
+    # TODO(certify-dedup): use a public lipkit.certify.interval function once there is one: validation of
+    # (model, x, input_domain) as the public interval functions do it, and the margin-or-interval union
+    # for margin radii computed once for all radii (see the report of issue 16, part 2).
     from lipkit.certify.interval import _check_call, _union_with_margin
     from lipkit.certify.margin import compute_certificates
 

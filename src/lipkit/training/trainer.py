@@ -1,55 +1,65 @@
-"""A small trainer for 1-Lipschitz classifiers: progress bar, atomic checkpoints, resume.
+"""The trainer of 1-Lipschitz classifiers: one loop, strategies for what differs, checkpoints, resume.
 
-Checkpoints live in ``<run_dir>/checkpoints/``: for every finished epoch ``e`` the trainer writes
-``epoch_XXXX.safetensors`` (model state, optimiser state tensors, RNG state) and then
-``epoch_XXXX.json`` (config, epoch, metrics, scheduler state, non-tensor optimiser state and the
-SHA-256 of the tensor file).  Each file is written to a temporary name and moved into place with
-:func:`os.replace`, and the JSON is written last, so a kill at any moment leaves either the
-previous complete checkpoint or the new one.  Re-running :func:`fit` on the same run folder
-resumes from the newest checkpoint; a corrupt or incomplete newest checkpoint raises
-:class:`CheckpointError` and nothing on disk is deleted or overwritten.
+:func:`fit` is the public entry: it builds a :class:`Trainer` for a :class:`RunConfig` and runs it.  The
+:class:`Trainer` owns the loop (data order, forward, loss, backward, optimiser and scheduler steps,
+metrics, progress, checkpoints); what a kind of training changes (the l_inf schedule now, DP noise and
+DDP later) is a :class:`~lipkit.training.strategy.TrainingStrategy` whose hooks the loop calls.
 
-Resumption is exact: the data order of epoch ``e`` is drawn from a generator seeded by
-``(seed, e)``, so an interrupted-and-resumed run ends with the same weights as an uninterrupted one.
+Checkpoints (:mod:`lipkit.training.checkpoints`) are written atomically after every epoch; re-running
+:func:`fit` on the same run folder resumes from the newest one (a corrupt or incomplete one raises
+:class:`CheckpointError`, deleting nothing).  Resumption is exact: the data order of epoch ``e`` is drawn
+from a generator seeded by ``(seed, e)`` and the torch RNG state is checkpointed, so an
+interrupted-and-resumed run ends with the same weights as an uninterrupted one.
+
+Global state: :func:`build_model` and :func:`fit` leave the caller's torch RNG, thread count and
+denormal-flush setting as they found them (the run uses its own seeded RNG stream).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import math
-import os
 import sys
-import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from lipkit.training.config import ConfigError, RunConfig
-from lipkit.training.data import Split, load_dataset, random_shift, square_side
+from lipkit.training.checkpoints import (
+    CKPT_DIR,
+    CheckpointError,
+    atomic_write_bytes,
+    checkpoint_model_state,
+    latest_checkpoint,
+    load_checkpoint,
+    optimizer_from_flat,
+    save_checkpoint,
+)
+from lipkit.training.config import ConfigError, OptimConfig, RunConfig
+from lipkit.training.data import Split, random_shift, split_for_config, square_side
+from lipkit.training.strategy import StepState, TrainingStrategy, nominal_radius, strategies_for
 
 __all__ = [
     "CheckpointError",
+    "Trainer",
     "build_model",
     "build_plain_model",
+    "certificate_factor",
     "make_loss",
+    "make_optimizer",
     "margin_radius",
+    "evaluate",
     "fit",
     "latest_checkpoint",
     "atomic_write_bytes",
+    # re-exported from lipkit.training.checkpoints (their home since the trainer was split)
+    "CKPT_DIR",
+    "checkpoint_model_state",
+    "load_checkpoint",
+    "save_checkpoint",
 ]
-
-CKPT_DIR = "checkpoints"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete, corrupt or does not match the run's config."""
 
 
 # --------------------------------------------------------------------------- model
@@ -75,7 +85,18 @@ def build_model(cfg: RunConfig, in_features: int, num_classes: int) -> nn.Sequen
     are 1-Lipschitz permutations of sorted pairs, so the network is 1-Lipschitz in l2
     (Anil, Lucas, Grosse, "Sorting out Lipschitz function approximation", ICML 2019).
     ``model: linf-dist`` / ``sortnet``: the l_inf models of :func:`lipkit.training.linf.build_linf_model`.
+
+    The initial weights are drawn from a torch RNG seeded with ``cfg.seed`` inside
+    :func:`torch.random.fork_rng`: the same weights every time, and the caller's RNG is left untouched.
     """
+    with torch.random.fork_rng(devices=[]):
+        return seeded_model(cfg, in_features, num_classes)
+
+
+def seeded_model(cfg: RunConfig, in_features: int, num_classes: int) -> nn.Sequential:
+    """:func:`build_model` without the RNG fork: seeds the *global* torch RNG with ``cfg.seed`` and
+    builds the model from it, leaving the RNG where the initialisation left it.  The :class:`Trainer`
+    calls it inside its own fork, so a run's later random draws continue that stream."""
     torch.manual_seed(cfg.seed)
     if cfg.is_linf_model:
         from lipkit.training.linf import build_linf_model
@@ -108,45 +129,46 @@ def build_plain_model(cfg: RunConfig, in_features: int, num_classes: int) -> nn.
 # --------------------------------------------------------------------------- losses
 
 
+def certificate_factor(p: float) -> float:
+    """``L`` of ``f_c - f_j`` for a 1-Lipschitz network: ``sqrt(2)`` for l2, 2 for l_inf
+    (``|a_c - a_j| <= 2 ||a||_inf``); a logit margin ``m * factor`` certifies the radius ``m``."""
+    return 2.0 if math.isinf(p) else math.sqrt(2.0)
+
+
 def make_loss(cfg: RunConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The training loss for logits ``f`` (batch, classes) and labels ``y``.
+    """The training loss for logits ``f`` (batch, classes) and labels ``y``, built from :mod:`lipkit.losses`.
 
-    * ``ce``: ``CE(t * (f - m * sqrt(2) * onehot(y)), y) / t``: a margin offset ``m * sqrt(2)`` on
-      the true logit asks for an l2 certified radius ``m`` (radius = logit margin / sqrt(2) for a
-      1-Lipschitz net); the temperature ``t`` trades accuracy for margin (Bethune et al.,
-      "Pay attention to your loss", 2022);
-    * ``hinge``: ``mean_j relu(m * sqrt(2) - (f_y - f_j))`` over ``j != y``;
-    * ``hkr``: hinge plus ``-(f_y - mean_{j!=y} f_j) / alpha`` (a Kantorovich-Rubinstein term
-      pushing the margin further; Serrurier et al., CVPR 2021).
+    With ``m = margin * factor`` (``factor`` = :func:`certificate_factor`: sqrt(2) for l2, 2 for l_inf, so
+    a logit margin ``m`` certifies the radius ``margin`` of a 1-Lipschitz net):
 
-    For ``p = inf`` the factor ``sqrt(2)`` becomes 2 (``|a_c - a_j| <= 2 ||a||_inf``).  The ``mix``
-    loss needs the schedule and the model's pairwise constants: see :func:`lipkit.training.linf.mix_loss`
-    (it is built inside :func:`fit`, not here).
+    * ``ce``: :class:`~lipkit.losses.LipschitzCrossEntropyLoss` ``(temperature=t, margin=m)`` divided by
+      ``t``, i.e. ``CE(t * (f - m * onehot(y)), y) / t`` (Bethune et al., "Pay attention to your loss",
+      2022).  The ``1 / t`` keeps the loss and its gradient in logit units whatever the temperature;
+      the demo's figures were tuned with it;
+    * ``hinge``: :class:`~lipkit.losses.MulticlassHingeLoss` ``(margin=m)``, the hinge on the top-2
+      margin ``f_y - max_{j != y} f_j`` (the quantity the certificate divides);
+    * ``hkr``: :class:`~lipkit.losses.HKRLoss` ``(alpha, margin=m)``, ``alpha * hinge - KR`` with the
+      one-vs-all Kantorovich-Rubinstein term (Serrurier et al., CVPR 2021).
+
+    The ``mix`` loss needs the schedule and the model's pairwise constants: see
+    :class:`lipkit.training.linf.LinfScheduleStrategy`.
     """
+    from lipkit.losses import HKRLoss, LipschitzCrossEntropyLoss, MulticlassHingeLoss
+
     if cfg.loss == "mix":
         raise ValueError("the mix loss is scheduled per step; use lipkit.training.linf.mix_loss")
-    m = cfg.margin * (2.0 if math.isinf(cfg.p) else math.sqrt(2.0))
+    m = cfg.margin * certificate_factor(cfg.p)
+    if cfg.loss == "hinge":
+        return MulticlassHingeLoss(margin=m)
+    if cfg.loss == "hkr":
+        return HKRLoss(alpha=cfg.alpha, margin=m)
     t = cfg.temperature
+    ce = LipschitzCrossEntropyLoss(temperature=t, margin=m)
 
-    def ce(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        off = F.one_hot(y, f.shape[1]).to(f.dtype) * m
-        return F.cross_entropy(t * (f - off), y) / t
+    def ce_in_logit_units(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return ce(f, y) / t
 
-    def hinge_terms(f: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        true = f.gather(1, y[:, None])
-        mask = 1.0 - F.one_hot(y, f.shape[1]).to(f.dtype)
-        gaps = (true - f) * mask
-        h = (F.relu(m - gaps) * mask).sum(1) / mask.sum(1)
-        return h.mean(), (gaps.sum(1) / mask.sum(1)).mean()
-
-    def hinge(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return hinge_terms(f, y)[0]
-
-    def hkr(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h, kr = hinge_terms(f, y)
-        return h - kr / cfg.alpha
-
-    return {"ce": ce, "hinge": hinge, "hkr": hkr}[cfg.loss]
+    return ce_in_logit_units
 
 
 # --------------------------------------------------------------------------- certification
@@ -168,25 +190,15 @@ def margin_radius(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bound: flo
     return correct, torch.where(correct, res.radius, torch.zeros_like(res.radius))
 
 
-def _nominal(f: torch.Tensor, y: torch.Tensor, factor: float = math.sqrt(2.0)
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Correctness and the *nominal* radius ``margin / factor`` (assumes a 1-Lipschitz net;
-    ``factor`` sqrt(2) for l2, 2 for l_inf)."""
-    f = f.double()
-    true = f.gather(1, y[:, None]).squeeze(1)
-    margin = true - f.scatter(1, y[:, None], -math.inf).max(1).values
-    correct = margin > 0
-    return correct, torch.where(correct, margin / factor, torch.zeros_like(margin))
-
-
-def _nominal_for(model: nn.Module, cfg: RunConfig | None, f: torch.Tensor, y: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if cfg is not None and cfg.is_linf_model:
-        from lipkit.training.linf import nominal_radius, pair_lipschitz
-
-        with torch.no_grad():
-            return nominal_radius(f, y, pair_lipschitz(model))
-    return _nominal(f, y)
+def nominal_for(model: nn.Module, cfg: RunConfig | None, f: torch.Tensor, y: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Correctness and nominal radius of logits ``f`` (:func:`lipkit.training.strategy.nominal_radius`) with
+    the constants of ``cfg``'s model kind: the strategies' answer, else ``sqrt(2)`` (l2, 1-Lipschitz)."""
+    for s in strategies_for(cfg) if cfg is not None else []:
+        out = s.nominal(model, f, y)
+        if out is not None:
+            return out
+    return nominal_radius(f, y)
 
 
 def evaluate(model: nn.Module, split: Split, radii: list[float], *, sound: bool = False,
@@ -206,7 +218,7 @@ def evaluate(model: nn.Module, split: Split, radii: list[float], *, sound: bool 
             correct, radius = margin_radius(model, split.x_test, split.y_test, p=p)
         else:
             with torch.no_grad():
-                correct, radius = _nominal_for(model, cfg, model(split.x_test), split.y_test)
+                correct, radius = nominal_for(model, cfg, model(split.x_test), split.y_test)
     finally:
         model.train(was)
     return {
@@ -215,164 +227,233 @@ def evaluate(model: nn.Module, split: Split, radii: list[float], *, sound: bool 
     }
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _optim_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, Any] = {}
-    for idx, st in sd["state"].items():
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"optim.{idx}.{k}"] = v.detach().cpu().contiguous().clone()
-            else:
-                scalars[f"{idx}.{k}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _optim_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for key, v in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = v
-    for key, v in meta["scalars"].items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-_MODEL = "model."  # checkpoint tensor keys of the model's state dict (optimiser: "optim.", RNG: "rng.")
-
-
-def _ckpt_paths(run_dir: Path, epoch: int) -> tuple[Path, Path]:
-    d = Path(run_dir) / CKPT_DIR
-    return d / f"epoch_{epoch:04d}.safetensors", d / f"epoch_{epoch:04d}.json"
-
-
-def latest_checkpoint(run_dir: str | Path) -> int | None:
-    """The newest epoch with a committed (JSON-written) checkpoint, or ``None``."""
-    d = Path(run_dir) / CKPT_DIR
-    if not d.is_dir():
-        return None
-    epochs = []
-    for p in d.glob("epoch_*.json"):
-        try:
-            epochs.append(int(p.stem.split("_", 1)[1]))
-        except ValueError:
-            continue
-    return max(epochs) if epochs else None
-
-
-def save_checkpoint(run_dir: Path, epoch: int, cfg: RunConfig, model: nn.Module,
-                    opt: torch.optim.Optimizer, sched: Any, metrics: dict[str, Any], keep: int = 2) -> None:
-    from safetensors.torch import save
-
-    tensors = {f"{_MODEL}{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    opt_tensors, opt_meta = _optim_to_flat(opt)
-    tensors.update(opt_tensors)
-    tensors["rng.torch"] = torch.get_rng_state().clone()
-    blob = save(tensors)
-    st_path, js_path = _ckpt_paths(run_dir, epoch)
-    atomic_write_bytes(st_path, blob)
-    meta = {
-        "format": "lipkit-checkpoint-1",
-        "epoch": epoch,
-        "config": cfg.to_dict(),
-        "metrics": metrics,
-        "optimizer": opt_meta,
-        "scheduler": sched.state_dict() if sched is not None else None,
-        "sha256": hashlib.sha256(blob).hexdigest(),
-        "rng_torch_b64": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
-    }
-    atomic_write_bytes(js_path, json.dumps(meta, indent=1).encode())
-    # prune old checkpoints (only ones strictly older than the `keep` newest committed ones)
-    d = Path(run_dir) / CKPT_DIR
-    old = sorted(int(p.stem.split("_", 1)[1]) for p in d.glob("epoch_*.json"))[:-keep]
-    for e in old:
-        for p in _ckpt_paths(run_dir, e)[::-1]:
-            p.unlink(missing_ok=True)
-
-
-def checkpoint_model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The model's ``state_dict`` inside the tensors of :func:`load_checkpoint`."""
-    return {k[len(_MODEL):]: v for k, v in tensors.items() if k.startswith(_MODEL)}
-
-
-def load_checkpoint(run_dir: Path, epoch: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Read and verify checkpoint ``epoch``; raise :class:`CheckpointError` (deleting nothing)."""
-    from safetensors.torch import load
-
-    st_path, js_path = _ckpt_paths(run_dir, epoch)
-    try:
-        meta = json.loads(js_path.read_text())
-        if not isinstance(meta, dict) or meta.get("format") != "lipkit-checkpoint-1":
-            raise ValueError("unknown format")
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {js_path} is corrupt or unreadable ({exc}); "
-                              "remove it (or the run folder) to restart") from None
-    if not st_path.is_file():
-        raise CheckpointError(f"checkpoint {js_path} has no weights file {st_path.name}; "
-                              "remove the checkpoint (or the run folder) to restart")
-    blob = st_path.read_bytes()
-    if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
-        raise CheckpointError(f"checkpoint weights {st_path} do not match their checksum (corrupt file); "
-                              "remove the checkpoint (or the run folder) to restart")
-    try:
-        tensors = load(blob)
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint weights {st_path} cannot be read: {exc}") from None
-    return meta, tensors
-
-
 # --------------------------------------------------------------------------- training loop
 
 
-def _make_optimizer(cfg: RunConfig, model: nn.Module, steps_total: int) -> tuple[torch.optim.Optimizer, Any]:
-    if cfg.is_linf_model:
-        # AdamW-style decoupled weight decay on the head only (Zhang et al. never decay the
-        # distance-layer weights: they are prototypes, not gains).
-        from lipkit.training.linf import distance_layers
+def make_optimizer(optim: OptimConfig, params: Any, steps_total: int) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimiser and per-step lr scheduler of a config's ``optim`` section for ``params`` (parameters
+    or parameter groups).
 
-        dist = {id(q) for m in distance_layers(model) for q in m.parameters()}
-        groups: Any = [{"params": [q for q in model.parameters() if id(q) in dist], "weight_decay": 0.0},
-                       {"params": [q for q in model.parameters() if id(q) not in dist],
-                        "weight_decay": cfg.weight_decay}]
-    else:
-        groups = model.parameters()
-    if cfg.optimizer == "adam":
-        if cfg.weight_decay > 0:
-            opt: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas),
-                                                           eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+    ``adam``: Adam with ``betas`` and ``adam_eps``, or AdamW (decoupled decay) when ``weight_decay > 0``
+    (a group's own ``weight_decay`` wins); ``sgd``: Nesterov momentum 0.9.  Scheduler: ``onecycle``,
+    ``cosine`` (to 0 over ``steps_total``) or ``constant`` (``None``)."""
+    if optim.optimizer == "adam":
+        if optim.weight_decay > 0:
+            opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas),
+                                                           eps=optim.adam_eps,
+                                                           weight_decay=optim.weight_decay)
         else:
-            opt = torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
+            opt = torch.optim.Adam(params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.adam_eps)
     else:
-        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
-    if cfg.schedule == "onecycle":
-        sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps_total)
-    elif cfg.schedule == "cosine":
+        opt = torch.optim.SGD(params, lr=optim.lr, momentum=0.9, nesterov=True)
+    if optim.schedule == "onecycle":
+        sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=optim.lr, total_steps=steps_total)
+    elif optim.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps_total)
     else:
         sched = None
     return opt, sched
+
+
+# config keys that may change between a checkpoint and its resumption (they do not change the trajectory)
+RESUME_FREE_KEYS = ("epochs", "threads", "name", "radii", "pgd_steps")
+
+
+class Trainer:
+    """Train ``cfg`` into ``run_dir``: the loop of :func:`fit`, with strategies for what differs.
+
+    ``strategies``: the :class:`~lipkit.training.strategy.TrainingStrategy` list (default:
+    :func:`~lipkit.training.strategy.strategies_for` ``(cfg)``).  Call :meth:`run`; the attributes
+    ``model``, ``optimizer``, ``scheduler``, ``split``, ``history``, ``start_epoch`` and
+    ``steps_per_epoch`` are what the strategies' hooks read and change.
+    """
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, split: Split | None = None,
+                 progress: bool = True, strategies: Sequence[TrainingStrategy] | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.split = split
+        self.progress = progress
+        self.strategies = list(strategies_for(cfg) if strategies is None else strategies)
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self.loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+        self.steps_per_epoch = 0
+
+    # ----------------------------------------------------------------- setup
+    def setup(self) -> None:
+        """Data, model (seeded), optimiser, scheduler and loss; then resume from a checkpoint if any."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.split is None:
+            self.split = split_for_config(cfg)
+        split = self.split
+        if cfg.augment_shift and square_side(split.num_features) is None:
+            raise ConfigError(f"config key 'augment_shift': needs square images, but {split.name} has "
+                              f"{split.num_features} features")
+        self.model = seeded_model(cfg, split.num_features, split.num_classes)
+        if cfg.standardised_init:  # (a resumed run overwrites these weights from its checkpoint)
+            from lipkit.training.linf import standardised_init
+
+            standardised_init(self.model, float(split.x_train.mean()), float(split.x_train.std()))
+        self.steps_per_epoch = math.ceil(len(split.x_train) / cfg.batch_size)
+        groups = next((g for s in self.strategies if (g := s.param_groups(self)) is not None),
+                      self.model.parameters())
+        self.optimizer, self.scheduler = make_optimizer(cfg.optim, groups, cfg.epochs * self.steps_per_epoch)
+        self.loss_fn = None if cfg.loss == "mix" else make_loss(cfg)  # (mix: the l_inf strategy's)
+        self.resume()
+
+    def resume(self) -> None:
+        """Load the newest checkpoint of the run folder (if any) after checking it is this config's."""
+        cfg, run_dir = self.cfg, self.run_dir
+        last = latest_checkpoint(run_dir)
+        if last is None:
+            return
+        meta, tensors = load_checkpoint(run_dir, last)
+        try:  # keys added to RunConfig after the checkpoint was written take their defaults
+            saved = RunConfig.from_dict(meta["config"]).to_dict()
+        except (ValueError, TypeError):
+            saved = dict(meta["config"])
+        mine = cfg.to_dict()
+        diff = sorted(k for k in mine if k not in RESUME_FREE_KEYS and saved.get(k) != mine[k])
+        if diff:
+            raise CheckpointError(f"run folder {run_dir} holds a checkpoint of a different config "
+                                  f"(keys {diff} differ); use another run name or delete the folder")
+        if int(saved.get("epochs", cfg.epochs)) != cfg.epochs:
+            raise CheckpointError(f"run folder {run_dir} was trained with epochs={saved.get('epochs')}, "
+                                  f"not {cfg.epochs} (the lr schedule depends on it)")
+        try:
+            self.model.load_state_dict(checkpoint_model_state(tensors))
+            optimizer_from_flat(self.optimizer, tensors, meta["optimizer"])
+            if self.scheduler is not None and meta.get("scheduler") is not None:
+                self.scheduler.load_state_dict(meta["scheduler"])
+            torch.set_rng_state(tensors["rng.torch"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(
+                f"checkpoint epoch {last} in {run_dir} does not fit the model: {first}") from None
+        self.start_epoch = int(meta["epoch"])
+        self.history = list(meta.get("metrics", {}).get("history", []))
+
+    # ----------------------------------------------------------------- hooks
+    def _call(self, hook: str, *args: Any) -> None:
+        for s in self.strategies:
+            getattr(s, hook)(self, *args)
+
+    def compute_loss(self, state: StepState) -> torch.Tensor:
+        """The first strategy loss, else the config's loss (:func:`make_loss`)."""
+        for s in self.strategies:
+            loss = s.loss(self, state)
+            if loss is not None:
+                return loss
+        if self.loss_fn is None:
+            raise ValueError(f"no strategy computes the {self.cfg.loss!r} loss")
+        return self.loss_fn(state.logits, state.y)
+
+    def nominal(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Correctness and nominal radius (training metric) from the first strategy that answers."""
+        for s in self.strategies:
+            out = s.nominal(self.model, logits, y)
+            if out is not None:
+                return out
+        return nominal_radius(logits, y)
+
+    # ----------------------------------------------------------------- loop
+    def train_step(self, state: StepState) -> None:
+        """Forward, loss, backward, optimiser and scheduler step of one batch (hooks around them)."""
+        self._call("before_step", state)
+        if state.skip:
+            return
+        x = state.x
+        if self.cfg.augment_shift:
+            x = random_shift(x, self.cfg.augment_shift, state.extras["generator"])
+        state.logits = self.model(x)
+        state.loss = loss = self.compute_loss(state)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()} at epoch {state.epoch + 1}; "
+                                     "lower the learning rate")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self._call("after_backward", state)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self._call("after_step", state)
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One epoch (0-based); returns its metric record (final-epoch test metrics included)."""
+        cfg, split = self.cfg, self.split
+        self.model.train()
+        n = len(split.x_train)
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        perm = torch.randperm(n, generator=gen)
+        self._call("on_epoch_start", epoch)
+        t_epoch = time.perf_counter()
+        total, count, hits, wide = 0.0, 0, 0, 0
+        r_mid = cfg.radii[len(cfg.radii) // 2]
+        for step, k in enumerate(range(0, n, cfg.batch_size)):
+            idx = perm[k : k + cfg.batch_size]
+            state = StepState(epoch=epoch, step=step, idx=idx, x=split.x_train[idx], y=split.y_train[idx],
+                              extras={"generator": gen})
+            self.train_step(state)
+            if state.skip:
+                continue
+            total += state.loss.item() * len(idx)
+            count += len(idx)
+            with torch.no_grad():  # running train metrics from the batch logits (no extra forward)
+                ok, nominal = self.nominal(state.logits.detach(), state.y)
+                hits += int(ok.sum())
+                wide += int((nominal >= r_mid).sum())
+        rec: dict[str, Any] = {"epoch": epoch + 1, "loss": total / count, "train_accuracy": hits / count,
+                               "nominal_certified": {f"{r_mid:g}": wide / count},
+                               "seconds": time.perf_counter() - t_epoch}
+        self._call("on_epoch_end", epoch, rec)
+        if epoch + 1 == cfg.epochs:
+            self._call("before_final_eval")
+            ev = evaluate(self.model, split, cfg.radii, cfg=cfg)
+            rec["test_accuracy"] = ev["clean_accuracy"]
+            rec["test_nominal_certified"] = ev["certified_accuracy"]
+        return rec
+
+    def run(self, stop_after: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+        """Set up, train the remaining epochs (checkpoint after each), return ``(model, history)``.
+
+        Runs inside :func:`torch.random.fork_rng` with ``torch.set_num_threads(cfg.threads)``: the
+        caller's RNG state and thread count are restored afterwards, also on errors and interrupts.
+        """
+        threads = torch.get_num_threads()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.set_num_threads(self.cfg.threads)
+                self.setup()
+                return self._train(stop_after)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _train(self, stop_after: int | None) -> tuple[nn.Module, dict[str, Any]]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        bar = _Progress(cfg.epochs, self.start_epoch, self.progress)
+        try:
+            self._call("on_train_start")
+            for epoch in range(self.start_epoch, cfg.epochs):
+                if stop_after is not None and epoch >= stop_after:
+                    break
+                rec = self.train_epoch(epoch)
+                self.history.append(rec)
+                save_checkpoint(self.run_dir, epoch + 1, cfg, self.model, self.optimizer, self.scheduler,
+                                {"history": self.history})
+                bar.update(rec)
+        finally:
+            bar.close()
+            self._call("on_train_end")
+        self.model.eval()
+        total_seconds = sum(float(r.get("seconds", 0.0)) for r in self.history)
+        return self.model, {"history": self.history, "resumed_from": self.start_epoch,
+                            "seconds": time.perf_counter() - t0, "train_seconds": total_seconds}
 
 
 def fit(
@@ -388,136 +469,12 @@ def fit(
     ``stop_after``: stop once this many epochs are complete (simulates an interruption).
     ``history`` holds per-epoch metrics (including seconds), the epoch resumed from, the seconds
     spent in this call (``seconds``) and over all epochs of the run (``train_seconds``).
+    A :class:`Trainer` with the config's strategies does the work.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg.threads)
-    if split is None:
-        split = load_dataset(cfg.dataset, **({"test_size": cfg.test_size, "seed": cfg.data_seed}
-                                             if cfg.dataset != "fashion-mnist" else {}))
-    if cfg.augment_shift and square_side(split.num_features) is None:
-        raise ConfigError(f"config key 'augment_shift': needs square images, but {split.name} has "
-                          f"{split.num_features} features")
-    model = build_model(cfg, split.num_features, split.num_classes)
-    if cfg.standardised_init:  # (a resumed run overwrites these weights from its checkpoint)
-        from lipkit.training.linf import standardised_init
-
-        standardised_init(model, float(split.x_train.mean()), float(split.x_train.std()))
-    n = len(split.x_train)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    opt, sched = _make_optimizer(cfg, model, cfg.epochs * steps_per_epoch)
-    linf = cfg.is_linf_model
-    loss_fn = None if cfg.loss == "mix" else make_loss(cfg)
-
-    start = 0
-    history: list[dict[str, Any]] = []
-    last = latest_checkpoint(run_dir)
-    if last is not None:
-        meta, tensors = load_checkpoint(run_dir, last)
-        try:  # keys added to RunConfig after the checkpoint was written take their defaults
-            saved = RunConfig.from_dict(meta["config"]).to_dict()
-        except (ValueError, TypeError):
-            saved = dict(meta["config"])
-        mine = cfg.to_dict()
-        free = ("epochs", "threads", "name", "radii", "pgd_steps")  # do not change the training trajectory
-        diff = sorted(k for k in mine if k not in free and saved.get(k) != mine[k])
-        if diff:
-            raise CheckpointError(f"run folder {run_dir} holds a checkpoint of a different config "
-                                  f"(keys {diff} differ); use another run name or delete the folder")
-        if int(saved.get("epochs", cfg.epochs)) != cfg.epochs:
-            raise CheckpointError(f"run folder {run_dir} was trained with epochs={saved.get('epochs')}, "
-                                  f"not {cfg.epochs} (the lr schedule depends on it)")
-        try:
-            model.load_state_dict(checkpoint_model_state(tensors))
-            _optim_from_flat(opt, tensors, meta["optimizer"])
-            if sched is not None and meta.get("scheduler") is not None:
-                sched.load_state_dict(meta["scheduler"])
-            torch.set_rng_state(tensors["rng.torch"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(
-                f"checkpoint epoch {last} in {run_dir} does not fit the model: {first}") from None
-        start = int(meta["epoch"])
-        history = list(meta.get("metrics", {}).get("history", []))
-
-    t0 = time.perf_counter()
-    bar = _progress(cfg.epochs, start, progress)
-    # l_p relaxation: |x - w|^p / max^p underflows to subnormal floats for large p, which are 10-30x
-    # slower on x86 (measured 784 -> 1024 at batch 512, p = 32: 13.3 s -> 1.0 s per step).  Flushing
-    # them to zero changes terms below 1e-38 of a sum whose largest term is 1.
-    flush = linf and torch.set_flush_denormal(True)
-    try:
-        for epoch in range(start, cfg.epochs):
-            if stop_after is not None and epoch >= stop_after:
-                break
-            model.train()
-            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-            perm = torch.randperm(n, generator=gen)
-            t_epoch = time.perf_counter()
-            total, count, hits, wide = 0.0, 0, 0, 0
-            r_mid = cfg.radii[len(cfg.radii) // 2]
-            for step, k in enumerate(range(0, n, cfg.batch_size)):
-                idx = perm[k : k + cfg.batch_size]
-                if linf and len(idx) < 2:
-                    continue  # mean shift needs batch statistics
-                if linf:
-                    from lipkit.training.linf import apply_schedule, mix_loss, pair_lipschitz, schedule_at
-
-                    values = schedule_at(cfg, epoch, step, steps_per_epoch)
-                    apply_schedule(model, values)
-                x_batch = split.x_train[idx]
-                if cfg.augment_shift:
-                    x_batch = random_shift(x_batch, cfg.augment_shift, gen)
-                out = model(x_batch)
-                if loss_fn is None:
-                    loss = mix_loss(out, split.y_train[idx], pair_lipschitz(model), values.eps,
-                                    values.ce_weight, cfg.temperature)
-                else:
-                    loss = loss_fn(out, split.y_train[idx])
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch + 1}; "
-                                             "lower the learning rate")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if sched is not None:
-                    sched.step()
-                total += loss.item() * len(idx)
-                count += len(idx)
-                with torch.no_grad():  # running train metrics from the batch logits (no extra forward)
-                    ok, nominal = _nominal_for(model, cfg, out.detach(), split.y_train[idx])
-                    hits += int(ok.sum())
-                    wide += int((nominal >= r_mid).sum())
-            rec = {"epoch": epoch + 1, "loss": total / count, "train_accuracy": hits / count,
-                   "nominal_certified": {f"{r_mid:g}": wide / count},
-                   "seconds": time.perf_counter() - t_epoch}
-            if linf:
-                rec["p"] = values.p
-                rec["eps"] = values.eps
-                rec["ce_weight"] = values.ce_weight
-            if epoch + 1 == cfg.epochs:
-                if linf:
-                    from lipkit.training.linf import apply_schedule, recalibrate_mean_shift, schedule_at
-
-                    apply_schedule(model, schedule_at(cfg, cfg.epochs, 0, steps_per_epoch))  # p = inf
-                    recalibrate_mean_shift(model, split.x_train)
-                ev = evaluate(model, split, cfg.radii, cfg=cfg)
-                rec["test_accuracy"] = ev["clean_accuracy"]
-                rec["test_nominal_certified"] = ev["certified_accuracy"]
-            history.append(rec)
-            save_checkpoint(run_dir, epoch + 1, cfg, model, opt, sched, {"history": history})
-            bar.update(rec)
-    finally:
-        bar.close()
-        if flush:
-            torch.set_flush_denormal(False)
-    model.eval()
-    total_seconds = sum(float(r.get("seconds", 0.0)) for r in history)
-    return model, {"history": history, "resumed_from": start, "seconds": time.perf_counter() - t0,
-                   "train_seconds": total_seconds}
+    return Trainer(cfg, run_dir, split=split, progress=progress).run(stop_after)
 
 
-class _progress:
+class _Progress:
     """A rich progress bar on stderr, one step per epoch, or one plain line per epoch when stderr is
     not a terminal (log files); silent when ``enabled`` is false."""
 
