@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import assert_one_line_error
 
 from lipkit.cli import main
 
@@ -13,21 +14,12 @@ def _run(capsys, *args: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def _one_line_error(err: str, *needles: str) -> None:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-
-
 def test_bad_config_key(tmp_path, capsys) -> None:
     cfg = tmp_path / "x.yaml"
     cfg.write_text("dataset: digits\nlearning_rate: 0.1\n")
     code, _, err = _run(capsys, "train", "--config", str(cfg), "--out", str(tmp_path))
     assert code != 0
-    _one_line_error(err, "unknown config key", "learning_rate")
+    assert_one_line_error(err, "unknown config key", "learning_rate")
 
 
 def test_bad_config_values_and_combos(tmp_path, capsys) -> None:
@@ -38,24 +30,24 @@ def test_bad_config_values_and_combos(tmp_path, capsys) -> None:
         cfg.write_text(text)
         code, _, err = _run(capsys, "train", "--config", str(cfg), "--out", str(tmp_path))
         assert code != 0, text
-        _one_line_error(err, needle)
+        assert_one_line_error(err, needle)
     code, _, err = _run(capsys, "train", "--config", str(tmp_path / "missing.yaml"))
     assert code != 0
-    _one_line_error(err, "does not exist")
+    assert_one_line_error(err, "does not exist")
     code, _, err = _run(capsys, "train", "--lr", "-1", "--out", str(tmp_path))
     assert code != 0
-    _one_line_error(err, "'lr'")
+    assert_one_line_error(err, "'lr'")
 
 
 def test_missing_run_folder(tmp_path, capsys) -> None:
     for cmd in ("certify", "report"):
         code, _, err = _run(capsys, cmd, str(tmp_path / "nope"))
         assert code != 0
-        _one_line_error(err, "does not exist")
+        assert_one_line_error(err, "does not exist")
     (tmp_path / "empty").mkdir()
     code, _, err = _run(capsys, "certify", str(tmp_path / "empty"))
     assert code != 0
-    _one_line_error(err, "config.json")
+    assert_one_line_error(err, "config.json")
 
 
 def test_unknown_command_and_option(capsys) -> None:
@@ -103,10 +95,10 @@ def test_certify_command_and_bad_eps(demo_run, capsys) -> None:
     for bad, needle in bads:
         code, _, err = _run(capsys, "certify", str(run), "--eps", bad)
         assert code != 0, bad
-        _one_line_error(err, needle)
+        assert_one_line_error(err, needle)
     code, _, err = _run(capsys, "certify", str(run), "--interval", "--pgd-steps", "0")
     assert code != 0
-    _one_line_error(err, "l_inf runs")
+    assert_one_line_error(err, "l_inf runs")
 
 
 def test_report_command_regenerates(demo_run, capsys) -> None:
@@ -142,14 +134,14 @@ def test_report_command_regenerates(demo_run, capsys) -> None:
     assert f"test split ({m['n_test']} points" in text
 
 
-def test_corrupt_checkpoint_is_one_line_error(demo_run, capsys) -> None:
+def test_corrupt_checkpoint_isassert_one_line_error(demo_run, capsys) -> None:
     _, run = demo_run
     ck = run / "checkpoints" / "epoch_0001.json"
     ck.write_text("garbage")
     code, _, err = _run(capsys, "demo", "--epochs", "1", "--out", str(run.parent), "--no-progress",
                         "--pgd-steps", "10", "--widths", "128,128")
     assert code != 0
-    _one_line_error(err, "corrupt")
+    assert_one_line_error(err, "corrupt")
     assert ck.read_text() == "garbage"  # nothing overwritten
 
 
@@ -173,7 +165,7 @@ def test_sigterm_during_training_is_one_line_and_resumable(tmp_path) -> None:
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
-    _one_line_error(err, "terminated", "resume")
+    assert_one_line_error(err, "terminated", "resume")
     assert not list(ckpt.glob(".*.tmp")), list(ckpt.iterdir())
     from lipkit.training.trainer import latest_checkpoint
 

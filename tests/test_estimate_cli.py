@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import assert_one_line_error
 from torch import nn
 
 from lipkit.cli import main
@@ -16,14 +17,6 @@ def _run(capsys, *args: str) -> tuple[int, str, str]:
     code = main(list(args))
     out = capsys.readouterr()
     return code, out.out, out.err
-
-
-def _one_line_error(err: str, *needles: str) -> None:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ") and "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 def _onnx(tmp_path, net: nn.Module, d: int, name: str = "m.onnx") -> str:
@@ -88,7 +81,7 @@ def test_estimate_bad_input_is_one_line(tmp_path, capsys, mlp_path):
     ]:
         code, _, err = _run(capsys, *args)
         assert code != 0, args
-        _one_line_error(err, *needles)
+        assert_one_line_error(err, *needles)
 
 
 def test_estimate_a_run_folder(tmp_path, capsys):
@@ -112,4 +105,4 @@ def test_estimate_a_run_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, _, err = _run(capsys, "estimate", str(tmp_path / "empty"), "--no-progress")
     assert code != 0
-    _one_line_error(err, "has no config.json")
+    assert_one_line_error(err, "has no config.json")

@@ -30,13 +30,6 @@ from lipkit.training.trainer import fit, latest_checkpoint
 INF = math.inf
 
 
-@pytest.fixture(scope="module")
-def small_split():
-    s = load_digits_split()
-    return dataclasses.replace(s, x_train=s.x_train[:320], y_train=s.y_train[:320],
-                               x_test=s.x_test[:96], y_test=s.y_test[:96])
-
-
 def _cfg(**kw) -> RunConfig:
     return linf_cfg(**kw)
 

@@ -46,13 +46,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:
-    from lipkit.training.trainer import Trainer
-
 from lipkit.bounds import pairwise_head_bound
 from lipkit.losses import top2_margin
-from lipkit.nn.activations import Negate
+from lipkit.nn import LinfDistLinear, LipLinear, Negate, SortNeuronLinear
 from lipkit.training.strategy import StepState, TrainingStrategy, nominal_radius
+
+if TYPE_CHECKING:
+    from lipkit.training.trainer import Trainer
 
 __all__ = [
     "Negate",
@@ -71,9 +71,7 @@ __all__ = [
 
 
 def _is_distance(m: nn.Module) -> bool:
-    import lipkit
-
-    return isinstance(m, (lipkit.LinfDistLinear, lipkit.SortNeuronLinear))
+    return isinstance(m, (LinfDistLinear, SortNeuronLinear))
 
 
 def distance_layers(model: nn.Module) -> list[nn.Module]:
@@ -87,8 +85,6 @@ def build_linf_model(cfg, in_features: int, num_classes: int, *, plain: bool = F
     ``plain=True`` builds the exported architecture (the head's ``LipLinear`` becomes a plain
     ``nn.Linear`` holding the materialised weight), used to reload a run's weights.
     """
-    import lipkit
-
     def dist(n_in: int, n_out: int, first: bool, *, last: bool) -> nn.Module:
         kw = {"mean_shift": not last, "bias": last}
         if cfg.model == "sortnet" and not first:
@@ -96,8 +92,8 @@ def build_linf_model(cfg, in_features: int, num_classes: int, *, plain: bool = F
             # coordinate (|x_j + C|, C = 10) is dropped with probability 1 - q, so each output
             # jumps by about C between sub-batches and that noise drowns the signal (measured on
             # digits: 15% test accuracy after 300 steps with identity init, 83% with normal).
-            return lipkit.SortNeuronLinear(n_in, n_out, q=cfg.sort_q, init="normal", **kw)
-        return lipkit.LinfDistLinear(n_in, n_out, **kw)
+            return SortNeuronLinear(n_in, n_out, q=cfg.sort_q, init="normal", **kw)
+        return LinfDistLinear(n_in, n_out, **kw)
 
     layers: list[nn.Module] = []
     width_in = in_features
@@ -110,7 +106,7 @@ def build_linf_model(cfg, in_features: int, num_classes: int, *, plain: bool = F
         if plain:
             layers.append(nn.Linear(width_in, cfg.head_width))
         else:
-            layers.append(lipkit.LipLinear(width_in, cfg.head_width, constraint="inf"))
+            layers.append(LipLinear(width_in, cfg.head_width, constraint="inf"))
         layers.append(nn.ReLU() if cfg.head_activation == "relu" else nn.Tanh())
         layers.append(nn.Linear(cfg.head_width, num_classes))
     return nn.Sequential(*layers)
@@ -224,10 +220,8 @@ def schedule_at(cfg, epoch: int, step: int, steps_per_epoch: int) -> LinfSchedul
 
 def apply_schedule(model: nn.Module, sched: LinfSchedule) -> None:
     """Set ``p`` of every l_inf-distance layer (SortNet layers have no relaxation)."""
-    import lipkit
-
     for m in model.modules():
-        if isinstance(m, lipkit.LinfDistLinear):
+        if isinstance(m, LinfDistLinear):
             m.p = sched.p
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lipkit.nn import GroupSort, LipLinear, MaxMin
 from lipkit.training.checkpoints import (
     CKPT_DIR,
     CheckpointError,
@@ -66,15 +67,11 @@ __all__ = [
 
 
 def _activation(cfg: RunConfig) -> nn.Module:
-    import lipkit
-
-    return lipkit.MaxMin() if cfg.activation == "maxmin" else lipkit.GroupSort(cfg.group_size)
+    return MaxMin() if cfg.activation == "maxmin" else GroupSort(cfg.group_size)
 
 
 def _lip_linear(in_features: int, out_features: int, cfg: RunConfig) -> nn.Module:
-    import lipkit
-
-    return lipkit.LipLinear(in_features, out_features, constraint=cfg.constraint,
+    return LipLinear(in_features, out_features, constraint=cfg.constraint,
                             orthogonal_method=cfg.orthogonal_method)
 
 
