@@ -14,12 +14,12 @@ from torch.nn.utils.parametrizations import orthogonal
 import lipkit
 from lipkit.certify.attacks import check_certificates, margin_loss, pgd
 from lipkit.certify.margin import (
-    _float64_copy,
     _pairwise_bound,
     certified_accuracy,
     certified_radius,
     compute_certificates,
 )
+from lipkit.certify.twin import float64_copy
 from lipkit.losses import HKRLoss
 
 INF = math.inf
@@ -369,7 +369,7 @@ def test_certify_leaves_model_untouched(trained):
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
     assert lipkit.lipschitz_bound(model, 2) <= 1.0 + 1e-5
     # the float64 twin uses exactly the float32 weights of the forward pass, cast
-    twin = _float64_copy(model)
+    twin = float64_copy(model)
     for i in (0, 2, 4):
         assert not torch.nn.utils.parametrize.is_parametrized(twin[i])
         assert torch.equal(twin[i].weight, model[i].weight.detach().double())

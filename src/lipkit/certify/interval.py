@@ -46,21 +46,19 @@ import torch
 from torch import nn
 
 from lipkit.bounds import UnsupportedModuleError, computes_as, lipschitz_bound
-from lipkit.certify.margin import (
-    REL_FLOOR,
-    _deployed_logits_and_twin,
-    _float64_copy,
-    _is_linf_distance,
-    _is_plain,
-    _is_sortnet,
-    _leaves,
-    _linf_distance_error,
-    _rigorous_roundoff,
-    _run,
-    _sortnet_error,
-    _validate_x,
-    compute_certificates,
+from lipkit.certify.margin import compute_certificates
+from lipkit.certify.roundoff import (
+    U64,
+    chain_of,
+    computes_plain,
+    forward_error_bound,
+    is_linf_distance,
+    is_sortnet,
+    linf_distance_error,
+    margin_allowance,
+    sortnet_error,
 )
+from lipkit.certify.twin import deployed_logits_and_twin, float64_copy, run_logits, validate_x
 from lipkit.nn.activations import Negate, SmoothSoftplus
 
 __all__ = ["interval_bounds", "interval_certified", "interval_certified_accuracy"]
@@ -102,7 +100,7 @@ def _dense_distance_box(m: nn.Module, lo: torch.Tensor,
     mid, rad = (lo + hi) / 2, (hi - lo) / 2
     n_out, n_in = w.shape
     rows = max(1, _BLOCK_BYTES // (8 * n_out * n_in))
-    sort = _is_sortnet(m)
+    sort = is_sortnet(m)
     coef = m.coefficients.to(lo) if sort else None
     lows, highs = [], []
     for s in range(0, mid.shape[0], rows):
@@ -137,14 +135,14 @@ def _linear_box(m: nn.Linear, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch
 
 
 def _check_chain(model: nn.Module) -> list[nn.Module]:
-    chain = _leaves(model)
+    chain = chain_of(model)
     if chain is None:
         raise ValueError("interval certificates need an nn.Sequential chain of layers (nested Sequentials "
                          "are fine); "
                          f"got {type(model).__name__} with its own forward")
     for m in chain:
-        ok = (_is_linf_distance(m) or _is_sortnet(m) or _negate(m) or _is_plain(m, (nn.Linear,))
-              or _is_plain(m, _MONOTONE) or _is_plain(m, _SHAPE))
+        ok = (is_linf_distance(m) or is_sortnet(m) or _negate(m) or computes_plain(m, (nn.Linear,))
+              or computes_plain(m, _MONOTONE) or computes_plain(m, _SHAPE))
         if not ok:
             raise UnsupportedModuleError(
                 f"interval certificates do not support {type(m).__name__} (supported: LinfDistLinear and "
@@ -174,9 +172,9 @@ def interval_bounds(model: nn.Module, x: torch.Tensor, eps: float, *,
     float32 weights, real arithmetic) over ``B_inf(x, eps)``, or over ``B_inf(x, eps) ∩ [lo, hi]^n``
     with ``input_domain=(lo, hi)``.  See the module docstring."""
     eps = _check_eps(eps)
-    x = _validate_x(x, None)
+    x = validate_x(x, None)
     domain = _check_domain(x, input_domain)
-    twin = _float64_copy(model)
+    twin = float64_copy(model)
     chain = _check_chain(twin)
     return _propagate(chain, x.detach().to(torch.float64), eps, domain)
 
@@ -193,10 +191,10 @@ def _check_eps(eps: object) -> float:
 
 def _forward_error(m: nn.Module, out: torch.Tensor) -> torch.Tensor:
     """Per-sample bound of the float64 round-off of one eval-mode distance layer's forward (``(B,)``):
-    certify's a-priori analysis of the layer (:func:`lipkit.certify._linf_distance_error`,
-    :func:`lipkit.certify._sortnet_error`) at the point itself, with ``u = 2^-53``."""
-    error = _sortnet_error if _is_sortnet(m) else _linf_distance_error
-    return error(m, out, torch.zeros_like(out[:, 0]), math.inf, u=2.0**-53)
+    the a-priori analysis of the layer (:func:`lipkit.certify.roundoff.linf_distance_error`,
+    :func:`lipkit.certify.roundoff.sortnet_error`) at the point itself, with ``u = 2^-53``."""
+    error = sortnet_error if is_sortnet(m) else linf_distance_error
+    return error(m, out, torch.zeros_like(out[:, 0]), math.inf, u=U64)
 
 
 def _propagate(chain: list[nn.Module], x64: torch.Tensor, eps: float,
@@ -217,7 +215,7 @@ def _propagate(chain: list[nn.Module], x64: torch.Tensor, eps: float,
     intersect = True
     with torch.no_grad():
         for i, m in enumerate(chain):
-            if _is_linf_distance(m) or _is_sortnet(m):
+            if is_linf_distance(m) or is_sortnet(m):
                 lo, hi = _distance_layer_box(m, lo, hi)
             elif _negate(m):
                 lo, hi = -hi, -lo
@@ -233,7 +231,7 @@ def _propagate(chain: list[nn.Module], x64: torch.Tensor, eps: float,
             if not intersect:
                 continue
             h = m(h)
-            if _is_linf_distance(m) or _is_sortnet(m):
+            if is_linf_distance(m) or is_sortnet(m):
                 ref_err = ref_err + _forward_error(m, h.reshape(h.shape[0], -1))
             try:
                 lip = lipschitz_bound(nn.Sequential(*chain[:i + 1]), math.inf)
@@ -255,7 +253,7 @@ def _check_call(model: nn.Module, x: torch.Tensor, eps: object, input_domain,
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    x = _validate_x(x, None)
+    x = validate_x(x, None)
     domain = _check_domain(x, input_domain)
     _check_chain(model)
     return x, eps, domain
@@ -311,7 +309,7 @@ def _union_with_margin(model: nn.Module, x: torch.Tensor, margin_radius: torch.T
     if todo.numel() == 0:
         return certified
     xt = x[todo]
-    logits32, twin = _deployed_logits_and_twin(model, xt)
+    logits32, twin = deployed_logits_and_twin(model, xt)
     chain = _check_chain(twin)
     for s in range(0, todo.numel(), batch_size):
         sl = slice(s, s + batch_size)
@@ -323,7 +321,7 @@ def _union_with_margin(model: nn.Module, x: torch.Tensor, margin_radius: torch.T
 def _interval_only(model: nn.Module, x: torch.Tensor, eps: float,
                    domain: tuple[float, float] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The interval test alone (no margin certificate): ``(certified, prediction)``."""
-    logits32, twin = _deployed_logits_and_twin(model, x)
+    logits32, twin = deployed_logits_and_twin(model, x)
     return _interval_test(twin, _check_chain(twin), logits32, x, eps, domain)
 
 
@@ -332,17 +330,20 @@ def _interval_test(twin: nn.Module, chain: list[nn.Module], logits32: torch.Tens
     """The interval test on ``x`` given the deployed logits there and the float64 twin (and its chain)."""
     x64 = x.detach().to(torch.float64)
     with torch.no_grad():
-        logits = _run(twin, x64)
+        logits = run_logits(twin, x64)
         lo, hi = _propagate(chain, x64, eps, domain)
         r = torch.full((x64.shape[0],), eps, dtype=torch.float64, device=x64.device)
-        rig = _rigorous_roundoff(chain, x64, math.inf, r, None)
-    if rig is None:
+        bound = forward_error_bound(chain, x64, math.inf, r, None)
+    if bound is None:
         raise UnsupportedModuleError("no a-priori round-off bound for this model; "
                                      "interval certificates need one")
     pred = logits32.argmax(dim=1)
     scale = logits.abs().max(dim=1).values + eps * lipschitz_bound(nn.Sequential(*chain), math.inf)
     observed = (logits32.to(torch.float64) - logits).abs().max(dim=1).values
-    allowance = torch.maximum(torch.maximum(REL_FLOOR * scale, 8.0 * observed), 2.0 * rig) * (1.0 + 1e-9)
+    allowance, rigorous = margin_allowance(bound, scale, observed)
+    if not rigorous:
+        raise UnsupportedModuleError("the round-off observed at x exceeds the a-priori bound (arithmetic "
+                                     "outside the analysis?); interval certificates need a rigorous bound")
     low_c = lo.gather(1, pred[:, None]).squeeze(1)
     others = hi.scatter(1, pred[:, None], -math.inf).amax(dim=1)
     return (low_c - others > allowance), pred
