@@ -248,7 +248,7 @@ def test_conv_boxes_contain_every_sampled_output(domain) -> None:
 @pytest.mark.parametrize("kind", ["linf", "sortnet"])
 def test_conv_distance_box_equals_the_dense_box_of_each_patch(kind) -> None:
     """The conv box is the dense layer's (exact) box applied to every zero-padded patch box."""
-    from lipkit.certify.interval import _distance_layer_box
+    from lipkit.nn.intervals import distance_layer_box
 
     torch.manual_seed(4)
     conv = (lipkit.LinfDistConv2d(2, 3, 3, padding=1, stride=2) if kind == "linf"
@@ -265,11 +265,11 @@ def test_conv_distance_box_equals_the_dense_box_of_each_patch(kind) -> None:
         dense.running_mean.copy_(conv.running_mean)
     dense.eval()
     x = torch.rand(2, 2, 5, 5, dtype=torch.float64)
-    lo, hi = _distance_layer_box(conv, x - 0.1, x + 0.1)
+    lo, hi = distance_layer_box(conv, x - 0.1, x + 0.1)
     assert lo.shape == (2, 3, 3, 3)
     unfold = nn.Unfold(3, padding=1, stride=2)
     p_lo, p_hi = (unfold(t).transpose(1, 2).reshape(-1, 18) for t in (x - 0.1, x + 0.1))
-    d_lo, d_hi = _distance_layer_box(dense, p_lo, p_hi)
+    d_lo, d_hi = distance_layer_box(dense, p_lo, p_hi)
     assert torch.equal(lo, d_lo.view(2, 9, 3).transpose(1, 2).reshape(2, 3, 3, 3))
     assert torch.equal(hi, d_hi.view(2, 9, 3).transpose(1, 2).reshape(2, 3, 3, 3))
     with torch.no_grad():  # and the box holds the layer's value at the centre

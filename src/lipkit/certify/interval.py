@@ -4,17 +4,10 @@ The margin certificate of :mod:`lipkit.certify` asks ``f_c(x) - f_j(x) > L_cj ep
 whole l_inf ball ``B(x, eps)`` and only uses the network's Lipschitz constant.  Interval bound
 propagation (IBP; Gowal et al., "On the effectiveness of interval bound propagation for training
 verifiably robust models", 2018) pushes the box ``[x - eps, x + eps]`` through the layers instead.
-For an l_inf-distance neuron ``d_o(h) = max_i |h_i - w_oi|`` the range over a box
-``[l, u]`` (centre ``m``, half-width ``r``) is exact and cheap:
-
-    max_{h in box} d_o = max_i (|m_i - w_oi| + r_i),
-    min_{h in box} d_o = max_i max(0, |m_i - w_oi| - r_i)
-
-(each term depends on one coordinate only, so the box's extreme points are reached coordinate by
-coordinate).  The SortNet neuron ``sum_k c_k d_(k)`` (``c_k >= 0``) is non-decreasing in every
-``d_i``, so its range is the same weighted sum of the sorted lower and sorted upper ``d_i``.
-Affine layers use the usual centre/radius rule ``W m + b ± |W| r`` and monotone activations map
-the end points.
+Each layer's box comes from its rule in the interval facet (:func:`lipkit.bounds.interval.
+interval_forward`; the rules of lipkit's layers are in :mod:`lipkit.nn.intervals`): exact for
+l_inf-distance and SortNet neurons, centre/radius ``W m + b ± |W| r`` for affine layers, end points for
+monotone activations, each rounded outward.
 
 Two facts make the boxes never looser than the margin certificate:
 
@@ -32,10 +25,10 @@ that clamps its iterates to valid images (as :func:`lipkit.certify.attacks.pgd` 
 stated as such in every report; without ``input_domain`` the whole ball is covered.
 
 Round-off: bounds are computed in float64 from the float32 weights the deployed forward uses
-(the float64 copy of :mod:`lipkit.certify`), every bound is padded outward by more than the float64
-rounding of its computation, and the predicted class must beat every other class by more than
-the deployed model's float32 round-off allowance over the ball (the a-priori bound of
-:mod:`lipkit.certify`, evaluated at radius ``eps``).
+(the float64 twin of :mod:`lipkit.certify.twin`), every bound is rounded outward by more than the
+float64 rounding of its computation, and the predicted class must beat every other class by more than
+the deployed model's round-off allowance over the ball (:func:`lipkit.certify.roundoff.margin_allowance`
+of the a-priori bound :func:`lipkit.certify.roundoff.forward_error_bound` at radius ``eps``).
 """
 
 from __future__ import annotations
@@ -46,6 +39,7 @@ import torch
 from torch import nn
 
 from lipkit.bounds import UnsupportedModuleError, computes_as, lipschitz_bound
+from lipkit.bounds.interval import interval_forward
 from lipkit.certify.margin import compute_certificates
 from lipkit.certify.roundoff import (
     U64,
@@ -59,14 +53,13 @@ from lipkit.certify.roundoff import (
     sortnet_error,
 )
 from lipkit.certify.twin import deployed_logits_and_twin, float64_copy, run_logits, validate_x
+from lipkit.nn import intervals as _intervals  # noqa: F401  (registers the interval rules of lipkit's layers)
 from lipkit.nn.activations import Negate, SmoothSoftplus
 
 __all__ = ["interval_bounds", "interval_certified", "interval_certified_accuracy"]
 
 #: relative outward padding of every float64 bound (float64 round-off is ~1.1e-16 per operation)
 _PAD = 1e-12
-#: working-memory budget of one (rows, out, in) block of a distance layer, in bytes
-_BLOCK_BYTES = 64 * 2**20
 _MONOTONE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.ReLU6, nn.Hardtanh, SmoothSoftplus)
 _SHAPE = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)
 
@@ -79,59 +72,6 @@ def _pad(lo: torch.Tensor, hi: torch.Tensor,
          scale: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
     slack = _PAD * (1.0 + scale)
     return lo - slack, hi + slack
-
-
-def _distance_layer_box(m: nn.Module, lo: torch.Tensor,
-                        hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact range of an eval-mode l_inf-distance / SortNet layer over the box ``[lo, hi]``.
-
-    A conv layer applies the dense neuron to each zero-padded patch, so its range is the dense
-    range over the box of each patch (padding entries are the point interval ``[0, 0]``)."""
-    if lo.dim() == 4:  # conv: (N, C, H, W) -> one patch per row, as the layer's forward
-        n, (ho, wo) = lo.shape[0], m.output_size(lo.shape[2], lo.shape[3])
-        r_lo, r_hi = _dense_distance_box(m, m._patch_rows(lo, ho, wo), m._patch_rows(hi, ho, wo))
-        return m._feature_map(r_lo, n, ho, wo), m._feature_map(r_hi, n, ho, wo)
-    return _dense_distance_box(m, lo, hi)
-
-
-def _dense_distance_box(m: nn.Module, lo: torch.Tensor,
-                        hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    w = m._weight2d().detach()
-    mid, rad = (lo + hi) / 2, (hi - lo) / 2
-    n_out, n_in = w.shape
-    rows = max(1, _BLOCK_BYTES // (8 * n_out * n_in))
-    sort = is_sortnet(m)
-    coef = m.coefficients.to(lo) if sort else None
-    lows, highs = [], []
-    for s in range(0, mid.shape[0], rows):
-        a = (mid[s:s + rows, None, :] - w[None]).abs_()  # (b, out, in)
-        r = rad[s:s + rows, None, :]
-        if sort:
-            k = coef.numel()
-            hi_d = torch.topk(a + r, k, dim=-1).values
-            lo_d = torch.topk((a - r).clamp_min_(0.0), k, dim=-1).values
-            highs.append(hi_d @ coef)
-            lows.append(lo_d @ coef)
-        else:
-            highs.append((a + r).amax(dim=-1))
-            lows.append(a.sub_(r).amax(dim=-1).clamp_min_(0.0))
-    d_lo, d_hi = torch.cat(lows), torch.cat(highs)
-    scale = d_hi.abs() + w.abs().amax() + 1.0
-    shift = m._shift_and_bias(torch.zeros_like(w[None, :, 0]))[0].detach()  # -mu + b (eval mode)
-    return _pad(d_lo + shift, d_hi + shift, scale + shift.abs())
-
-
-def _linear_box(m: nn.Linear, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mid, rad = (lo + hi) / 2, (hi - lo) / 2
-    w = m.weight.detach()
-    b = m.bias.detach() if m.bias is not None else None
-    centre = nn.functional.linear(mid, w, b)
-    spread = nn.functional.linear(rad, w.abs())
-    # float64 matmul error <= gamma_{n+1} (|W||m| + |b| + |W| r); padded generously
-    mag = nn.functional.linear(mid.abs(), w.abs(), b.abs() if b is not None else None) + spread
-    k = w.shape[1] + 2
-    err = 2.0 * k * 2.0**-53 * mag
-    return _pad(centre - spread - err, centre + spread + err, mag)
 
 
 def _check_chain(model: nn.Module) -> list[nn.Module]:
@@ -215,19 +155,9 @@ def _propagate(chain: list[nn.Module], x64: torch.Tensor, eps: float,
     intersect = True
     with torch.no_grad():
         for i, m in enumerate(chain):
-            if is_linf_distance(m) or is_sortnet(m):
-                lo, hi = _distance_layer_box(m, lo, hi)
-            elif _negate(m):
-                lo, hi = -hi, -lo
-            elif isinstance(m, nn.Linear):
-                lo, hi = _linear_box(m, lo, hi)
-                intersect = False
-            elif isinstance(m, _MONOTONE):
-                lo, hi = m(lo), m(hi)
-                lo, hi = _pad(lo, hi, torch.maximum(lo.abs(), hi.abs()))
-                intersect = False
-            else:  # Flatten / Identity / eval Dropout
-                lo, hi = m(lo), m(hi)
+            lo, hi = interval_forward(m, lo, hi)
+            if not (is_linf_distance(m) or is_sortnet(m) or _negate(m) or computes_plain(m, _SHAPE)):
+                intersect = False  # a hybrid head: interval rules only from here on
             if not intersect:
                 continue
             h = m(h)
