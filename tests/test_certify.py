@@ -14,10 +14,10 @@ from torch.nn.utils.parametrizations import orthogonal
 import lipkit
 from lipkit.certify.attacks import check_certificates, margin_loss, pgd
 from lipkit.certify.margin import (
-    _pairwise_bound,
     certified_accuracy,
     certified_radius,
     compute_certificates,
+    pairwise_bound,
 )
 from lipkit.certify.roundoff import chain_of, forward_error_bound
 from lipkit.certify.twin import float64_copy
@@ -147,7 +147,7 @@ def test_pairwise_bound_is_at_most_global(trained):
     model, x, _ = trained
     for p in (2, INF):
         glob = (math.sqrt(2) if p == 2 else 2.0) * lipkit.lipschitz_bound(model, p)
-        pair = _pairwise_bound(model, p, None)
+        pair = pairwise_bound(model, p, None)
         off = ~torch.eye(3, dtype=torch.bool)
         assert (pair[off] <= glob).all()
         assert (pair[off] > 0).all()
@@ -157,7 +157,7 @@ def test_pairwise_bound_is_at_most_global(trained):
         assert (res.radius >= glob_r * (1 - 1e-9)).all()
     # for l2 the pairwise rows of an orthogonal last layer are strictly tighter than sqrt(2) L
     assert pair is not None
-    pair2 = _pairwise_bound(model, 2, None)
+    pair2 = pairwise_bound(model, 2, None)
     assert pair2[off].max() < math.sqrt(2) * lipkit.lipschitz_bound(model, 2)
 
 
@@ -476,7 +476,7 @@ def test_sequential_subclass_with_own_forward_is_not_treated_as_a_chain():
 
     torch.manual_seed(0)
     model = _SkipSequential(nn.Linear(3, 3))
-    assert _pairwise_bound(model, 2, None) is None
+    assert pairwise_bound(model, 2, None) is None
     res = compute_certificates(model, torch.randn(8, 3), 2)
     assert not res.roundoff_rigorous
 

@@ -16,10 +16,10 @@ import lipkit
 from lipkit.bounds import UnsupportedModuleError
 from lipkit.certify.attacks import pgd
 from lipkit.certify.interval import (
-    _interval_only,
     interval_bounds,
     interval_certified,
     interval_certified_accuracy,
+    interval_only,
 )
 from lipkit.certify.margin import compute_certificates
 from lipkit.training.config import RunConfig
@@ -123,7 +123,7 @@ def test_never_looser_than_margin_certificate_and_domain_only_adds(trained, eps)
     by_margin = res.radius >= eps
     assert int(by_margin.sum()) >= 20  # the trained net certifies something
     # the interval test alone (every logit of this net is 1-Lipschitz) already contains the margin test
-    alone, pred = _interval_only(model, x, eps, None)
+    alone, pred = interval_only(model, x, eps, None)
     assert torch.equal(pred, res.prediction)
     assert bool((alone | ~by_margin).all())
     whole, pred1 = interval_certified(model, x, eps, batch_size=37)
@@ -181,7 +181,7 @@ def test_bad_inputs_raise_clear_errors() -> None:
 def test_forward_error_bound_covers_float64_round_off_exactly_computed(kind) -> None:
     from fractions import Fraction
 
-    from lipkit.certify.interval import _forward_error
+    from lipkit.certify.interval import reference_error
 
     torch.manual_seed(7)
     if kind == "linf":
@@ -195,7 +195,7 @@ def test_forward_error_bound_covers_float64_round_off_exactly_computed(kind) -> 
     x = torch.rand(6, 5, dtype=torch.float64) * 3 + 1 / 3
     with torch.no_grad():
         out = layer(x)
-    bound = _forward_error(layer, out)
+    bound = reference_error(layer, out)
     w, mu, b = layer.weight.detach(), layer.running_mean, layer.bias.detach()
     coef = [Fraction(float(c)) for c in layer.coefficients] if kind == "sortnet" else [Fraction(1)]
     seen = 0.0
@@ -286,5 +286,5 @@ def test_conv_net_interval_certificate_is_never_looser_than_the_margin() -> None
         cert, pred = interval_certified(net, x, eps)
         assert torch.equal(pred, res.prediction)
         assert bool((cert >= (res.radius >= eps)).all())
-        only, _ = _interval_only(net, x, eps, None)
+        only, _ = interval_only(net, x, eps, None)
         assert bool((only >= (res.radius >= eps)).all())  # the interval test alone contains the margin test

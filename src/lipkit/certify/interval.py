@@ -129,7 +129,7 @@ def _check_eps(eps: object) -> float:
     return e
 
 
-def _forward_error(m: nn.Module, out: torch.Tensor) -> torch.Tensor:
+def reference_error(m: nn.Module, out: torch.Tensor) -> torch.Tensor:
     """Per-sample bound of the float64 round-off of one eval-mode distance layer's forward (``(B,)``):
     the a-priori analysis of the layer (:func:`lipkit.certify.roundoff.linf_distance_error`,
     :func:`lipkit.certify.roundoff.sortnet_error`) at the point itself, with ``u = 2^-53``."""
@@ -143,7 +143,7 @@ def _propagate(chain: list[nn.Module], x64: torch.Tensor, eps: float,
 
     The Lipschitz intersection ``h_k(x) ± L_k eps`` is applied while the prefix consists of distance
     layers, ``Negate`` and shape layers: there the float64 reference ``h_k(x)`` is off by at most the
-    accumulated :func:`_forward_error` (each such layer is 1-Lipschitz for l_inf, so earlier errors pass
+    accumulated :func:`reference_error` (each such layer is 1-Lipschitz for l_inf, so earlier errors pass
     through unchanged), which widens the intersection.  After the first other layer (a hybrid head)
     only the interval rules apply.
     """
@@ -162,7 +162,7 @@ def _propagate(chain: list[nn.Module], x64: torch.Tensor, eps: float,
                 continue
             h = m(h)
             if is_linf_distance(m) or is_sortnet(m):
-                ref_err = ref_err + _forward_error(m, h.reshape(h.shape[0], -1))
+                ref_err = ref_err + reference_error(m, h.reshape(h.shape[0], -1))
             try:
                 lip = lipschitz_bound(nn.Sequential(*chain[:i + 1]), math.inf)
             except UnsupportedModuleError:
@@ -248,9 +248,10 @@ def _union_with_margin(model: nn.Module, x: torch.Tensor, margin_radius: torch.T
     return certified
 
 
-def _interval_only(model: nn.Module, x: torch.Tensor, eps: float,
+def interval_only(model: nn.Module, x: torch.Tensor, eps: float,
                    domain: tuple[float, float] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The interval test alone (no margin certificate): ``(certified, prediction)``."""
+    """The interval test alone (no margin certificate): ``(certified, prediction)``.  Internal (not in
+    ``__all__``): the tests compare it with the margin certificate."""
     logits32, twin = deployed_logits_and_twin(model, x)
     return _interval_test(twin, _check_chain(twin), logits32, x, eps, domain)
 

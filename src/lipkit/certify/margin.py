@@ -101,8 +101,14 @@ class CertificateResult:
 _deployed_logits_and_twin = deployed_logits_and_twin
 
 
-def _pairwise_bound(model: nn.Module, p: float, input_shape) -> torch.Tensor | None:
-    """Matrix ``B[c, j] >= Lip(f_c - f_j)`` from the last linear layer, or None."""
+def pairwise_bound(model: nn.Module, p: float, input_shape) -> torch.Tensor | None:
+    """Matrix ``B[c, j] >= Lip(f_c - f_j)`` (l_p) from the last linear layer, or None (internal to certify).
+
+    ``||w_c - w_j||_q * L_body`` (:func:`lipkit.bounds.pairwise_head_bound`, Hoelder, ``q`` dual to ``p``),
+    evaluated in float64 and inflated by ``4 (n + 4) EPS64`` for the norm's round-off (``n`` its length)
+    and by ``1e-12`` for the product; None unless ``model`` is a plain ``nn.Sequential`` ending in an
+    ``nn.Linear`` whose body has a bound.
+    """
     if not (is_plain_sequential(model) and len(model) >= 1 and computes_plain(model[-1], (nn.Linear,))):
         return None
     try:
@@ -167,7 +173,7 @@ def compute_certificates(model: nn.Module, x: torch.Tensor, p: float | int | str
     # L_cj for each sample's predicted class c
     glob = (math.sqrt(2.0) if p == 2 else 2.0) * lip
     lcj = torch.full((bsz, n_cls), round_up(glob, 2), dtype=torch.float64, device=logits.device)
-    pair = _pairwise_bound(twin, p, input_shape)
+    pair = pairwise_bound(twin, p, input_shape)
     if pair is not None:
         lcj = torch.minimum(lcj, pair.to(logits.device)[pred])
 
