@@ -254,3 +254,28 @@ def test_certificate_subtracts_twice_the_bound_over_the_ball(p):
     at_radius = forward_error_bound(chain_of(twin), x64, float(p), res.radius)
     assert bool((res.allowance >= 2.0 * at_radius).all())
     assert bool((2.0 * at_radius > 10 * REL_FLOOR * scale).all())  # the floor plays no part here
+
+
+@pytest.mark.parametrize("p", [2.0, INF])
+def test_layer_terms_are_the_documented_formulas(p):
+    """The per-layer terms, recomputed here from their documented formulas (Higham's gamma_k with the
+    factor 2, the underflow term, 16 u for library activations): the exact-arithmetic test above has a
+    resolution of ~20x (a-priori bounds are pessimistic), this one pins the constants."""
+    from lipkit.certify.roundoff import U, affine_error, rounded_activation_error
+
+    torch.manual_seed(4)
+    lin = nn.Linear(9, 5).double()
+    h = torch.randn(3, 9, dtype=torch.float64)
+    spread = torch.tensor([0.0, 0.5, 2.0], dtype=torch.float64)
+    k = 10
+    gamma = k * U / (1 - k * U)
+    abs_out = h.abs() @ lin.weight.detach().abs().T + lin.bias.detach().abs()
+    mag = torch.linalg.vector_norm(abs_out, ord=p, dim=1)
+    w_abs = lipkit.bounds.operator_norm(lin.weight.detach().abs(), p)
+    under = k * 2.0**-125 * (1.0 if p == INF else 5 ** 0.5)
+    expected = 2 * gamma * (mag + w_abs * spread) + under
+    torch.testing.assert_close(affine_error(lin, h, spread, p), expected, rtol=1e-12, atol=0)
+    out = torch.tanh(h)
+    expected = 16 * U * (torch.linalg.vector_norm(out, ord=p, dim=1) + spread) + 2.0**-125 * (
+        1.0 if p == INF else 3.0)
+    torch.testing.assert_close(rounded_activation_error(out, spread, p), expected, rtol=1e-12, atol=0)

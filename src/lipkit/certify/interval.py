@@ -201,8 +201,8 @@ def interval_certified(model: nn.Module, x: torch.Tensor, eps: float, *,
     ``prediction[b]``.  Both certificates are sound, so their union is; the interval bounds are only
     computed for the inputs the margin does not certify, ``batch_size`` at a time.  For the interval
     test the lower bound of the predicted logit must exceed the upper bound of every other logit by
-    more than twice the a-priori float32 round-off bound over the ball (and at least the floors of
-    :func:`lipkit.compute_certificates`).
+    more than twice the a-priori round-off bound over the ball (and at least ``1e-5`` of the logit scale:
+    :func:`lipkit.certify.roundoff.margin_allowance`); a model without that bound is refused.
     """
     x, eps, domain = _check_call(model, x, eps, input_domain, batch_size)
     res = compute_certificates(model, x, math.inf)

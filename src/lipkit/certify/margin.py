@@ -142,6 +142,13 @@ def compute_certificates(model: nn.Module, x: torch.Tensor, p: float | int | str
             ``lipschitz_bound(model, p, input_shape=...)`` is used.  It replaces only the global
             bound (the pairwise bound, if applicable, is still computed from the weights).
         input_shape: per-sample input shape (checked against ``x``; passed to the bounds).
+
+    Returns:
+        a :class:`CertificateResult`.  With ``roundoff_rigorous`` True the radius is a proof about the
+        deployed float32 model (allowance ``max(2 E, 1e-5 scale)``, ``E`` the a-priori round-off bound over
+        the ball; only ``2 E`` is used by the proof).  With ``roundoff_rigorous`` False (no a-priori bound
+        for this model) the allowance is the heuristic ``max(1e-4 scale, 8 observed)`` and the radius is
+        NOT a proof about the float32 model (module docstring).
     """
     p = normalize_p(p)
     if p not in (2.0, math.inf):
