@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lipkit.estimation import as_domain, estimate, interval_bounds, jacobian_norm, local_upper
+from lipkit.estimation import as_domain, estimate, jacobian_norm, local_upper, preactivation_bounds
 
 FAST = {"n_starts": 6, "steps": 15, "n_pairs": 256}
 
@@ -81,13 +81,13 @@ def test_dead_network_on_the_domain_has_constant_zero():
     assert est.upper == 0.0 and est.lower == 0.0 and est.details["dead"] == 3
 
 
-def test_interval_bounds_enclose_every_preactivation():
+def test_preactivation_bounds_enclose_every_preactivation():
     torch.manual_seed(5)
     net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
                         nn.Linear(12, 6), nn.Tanh(), nn.Linear(6, 2)).eval()
     lo, hi = -torch.ones(1, 4, 4), torch.ones(1, 4, 4) * 0.5
     dom = as_domain((lo, hi))
-    ranges = interval_bounds(net, dom)
+    ranges = preactivation_bounds(net, dom)
     assert [type(m).__name__ for m, _, _ in ranges] == ["ReLU", "Tanh"]
     seen: list[torch.Tensor] = []
     hooks = [m.register_forward_pre_hook(lambda mod, a: seen.append(a[0])) for m, _, _ in ranges]

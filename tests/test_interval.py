@@ -16,10 +16,10 @@ import lipkit
 from lipkit.bounds import UnsupportedModuleError
 from lipkit.certify.attacks import pgd
 from lipkit.certify.interval import (
-    _interval_only,
     interval_bounds,
     interval_certified,
     interval_certified_accuracy,
+    interval_only,
 )
 from lipkit.certify.margin import compute_certificates
 from lipkit.training.config import RunConfig
@@ -123,7 +123,7 @@ def test_never_looser_than_margin_certificate_and_domain_only_adds(trained, eps)
     by_margin = res.radius >= eps
     assert int(by_margin.sum()) >= 20  # the trained net certifies something
     # the interval test alone (every logit of this net is 1-Lipschitz) already contains the margin test
-    alone, pred = _interval_only(model, x, eps, None)
+    alone, pred = interval_only(model, x, eps, None)
     assert torch.equal(pred, res.prediction)
     assert bool((alone | ~by_margin).all())
     whole, pred1 = interval_certified(model, x, eps, batch_size=37)
@@ -181,7 +181,7 @@ def test_bad_inputs_raise_clear_errors() -> None:
 def test_forward_error_bound_covers_float64_round_off_exactly_computed(kind) -> None:
     from fractions import Fraction
 
-    from lipkit.certify.interval import _forward_error
+    from lipkit.certify.interval import reference_error
 
     torch.manual_seed(7)
     if kind == "linf":
@@ -195,7 +195,7 @@ def test_forward_error_bound_covers_float64_round_off_exactly_computed(kind) -> 
     x = torch.rand(6, 5, dtype=torch.float64) * 3 + 1 / 3
     with torch.no_grad():
         out = layer(x)
-    bound = _forward_error(layer, out)
+    bound = reference_error(layer, out)
     w, mu, b = layer.weight.detach(), layer.running_mean, layer.bias.detach()
     coef = [Fraction(float(c)) for c in layer.coefficients] if kind == "sortnet" else [Fraction(1)]
     seen = 0.0
@@ -248,7 +248,7 @@ def test_conv_boxes_contain_every_sampled_output(domain) -> None:
 @pytest.mark.parametrize("kind", ["linf", "sortnet"])
 def test_conv_distance_box_equals_the_dense_box_of_each_patch(kind) -> None:
     """The conv box is the dense layer's (exact) box applied to every zero-padded patch box."""
-    from lipkit.certify.interval import _distance_layer_box
+    from lipkit.nn.intervals import distance_layer_box
 
     torch.manual_seed(4)
     conv = (lipkit.LinfDistConv2d(2, 3, 3, padding=1, stride=2) if kind == "linf"
@@ -265,11 +265,11 @@ def test_conv_distance_box_equals_the_dense_box_of_each_patch(kind) -> None:
         dense.running_mean.copy_(conv.running_mean)
     dense.eval()
     x = torch.rand(2, 2, 5, 5, dtype=torch.float64)
-    lo, hi = _distance_layer_box(conv, x - 0.1, x + 0.1)
+    lo, hi = distance_layer_box(conv, x - 0.1, x + 0.1)
     assert lo.shape == (2, 3, 3, 3)
     unfold = nn.Unfold(3, padding=1, stride=2)
     p_lo, p_hi = (unfold(t).transpose(1, 2).reshape(-1, 18) for t in (x - 0.1, x + 0.1))
-    d_lo, d_hi = _distance_layer_box(dense, p_lo, p_hi)
+    d_lo, d_hi = distance_layer_box(dense, p_lo, p_hi)
     assert torch.equal(lo, d_lo.view(2, 9, 3).transpose(1, 2).reshape(2, 3, 3, 3))
     assert torch.equal(hi, d_hi.view(2, 9, 3).transpose(1, 2).reshape(2, 3, 3, 3))
     with torch.no_grad():  # and the box holds the layer's value at the centre
@@ -286,5 +286,5 @@ def test_conv_net_interval_certificate_is_never_looser_than_the_margin() -> None
         cert, pred = interval_certified(net, x, eps)
         assert torch.equal(pred, res.prediction)
         assert bool((cert >= (res.radius >= eps)).all())
-        only, _ = _interval_only(net, x, eps, None)
+        only, _ = interval_only(net, x, eps, None)
         assert bool((only >= (res.radius >= eps)).all())  # the interval test alone contains the margin test

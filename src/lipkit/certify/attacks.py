@@ -18,16 +18,17 @@ from torch import nn
 
 from lipkit.bounds import normalize_p
 from lipkit.certify.margin import compute_certificates
+from lipkit.losses import top2_margin
 
 __all__ = ["pgd", "margin_loss", "check_certificates", "CertificateCheck"]
 
 
 def margin_loss(logits: torch.Tensor, y: torch.Tensor, targeted: bool = False) -> torch.Tensor:
     """Per-sample CW margin.  Untargeted: ``f_y - max_{j != y} f_j`` (the attack succeeds when it
-    is < 0).  Targeted (``y`` = target): ``max_{j != y} f_j - f_y`` (succeeds when < 0)."""
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.scatter(1, y[:, None], -math.inf).max(dim=1).values
-    return other - true if targeted else true - other
+    is < 0).  Targeted (``y`` = target): ``max_{j != y} f_j - f_y`` (succeeds when < 0).  Both are
+    :func:`lipkit.losses.top2_margin` (negated when targeted)."""
+    margin = top2_margin(logits, y)
+    return -margin if targeted else margin
 
 
 def _per_sample(eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:

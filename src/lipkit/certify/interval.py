@@ -4,17 +4,10 @@ The margin certificate of :mod:`lipkit.certify` asks ``f_c(x) - f_j(x) > L_cj ep
 whole l_inf ball ``B(x, eps)`` and only uses the network's Lipschitz constant.  Interval bound
 propagation (IBP; Gowal et al., "On the effectiveness of interval bound propagation for training
 verifiably robust models", 2018) pushes the box ``[x - eps, x + eps]`` through the layers instead.
-For an l_inf-distance neuron ``d_o(h) = max_i |h_i - w_oi|`` the range over a box
-``[l, u]`` (centre ``m``, half-width ``r``) is exact and cheap:
-
-    max_{h in box} d_o = max_i (|m_i - w_oi| + r_i),
-    min_{h in box} d_o = max_i max(0, |m_i - w_oi| - r_i)
-
-(each term depends on one coordinate only, so the box's extreme points are reached coordinate by
-coordinate).  The SortNet neuron ``sum_k c_k d_(k)`` (``c_k >= 0``) is non-decreasing in every
-``d_i``, so its range is the same weighted sum of the sorted lower and sorted upper ``d_i``.
-Affine layers use the usual centre/radius rule ``W m + b ± |W| r`` and monotone activations map
-the end points.
+Each layer's box comes from its rule in the interval facet (:func:`lipkit.bounds.interval.
+interval_forward`; the rules of lipkit's layers are in :mod:`lipkit.nn.intervals`): exact for
+l_inf-distance and SortNet neurons, centre/radius ``W m + b ± |W| r`` for affine layers, end points for
+monotone activations, each rounded outward.
 
 Two facts make the boxes never looser than the margin certificate:
 
@@ -32,10 +25,10 @@ that clamps its iterates to valid images (as :func:`lipkit.certify.attacks.pgd` 
 stated as such in every report; without ``input_domain`` the whole ball is covered.
 
 Round-off: bounds are computed in float64 from the float32 weights the deployed forward uses
-(the float64 copy of :mod:`lipkit.certify`), every bound is padded outward by more than the float64
-rounding of its computation, and the predicted class must beat every other class by more than
-the deployed model's float32 round-off allowance over the ball (the a-priori bound of
-:mod:`lipkit.certify`, evaluated at radius ``eps``).
+(the float64 twin of :mod:`lipkit.certify.twin`), every bound is rounded outward by more than the
+float64 rounding of its computation, and the predicted class must beat every other class by more than
+the deployed model's round-off allowance over the ball (:func:`lipkit.certify.roundoff.margin_allowance`
+of the a-priori bound :func:`lipkit.certify.roundoff.forward_error_bound` at radius ``eps``).
 """
 
 from __future__ import annotations
@@ -46,29 +39,27 @@ import torch
 from torch import nn
 
 from lipkit.bounds import UnsupportedModuleError, computes_as, lipschitz_bound
-from lipkit.certify.margin import (
-    REL_FLOOR,
-    _deployed_logits_and_twin,
-    _float64_copy,
-    _is_linf_distance,
-    _is_plain,
-    _is_sortnet,
-    _leaves,
-    _linf_distance_error,
-    _rigorous_roundoff,
-    _run,
-    _sortnet_error,
-    _validate_x,
-    compute_certificates,
+from lipkit.bounds.interval import interval_forward
+from lipkit.certify.margin import compute_certificates
+from lipkit.certify.roundoff import (
+    U64,
+    chain_of,
+    computes_plain,
+    forward_error_bound,
+    is_linf_distance,
+    is_sortnet,
+    linf_distance_error,
+    margin_allowance,
+    sortnet_error,
 )
+from lipkit.certify.twin import deployed_logits_and_twin, float64_copy, run_logits, validate_x
+from lipkit.nn import intervals as _intervals  # noqa: F401  (registers the interval rules of lipkit's layers)
 from lipkit.nn.activations import Negate, SmoothSoftplus
 
 __all__ = ["interval_bounds", "interval_certified", "interval_certified_accuracy"]
 
 #: relative outward padding of every float64 bound (float64 round-off is ~1.1e-16 per operation)
 _PAD = 1e-12
-#: working-memory budget of one (rows, out, in) block of a distance layer, in bytes
-_BLOCK_BYTES = 64 * 2**20
 _MONOTONE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.ReLU6, nn.Hardtanh, SmoothSoftplus)
 _SHAPE = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)
 
@@ -83,68 +74,15 @@ def _pad(lo: torch.Tensor, hi: torch.Tensor,
     return lo - slack, hi + slack
 
 
-def _distance_layer_box(m: nn.Module, lo: torch.Tensor,
-                        hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact range of an eval-mode l_inf-distance / SortNet layer over the box ``[lo, hi]``.
-
-    A conv layer applies the dense neuron to each zero-padded patch, so its range is the dense
-    range over the box of each patch (padding entries are the point interval ``[0, 0]``)."""
-    if lo.dim() == 4:  # conv: (N, C, H, W) -> one patch per row, as the layer's forward
-        n, (ho, wo) = lo.shape[0], m.output_size(lo.shape[2], lo.shape[3])
-        r_lo, r_hi = _dense_distance_box(m, m._patch_rows(lo, ho, wo), m._patch_rows(hi, ho, wo))
-        return m._feature_map(r_lo, n, ho, wo), m._feature_map(r_hi, n, ho, wo)
-    return _dense_distance_box(m, lo, hi)
-
-
-def _dense_distance_box(m: nn.Module, lo: torch.Tensor,
-                        hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    w = m._weight2d().detach()
-    mid, rad = (lo + hi) / 2, (hi - lo) / 2
-    n_out, n_in = w.shape
-    rows = max(1, _BLOCK_BYTES // (8 * n_out * n_in))
-    sort = _is_sortnet(m)
-    coef = m.coefficients.to(lo) if sort else None
-    lows, highs = [], []
-    for s in range(0, mid.shape[0], rows):
-        a = (mid[s:s + rows, None, :] - w[None]).abs_()  # (b, out, in)
-        r = rad[s:s + rows, None, :]
-        if sort:
-            k = coef.numel()
-            hi_d = torch.topk(a + r, k, dim=-1).values
-            lo_d = torch.topk((a - r).clamp_min_(0.0), k, dim=-1).values
-            highs.append(hi_d @ coef)
-            lows.append(lo_d @ coef)
-        else:
-            highs.append((a + r).amax(dim=-1))
-            lows.append(a.sub_(r).amax(dim=-1).clamp_min_(0.0))
-    d_lo, d_hi = torch.cat(lows), torch.cat(highs)
-    scale = d_hi.abs() + w.abs().amax() + 1.0
-    shift = m._shift_and_bias(torch.zeros_like(w[None, :, 0]))[0].detach()  # -mu + b (eval mode)
-    return _pad(d_lo + shift, d_hi + shift, scale + shift.abs())
-
-
-def _linear_box(m: nn.Linear, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mid, rad = (lo + hi) / 2, (hi - lo) / 2
-    w = m.weight.detach()
-    b = m.bias.detach() if m.bias is not None else None
-    centre = nn.functional.linear(mid, w, b)
-    spread = nn.functional.linear(rad, w.abs())
-    # float64 matmul error <= gamma_{n+1} (|W||m| + |b| + |W| r); padded generously
-    mag = nn.functional.linear(mid.abs(), w.abs(), b.abs() if b is not None else None) + spread
-    k = w.shape[1] + 2
-    err = 2.0 * k * 2.0**-53 * mag
-    return _pad(centre - spread - err, centre + spread + err, mag)
-
-
 def _check_chain(model: nn.Module) -> list[nn.Module]:
-    chain = _leaves(model)
+    chain = chain_of(model)
     if chain is None:
         raise ValueError("interval certificates need an nn.Sequential chain of layers (nested Sequentials "
                          "are fine); "
                          f"got {type(model).__name__} with its own forward")
     for m in chain:
-        ok = (_is_linf_distance(m) or _is_sortnet(m) or _negate(m) or _is_plain(m, (nn.Linear,))
-              or _is_plain(m, _MONOTONE) or _is_plain(m, _SHAPE))
+        ok = (is_linf_distance(m) or is_sortnet(m) or _negate(m) or computes_plain(m, (nn.Linear,))
+              or computes_plain(m, _MONOTONE) or computes_plain(m, _SHAPE))
         if not ok:
             raise UnsupportedModuleError(
                 f"interval certificates do not support {type(m).__name__} (supported: LinfDistLinear and "
@@ -174,9 +112,9 @@ def interval_bounds(model: nn.Module, x: torch.Tensor, eps: float, *,
     float32 weights, real arithmetic) over ``B_inf(x, eps)``, or over ``B_inf(x, eps) ∩ [lo, hi]^n``
     with ``input_domain=(lo, hi)``.  See the module docstring."""
     eps = _check_eps(eps)
-    x = _validate_x(x, None)
+    x = validate_x(x, None)
     domain = _check_domain(x, input_domain)
-    twin = _float64_copy(model)
+    twin = float64_copy(model)
     chain = _check_chain(twin)
     return _propagate(chain, x.detach().to(torch.float64), eps, domain)
 
@@ -191,12 +129,12 @@ def _check_eps(eps: object) -> float:
     return e
 
 
-def _forward_error(m: nn.Module, out: torch.Tensor) -> torch.Tensor:
+def reference_error(m: nn.Module, out: torch.Tensor) -> torch.Tensor:
     """Per-sample bound of the float64 round-off of one eval-mode distance layer's forward (``(B,)``):
-    certify's a-priori analysis of the layer (:func:`lipkit.certify._linf_distance_error`,
-    :func:`lipkit.certify._sortnet_error`) at the point itself, with ``u = 2^-53``."""
-    error = _sortnet_error if _is_sortnet(m) else _linf_distance_error
-    return error(m, out, torch.zeros_like(out[:, 0]), math.inf, u=2.0**-53)
+    the a-priori analysis of the layer (:func:`lipkit.certify.roundoff.linf_distance_error`,
+    :func:`lipkit.certify.roundoff.sortnet_error`) at the point itself, with ``u = 2^-53``."""
+    error = sortnet_error if is_sortnet(m) else linf_distance_error
+    return error(m, out, torch.zeros_like(out[:, 0]), math.inf, u=U64)
 
 
 def _propagate(chain: list[nn.Module], x64: torch.Tensor, eps: float,
@@ -205,7 +143,7 @@ def _propagate(chain: list[nn.Module], x64: torch.Tensor, eps: float,
 
     The Lipschitz intersection ``h_k(x) ± L_k eps`` is applied while the prefix consists of distance
     layers, ``Negate`` and shape layers: there the float64 reference ``h_k(x)`` is off by at most the
-    accumulated :func:`_forward_error` (each such layer is 1-Lipschitz for l_inf, so earlier errors pass
+    accumulated :func:`reference_error` (each such layer is 1-Lipschitz for l_inf, so earlier errors pass
     through unchanged), which widens the intersection.  After the first other layer (a hybrid head)
     only the interval rules apply.
     """
@@ -217,24 +155,14 @@ def _propagate(chain: list[nn.Module], x64: torch.Tensor, eps: float,
     intersect = True
     with torch.no_grad():
         for i, m in enumerate(chain):
-            if _is_linf_distance(m) or _is_sortnet(m):
-                lo, hi = _distance_layer_box(m, lo, hi)
-            elif _negate(m):
-                lo, hi = -hi, -lo
-            elif isinstance(m, nn.Linear):
-                lo, hi = _linear_box(m, lo, hi)
-                intersect = False
-            elif isinstance(m, _MONOTONE):
-                lo, hi = m(lo), m(hi)
-                lo, hi = _pad(lo, hi, torch.maximum(lo.abs(), hi.abs()))
-                intersect = False
-            else:  # Flatten / Identity / eval Dropout
-                lo, hi = m(lo), m(hi)
+            lo, hi = interval_forward(m, lo, hi)
+            if not (is_linf_distance(m) or is_sortnet(m) or _negate(m) or computes_plain(m, _SHAPE)):
+                intersect = False  # a hybrid head: interval rules only from here on
             if not intersect:
                 continue
             h = m(h)
-            if _is_linf_distance(m) or _is_sortnet(m):
-                ref_err = ref_err + _forward_error(m, h.reshape(h.shape[0], -1))
+            if is_linf_distance(m) or is_sortnet(m):
+                ref_err = ref_err + reference_error(m, h.reshape(h.shape[0], -1))
             try:
                 lip = lipschitz_bound(nn.Sequential(*chain[:i + 1]), math.inf)
             except UnsupportedModuleError:
@@ -255,7 +183,7 @@ def _check_call(model: nn.Module, x: torch.Tensor, eps: object, input_domain,
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    x = _validate_x(x, None)
+    x = validate_x(x, None)
     domain = _check_domain(x, input_domain)
     _check_chain(model)
     return x, eps, domain
@@ -273,8 +201,8 @@ def interval_certified(model: nn.Module, x: torch.Tensor, eps: float, *,
     ``prediction[b]``.  Both certificates are sound, so their union is; the interval bounds are only
     computed for the inputs the margin does not certify, ``batch_size`` at a time.  For the interval
     test the lower bound of the predicted logit must exceed the upper bound of every other logit by
-    more than twice the a-priori float32 round-off bound over the ball (and at least the floors of
-    :func:`lipkit.compute_certificates`).
+    more than twice the a-priori round-off bound over the ball (and at least ``1e-5`` of the logit scale:
+    :func:`lipkit.certify.roundoff.margin_allowance`); a model without that bound is refused.
     """
     x, eps, domain = _check_call(model, x, eps, input_domain, batch_size)
     res = compute_certificates(model, x, math.inf)
@@ -311,7 +239,7 @@ def _union_with_margin(model: nn.Module, x: torch.Tensor, margin_radius: torch.T
     if todo.numel() == 0:
         return certified
     xt = x[todo]
-    logits32, twin = _deployed_logits_and_twin(model, xt)
+    logits32, twin = deployed_logits_and_twin(model, xt)
     chain = _check_chain(twin)
     for s in range(0, todo.numel(), batch_size):
         sl = slice(s, s + batch_size)
@@ -320,10 +248,11 @@ def _union_with_margin(model: nn.Module, x: torch.Tensor, margin_radius: torch.T
     return certified
 
 
-def _interval_only(model: nn.Module, x: torch.Tensor, eps: float,
+def interval_only(model: nn.Module, x: torch.Tensor, eps: float,
                    domain: tuple[float, float] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The interval test alone (no margin certificate): ``(certified, prediction)``."""
-    logits32, twin = _deployed_logits_and_twin(model, x)
+    """The interval test alone (no margin certificate): ``(certified, prediction)``.  Internal (not in
+    ``__all__``): the tests compare it with the margin certificate."""
+    logits32, twin = deployed_logits_and_twin(model, x)
     return _interval_test(twin, _check_chain(twin), logits32, x, eps, domain)
 
 
@@ -332,17 +261,20 @@ def _interval_test(twin: nn.Module, chain: list[nn.Module], logits32: torch.Tens
     """The interval test on ``x`` given the deployed logits there and the float64 twin (and its chain)."""
     x64 = x.detach().to(torch.float64)
     with torch.no_grad():
-        logits = _run(twin, x64)
+        logits = run_logits(twin, x64)
         lo, hi = _propagate(chain, x64, eps, domain)
         r = torch.full((x64.shape[0],), eps, dtype=torch.float64, device=x64.device)
-        rig = _rigorous_roundoff(chain, x64, math.inf, r, None)
-    if rig is None:
+        bound = forward_error_bound(chain, x64, math.inf, r, None)
+    if bound is None:
         raise UnsupportedModuleError("no a-priori round-off bound for this model; "
                                      "interval certificates need one")
     pred = logits32.argmax(dim=1)
     scale = logits.abs().max(dim=1).values + eps * lipschitz_bound(nn.Sequential(*chain), math.inf)
     observed = (logits32.to(torch.float64) - logits).abs().max(dim=1).values
-    allowance = torch.maximum(torch.maximum(REL_FLOOR * scale, 8.0 * observed), 2.0 * rig) * (1.0 + 1e-9)
+    allowance, rigorous = margin_allowance(bound, scale, observed)
+    if not rigorous:
+        raise UnsupportedModuleError("the round-off observed at x exceeds the a-priori bound (arithmetic "
+                                     "outside the analysis?); interval certificates need a rigorous bound")
     low_c = lo.gather(1, pred[:, None]).squeeze(1)
     others = hi.scatter(1, pred[:, None], -math.inf).amax(dim=1)
     return (low_c - others > allowance), pred

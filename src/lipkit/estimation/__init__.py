@@ -34,7 +34,14 @@ from .exact import exact_one_hidden_relu, max_pattern_norm
 from .lipopt import LiPoptError, LiPoptResult, lipopt
 from .lipsdp import LipSDPError, LipSDPResult, lipsdp
 from .load import LoadedSequential, ModelLoadError, load_model, onnx_to_torch
-from .local import Domain, affine_local_upper, as_domain, interval_bounds, local_slopes, naive_local_upper
+from .local import (
+    Domain,
+    affine_local_upper,
+    as_domain,
+    local_slopes,
+    naive_local_upper,
+    preactivation_bounds,
+)
 from .lower import LowerBound, check_finite, jacobian_norm, lower_bound
 from .naive import naive_upper
 
@@ -56,7 +63,7 @@ __all__ = [
     "max_pattern_norm",
     "Domain",
     "as_domain",
-    "interval_bounds",
+    "preactivation_bounds",
     "local_upper",
     "load_model",
     "onnx_to_torch",

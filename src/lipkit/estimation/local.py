@@ -8,7 +8,8 @@ restricted to a convex domain ``X`` (a box ``[lo, hi]`` or a ball ``{x : ||x - x
 1. *Interval bound propagation* (IBP; Gowal et al., 2018; Mirman et al., 2018): from a box containing
    ``X`` (a ball lies in ``x0 +- r``), push ``[l, u]`` through the network: an affine map in centre/radius
    form, ``c' = W c + b``, ``r' = |W| r``; a monotone activation end-point-wise.  Every pre-activation
-   ``z_i(x)``, ``x in X``, then lies in ``[l_i, u_i]``.  The computation is in float64 and every box is
+   ``z_i(x)``, ``x in X``, then lies in ``[l_i, u_i]``.  Each layer's rule is its interval facet
+   (:mod:`lipkit.bounds.interval`, shared with the interval certificates of :mod:`lipkit.certify`): float64,
    widened by a bound of its own round-off, so the enclosure is sound for the exact function.
 2. *Slope ranges*: for ``a, b`` in ``[l_i, u_i]`` the difference quotient of a piecewise-C^1 activation is
    a mean of its derivative on ``[l_i, u_i]``, so neuron ``i`` is slope-restricted on
@@ -43,11 +44,13 @@ import torch
 from torch import nn
 
 from lipkit.bounds import EPS64, normalize_p, operator_norm, round_up
+from lipkit.bounds.interval import interval_forward, register_interval
+from lipkit.nn import intervals as _intervals  # noqa: F401  (registers the interval rules of lipkit's layers)
 from lipkit.nn.activations import SmoothSoftplus
 
 from ._mlp import MLP, _Comparators, _flatten, has_sort, mlp_as_sequential, parse_mlp
 
-__all__ = ["Domain", "as_domain", "interval_bounds", "activation_slope_range", "local_slopes",
+__all__ = ["Domain", "as_domain", "preactivation_bounds", "activation_slope_range", "local_slopes",
            "naive_local_upper", "affine_local_upper"]
 
 
@@ -171,103 +174,39 @@ def _drop_batch(t: torch.Tensor, input_shape: Sequence[int] | None) -> torch.Ten
 # --------------------------------------------------------------------------- interval bound propagation
 
 
-_MONOTONE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.ELU, SmoothSoftplus, nn.Hardtanh, nn.ReLU6,
-             nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool2d, _Comparators)
+#: the activations whose pre-activation boxes :func:`preactivation_bounds` reports (max pooling is not one)
+_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.ELU, SmoothSoftplus, nn.Hardtanh, nn.ReLU6,
+                _Comparators)
 
 
-def _widen(lo: torch.Tensor, hi: torch.Tensor, err: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return lo - err, hi + err
+@register_interval(_Comparators)
+def _comparators_box(m: _Comparators, lo: torch.Tensor,
+                     hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A lowered sort's comparator round: ReLU or identity per neuron, monotone and exact."""
+    return m(lo), m(hi)
 
 
-def interval_bounds(model: nn.Module, domain: Domain) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+def preactivation_bounds(model: nn.Module,
+                         domain: Domain) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
     """Sound float64 interval bounds of the input of every activation of ``model`` on ``domain``.
 
-    Returns ``[(activation module, lower, upper), ...]`` in forward order (shapes without batch).  Supported:
-    ``nn.Linear``, ``nn.Conv1d/2d``, ``nn.BatchNorm1d/2d`` (eval), ``nn.Flatten``, ``nn.Identity``,
-    ``nn.Dropout`` (eval), average pooling, and monotone element-wise activations and max pooling.
-    Raises ``TypeError`` naming an unsupported module.
+    The box ``[domain.lo, domain.hi]`` is pushed through the layers by their interval rules
+    (:func:`lipkit.bounds.interval.interval_forward`, rounded outward).  Returns
+    ``[(activation module, lower, upper), ...]`` in forward order (shapes without batch).  Supported: the
+    layers with an interval rule, e.g. ``nn.Linear``, ``nn.Conv1d/2d``, ``nn.BatchNorm1d/2d`` (eval),
+    ``nn.Flatten``, ``nn.Identity``, ``nn.Dropout`` (eval), average and max pooling, and monotone
+    element-wise activations.  Raises :class:`lipkit.bounds.UnsupportedModuleError` (a ``TypeError``)
+    naming an unsupported module.
     """
     lo = domain.lo[None].clone()
     hi = domain.hi[None].clone()
     out: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
-    for m in _flatten(model):
-        if isinstance(m, (nn.Identity,)) or (isinstance(m, nn.Dropout) and not m.training):
-            continue
-        if isinstance(m, nn.Flatten):
-            lo, hi = m(lo), m(hi)
-            continue
-        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.AvgPool1d, nn.AvgPool2d,
-                          nn.AdaptiveAvgPool2d)) or (isinstance(m, nn.modules.batchnorm._BatchNorm)
-                                                     and not m.training):
-            lo, hi = _affine_interval(m, lo, hi)
-            continue
-        if isinstance(m, nn.LeakyReLU) and float(m.negative_slope) < 0:
-            raise TypeError("interval propagation needs a monotone LeakyReLU (negative_slope >= 0)")
-        if isinstance(m, nn.ELU) and float(m.alpha) < 0:
-            raise TypeError("interval propagation needs ELU with alpha >= 0")
-        if isinstance(m, _MONOTONE):
-            if any(True for _ in m.parameters()):
-                raise TypeError(f"interval bound propagation does not support {type(m).__name__} "
-                                "with parameters")
-            m64 = m
-            if not isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
-                out.append((m, lo[0].clone(), hi[0].clone()))
-            with torch.no_grad():
-                nlo, nhi = m64(lo), m64(hi)
-            # element-wise functions evaluated in float64: a few ulps of error
-            err = 8 * EPS64 * torch.maximum(nlo.abs(), nhi.abs()) + 1e-300
-            lo, hi = _widen(nlo, nhi, err)
-            continue
-        raise TypeError(f"interval bound propagation does not support module {type(m).__name__}")
-    return out
-
-
-def _affine_interval(m: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centre/radius propagation through an affine module, in float64, widened by its round-off."""
-    import copy
-
-    m64 = copy.deepcopy(m).double().eval()
-    c, r = (lo + hi) / 2, (hi - lo) / 2
-    # centre/radius round-off: the midpoint and half-width are exact up to 1 ulp (covered below)
-    r = r + 2 * EPS64 * torch.maximum(lo.abs(), hi.abs())
     with torch.no_grad():
-        yc = m64(c)
-        absm = copy.deepcopy(m64)
-        bias_abs = None
-        for name, prm in list(absm.named_parameters()):
-            if name == "weight":
-                prm.copy_(prm.abs())
-            elif name == "bias":
-                bias_abs = prm.detach().abs().clone()
-                prm.zero_()
-        if isinstance(absm, nn.modules.batchnorm._BatchNorm):
-            # y = (x - mean) * s + b with s = w / sqrt(var + eps): |s| applied to the radius
-            s = (m64.weight if m64.affine else 1.0) / torch.sqrt(m64.running_var + m64.eps)
-            shape = (1, -1) + (1,) * (lo.dim() - 2)
-            yr = r * s.abs().reshape(shape)
-            acc = (c.abs() + m64.running_mean.abs().reshape(shape)) * s.abs().reshape(shape)
-            if bias_abs is not None:
-                acc = acc + bias_abs.reshape(shape)
-            fan = 4
-        else:
-            yr = absm(r)
-            acc = absm(c.abs())
-            if bias_abs is not None:
-                acc = acc + bias_abs.reshape((1, -1) + (1,) * (yc.dim() - 2))
-            fan = int(c[0].numel()) if isinstance(m, nn.Linear) else _fan_in(m)
-    # |fl(W c + b) - (W c + b)| <= gamma_n (|W| |c| + |b|); the same for |W| r (non-negative terms)
-    gamma = 2.0 * (fan + 2) * EPS64
-    err = gamma * (acc + yr) + 1e-300
-    return yc - yr - err, yc + yr + err
-
-
-def _fan_in(m: nn.Module) -> int:
-    w = getattr(m, "weight", None)
-    if w is not None and w.dim() > 2:
-        return int(w[0].numel())
-    k = getattr(m, "kernel_size", 1)
-    k = k if isinstance(k, int) else int(np.prod(k))
-    return max(k, 64)
+        for m in _flatten(model):
+            if isinstance(m, _ACTIVATIONS):
+                out.append((m, lo[0].clone(), hi[0].clone()))
+            lo, hi = interval_forward(m, lo, hi)
+    return out
 
 
 # --------------------------------------------------------------------------- slopes
@@ -342,7 +281,7 @@ def local_slopes(model: nn.Module, domain: Domain) -> tuple[MLP, list[tuple[np.n
     if len(mlp.acts) == 0:
         return mlp, [], {"neurons": 0, "fixed": 0, "dead": 0}
     # GroupSort-type activations: propagate through the lowered net (comparators are monotone, element-wise)
-    ranges = interval_bounds(mlp_as_sequential(mlp) if has_sort(model) else model, domain)
+    ranges = preactivation_bounds(mlp_as_sequential(mlp) if has_sort(model) else model, domain)
     if len(ranges) != len(mlp.acts):
         raise TypeError("local bounds need an MLP whose activations follow its Linear layers")
     slopes = []
