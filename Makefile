@@ -26,6 +26,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m pip install -q --no-deps torchattacks==3.5.1  # its torchvision requirement would replace torch
 	$(PY) bench/layers.py
 
 clean:

@@ -49,6 +49,8 @@ def _certify_linf(cfg: RunConfig, run_dir: Path, split, pgd_steps: int, stop_hal
     m = certify_run(plain, split, cfg.radii, pgd_steps=pgd_steps, seed=cfg.seed, p=INF)
     return {
         "config": cfg.to_dict(),
+        # the attack that ran (certify_run's PGD: 1 start, no pixel clamp); the config's pgd_steps is not it
+        "attack": {"steps": pgd_steps, "restarts": 1, "clamp": None},
         "clean": m["clean_accuracy"],
         "certified": m["certified_accuracy"],
         "pgd": {k: v.get("pgd_robust_accuracy") for k, v in m["pgd"].items()},

@@ -19,7 +19,7 @@ from torch import nn
 
 import lipkit
 from lipkit.bounds import UnsupportedModuleError, parameter_sensitivity
-from lipkit.bounds.sensitivity import max_patch_cover
+from lipkit.bounds.windows import max_window_cover
 
 INF = math.inf
 
@@ -153,13 +153,13 @@ def _brute_cover(kernel, stride, dilation, padding, size) -> int:
     (5, 3, 1, 2, (10, 10)),
     (2, 2, 1, 0, (8, 8)), (3, 1, 1, 0, (3, 3)),
 ])
-def test_max_patch_cover_matches_brute_force(kernel, stride, dilation, padding, size):
+def test_max_window_cover_matches_brute_force(kernel, stride, dilation, padding, size):
     conv = nn.Conv2d(1, 1, kernel, stride=stride, dilation=dilation, padding=padding)
     out = conv(torch.zeros(1, 1, *size)).shape[2:]
     exact = _brute_cover(kernel, stride, dilation, padding, size)
     k2, s2, d2, p2 = (kernel,) * 2, (stride,) * 2, (dilation,) * 2, (padding,) * 2
-    assert max_patch_cover(k2, s2, d2, p2, size, tuple(out)) == exact
-    assert max_patch_cover(k2, s2, d2, p2, None) >= exact  # the size-free count dominates
+    assert max_window_cover(k2, s2, d2, p2, size, out_size=tuple(out)) == exact
+    assert max_window_cover(k2, s2, d2, p2, None) >= exact  # the size-free count dominates
 
 
 def test_conv_sensitivity_exact_for_non_overlapping_patches():

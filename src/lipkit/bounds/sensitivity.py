@@ -33,8 +33,9 @@ from torch import nn
 
 from lipkit.bounds.numerics import round_up
 from lipkit.bounds.registry import Facet, UnsupportedModuleError, record_input_shapes
+from lipkit.bounds.windows import max_window_cover
 
-__all__ = ["SENSITIVITY", "parameter_sensitivity", "register_sensitivity", "max_patch_cover"]
+__all__ = ["SENSITIVITY", "parameter_sensitivity", "register_sensitivity"]
 
 #: rules ``rule(module, input_norm, grad_norm, shapes) -> {tensor name: bound of ||dl/dT||_F}``
 SENSITIVITY = Facet("gradient-sensitivity", "register one with lipkit.register_sensitivity(YourModule)",
@@ -82,31 +83,6 @@ def _linear_sensitivity(module: nn.Linear, r: float, g: float, shapes: dict) -> 
     return out
 
 
-def max_patch_cover(kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...],
-                    padding: tuple[int, ...], size: tuple[int, ...] | None,
-                    out_size: tuple[int, ...] | None = None) -> int:
-    """The largest number of output positions whose receptive field reads one input entry.
-
-    Per spatial dimension, input index ``i`` is read by output ``o`` at tap ``a`` when
-    ``o s + a d - pad = i`` (``pad``: the left padding); counted exactly when the input and output sizes
-    are known, else the maximum
-    over all residues (``sum over taps`` with ``a d = i + pad mod s``), which no size exceeds.  The count is
-    the product over dimensions.
-    """
-    total = 1
-    for j, (k, s, d, pad) in enumerate(zip(kernel, stride, dilation, padding, strict=True)):
-        if size is None or out_size is None:
-            best = max(sum(1 for a in range(k) if (a * d - r) % s == 0) for r in range(s))
-        else:
-            n, n_out = size[j], out_size[j]
-            best = 0
-            for i in range(n):
-                best = max(best, sum(1 for a in range(k) if (i + pad - a * d) % s == 0
-                                     and 0 <= (i + pad - a * d) // s < n_out))
-        total *= max(best, 1)
-    return total
-
-
 @register_sensitivity(nn.Conv1d, nn.Conv2d, subclasses=True)
 def _conv_sensitivity(module: nn.Module, r: float, g: float, shapes: dict) -> dict[str, float]:
     if module.padding_mode != "zeros":
@@ -125,8 +101,7 @@ def _conv_sensitivity(module: nn.Module, r: float, g: float, shapes: dict) -> di
             probe = module._conv_forward(torch.zeros((1, *shape[1:]), dtype=module.weight.dtype,
                                                      device=module.weight.device), module.weight, None)
         out_size = tuple(probe.shape[2:])
-    cover = max_patch_cover(tuple(module.kernel_size), tuple(module.stride), tuple(module.dilation), pad,
-                            size, out_size)
+    cover = max_window_cover(module.kernel_size, module.stride, module.dilation, pad, size, out_size=out_size)
     out = {"weight": round_up(math.sqrt(cover) * r * g, 4)}
     if module.bias is not None:
         if size is None or out_size is None:

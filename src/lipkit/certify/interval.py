@@ -40,7 +40,7 @@ from torch import nn
 
 from lipkit.bounds import UnsupportedModuleError, computes_as, lipschitz_bound
 from lipkit.bounds.interval import interval_forward
-from lipkit.certify.margin import compute_certificates
+from lipkit.certify.margin import CertificateResult, compute_certificates
 from lipkit.certify.roundoff import (
     U64,
     chain_of,
@@ -53,7 +53,6 @@ from lipkit.certify.roundoff import (
     sortnet_error,
 )
 from lipkit.certify.twin import deployed_logits_and_twin, float64_copy, run_logits, validate_x
-from lipkit.nn import intervals as _intervals  # noqa: F401  (registers the interval rules of lipkit's layers)
 from lipkit.nn.activations import Negate, SmoothSoftplus
 
 __all__ = ["interval_bounds", "interval_certified", "interval_certified_accuracy"]
@@ -191,7 +190,8 @@ def _check_call(model: nn.Module, x: torch.Tensor, eps: object, input_domain,
 
 def interval_certified(model: nn.Module, x: torch.Tensor, eps: float, *,
                        input_domain: tuple[float, float] | None = None,
-                       batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+                       batch_size: int = 256,
+                       certificates: CertificateResult | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Which inputs are certified at l_inf radius ``eps``: by the margin certificate of
     :func:`lipkit.compute_certificates` or, failing that, by interval bounds (module docstring).
 
@@ -203,9 +203,20 @@ def interval_certified(model: nn.Module, x: torch.Tensor, eps: float, *,
     test the lower bound of the predicted logit must exceed the upper bound of every other logit by
     more than twice the a-priori round-off bound over the ball (and at least ``1e-5`` of the logit scale:
     :func:`lipkit.certify.roundoff.margin_allowance`); a model without that bound is refused.
+
+    ``certificates``: the l_inf margin certificates of this ``model`` at this ``x``
+    (``compute_certificates(model, x, "inf")``), to compute them once for several radii; they are checked
+    to be l_inf certificates of a batch of this size.
     """
     x, eps, domain = _check_call(model, x, eps, input_domain, batch_size)
-    res = compute_certificates(model, x, math.inf)
+    if certificates is None:
+        res = compute_certificates(model, x, math.inf)
+    else:
+        if not isinstance(certificates, CertificateResult) or certificates.p != math.inf \
+                or certificates.radius.shape != (x.shape[0],):
+            raise ValueError("certificates must be the l_inf CertificateResult of this batch "
+                             "(compute_certificates(model, x, 'inf'))")
+        res = certificates
     return _union_with_margin(model, x, res.radius, res.prediction, eps, domain, batch_size), res.prediction
 
 

@@ -45,7 +45,6 @@ from torch import nn
 
 from lipkit.bounds import EPS64, normalize_p, operator_norm, round_up
 from lipkit.bounds.interval import interval_forward, register_interval
-from lipkit.nn import intervals as _intervals  # noqa: F401  (registers the interval rules of lipkit's layers)
 from lipkit.nn.activations import SmoothSoftplus
 
 from ._mlp import MLP, _Comparators, _flatten, has_sort, mlp_as_sequential, parse_mlp

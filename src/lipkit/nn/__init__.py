@@ -7,6 +7,7 @@ round-off, sensitivity) next to its code, through :mod:`lipkit.bounds`; nothing 
 (certify, estimation, dp, monotonic) or the application (training, cli).
 """
 
+from lipkit.nn import intervals as _intervals  # noqa: F401  (registers the interval rules of the layers)
 from lipkit.nn.activations import Abs, FullSort, GroupSort, Householder, MaxMin, Negate, SmoothSoftplus
 from lipkit.nn.conv import CONV_CONSTRAINTS, LipConv2d
 from lipkit.nn.distance import (

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipkit.bounds import UnsupportedModuleError, register_bound, round_up
+from lipkit.bounds.windows import max_window_cover
 
 __all__ = ["L2NormPool2d", "ScaledAvgPool2d", "InvertibleDownsample"]
 
@@ -48,38 +49,6 @@ def _check_4d(x: torch.Tensor, who: str) -> None:
 # --------------------------------------------------------------------------- window counting
 
 
-def _out_len(n: int, k: int, s: int, pad: int, dil: int, ceil_mode: bool) -> int:
-    """torch's output length for a pooling dimension."""
-    span = dil * (k - 1) + 1
-    num = n + 2 * pad - span
-    if num < 0:
-        return 0
-    out = (-(-num // s) if ceil_mode else num // s) + 1
-    if ceil_mode and (out - 1) * s >= n + pad:
-        out -= 1
-    return out
-
-
-def _max_cover_1d(n: int, k: int, s: int, pad: int, dil: int, ceil_mode: bool) -> int:
-    """Largest number of windows containing one input position (exact, for input length n)."""
-    out = _out_len(n, k, s, pad, dil, ceil_mode)
-    counts = [0] * n
-    for j in range(out):
-        for m in range(k):
-            i = j * s - pad + m * dil
-            if 0 <= i < n:
-                counts[i] += 1
-    return max(counts, default=0)
-
-
-def _max_cover_bound_1d(k: int, s: int, dil: int) -> int:
-    """Size-independent bound on the number of windows containing one position ``i``: the windows
-    that contain ``i`` start in the ``span`` positions before it, ``s`` apart (``<= ceil(span / s)``),
-    and each tap offset ``m`` of a window matches at most one window start (``<= k``)."""
-    span = dil * (k - 1) + 1
-    return min(-(-span // s), k)
-
-
 def _spatial(shapes: dict, module: nn.Module) -> tuple[int, int] | None:
     shape = shapes.get(module)
     if shape is None or len(shape) < 2:
@@ -87,13 +56,10 @@ def _spatial(shapes: dict, module: nn.Module) -> tuple[int, int] | None:
     return int(shape[-2]), int(shape[-1])
 
 
-def _max_cover(module: nn.Module, shapes: dict, k: tuple[int, int], s: tuple[int, int],
-               pad: tuple[int, int], dil: tuple[int, int], ceil_mode: bool) -> int:
-    hw = _spatial(shapes, module)
-    if hw is None:
-        return _max_cover_bound_1d(k[0], s[0], dil[0]) * _max_cover_bound_1d(k[1], s[1], dil[1])
-    return (_max_cover_1d(hw[0], k[0], s[0], pad[0], dil[0], ceil_mode)
-            * _max_cover_1d(hw[1], k[1], s[1], pad[1], dil[1], ceil_mode))
+def windows_per_pixel(module: nn.Module, shapes: dict, k: tuple[int, int], s: tuple[int, int],
+                      pad: tuple[int, int], dil: tuple[int, int], ceil_mode: bool) -> int:
+    """:func:`lipkit.bounds.windows.max_window_cover` at the module's recorded input size (if any)."""
+    return max_window_cover(k, s, dil, pad, _spatial(shapes, module), ceil_mode=ceil_mode)
 
 
 def _window_rule(n_cover: int, k_pixels: int, p: float, lip_in_window_l2: bool) -> float:
@@ -211,7 +177,7 @@ def _permutation_rule(module: nn.Module, p: float, shapes: dict) -> float:
 @register_bound(L2NormPool2d)
 def _l2pool_rule(module: L2NormPool2d, p: float, shapes: dict) -> float:
     k, s, pad = module.kernel_size, module.stride, module.padding
-    n = _max_cover(module, shapes, k, s, pad, (1, 1), False)
+    n = windows_per_pixel(module, shapes, k, s, pad, (1, 1), False)
     return _window_rule(n, k[0] * k[1], p, lip_in_window_l2=True)
 
 
@@ -221,7 +187,7 @@ def _maxpool_rule(module: nn.MaxPool2d, p: float, shapes: dict) -> float:
     s = k if module.stride is None or module.stride == () else _pair(module.stride, "stride", "MaxPool2d")
     pad = _pair(module.padding, "padding", "MaxPool2d", minimum=0)
     dil = _pair(module.dilation, "dilation", "MaxPool2d")
-    n = _max_cover(module, shapes, k, s, pad, dil, bool(module.ceil_mode))
+    n = windows_per_pixel(module, shapes, k, s, pad, dil, bool(module.ceil_mode))
     return _window_rule(n, k[0] * k[1], p, lip_in_window_l2=False)
 
 
@@ -251,7 +217,7 @@ def _scaled_avg_rule(module: ScaledAvgPool2d, p: float, shapes: dict) -> float:
         row, col = _linear_pool_norms(module, hw)
         return _linear_pool_bound(row, col, p, 2 * kk)
     # rows: k entries of 1/sqrt(k); columns: at most N entries of 1/sqrt(k)
-    n = _max_cover(module, shapes, k, s, pad, (1, 1), False)
+    n = windows_per_pixel(module, shapes, k, s, pad, (1, 1), False)
     return _linear_pool_bound(math.sqrt(kk), n / math.sqrt(kk), p, 4)
 
 
@@ -265,7 +231,7 @@ def _avgpool_rule(module: nn.AvgPool2d, p: float, shapes: dict) -> float:
     if hw is not None:
         row, col = _linear_pool_norms(module, hw)
         return _linear_pool_bound(row, col, p, 2 * kk)
-    n = _max_cover(module, shapes, k, s, pad, (1, 1), bool(module.ceil_mode))
+    n = windows_per_pixel(module, shapes, k, s, pad, (1, 1), bool(module.ceil_mode))
     # each output is (sum of <= k real pixels) / d with d = divisor_override, or d = k when padding
     # is counted and no window is clipped by ceil_mode; otherwise d >= the number of real pixels
     # (>= 1), so row sums are <= 1 and column sums <= N / d_min.

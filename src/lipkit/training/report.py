@@ -98,17 +98,12 @@ def interval_figures(model: nn.Module, split: Split, radii: list[float],
     import math
 
     from lipkit.certify.attacks import pgd
-
-    # TODO(certify-dedup): use a public lipkit.certify.interval function once there is one: validation of
-    # (model, x, input_domain) as the public interval functions do it, and the margin-or-interval union
-    # for margin radii computed once for all radii (see the report of issue 16, part 2).
-    from lipkit.certify.interval import _check_call, _union_with_margin
+    from lipkit.certify.interval import interval_certified
     from lipkit.certify.margin import compute_certificates
 
     t0 = time.perf_counter()
     model.eval()
     x, y = split.x_test, split.y_test
-    x, _, domain = _check_call(model, x, 0.0, input_domain, 1)
     res = compute_certificates(model, x, math.inf)  # once for all radii
     correct = (res.prediction == y).nonzero().squeeze(1)
     xc, radius, pred = x[correct], res.radius[correct], res.prediction[correct]
@@ -116,7 +111,7 @@ def interval_figures(model: nn.Module, split: Split, radii: list[float],
     out: dict[str, Any] = {"input_domain": list(input_domain) if input_domain is not None else None,
                            "certified_accuracy": {}, "interval_only_points": {}, "broken": {}}
     for r in radii:
-        cert = _union_with_margin(model, xc, radius, pred, r, domain)
+        cert = interval_certified(model, x, r, input_domain=input_domain, certificates=res)[0][correct]
         only = (cert & ~(radius >= r)).nonzero().squeeze(1)
         broken = 0
         if only.numel() and pgd_steps > 0:

@@ -69,7 +69,7 @@ from lipkit.nn.distance.kernels import (
     sort_dist,
     sortnet_coefficients,
 )
-from lipkit.nn.pooling import _max_cover
+from lipkit.nn.pooling import windows_per_pixel
 
 __all__ = ["LinfDistLinear", "SortNeuronLinear", "LinfDistConv2d", "SortNeuronConv2d"]
 
@@ -472,7 +472,7 @@ def _distance_rule(module: _DistanceLayer, p: float, shapes: dict) -> float:
     n, m = module.in_features, module.out_features
     if isinstance(module, _DistanceConv2d):
         # outputs that can move together per input pixel: out_channels x (patches covering a pixel)
-        m = module.out_channels * _max_cover(module, shapes, module.kernel_size, module.stride,
+        m = module.out_channels * windows_per_pixel(module, shapes, module.kernel_size, module.stride,
                                              module.padding, module.dilation, False)
     if math.isinf(r):
         neuron_inf, neuron_2 = 1.0, 1.0
