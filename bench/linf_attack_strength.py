@@ -65,8 +65,8 @@ def _torchattacks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss
 
     side = int(round(x.shape[1] ** 0.5))
     images = x.reshape(len(x), 1, side, side)
-    attack = torchattacks.APGD(torch.nn.Sequential(torch.nn.Flatten(), model), norm="Linf", eps=EPS, steps=100,
-                               n_restarts=5, loss=loss, seed=0)
+    flat_model = torch.nn.Sequential(torch.nn.Flatten(), model)
+    attack = torchattacks.APGD(flat_model, norm="Linf", eps=EPS, steps=100, n_restarts=5, loss=loss, seed=0)
     return attack(images, y).reshape_as(x)
 
 
