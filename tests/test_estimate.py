@@ -21,7 +21,7 @@ from lipkit.estimation import (
     naive_upper,
 )
 from lipkit.estimation._mlp import parse_mlp
-from lipkit.estimation.exact import _opnorm
+from lipkit.estimation.exact import batched_opnorm
 from lipkit.estimation.lipopt import LiPoptError, krivine_max
 from lipkit.estimation.lipsdp import _certify_singular, _lmi, _structure, certify_multipliers
 from lipkit.nn.activations import FullSort, GroupSort, MaxMin
@@ -339,7 +339,7 @@ def test_lipopt_deep_bounds_the_vertex_maximum():
     for p in (math.inf, 1):
         # the polynomial LiPopt bounds is maximised at a vertex: max over all pattern pairs (D1, D2)
         vertex = max(
-            float(_opnorm(V @ torch.diag(D[3:]) @ W2 @ torch.diag(D[:3]) @ W1, p))
+            float(batched_opnorm(V @ torch.diag(D[3:]) @ W2 @ torch.diag(D[:3]) @ W1, p))
             for D in (torch.tensor([(b >> k) & 1 for k in range(6)], dtype=torch.float64) for b in range(64))
         )
         up = lipopt(net, p, degree=3).upper
@@ -442,7 +442,7 @@ def _maxmin_exact(net: nn.Sequential, p: float) -> float:
         for j in range(h // 2):
             if bits >> j & 1:
                 perm[2 * j], perm[2 * j + 1] = perm[2 * j + 1], perm[2 * j]
-        best = max(best, float(_opnorm(V @ W[perm], p)))
+        best = max(best, float(batched_opnorm(V @ W[perm], p)))
     return best
 
 

@@ -23,7 +23,7 @@ from torch.nn.utils import parametrize
 
 from lipkit.bounds import UnsupportedModuleError, computes_as, lipschitz_bound, normalize_p
 from lipkit.nn.linear import LipLinear
-from lipkit.nn.parametrize._util import materialize_in_place
+from lipkit.nn.parametrize.utils import materialize_in_place
 
 __all__ = ["export", "ExportError"]
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from lipkit.nn.parametrize._util import materialize_in_place
+from lipkit.nn.parametrize.utils import materialize_in_place
 
 __all__ = ["check_float_mode", "deployed_logits_and_twin", "float64_copy", "run_logits", "validate_x"]
 

@@ -25,7 +25,8 @@ from torch import nn
 
 from lipkit.nn.activations import SmoothSoftplus
 
-__all__ = ["MLP", "parse_mlp", "activation_slopes", "conv_as_linear", "mlp_as_sequential", "MAX_CONV_MATRIX"]
+__all__ = ["MLP", "Comparators", "parse_mlp", "activation_slopes", "conv_as_linear", "mlp_as_sequential",
+           "flatten_modules", "MAX_CONV_MATRIX"]
 
 
 def activation_slopes(act: nn.Module) -> tuple[float, float]:
@@ -42,7 +43,7 @@ def activation_slopes(act: nn.Module) -> tuple[float, float]:
         if a < 0:
             raise TypeError(f"ELU with negative alpha={a} is not slope-restricted in a supported way")
         return 0.0, max(1.0, a)
-    if isinstance(act, _Comparators):
+    if isinstance(act, Comparators):
         return act.slopes
     raise TypeError(
         f"module {type(act).__name__} is not supported by the MLP estimators (LipSDP, LiPopt), which need "
@@ -53,7 +54,7 @@ def activation_slopes(act: nn.Module) -> tuple[float, float]:
     )
 
 
-class _Comparators(nn.Module):
+class Comparators(nn.Module):
     """One round of comparators of a lowered sort: ReLU on the ``relu`` neurons, identity on the others."""
 
     def __init__(self, relu: np.ndarray) -> None:
@@ -137,11 +138,11 @@ class MLP:
         return [int(w.shape[0]) for w in self.weights[:-1]]
 
 
-def _flatten(module: nn.Module) -> list[nn.Module]:
+def flatten_modules(module: nn.Module) -> list[nn.Module]:
     if isinstance(module, nn.Sequential):
         out: list[nn.Module] = []
         for child in module:
-            out.extend(_flatten(child))
+            out.extend(flatten_modules(child))
         return out
     return [module]
 
@@ -232,7 +233,7 @@ def parse_mlp(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> M
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     if input_shape is None:
         input_shape = getattr(model, "input_shape", None)
-    layers = _lower_convs(_flatten(model), input_shape)
+    layers = _lower_convs(flatten_modules(model), input_shape)
     weights: list[torch.Tensor] = []
     biases: list[torch.Tensor] = []
     acts: list[nn.Module] = []
@@ -292,7 +293,7 @@ def parse_mlp(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> M
         for P, relu, Q in rounds:
             Pt = torch.from_numpy(P)
             weights[-1], biases[-1] = Pt @ weights[-1], Pt @ biases[-1]
-            acts.append(_Comparators(relu))
+            acts.append(Comparators(relu))
             weights.append(torch.from_numpy(Q))
             biases.append(torch.zeros(n, dtype=torch.float64))
         # the last round's Q is a linear layer still open: the next nn.Linear is multiplied into it
@@ -308,7 +309,7 @@ def parse_mlp(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> M
 
 def has_sort(model: nn.Module) -> bool:
     """Whether ``model`` contains a GroupSort-type activation (lowered by :func:`parse_mlp`)."""
-    return any(_is_sort(m) for m in _flatten(model))
+    return any(_is_sort(m) for m in flatten_modules(model))
 
 
 def mlp_as_sequential(mlp: MLP) -> nn.Sequential:

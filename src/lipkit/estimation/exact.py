@@ -22,7 +22,7 @@ from torch import nn
 from lipkit.bounds import normalize_p
 
 from ._mlp import parse_mlp
-from .lower import _opnorm
+from .lower import batched_opnorm
 
 __all__ = ["exact_one_hidden_relu", "max_pattern_norm"]
 
@@ -41,7 +41,7 @@ def max_pattern_norm(W: torch.Tensor, V: torch.Tensor, p: float | int | str = 2)
     patterns = torch.tensor(list(itertools.product([0.0, 1.0], repeat=h)), dtype=torch.float64)
     for chunk in patterns.split(4096):
         J = torch.einsum("ik,bk,kj->bij", V, chunk, W)
-        best = max(best, float(_opnorm(J, p).max()))
+        best = max(best, float(batched_opnorm(J, p).max()))
     return best
 
 

@@ -43,7 +43,7 @@ from torch import nn
 
 from lipkit.bounds import EPS64, round_up
 
-from ._mlp import MLP, _Comparators, parse_mlp
+from ._mlp import MLP, Comparators, parse_mlp
 
 __all__ = ["LipSDPResult", "LipSDPError", "lipsdp", "lipsdp_first_order", "certify_multipliers",
            "SCS_MAX_NEURONS"]
@@ -279,7 +279,7 @@ def lipsdp(
     mlp = parse_mlp(model, input_shape)
     # lowered GroupSort layers: the first-order solver is poor on them (one net, 128 comparators: 1.20 against
     # SCS's 0.56 in 14 s), so SCS keeps them up to 3x the usual size
-    limit = SCS_MAX_NEURONS * (3 if any(isinstance(a, _Comparators) for a in mlp.acts) else 1)
+    limit = SCS_MAX_NEURONS * (3 if any(isinstance(a, Comparators) for a in mlp.acts) else 1)
     if variant == "neuron" and neuron_slopes is None and mlp.depth >= 2 and (
             solver == "first-order" or (solver == "auto" and _free_neurons(mlp) > limit)):
         return lipsdp_first_order(model, time_limit=time_limit, input_shape=input_shape)

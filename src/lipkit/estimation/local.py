@@ -47,7 +47,7 @@ from lipkit.bounds import EPS64, normalize_p, operator_norm, round_up
 from lipkit.bounds.interval import interval_forward, register_interval
 from lipkit.nn.activations import SmoothSoftplus
 
-from ._mlp import MLP, _Comparators, _flatten, has_sort, mlp_as_sequential, parse_mlp
+from ._mlp import MLP, Comparators, flatten_modules, has_sort, mlp_as_sequential, parse_mlp
 
 __all__ = ["Domain", "as_domain", "preactivation_bounds", "activation_slope_range", "local_slopes",
            "naive_local_upper", "affine_local_upper"]
@@ -175,11 +175,11 @@ def _drop_batch(t: torch.Tensor, input_shape: Sequence[int] | None) -> torch.Ten
 
 #: the activations whose pre-activation boxes :func:`preactivation_bounds` reports (max pooling is not one)
 _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.ELU, SmoothSoftplus, nn.Hardtanh, nn.ReLU6,
-                _Comparators)
+                Comparators)
 
 
-@register_interval(_Comparators)
-def _comparators_box(m: _Comparators, lo: torch.Tensor,
+@register_interval(Comparators)
+def _comparators_box(m: Comparators, lo: torch.Tensor,
                      hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A lowered sort's comparator round: ReLU or identity per neuron, monotone and exact."""
     return m(lo), m(hi)
@@ -201,7 +201,7 @@ def preactivation_bounds(model: nn.Module,
     hi = domain.hi[None].clone()
     out: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
     with torch.no_grad():
-        for m in _flatten(model):
+        for m in flatten_modules(model):
             if isinstance(m, _ACTIVATIONS):
                 out.append((m, lo[0].clone(), hi[0].clone()))
             lo, hi = interval_forward(m, lo, hi)
@@ -226,7 +226,7 @@ def activation_slope_range(act: nn.Module, lo: np.ndarray, hi: np.ndarray) -> tu
     lo = np.asarray(lo, dtype=np.float64)
     hi = np.asarray(hi, dtype=np.float64)
     ones = np.ones_like(lo)
-    if isinstance(act, _Comparators):  # a lowered sort: ReLU on the comparator neurons, identity elsewhere
+    if isinstance(act, Comparators):  # a lowered sort: ReLU on the comparator neurons, identity elsewhere
         relu_a, relu_b = activation_slope_range(nn.ReLU(), lo, hi)
         return np.where(act.relu, relu_a, 1.0), np.where(act.relu, relu_b, 1.0)
     if isinstance(act, (nn.ReLU, nn.LeakyReLU)):

@@ -43,7 +43,7 @@ class LowerBound:
     details: dict = field(default_factory=dict)
 
 
-def _opnorm(J: torch.Tensor, p: float) -> torch.Tensor:
+def batched_opnorm(J: torch.Tensor, p: float) -> torch.Tensor:
     """Batched l_p -> l_p operator norms of matrices ``J`` (shape ... x m x n)."""
     if p == 2:
         return torch.linalg.matrix_norm(J, ord=2)
@@ -145,7 +145,7 @@ def jacobian_norm(model: nn.Module, x: torch.Tensor, p: float | int | str = 2) -
     """``||J_f(x)||_p`` (l_p -> l_p operator norm) for each sample of the batch ``x``, in float64."""
     p = normalize_p(p)
     m64 = copy.deepcopy(model).double().eval()
-    return _opnorm(_jacobians(m64, x.to(torch.float64)), p).detach()
+    return batched_opnorm(_jacobians(m64, x.to(torch.float64)), p).detach()
 
 
 def check_finite(model: nn.Module) -> None:
@@ -239,7 +239,7 @@ def lower_bound(
         if not ok.any():
             return
         xs = x[ok]
-        vals = _opnorm(_jacobians(m64, xs), p).detach()
+        vals = batched_opnorm(_jacobians(m64, xs), p).detach()
         i = int(vals.argmax())
         v = float(vals[i]) * _SAFETY
         if v > best.value:
@@ -257,7 +257,7 @@ def lower_bound(
     for t in range(steps if use_jac else 0):
         for s in smooth:
             s.beta = 2.0 * (200.0 ** (t / max(steps - 1, 1)))
-        obj = _opnorm(_jacobians(sur, x, create_graph=True), p).sum()
+        obj = batched_opnorm(_jacobians(sur, x, create_graph=True), p).sum()
         if not obj.requires_grad:  # piecewise-linear layers without a smooth surrogate (e.g. GroupSort)
             with torch.no_grad():  # the Jacobian norm is piecewise constant: random restarts instead
                 fresh = inner.sample(n_starts, gen) if inner is not None else scale * torch.randn(

@@ -42,7 +42,7 @@ from lipkit.nn.parametrize import (
     Orthogonal,
     SpectralNorm,
 )
-from lipkit.nn.parametrize._util import check_lip
+from lipkit.nn.parametrize.utils import check_lip
 
 __all__ = ["LipLinear", "LINEAR_CONSTRAINTS", "Orthogonal", "CayleyOrthogonal", "SpectralNorm", "AOL",
            "OperatorNorm"]

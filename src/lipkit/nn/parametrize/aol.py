@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lipkit.nn.parametrize._util import check_lip, check_matrix
+from lipkit.nn.parametrize.utils import check_lip, check_matrix
 
 __all__ = ["AOL"]
 

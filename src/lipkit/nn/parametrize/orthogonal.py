@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lipkit.nn.parametrize._util import check_lip, check_matrix
+from lipkit.nn.parametrize.utils import check_lip, check_matrix
 
 __all__ = ["Orthogonal", "CayleyOrthogonal", "ORTHOGONAL_METHODS", "newton_schulz", "polar_factor", "cayley",
            "split_bf16_residual", "newton_schulz_bf16_step"]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipkit.nn.parametrize._util import check_lip, check_matrix
+from lipkit.nn.parametrize.utils import check_lip, check_matrix
 
 __all__ = ["SpectralNorm"]
 
