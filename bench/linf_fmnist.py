@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -102,6 +103,12 @@ def main() -> None:
     fmnist.update(_epoch_clock(history))
     fmnist.update(_interval_figures(run))
     fmnist["seconds"] = round(fmnist["seconds"] + fmnist["interval_seconds"], 1)
+    # keep the run's own record (small) beside the summary, so that the figures can be re-derived from the repo
+    kept = RESULTS / "runs" / (args.variant or "linf-fmnist")
+    kept.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.json", "config.json"):
+        shutil.copyfile(run / name, kept / name)
+    fmnist["run_record"] = str(kept.relative_to(RESULTS.parent.parent))
     path = RESULTS / "linf.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     if args.variant:
