@@ -103,7 +103,7 @@ def main() -> None:
     fmnist.update(_epoch_clock(history))
     fmnist.update(_interval_figures(run))
     fmnist["seconds"] = round(fmnist["seconds"] + fmnist["interval_seconds"], 1)
-    # keep the run's own record (small) beside the summary, so that the figures can be re-derived from the repo
+    # keep the run's own record (small) beside the summary: the figures can be re-derived from the repo
     kept = RESULTS / "runs" / (args.variant or "linf-fmnist")
     kept.mkdir(parents=True, exist_ok=True)
     for name in ("metrics.json", "config.json"):
