@@ -15,6 +15,13 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def results_dir() -> Path:
+    """Where results go: ``bench/results``, or ``$LIPKIT_BENCH_RESULTS`` (``bench/reproduce.py`` re-runs a
+    bench into a scratch folder that way, to compare with the recorded file)."""
+    override = os.environ.get("LIPKIT_BENCH_RESULTS")
+    return Path(override) if override else RESULTS
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -39,12 +46,13 @@ def machine() -> dict[str, Any]:
 
 def write_result(name: str, figures: dict[str, Any], seconds: float) -> Path:
     """Write ``bench/results/NAME.json``: the figures plus command, date, machine and seconds."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    folder = results_dir()
+    folder.mkdir(parents=True, exist_ok=True)
     out = dict(figures)
     out["command"] = "python " + " ".join([f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
     out["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     out["machine"] = machine()
     out["seconds"] = round(seconds, 1)
-    path = RESULTS / f"{name}.json"
+    path = folder / f"{name}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     return path
