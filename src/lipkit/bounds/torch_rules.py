@@ -53,10 +53,11 @@ register_bound(nn.SiLU, subclasses=True, mixed_norms=True)(_scalar(1.1000))
 @register_bound(nn.Softplus, subclasses=True, mixed_norms=True)
 def _softplus_rule(module: nn.Softplus, p: float, shapes: dict, q: float | None = None) -> float:
     beta, threshold = float(module.beta), float(module.threshold)
-    jump = math.log1p(math.exp(-threshold)) / beta if beta > 0 else math.inf
+    if not beta > 0:
+        raise UnsupportedModuleError(f"torch.nn.Softplus(beta={beta:g}) divides by beta: no bound")
+    jump = math.log1p(math.exp(-threshold)) / beta
     raise UnsupportedModuleError(
-        f"torch.nn.Softplus(beta={beta:g}, threshold={threshold:g}) is not Lipschitz: above "
-        f"beta x > threshold "
+        f"torch.nn.Softplus(beta={beta:g}, threshold={threshold:g}) is not Lipschitz: above beta x > threshold "
         f"it switches to the identity and jumps by {jump:.3g} at x = {threshold / beta:g}; use "
         "lipkit.SmoothSoftplus(beta), the same function without the switch"
     )
