@@ -57,9 +57,9 @@ def _softplus_rule(module: nn.Softplus, p: float, shapes: dict, q: float | None 
         raise UnsupportedModuleError(f"torch.nn.Softplus(beta={beta:g}) divides by beta: no bound")
     jump = math.log1p(math.exp(-threshold)) / beta
     raise UnsupportedModuleError(
-        f"torch.nn.Softplus(beta={beta:g}, threshold={threshold:g}) is not Lipschitz: above "
-        f"beta x > threshold it switches to the identity and jumps by {jump:.3g} at x = {threshold / beta:g}; "
-        "use lipkit.SmoothSoftplus(beta), the same function without the switch"
+        f"torch.nn.Softplus(beta={beta:g}, threshold={threshold:g}) is not Lipschitz: above beta x > "
+        f"threshold it switches to the identity and jumps by {jump:.3g} at x = {threshold / beta:g}; use "
+        "lipkit.SmoothSoftplus(beta), the same function without the switch"
     )
 
 
