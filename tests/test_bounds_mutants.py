@@ -8,8 +8,26 @@ so that a mutant that tightens a bound, or lets a tampered module through, fails
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
-from lipkit.bounds import EPS64, round_up
+import mpmath
+import pytest
+import torch
+from exact_ref import l2_norm_mp
+from torch import nn
+from torch.nn.utils import parametrize
+
+from lipkit.bounds import (
+    EPS64,
+    LIPSCHITZ,
+    UnsupportedModuleError,
+    chain_bound,
+    lipschitz_bound,
+    operator_norm,
+    pairwise_head_bound,
+    register_bound,
+    round_up,
+)
 
 
 def test_round_up_inflates_by_the_documented_relative_slack():
@@ -20,3 +38,345 @@ def test_round_up_inflates_by_the_documented_relative_slack():
         assert round_up(v, n) > 1.0
     assert round_up(math.inf) == math.inf
     assert round_up(math.nan) == math.inf
+
+
+# --------------------------------------------------------------------------- numerics.operator_norm
+
+def _margin(bound: float, exact) -> mpmath.mpf:
+    """Relative margin ``bound / exact - 1`` at 50 digits (exact: a Fraction or an mpf)."""
+    with mpmath.workdps(50):
+        if isinstance(exact, Fraction):
+            exact = mpmath.mpf(exact.numerator) / exact.denominator
+        return mpmath.mpf(bound) / exact - 1
+
+
+def _frac_rows(w: torch.Tensor) -> list[list[Fraction]]:
+    return [[Fraction(v) for v in row] for row in w.tolist()]
+
+
+def _exact_pairs(w: torch.Tensor) -> dict[tuple[float, float], mpmath.mpf]:
+    """Every (p_in, p_out) value operator_norm documents, from the float entries at 50 digits."""
+    rows = _frac_rows(w)
+    with mpmath.workdps(50):
+        mp = [[mpmath.mpf(v.numerator) / v.denominator for v in r] for r in rows]
+        mpc = [list(c) for c in zip(*mp, strict=True)]
+        l2 = lambda v: mpmath.sqrt(mpmath.fsum(x * x for x in v))  # noqa: E731
+        l1 = lambda v: mpmath.fsum(abs(x) for x in v)  # noqa: E731
+        return {
+            (2.0, 2.0): l2_norm_mp(w),
+            (math.inf, math.inf): max(l1(r) for r in mp),
+            (1.0, 1.0): max(l1(c) for c in mpc),
+            (1.0, 2.0): max(l2(c) for c in mpc),
+            (1.0, math.inf): max(abs(v) for r in mp for v in r),
+            (2.0, math.inf): max(l2(r) for r in mp),
+            (math.inf, 2.0): l2([l1(r) for r in mp]),
+            (math.inf, 1.0): mpmath.fsum(l1(r) for r in mp),
+            (2.0, 1.0): mpmath.fsum(l2(r) for r in mp),
+        }
+
+
+#: the round-off slack operator_norm documents per pair: round_up(., n_ops) inflates by 4 n_ops eps64
+def _documented_ops(p: float, q: float, m: int, n: int) -> int:
+    if (p, q) == (2.0, 2.0):
+        return 8 * max(m, n) ** 2
+    if (p, q) == (1.0, math.inf):
+        return 0
+    if p == 1.0:
+        return 2 * m
+    if q == math.inf:
+        return 2 * n
+    return 2 * (m + n)
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (3, 5)])
+def test_operator_norm_dominates_exact_value_with_its_full_round_off_margin(shape):
+    # kills mutants that drop or shrink the round-off inflation (a smaller n_ops) of any branch: the
+    # margin above the exact (50-digit) value must be the documented 4 n_ops eps64, not just positive
+    g = torch.Generator().manual_seed(17)
+    w = torch.randn(shape, generator=g, dtype=torch.float64)
+    m, n = shape
+    exact = _exact_pairs(w)
+    for (p, q), value in exact.items():
+        bound = operator_norm(w, p, q)
+        need = 4 * _documented_ops(p, q, m, n) * EPS64
+        assert _margin(bound, value) >= 0.9 * need, (p, q)
+        assert _margin(bound, value) >= 0, (p, q)
+        # and it is the documented quantity, not a looser one (kills swapped norms / axes)
+        assert _margin(bound, value) <= need + 1e-12, (p, q)
+
+
+def test_operator_norm_special_inputs():
+    assert operator_norm(torch.zeros(0, 3), 2) == 0.0
+    assert operator_norm(torch.tensor([[1.0, math.inf]]), 1, math.inf) == math.inf
+    assert operator_norm(torch.tensor([[1.0, math.nan]]), 2) == math.inf
+    assert operator_norm(torch.tensor([[-3.0, 2.0]]), 1, math.inf) == 3.0  # exact: max |w_ij|
+    with pytest.raises(ValueError, match="2-D"):
+        operator_norm(torch.ones(2, 2, 2))
+    # p_in defaults to 2, p_out to p_in
+    w = torch.tensor([[1.0, -2.0], [3.0, 4.0]])
+    assert operator_norm(w) == operator_norm(w, 2, 2)
+    assert operator_norm(w, "inf") == operator_norm(w, math.inf, math.inf)
+    assert 7.0 <= operator_norm(w, math.inf) <= 7.0 * (1 + 1e-13)
+
+
+# --------------------------------------------------------------------------- numerics.pairwise_head_bound
+
+@pytest.mark.parametrize("p", [1, 2, "inf"])
+def test_pairwise_head_bound_is_the_dual_norm_of_the_row_differences(p):
+    w = torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0], [2.0, 2.0, 2.0]])
+    body = 1.5
+    out = pairwise_head_bound(w, body, p)
+    dual = {1: lambda d: max(abs(x) for x in d), 2: lambda d: math.sqrt(sum(x * x for x in d)),
+            "inf": lambda d: sum(abs(x) for x in d)}[p]
+    rows = w.tolist()
+    assert out.shape == (3, 3)
+    for c in range(3):
+        for j in range(3):
+            expected = dual([a - b for a, b in zip(rows[c], rows[j], strict=True)]) * body
+            assert out[c, j].item() == pytest.approx(expected, rel=1e-6), (c, j)
+
+
+# --------------------------------------------------------------------------- registry: plumbing of rules
+
+class _Shaped(nn.Module):
+    """``x -> n x`` with ``n`` the last input dimension: its rule needs the recorded shapes."""
+
+    def forward(self, x):
+        return x * x.shape[-1]
+
+
+class _PerNorm(nn.Module):
+    """A module whose (same-norm) rule returns a different constant per norm."""
+
+    def forward(self, x):
+        return 5.0 * x
+
+
+_PER_NORM = {1.0: 5.0, 2.0: 3.0, math.inf: 4.0}
+
+
+class _Bad(nn.Module):
+    def forward(self, x):
+        return x
+
+
+@pytest.fixture
+def custom_rules():
+    def shaped(module, p, shapes):
+        return float(shapes[module][-1])
+
+    def per_norm(module, p, shapes):
+        assert isinstance(module, _PerNorm)
+        return _PER_NORM[p]
+
+    values = {"value": -1.0}
+
+    def bad(module, p, shapes):
+        return values["value"]
+
+    register_bound(_Shaped)(shaped)
+    register_bound(_PerNorm)(per_norm)
+    register_bound(_Bad)(bad)
+    yield values
+    LIPSCHITZ.unregister(_Shaped, _PerNorm, _Bad)
+
+
+def test_rules_receive_the_recorded_shapes_also_inside_chains(custom_rules):
+    # kills _apply_rule / chain_bound mutants that pass shapes=None to a rule
+    assert lipschitz_bound(_Shaped(), 2, input_shape=(7,)) == 7.0
+    assert lipschitz_bound(_Shaped(), 1, 2, input_shape=(7,)) == 7.0  # p -> q from the same-norm rule
+    chained = lipschitz_bound(nn.Sequential(_Shaped(), nn.ReLU()), 2, input_shape=(7,))
+    assert 7.0 < chained <= 7.0 * (1 + 1e-12)
+    mixed = lipschitz_bound(nn.Sequential(nn.ReLU(), _Shaped()), 1, 2, input_shape=(7,))
+    assert 7.0 < mixed <= 7.0 * (1 + 1e-12)
+
+
+def test_the_input_shape_reaches_convolution_rules():
+    # Conv1d with kernel [1, 1] on inputs of length 2 (no padding): x -> x0 + x1, norm sqrt(2); the bound
+    # valid for every size is sup |1 + e^{-iw}| = 2
+    conv = nn.Conv1d(1, 1, 2, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    for model in (conv, nn.Sequential(conv)):
+        assert math.sqrt(2) <= lipschitz_bound(model, 2, input_shape=(1, 2)) <= math.sqrt(2) * (1 + 1e-9)
+        assert lipschitz_bound(model, 2) >= 2.0
+
+
+@pytest.mark.parametrize("p, q", [(1, 2), (2, "inf"), (1, "inf")])
+def test_mixed_norms_of_a_same_norm_rule_are_the_smaller_of_the_two(custom_rules, p, q):
+    # ||v||_q <= ||v||_p for p below q, so L_{p->q} <= min(L_p, L_q)
+    from lipkit.bounds.numerics import normalize_p
+
+    expected = min(_PER_NORM[normalize_p(p)], _PER_NORM[normalize_p(q)])
+    assert lipschitz_bound(_PerNorm(), p, q) == expected
+
+
+def test_mixed_norms_use_the_norm_whose_rule_answers():
+    class Half(nn.Module):
+        def forward(self, x):
+            return 0.5 * x
+
+    def rule(module, p, shapes):
+        if p == 2.0:
+            raise UnsupportedModuleError("no l2 rule here")
+        if p == 1.0:
+            raise UnsupportedModuleError("no l1 rule here")
+        return 0.5
+
+    register_bound(Half)(rule)
+    try:
+        assert lipschitz_bound(Half(), 2, "inf") == 0.5
+        # both norms refused: the error of p (the input norm) is the one raised
+        with pytest.raises(UnsupportedModuleError, match="no l1 rule here"):
+            lipschitz_bound(Half(), 1, 2)
+    finally:
+        LIPSCHITZ.unregister(Half)
+
+
+def test_a_same_norm_rule_gives_no_bound_from_a_larger_to_a_smaller_norm(custom_rules):
+    module = _PerNorm()
+    with pytest.raises(UnsupportedModuleError) as info:
+        lipschitz_bound(module, "inf", 1)
+    message = str(info.value)
+    assert message == (
+        f"no l_inf -> l_1 bound is known for {_PerNorm.__module__}.{_PerNorm.__qualname__} (a bound from a "
+        "larger to a smaller norm depends on the dimension; its rule does not provide one)")
+    assert info.value.module is module
+
+
+def test_a_rule_returning_a_negative_or_nan_value_is_an_error_and_zero_is_not(custom_rules):
+    for bad in (-1.0, -1e-300, math.nan):
+        custom_rules["value"] = bad
+        with pytest.raises(ValueError, match=rf"^bound rule for _Bad returned {bad!r}$"):
+            lipschitz_bound(_Bad(), 2)
+    custom_rules["value"] = 0.0
+    assert lipschitz_bound(_Bad(), 2) == 0.0
+
+
+def test_lipschitz_bound_refuses_non_modules_with_a_clear_message():
+    with pytest.raises(TypeError, match=r"^lipschitz_bound expects a torch.nn.Module, got int$"):
+        lipschitz_bound(3)
+
+
+# --------------------------------------------------------------------------- registry.chain_bound
+
+def test_chain_bound_defaults_to_the_same_norm_and_keeps_its_round_off_margin():
+    children = [nn.ReLU(), nn.ReLU(), nn.ReLU()]
+    # product 1.0 exactly; the product of 3 factors is inflated by 4 (3 + 1) eps64
+    for value in (chain_bound(children, 2.0, {}), lipschitz_bound(nn.Sequential(*children), 2),
+                  lipschitz_bound(nn.Sequential(*children), 1, 2)):
+        assert value >= 1.0 + 0.9 * 16 * EPS64
+        assert value <= 1.0 + 1e-12
+
+
+def test_mixed_chain_changes_norm_at_one_child_only():
+    # three 1/4-Lipschitz maps: 1/64 from l_1 to l_2 whichever child changes the norm; counting a child
+    # twice or skipping one would give 1/256 or 1/16
+    value = lipschitz_bound(nn.Sequential(nn.Sigmoid(), nn.Sigmoid(), nn.Sigmoid()), 1, 2)
+    assert 1 / 64 < value <= (1 / 64) * (1 + 1e-12)
+
+
+def test_mixed_chain_uses_a_child_that_can_change_norm_after_one_that_cannot():
+    lin = nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 2.0, -2.0], [0.0, 3.0, 4.0]]))
+    # ReLU has no dimension-free l2 -> l1 bound; the Linear does: sum of the rows' l2 norms = 3 + 5
+    value = lipschitz_bound(nn.Sequential(nn.ReLU(), lin), 2, 1)
+    assert 8.0 <= value <= 8.0 * (1 + 1e-12)
+
+
+def test_mixed_chain_without_any_norm_change_raises_the_first_error():
+    with pytest.raises(UnsupportedModuleError, match="no dimension-free l_2 -> l_1 bound") as info:
+        lipschitz_bound(nn.Sequential(nn.ReLU(), nn.Tanh()), 2, 1)
+    assert "ReLU" in str(info.value)
+
+
+def test_the_empty_chain_is_the_identity():
+    assert chain_bound([], 1.0, {}, 2.0) == 1.0
+    assert chain_bound([], 2.0, {}, 2.0) <= 1.0 + 1e-12
+    message = r"^the identity has no dimension-free l_2 -> l_1 bound$"
+    with pytest.raises(UnsupportedModuleError, match=message):
+        chain_bound([], 2.0, {}, 1.0)
+
+
+# --------------------------------------------------------------------------- registry: tamper checks
+
+class _Identity(nn.Module):
+    def forward(self, w):
+        return w
+
+
+def _parametrized_linear() -> nn.Linear:
+    lin = nn.Linear(2, 2)
+    parametrize.register_parametrization(lin, "weight", _Identity())
+    return lin
+
+
+def test_parametrized_module_is_seen_through_its_generated_class():
+    assert lipschitz_bound(_parametrized_linear(), 2) > 0
+
+
+def test_a_member_added_to_the_generated_parametrize_class_is_refused():
+    lin = _parametrized_linear()
+    type(lin).forward = lambda self, x: 2 * nn.functional.linear(x, self.weight, self.bias)
+    with pytest.raises(UnsupportedModuleError, match=r"defines \['forward'\] beyond what"):
+        lipschitz_bound(lin, 2)
+
+
+def test_a_parametrized_tensor_that_is_no_longer_a_property_is_refused():
+    lin = _parametrized_linear()
+    type(lin).weight = torch.zeros(2, 2)  # the class attribute replaces the parametrisation's property
+    with pytest.raises(UnsupportedModuleError, match=r"defines \['weight'\] beyond what"):
+        lipschitz_bound(lin, 2)
+
+
+_SPECTRAL = ("it uses the hook-based torch.nn.utils.spectral_norm, which recomputes `weight` in a forward "
+             "pre-hook (the stored weight may be stale); use torch.nn.utils.parametrizations.spectral_norm")
+_WEIGHT = ("it uses the hook-based torch.nn.utils.weight_norm, which recomputes `weight` in a forward "
+           "pre-hook; use torch.nn.utils.parametrizations.weight_norm")
+_PRUNE = ("it is pruned with torch.nn.utils.prune, which recomputes the weight in a forward pre-hook; "
+          "call torch.nn.utils.prune.remove first")
+
+
+def _spectral():
+    return torch.nn.utils.spectral_norm(nn.Linear(2, 2))
+
+
+def _weight():
+    return torch.nn.utils.weight_norm(nn.Linear(2, 2))
+
+
+def _pruned():
+    return torch.nn.utils.prune.l1_unstructured(nn.Linear(2, 2), "weight", amount=0.5)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("build, reason", [(_spectral, _SPECTRAL), (_weight, _WEIGHT), (_pruned, _PRUNE)])
+def test_hook_based_reparametrisations_are_refused_with_the_fix(build, reason):
+    module = build()
+    with pytest.raises(UnsupportedModuleError) as info:
+        lipschitz_bound(module, 2)
+    assert str(info.value).endswith(f"torch.nn.modules.linear.Linear: {reason}")
+
+
+class _CallableHook:
+    def __call__(self, module, args):
+        return None
+
+
+def test_a_hook_is_named_in_the_refusal():
+    def doubling_hook(module, args, output):
+        return 2 * output
+
+    for hook, name, kind in ((doubling_hook, doubling_hook.__qualname__, "forward hook"),
+                             (_CallableHook(), "_CallableHook", "forward pre-hook")):
+        lin = nn.Linear(2, 2)
+        if kind == "forward hook":
+            lin.register_forward_hook(hook)
+        else:
+            lin.register_forward_pre_hook(hook)
+        with pytest.raises(UnsupportedModuleError) as info:
+            lipschitz_bound(lin, 2)
+        assert str(info.value).endswith(
+            f": it has a {kind} ({name}) that may change its input or output; remove it, or mark it with "
+            "lipkit.observer_hook if it only observes")
