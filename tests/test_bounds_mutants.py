@@ -380,3 +380,107 @@ def test_a_hook_is_named_in_the_refusal():
         assert str(info.value).endswith(
             f": it has a {kind} ({name}) that may change its input or output; remove it, or mark it with "
             "lipkit.observer_hook if it only observes")
+
+
+class _CallMixin:
+    def __call__(self, *args, **kwargs):
+        return 10 * nn.Module.__call__(self, *args, **kwargs)
+
+
+class _LinearWithMixin(nn.Linear, _CallMixin):
+    """MRO: itself, Linear, _CallMixin, Module: the mixin's ``__call__`` shadows ``Module.__call__``."""
+
+
+def test_a_mixin_after_the_registered_class_in_the_mro_is_checked_too():
+    module = _LinearWithMixin(2, 2)
+    assert module(torch.ones(1, 2)).abs().sum() >= 0  # the mixin is what runs
+    with pytest.raises(UnsupportedModuleError, match=r"_CallMixin overrides Linear.__call__"):
+        lipschitz_bound(module, 2)
+
+
+def test_a_member_added_to_the_registered_class_after_registration_is_refused(monkeypatch):
+    lin = nn.Linear(2, 2)
+    assert "__call__" not in vars(nn.Linear) and "_get_name" not in vars(nn.Linear)
+    monkeypatch.setattr(nn.Linear, "__call__", lambda self, x: 3 * self.forward(x), raising=False)
+    monkeypatch.setattr(nn.Linear, "_get_name", lambda self: "Linear", raising=False)
+    with pytest.raises(UnsupportedModuleError) as info:
+        lipschitz_bound(lin, 2)
+    assert str(info.value).endswith(
+        ": Linear.__call__, _get_name was replaced after lipkit registered its rule (monkeypatching)")
+
+
+class _TaggedLinear(nn.Linear):
+    tag = "class"
+
+
+def test_an_instance_attribute_shadowing_class_data_is_not_a_replaced_method():
+    lin = _TaggedLinear(2, 2, bias=False)
+    lin.tag = "instance"
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[3.0, 0.0], [0.0, -1.0]]))
+    assert 3.0 <= lipschitz_bound(lin, 2) <= 3.0 * (1 + 1e-12)
+
+
+class _OddTensor(torch.Tensor):
+    pass
+
+
+def test_tensor_subclasses_are_named_as_parameter_or_buffer():
+    lin = nn.Linear(2, 2)
+    lin._parameters["weight"] = nn.Parameter(lin.weight.detach().as_subclass(_OddTensor))
+    bn = nn.BatchNorm1d(2).eval()
+    bn._buffers["running_var"] = bn.running_var.as_subclass(_OddTensor)
+    odd = type(lin._parameters["weight"]).__qualname__
+    for module, expected in ((lin, f"its parameter 'weight' is a {odd}, not a plain tensor"),
+                             (bn, "its buffer 'running_var' is a _OddTensor, not a plain tensor")):
+        with pytest.raises(UnsupportedModuleError) as info:
+            lipschitz_bound(module, 2)
+        assert str(info.value).endswith(": " + expected)
+
+
+class _Unknown(nn.Module):
+    def forward(self, x):
+        return x
+
+
+class _PerNormChild(_PerNorm):
+    pass
+
+
+def test_resolve_errors_carry_the_module_so_that_its_position_is_named(custom_rules):
+    unknown, child = _Unknown(), _PerNormChild()
+    for module in (unknown, child):
+        with pytest.raises(UnsupportedModuleError) as info:
+            LIPSCHITZ.resolve(module)
+        assert info.value.module is module
+    with pytest.raises(UnsupportedModuleError) as info:
+        lipschitz_bound(nn.Sequential(nn.ReLU(), unknown), 2)
+    assert str(info.value) == (
+        f"model.1: no Lipschitz rule is known for {__name__}._Unknown; register one with "
+        "lipkit.register_bound(YourModule)")
+    with pytest.raises(UnsupportedModuleError) as info:
+        lipschitz_bound(nn.Sequential(child), 2)
+    assert str(info.value) == (
+        f"model.0: {__name__}._PerNormChild is a subclass of _PerNorm, whose Lipschitz rule does not extend "
+        "to subclasses; register one with lipkit.register_bound(YourModule)")
+
+
+class _Scaled(nn.Module):
+    def scale(self) -> float:
+        return 2.0
+
+    def forward(self, x):
+        return self.scale() * x
+
+
+class _Scaled3(_Scaled):
+    def scale(self) -> float:
+        return 3.0
+
+
+def test_a_subclass_may_override_what_the_rule_itself_evaluates():
+    register_bound(_Scaled, subclasses=True, overridable=("scale",))(lambda m, p, s: m.scale())
+    try:
+        assert lipschitz_bound(_Scaled3(), 2) == 3.0
+    finally:
+        LIPSCHITZ.unregister(_Scaled)
