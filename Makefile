@@ -29,7 +29,7 @@ bench: $(STAMP)
 # mutation testing of the soundness-critical code (bench/mutation_scope.py); SHARD=numerics|registry|...
 mutate: $(STAMP)
 	$(PY) -m pip install -q -e '.[dev,mutate]'
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) bench/mutation.py $(if $(SHARD),--shard $(SHARD))
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) bench/mutation.py $(foreach s,$(SHARD),--shard $(s))
 
 clean:
 	rm -rf $(VENV) mutants build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -46,10 +46,12 @@ def _diffs(module: str) -> dict[str, str]:
     """mutant name (without module) -> the changed lines, from mutmut's mutated copy of the file."""
     path = _module_file(module)
     source = path.read_text()
+    lines = source.splitlines()
     funcs = {}
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and "__mutmut_" in node.name:
-            funcs[node.name] = ast.get_source_segment(source, node).replace(node.name, "f", 1)
+            text = "\n".join(lines[node.lineno - 1:node.end_lineno])
+            funcs[node.name] = text.replace(node.name, "f", 1)
     out = {}
     for name, body in funcs.items():
         if name.endswith("__mutmut_orig"):
