@@ -8,12 +8,14 @@ so that a mutant that tightens a bound, or lets a tampered module through, fails
 from __future__ import annotations
 
 import math
+import re
+from collections import Counter
 from fractions import Fraction
 
 import mpmath
 import pytest
 import torch
-from exact_ref import l2_norm_mp
+from exact_ref import dense_matrix, l2_norm_mp
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -22,12 +24,16 @@ from lipkit.bounds import (
     LIPSCHITZ,
     UnsupportedModuleError,
     chain_bound,
+    conv_module_norm,
+    conv_operator_norm,
     lipschitz_bound,
     operator_norm,
     pairwise_head_bound,
+    parameter_sensitivity,
     register_bound,
     round_up,
 )
+from lipkit.bounds.sensitivity import max_patch_cover
 
 
 def test_round_up_inflates_by_the_documented_relative_slack():
@@ -484,3 +490,227 @@ def test_a_subclass_may_override_what_the_rule_itself_evaluates():
         assert lipschitz_bound(_Scaled3(), 2) == 3.0
     finally:
         LIPSCHITZ.unregister(_Scaled)
+
+
+# --------------------------------------------------------------------------- torch_rules
+
+def test_scalar_rule_factory_and_identity_rule():
+    from lipkit.bounds.torch_rules import _one, _scalar
+
+    assert _one(nn.ReLU(), 2.0, {}) == 1.0  # q defaults to p
+    rule = _scalar(1.1290)  # built here, so that the factory's code runs under test
+    for p, q in ((2.0, 2.0), (1.0, math.inf), (1.0, 2.0)):
+        assert rule(nn.GELU(), p, {}, q) == 1.1290
+    assert rule(nn.GELU(), 2.0, {}) == 1.1290
+    with pytest.raises(UnsupportedModuleError, match=r"^GELU: no dimension-free l_inf -> l_1 bound$"):
+        rule(nn.GELU(), math.inf, {}, 1.0)
+
+
+def test_batchnorm_in_training_mode_is_refused_with_the_fix():
+    with pytest.raises(UnsupportedModuleError) as info:
+        lipschitz_bound(nn.BatchNorm1d(3), 2)
+    assert str(info.value).endswith(
+        "BatchNorm1d in training mode (or without running statistics) normalises by batch statistics, "
+        "which mixes the examples of a batch: it has no per-example Lipschitz constant; "
+        "call model.eval() first")
+
+
+# --------------------------------------------------------------------------- conv
+
+def _dense(conv: nn.Module, in_shape: tuple[int, ...]) -> torch.Tensor:
+    return dense_matrix(lambda x: conv._conv_forward(x, conv.weight, None), in_shape)
+
+
+def _exact_norms(mat: torch.Tensor) -> dict[float, float]:
+    return {1.0: mat.abs().sum(0).max().item(), math.inf: mat.abs().sum(1).max().item(),
+            2.0: torch.linalg.matrix_norm(mat, ord=2).item()}
+
+
+_CONV_CASES = [
+    # (dims, c_in, c_out, kernel, stride, padding, dilation, mode, sizes)
+    (1, 1, 1, 1, 1, 1, 1, "circular", (1, 2, 3)),
+    (1, 1, 1, 1, 1, 2, 1, "circular", (2, 3, 5)),
+    (1, 2, 1, 2, 1, 1, 1, "circular", (1, 2, 4)),
+    (2, 1, 1, (1, 1), 1, (1, 1), 1, "circular", ((1, 1), (2, 3), (3, 2))),
+    (2, 1, 2, (1, 2), 1, (1, 1), 1, "circular", ((2, 2), (1, 3))),
+    (1, 1, 1, 1, 1, 1, 1, "reflect", (2, 3)),
+    (1, 1, 1, 1, 1, 2, 1, "replicate", (1, 2, 4)),
+    (2, 1, 1, (1, 1), 1, (1, 0), 1, "replicate", ((1, 3), (3, 2))),
+    (2, 1, 1, (1, 1), 1, (2, 1), 1, "reflect", ((3, 2), (4, 4))),
+    (2, 2, 1, (2, 4), 1, "same", 1, "reflect", ((3, 5), (4, 6))),
+    (2, 1, 2, (2, 3), 1, "same", 1, "replicate", ((3, 5), (4, 4))),
+    (2, 1, 2, (2, 2), 2, 1, 1, "replicate", ((3, 5), (4, 4))),
+    (1, 2, 2, 3, 2, 1, 2, "zeros", (3, 6)),
+    (2, 2, 3, (3, 2), (2, 1), (1, 0), (1, 2), "zeros", ((4, 5),)),
+]
+
+
+def _make_conv(dims, c_in, c_out, kernel, stride, padding, dilation, mode, seed=0):
+    cls = nn.Conv1d if dims == 1 else nn.Conv2d
+    conv = cls(c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation, padding_mode=mode,
+               bias=False).double()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randint(-3, 4, conv.weight.shape, generator=g).double())
+        if conv.weight.abs().sum() == 0:
+            conv.weight.fill_(1.0)
+    return conv
+
+
+def _in_shape(c_in, size):
+    return (c_in, *size) if isinstance(size, tuple) else (c_in, size)
+
+
+@pytest.mark.parametrize("case", _CONV_CASES)
+def test_conv_bounds_dominate_the_explicit_matrix_without_the_explicit_candidate(case):
+    # exact_max_dim=0: the Fourier / padding-factor / reshape candidates alone must be sound; the size-free
+    # bound must dominate every size
+    dims, c_in, c_out, kernel, stride, padding, dilation, mode, sizes = case
+    conv = _make_conv(*case[:-1])
+    for size in sizes:
+        exact = _exact_norms(_dense(conv, _in_shape(c_in, size)))
+        for p in (1.0, 2.0, math.inf):
+            known = conv_module_norm(conv, p, size if isinstance(size, tuple) else (size,), exact_max_dim=0)
+            free = conv_module_norm(conv, p, None)
+            assert known >= exact[p] * (1 - 1e-12), (size, p)
+            assert free >= exact[p] * (1 - 1e-12), (size, p)
+            with_explicit = lipschitz_bound(conv, p, input_shape=_in_shape(c_in, size))
+            assert with_explicit >= exact[p] * (1 - 1e-12), (size, p)
+
+
+@pytest.mark.parametrize("case", _CONV_CASES)
+def test_conv_module_norm_reads_the_module_like_conv_operator_norm(case):
+    dims, c_in, c_out, kernel, stride, padding, dilation, mode, sizes = case
+    conv = _make_conv(*case[:-1])
+    size = sizes[-1] if isinstance(sizes[-1], tuple) else (sizes[-1],)
+    for p in (1, 2, "inf"):
+        for s in (size, None):
+            direct = conv_operator_norm(conv.weight, s, p=p, stride=stride, padding=padding,
+                                        dilation=dilation, padding_mode=mode, exact_max_dim=0)
+            assert conv_module_norm(conv, p, s, exact_max_dim=0) == direct, (p, s)
+    assert conv_module_norm(conv) == conv_module_norm(conv, 2)
+    with pytest.raises(ValueError, match="n_iter must be >= 1, got 0"):
+        conv_module_norm(conv, 2, size, n_iter=0)
+    with pytest.raises(TypeError, match=r"^conv_module_norm expects nn.Conv1d or nn.Conv2d, got Linear$"):
+        conv_module_norm(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("p", [1, 2, "inf"])
+@pytest.mark.parametrize("size", [None, 5, 9])
+def test_a_conv1d_is_a_conv2d_of_height_one(p, size):
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(2, 3, 3, generator=g, dtype=torch.float64)
+    for kw in ({"stride": 2, "padding": 1, "dilation": 2}, {"padding": 2, "padding_mode": "circular"},
+               {"padding": 1, "padding_mode": "reflect"}):
+        k2 = {k: ((1, v) if k in ("stride", "dilation") else (0, v) if k == "padding" else v)
+              for k, v in kw.items()}
+        one = conv_operator_norm(w, size, p=p, exact_max_dim=0, **kw)
+        two = conv_operator_norm(w[:, :, None, :], None if size is None else (1, size), p=p, exact_max_dim=0,
+                                 **k2)
+        assert one == two, kw
+
+
+def test_conv_operator_norm_defaults_and_arguments():
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64)
+    base = conv_operator_norm(w, (6, 6))
+    assert base == conv_operator_norm(w, (6, 6), p=2, stride=1, padding=0, dilation=1, groups=1,
+                                      padding_mode="zeros", n_iter=6)
+    assert conv_operator_norm(w) == conv_operator_norm(w, None, n_iter=6, budget=1e10)
+    # n_iter = 1 is allowed (a coarser, still sound bound)
+    exact = _exact_norms(dense_matrix(lambda x: nn.functional.conv2d(x, w), (2, 6, 6)))[2.0]
+    assert conv_operator_norm(w, (6, 6), n_iter=1, exact_max_dim=0) >= exact
+    # size 1 is a valid input size
+    w1 = torch.tensor([[[[2.0]]]])
+    assert 2.0 <= conv_operator_norm(w1, (1, 1)) <= 2.0 * (1 + 1e-12)
+    # "same" padding with dilation: the padding grows with the dilation
+    same = conv_operator_norm(w, (5, 5), padding="same", dilation=2, p=1)
+    assert same == conv_operator_norm(w, (5, 5), padding=2, dilation=2, p=1)
+    for kwargs, message in (({"n_iter": 0}, r"^n_iter must be >= 1, got 0$"),
+                            ({"stride": (1, 2, 3)},
+                             r"^stride must be an int or a tuple of 2 ints, got \(1, 2, 3\)$"),
+                            ({"dilation": (1,)},
+                             r"^dilation must be an int or a tuple of 2 ints, got \(1,\)$"),
+                            ({"input_size": (3, 3, 3)},
+                             r"^input_size must be an int or a tuple of 2 ints, got \(3, 3, 3\)$"),
+                            ({"input_size": (0, 3)}, r"^input_size must be positive, got \(0, 3\)$"),
+                            ({"stride": 0}, r"^stride and dilation must be >= 1, got stride=0, dilation=1$")):
+        with pytest.raises(ValueError, match=message):
+            conv_operator_norm(w, **kwargs)
+
+
+def _ulp_margin(bound: float, exact_value) -> float:
+    with mpmath.workdps(50):
+        return float((mpmath.mpf(bound) / exact_value - 1) / EPS64)
+
+
+def test_conv_round_off_margins_are_the_documented_ones():
+    # integer kernels: the l1 sums are exact in float64, so the margin above the exact value is
+    # 4 n_ops eps64 within two ulps (kills mutants that shrink or drop n_ops)
+    g = torch.Generator().manual_seed(9)
+    w = torch.randint(1, 5, (3, 2, 3, 2), generator=g).double()  # c_out 3 != c_in 2, kh 3 != kw 2
+    rows = w.abs().sum(dim=(1, 2, 3)).max().item()
+    cols = w.abs().sum(dim=(0, 2, 3)).max().item()
+    m_inf = _ulp_margin(conv_operator_norm(w, p="inf"), mpmath.mpf(rows))
+    assert 4 * (2 * 3 * 2) - 1 <= m_inf <= 4 * (2 * 3 * 2) + 2
+    m_one = _ulp_margin(conv_operator_norm(w, p=1), mpmath.mpf(cols))
+    assert 4 * (3 * 3 * 2 + 1) - 1 <= m_one <= 4 * (3 * 3 * 2 + 1) + 2
+    conv = nn.Conv2d(2, 3, (3, 2), bias=False).double()
+    with torch.no_grad():
+        conv.weight.copy_(w)
+    with mpmath.workdps(50):
+        row_l2 = max(mpmath.sqrt(int((w[o] ** 2).sum().item())) for o in range(3))
+        col_l2 = max(mpmath.sqrt(int((w[:, c] ** 2).sum().item())) for c in range(2))
+    m_2inf = _ulp_margin(lipschitz_bound(conv, 2, "inf"), row_l2)
+    assert 4 * (2 * 2 * 3 * 2) - 1 <= m_2inf <= 4 * (2 * 2 * 3 * 2) + 2
+    m_12 = _ulp_margin(lipschitz_bound(conv, 1, 2), col_l2)
+    assert 4 * (2 * 3 * 3 * 2) - 1 <= m_12 <= 4 * (2 * 3 * 3 * 2) + 2
+
+
+# --------------------------------------------------------------------------- sensitivity
+
+def _brute_cover(k: int, s: int, d: int, pad: int, n: int, n_out: int) -> int:
+    """Largest number of (output position, tap) pairs that read one input entry, by enumeration."""
+    count = Counter(o * s + a * d - pad for o in range(n_out) for a in range(k))
+    return max((count[i] for i in range(n)), default=0)
+
+
+@pytest.mark.parametrize("k, s, d, pad", [(3, 1, 1, 1), (3, 2, 1, 1), (4, 3, 1, 0), (3, 2, 2, 2),
+                                          (2, 2, 1, 0), (5, 2, 3, 4), (1, 3, 1, 0)])
+def test_max_patch_cover_counts_the_readers_of_one_input_entry(k, s, d, pad):
+    worst = 0
+    for n in range(1, 30):
+        n_out = (n + 2 * pad - d * (k - 1) - 1) // s + 1
+        if n_out < 1:
+            continue
+        exact = _brute_cover(k, s, d, pad, n, n_out)
+        assert max_patch_cover((k,), (s,), (d,), (pad,), (n,), (n_out,)) == max(exact, 1), n
+        worst = max(worst, exact)
+    # without the size: the worst case over every size (attained on large inputs)
+    assert max_patch_cover((k,), (s,), (d,), (pad,), None) == worst
+    assert max_patch_cover((k,), (s,), (d,), (pad,), (7,), None) == worst
+    # dimensions multiply
+    assert max_patch_cover((k, 3), (s, 1), (d, 1), (pad, 1), None) == worst * 3
+
+
+def test_parameter_sensitivity_of_linear_and_conv_layers():
+    lin = nn.Linear(4, 3)
+    out = parameter_sensitivity(lin, 2.0, 3.0)
+    assert set(out) == {"weight", "bias"} and out["bias"] == 3.0
+    assert 6.0 <= out["weight"] <= 6.0 * (1 + 1e-12)
+    assert parameter_sensitivity(nn.Linear(4, 3, bias=False), 2, 3) == {"weight": round_up(6.0)}
+    conv = nn.Conv1d(1, 2, 3, stride=2)
+    positions = conv(torch.zeros(1, 1, 9)).shape[-1]  # 4 output positions
+    out = parameter_sensitivity(conv, 1.5, 2.0, input_shape=(1, 9))
+    assert math.sqrt(positions) * 2.0 <= out["bias"] <= math.sqrt(positions) * 2.0 * (1 + 1e-12)
+    # kernel 3, stride 2: an input entry is read by at most 2 patches
+    assert math.sqrt(2) * 3.0 <= out["weight"] <= math.sqrt(2) * 3.0 * (1 + 1e-12)
+    for bad in (-1.0, math.nan, True, "1"):
+        got = re.escape(repr(bad))
+        with pytest.raises(ValueError, match=rf"^input_norm must be a number >= 0, got {got}$"):
+            parameter_sensitivity(lin, bad, 1.0)
+        with pytest.raises(ValueError, match=rf"^grad_norm must be a number >= 0, got {got}$"):
+            parameter_sensitivity(lin, 1.0, bad)
+    assert parameter_sensitivity(lin, 0, 0)["bias"] == 0.0
+    with pytest.raises(TypeError, match=r"^parameter_sensitivity expects a torch.nn.Module, got int$"):
+        parameter_sensitivity(3, 1.0, 1.0)
