@@ -714,3 +714,12 @@ def test_parameter_sensitivity_of_linear_and_conv_layers():
     assert parameter_sensitivity(lin, 0, 0)["bias"] == 0.0
     with pytest.raises(TypeError, match=r"^parameter_sensitivity expects a torch.nn.Module, got int$"):
         parameter_sensitivity(3, 1.0, 1.0)
+
+
+def test_mixed_norm_bounds_of_a_single_output_channel_conv():
+    conv = nn.Conv1d(2, 1, 3, bias=False).double()
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[[1.0, -2.0, 2.0], [0.0, 4.0, 0.0]]]))
+    assert 5.0 <= lipschitz_bound(conv, 2, "inf") <= 5.0 * (1 + 1e-12)  # the one row: ||K[0]||_2 = 5
+    assert 4.0 == lipschitz_bound(conv, 1, "inf")  # max |K|
+    assert 4.0 <= lipschitz_bound(conv, 1, 2) <= 4.0 * (1 + 1e-12)  # column of channel 1: ||K[:, 1]||_2
