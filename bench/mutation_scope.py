@@ -10,10 +10,11 @@ sensitivities, the monotonic slope): add its file to ``only_mutate`` in pyprojec
 ``"certify": {"lipkit.certify.roundoff": ["linear_roundoff", ...]}``.
 
 :data:`SURVIVORS` gives the reason each known surviving mutant survives (``conservative``: it only
-loosens a bound; ``equivalent``: it computes the same thing, with a one-line argument; ``untestable``:
-why no deterministic test can tell).  A mutant that tightens a bound must never be listed: kill it with a
-test (tests/test_bounds_mutants.py).  Mutant numbers are mutmut's, stable while the function's source
-is unchanged; a survivor missing here is reported as ``"reason": null`` (to triage).
+loosens a bound; ``equivalent``: it computes the same thing, with a one-line argument; ``sound-tuning``:
+it changes a tuning knob that only selects among candidates each proven sound).  A mutant that
+tightens a bound must never be listed: kill it with a test (tests/test_bounds_mutants.py).  Mutant
+numbers are mutmut's, stable while the function's source is unchanged; a survivor missing here is
+reported with ``"reason": null`` (to triage).
 """
 
 from __future__ import annotations
@@ -47,8 +48,54 @@ NOT_MUTATED: dict[str, list[str]] = {
     "lipkit.bounds.sensitivity": ["_linear_sensitivity", "_conv_sensitivity"],
 }
 
-SURVIVORS: dict[str, tuple[str, str]] = {
-}
+_N = "lipkit.bounds.numerics."
+_R = "lipkit.bounds.registry."
+_T = "lipkit.bounds.torch_rules."
+_C = "lipkit.bounds.conv."
+_S = "lipkit.bounds.sensitivity."
+
+#: (kind, reason, mutants): the triaged survivors
+_TRIAGE: list[tuple[str, str, list[str]]] = [
+    ("conservative", "round_up inflates more (a larger n_ops or factor): the bound is looser, still sound",
+     [_N + "x_round_up__mutmut_1", _N + "x_round_up__mutmut_7", _N + "x_round_up__mutmut_12",
+      _N + "x_operator_norm__mutmut_37", _N + "x_operator_norm__mutmut_60", _N + "x_operator_norm__mutmut_76",
+      _N + "x_operator_norm__mutmut_95", _R + "x_chain_bound__mutmut_21", _R + "x_chain_bound__mutmut_82",
+      _C + "x_conv_operator_norm__mutmut_164", _C + "x__conv_mixed_norm__mutmut_21",
+      _C + "x__conv_mixed_norm__mutmut_52"]),
+    ("equivalent", "the observer mark is tested for truth: a default of None or False is the same",
+     [_R + "x__hook_problem__mutmut_3"]),
+    ("equivalent", "every UnsupportedModuleError has a `module` attribute (its __init__ sets it), so the "
+     "getattr default is never used", [_R + "x_lipschitz_bound__mutmut_56"]),
+    ("equivalent", "p == q is handled by the branch before, so `<` and `<=` agree on the norms that reach it",
+     [_R + "x__apply_rule__mutmut_24", _R + "x_chain_bound__mutmut_24"]),
+    ("equivalent", "an error raised without its module gets it from lipschitz_bound, which sets exc.module "
+     "when it is None", [_R + "x__apply_rule__mutmut_41", _R + "x__apply_rule__mutmut_43"]),
+    ("equivalent", "child_bound(c, p, shapes, None) is lipschitz_bound with q=None, i.e. q = p",
+     [_R + "x_chain_bound__mutmut_39", _R + "x_chain_bound__mutmut_46"]),
+    ("equivalent", "every class of registered.__mro__[:-1] is snapshotted when its rule is registered "
+     "(_snapshot walks the same MRO), so `snap is None` never holds and continue/break never run",
+     [_R + "x_module_problem__mutmut_22"]),
+    ("equivalent", "the loop over base.__mro__ (never empty) reassigns `rule` before it is read",
+     [_R + "xǁFacetǁresolve__mutmut_7"]),
+    ("equivalent", "torch's batch norms have weight None exactly when affine is False, so `and`/`or` agree",
+     [_T + "x_batchnorm_scale__mutmut_16"]),
+    ("equivalent", "zip's strict flag: the zipped sequences have 2 entries each by construction (a conv1d "
+     "is embedded as a conv2d of height 1 first)",
+     [_C + f"x_conv_operator_norm__mutmut_{i}" for i in (111, 115, 116, 175, 178, 179)]),
+    ("equivalent", "extra == 0 multiplies rep by 1 (1 + 0 without the size, ceil(n / n) = 1 with it)",
+     [_C + "x_conv_operator_norm__mutmut_185"]),
+    ("conservative", "circular padding: a larger row repetition count rep (1 + extra >= "
+     "ceil((n + extra) / n), 2 + extra > 1 + extra) only enlarges the padding factor",
+     [_C + "x_conv_operator_norm__mutmut_190", _C + "x_conv_operator_norm__mutmut_192"]),
+    ("sound-tuning", "exact_max_dim only decides whether the explicit-matrix candidate (its SVD rounded up, "
+     "sound on its own) joins the minimum; 1025 instead of 1024 adds it for inputs of exactly 1025 entries",
+     [_C + "x_conv_operator_norm__mutmut_9"]),
+    ("sound-tuning", "the flop budget only decides which (each sound) grid candidates are computed; ignoring "
+     "an explicit budget cannot make the minimum unsound, and the default budget is the same",
+     [_C + "x_conv_operator_norm__mutmut_14"]),
+]
+
+SURVIVORS: dict[str, tuple[str, str]] = {m: (kind, why) for kind, why, ms in _TRIAGE for m in ms}
 
 
 def mangled(module: str, function: str) -> str:
