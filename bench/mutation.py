@@ -116,7 +116,8 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="re-read mutmut's results, run nothing")
     args = parser.parse_args()
     shards = args.shard or list(SHARDS)
-    data = json.loads(OUT.read_text()) if OUT.exists() and args.shard else {}
+    keep = OUT.exists() and (args.shard or args.report_only)
+    data = json.loads(OUT.read_text()) if keep else {}
     if not args.shard and not args.report_only and MUTANTS.exists():
         shutil.rmtree(MUTANTS)
     data.setdefault("shards", {})
@@ -135,9 +136,11 @@ def main() -> None:
         print(f"{shard}: {entry['totals']} in {entry.get('seconds')} s", flush=True)
     from importlib.metadata import version
 
+    if not args.report_only:
+        data.update(
+            command="make mutate" + (" SHARD=" + repr(" ".join(args.shard)) if args.shard else ""),
+            date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     data.update(
-        command="make mutate" + (" " + " ".join(f"SHARD={s}" for s in args.shard) if args.shard else ""),
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         seconds=round(sum(s.get("seconds", 0.0) for s in data["shards"].values()), 1),
         tool=f"mutmut {version('mutmut')}, one worker (--max-children 1)",
         machine={"platform": platform.platform(), "python": platform.python_version(),
