@@ -87,6 +87,13 @@ _TRIAGE: list[tuple[str, str, list[str]]] = [
     ("conservative", "circular padding: a larger row repetition count rep (1 + extra >= "
      "ceil((n + extra) / n), 2 + extra > 1 + extra) only enlarges the padding factor",
      [_C + "x_conv_operator_norm__mutmut_190", _C + "x_conv_operator_norm__mutmut_192"]),
+    ("equivalent", "_one does not read `shapes`", [_T + "x__scalar__mutmut_4"]),
+    ("equivalent", "as r runs over all residues mod s so does -r: the maximum over r is the same",
+     [_S + "x_max_patch_cover__mutmut_24"]),
+    ("equivalent", "best only feeds max(best, 1), so starting from 1 instead of 0 changes nothing",
+     [_S + "x_max_patch_cover__mutmut_31"]),
+    ("equivalent", "the residue test before it makes the division exact, so `/` and `//` agree",
+     [_S + "x_max_patch_cover__mutmut_50"]),
     ("sound-tuning", "exact_max_dim only decides whether the explicit-matrix candidate (its SVD rounded up, "
      "sound on its own) joins the minimum; 1025 instead of 1024 adds it for inputs of exactly 1025 entries",
      [_C + "x_conv_operator_norm__mutmut_9"]),

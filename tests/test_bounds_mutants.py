@@ -677,7 +677,9 @@ def _brute_cover(k: int, s: int, d: int, pad: int, n: int, n_out: int) -> int:
 
 
 @pytest.mark.parametrize("k, s, d, pad", [(3, 1, 1, 1), (3, 2, 1, 1), (4, 3, 1, 0), (3, 2, 2, 2),
-                                          (2, 2, 1, 0), (5, 2, 3, 4), (1, 3, 1, 0)])
+                                          (2, 2, 1, 0), (5, 2, 3, 4), (1, 3, 1, 0), (5, 3, 1, 0),
+                                          (5, 3, 1, 1), (7, 4, 1, 2), (5, 3, 2, 1), (4, 5, 1, 2),
+                                          (5, 3, 1, 4), (2, 3, 3, 4)])
 def test_max_patch_cover_counts_the_readers_of_one_input_entry(k, s, d, pad):
     worst = 0
     for n in range(1, 30):
@@ -692,6 +694,8 @@ def test_max_patch_cover_counts_the_readers_of_one_input_entry(k, s, d, pad):
     assert max_patch_cover((k,), (s,), (d,), (pad,), (7,), None) == worst
     # dimensions multiply
     assert max_patch_cover((k, 3), (s, 1), (d, 1), (pad, 1), None) == worst * 3
+    with pytest.raises(ValueError):  # one entry per spatial dimension in each argument
+        max_patch_cover((k, 3), (s,), (d, 1), (pad, 1), None)
 
 
 def test_parameter_sensitivity_of_linear_and_conv_layers():
