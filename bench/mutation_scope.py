@@ -94,6 +94,10 @@ _TRIAGE: list[tuple[str, str, list[str]]] = [
      [_S + "x_max_patch_cover__mutmut_31"]),
     ("equivalent", "the residue test before it makes the division exact, so `/` and `//` agree",
      [_S + "x_max_patch_cover__mutmut_50"]),
+    ("equivalent", "reflect padding maps idx = 0 to -0 = 0, so `idx < 0`, `idx <= 0` and `idx < 1` agree",
+     [_C + "x__multiplicity__mutmut_46", _C + "x__multiplicity__mutmut_47"]),
+    ("equivalent", "minlength only appends zero counts, which do not change the maximum",
+     [_C + "x__multiplicity__mutmut_78"]),
     ("sound-tuning", "exact_max_dim only decides whether the explicit-matrix candidate (its SVD rounded up, "
      "sound on its own) joins the minimum; 1025 instead of 1024 adds it for inputs of exactly 1025 entries",
      [_C + "x_conv_operator_norm__mutmut_9"]),

@@ -728,3 +728,35 @@ def test_mixed_norm_bounds_of_a_single_output_channel_conv():
     assert 5.0 <= lipschitz_bound(conv, 2, "inf") <= 5.0 * (1 + 1e-12)  # the one row: ||K[0]||_2 = 5
     assert 4.0 == lipschitz_bound(conv, 1, "inf")  # max |K|
     assert 4.0 <= lipschitz_bound(conv, 1, 2) <= 4.0 * (1 + 1e-12)  # column of channel 1: ||K[:, 1]||_2
+
+
+def _torch_pad_counts(mode: str, n: int, left: int, right: int) -> int:
+    """How often the most copied input entry appears in torch's own padding of a length-n signal."""
+    idx = torch.arange(n, dtype=torch.float64).reshape(1, 1, n)
+    padded = nn.functional.pad(idx, (left, right), mode=mode).flatten().long()
+    return int(torch.bincount(padded, minlength=n).max().item())
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_padding_multiplicity_matches_torch_padding(mode):
+    from lipkit.bounds.conv import _multiplicity
+
+    for left in range(4):
+        for right in range(4):
+            worst = 0
+            for n in range(1, 12):
+                if mode == "reflect" and (left >= n or right >= n):
+                    with pytest.raises(ValueError, match=rf"^reflect padding \({left}, {right}\) needs input "
+                                                         rf"size > padding, got {n}$"):
+                        _multiplicity(mode, n, left, right)
+                    continue
+                if mode == "circular" and (left > n or right > n):
+                    continue
+                count = _torch_pad_counts(mode, n, left, right)
+                assert _multiplicity(mode, n, left, right) == count, (n, left, right)
+                worst = max(worst, count)
+            free = _multiplicity(mode, None, left, right)
+            assert free >= worst, (left, right)
+            if mode != "circular":
+                assert free == worst, (left, right)  # attained: the bound for every size is not loose
+    assert _multiplicity("zeros", 3, 2, 2) == 1
