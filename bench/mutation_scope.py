@@ -98,6 +98,15 @@ _TRIAGE: list[tuple[str, str, list[str]]] = [
      [_C + "x__multiplicity__mutmut_46", _C + "x__multiplicity__mutmut_47"]),
     ("equivalent", "minlength only appends zero counts, which do not change the maximum",
      [_C + "x__multiplicity__mutmut_78"]),
+    ("equivalent", "a conv1d's height-1 kernel dilated by any factor is the same kernel",
+     [_C + "x_conv_operator_norm__mutmut_89"]),
+    ("conservative", "a height-1 kernel on 2 rows is two copies of the 1-row map (same norm); only the "
+     "explicit "
+     "candidate's error term and size threshold grow", [_C + "x_conv_operator_norm__mutmut_97"]),
+    ("conservative", "the padding multiplicity for every size (no size) dominates the one for the known size",
+     [_C + "x_conv_operator_norm__mutmut_128", _C + "x_conv_operator_norm__mutmut_133"]),
+    ("equivalent", "zip's strict flag: stride and kernel have 2 entries each after the 1-D embedding",
+     [_C + f"x_conv_operator_norm__mutmut_{i}" for i in (235, 238, 239)]),
     ("sound-tuning", "exact_max_dim only decides whether the explicit-matrix candidate (its SVD rounded up, "
      "sound on its own) joins the minimum; 1025 instead of 1024 adds it for inputs of exactly 1025 entries",
      [_C + "x_conv_operator_norm__mutmut_9"]),

@@ -760,3 +760,36 @@ def test_padding_multiplicity_matches_torch_padding(mode):
             if mode != "circular":
                 assert free == worst, (left, right)  # attained: the bound for every size is not loose
     assert _multiplicity("zeros", 3, 2, 2) == 1
+
+
+def test_the_reshape_and_block_candidates_alone_are_sound_and_keep_their_margin():
+    # budget=0 and exact_max_dim=0 leave only the reshape candidate sqrt(kh kw) ||reshape(K)||_2 pf and, for
+    # non-overlapping patches, ||reshape(K)||_2 ||P||.  An all-ones 3x3 kernel on circular padding has
+    # operator norm 9 exactly (its DC gain), and the reshape candidate is 3 * 3 = 9 too: the margin is
+    # 4 * 648 eps64 (||reshape(K)||_2 = 3 from operator_norm, 8 max(1, 9)^2 operations) plus 4 * 8 eps64 (the
+    # candidate's own round_up), within a few ulps.
+    ones = torch.ones(1, 1, 3, 3, dtype=torch.float64)
+    circ = conv_operator_norm(ones, (5, 5), padding=1, padding_mode="circular", budget=0, exact_max_dim=0)
+    expected = 4 * 648 + 4 * 8
+    assert expected - 3 <= _ulp_margin(circ, mpmath.mpf(9)) <= expected + 3
+    # stride 3 = kernel: disjoint patches, each output is the sum of 9 inputs: norm 3 exactly
+    block = conv_operator_norm(ones, (6, 6), stride=3, budget=0, exact_max_dim=0)
+    assert expected - 3 <= _ulp_margin(block, mpmath.mpf(3)) <= expected + 3
+    # more input rows than channels (kh = 3 > c_in = 1): sqrt(kh kw), not sqrt(c_in kw)
+    for kwargs in ({"padding": 1}, {"padding": 1, "padding_mode": "replicate", "stride": 3},
+                   {"padding": 2, "padding_mode": "reflect", "stride": 2}):
+        conv = nn.Conv2d(1, 1, 3, bias=False, **kwargs).double()
+        with torch.no_grad():
+            conv.weight.fill_(1.0)
+        exact = _exact_norms(_dense(conv, (1, 6, 6)))[2.0]
+        assert conv_module_norm(conv, 2, (6, 6), budget=0, exact_max_dim=0) >= exact * (1 - 1e-12), kwargs
+        assert conv_module_norm(conv, 2, None, budget=0) >= exact * (1 - 1e-12), kwargs
+
+
+def test_exact_max_dim_zero_disables_the_explicit_matrix():
+    g = torch.Generator().manual_seed(11)
+    w = torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64)
+    exact = _exact_norms(dense_matrix(lambda x: nn.functional.conv2d(x, w, padding=1), (2, 3, 3)))[2.0]
+    with_matrix = conv_operator_norm(w, (3, 3), padding=1)
+    assert exact <= with_matrix <= exact * (1 + 1e-9)  # the explicit matrix: exact up to round-off
+    assert conv_operator_norm(w, (3, 3), padding=1, exact_max_dim=0) > exact * (1 + 1e-6)
