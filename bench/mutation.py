@@ -140,6 +140,10 @@ def main() -> None:
         data.update(
             command="make mutate" + (" SHARD=" + repr(" ".join(args.shard)) if args.shard else ""),
             date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    data["totals"] = {k: sum(s["totals"][k] for s in data["shards"].values())
+                      for k in ("total", "killed", "survived", "timeout", "no_tests", "not_checked")}
+    data["survivors_by_kind"] = dict(Counter(str(m["kind"]) for s in data["shards"].values()
+                                             for f in s["functions"].values() for m in f["survivors"]))
     data.update(
         seconds=round(sum(s.get("seconds", 0.0) for s in data["shards"].values()), 1),
         tool=f"mutmut {version('mutmut')}, one worker (--max-children 1)",

@@ -107,6 +107,27 @@ _TRIAGE: list[tuple[str, str, list[str]]] = [
      [_C + "x_conv_operator_norm__mutmut_128", _C + "x_conv_operator_norm__mutmut_133"]),
     ("equivalent", "zip's strict flag: stride and kernel have 2 entries each after the 1-D embedding",
      [_C + f"x_conv_operator_norm__mutmut_{i}" for i in (235, 238, 239)]),
+    ("equivalent", "with exact_max_dim = 0 the inner test n_in <= exact_max_dim fails anyway (n_in >= 1)",
+     [_C + "x_conv_operator_norm__mutmut_249"]),
+    ("conservative", "drops the explicit-matrix candidate for 1-entry inputs: a minimum over fewer sound "
+     "candidates", [_C + "x_conv_operator_norm__mutmut_250"]),
+    ("sound-tuning", "the size threshold of the explicit-matrix candidate (sound on its own: SVD rounded up) "
+     "only decides whether it joins the minimum",
+     [_C + f"x_conv_operator_norm__mutmut_{i}" for i in (254, 255, 256, 259)]),
+    ("equivalent", "zip's strict flag: size and pads have 2 entries each after the 1-D embedding",
+     [_C + f"x_conv_operator_norm__mutmut_{i}" for i in (286, 289, 290)]),
+    ("conservative", "round_up of the grid / torus candidate inflates more (5 instead of 4 operations)",
+     [_C + "x_conv_operator_norm__mutmut_307", _C + "x_conv_operator_norm__mutmut_325"]),
+    ("sound-margin", "smaller slack, still sound: after the rounded-up grid / torus bound only sqrt(integer) "
+     "and one product follow (relative error <= 2u = eps64), which round_up with n_ops = 1 (4 eps64) "
+     "covers; only the documented 16 eps64 margin shrinks",
+     [_C + "x_conv_operator_norm__mutmut_305", _C + "x_conv_operator_norm__mutmut_323"]),
+    ("sound-tuning", "a forced frequency grid is ignored: _torus_bound then picks its grid by the budget, "
+     "and "
+     "its Bernstein factor makes the bound sound for every grid",
+     [_C + "x_conv_operator_norm__mutmut_312", _C + "x_conv_operator_norm__mutmut_337"]),
+    ("sound-tuning", "also adds the polyphase candidates at stride 1, where the polyphase form is the map "
+     "itself: more sound candidates in the minimum", [_C + "x_conv_operator_norm__mutmut_327"]),
     ("sound-tuning", "exact_max_dim only decides whether the explicit-matrix candidate (its SVD rounded up, "
      "sound on its own) joins the minimum; 1025 instead of 1024 adds it for inputs of exactly 1025 entries",
      [_C + "x_conv_operator_norm__mutmut_9"]),
