@@ -120,6 +120,9 @@ def main() -> None:
     data = json.loads(OUT.read_text()) if keep else {}
     if not args.shard and not args.report_only and MUTANTS.exists():
         shutil.rmtree(MUTANTS)
+    stats = MUTANTS / "mutmut-stats.json"
+    if not args.report_only and stats.exists():
+        stats.unlink()  # mutmut's test-to-function map: re-collected, so new or renamed functions get tests
     data.setdefault("shards", {})
     for shard in shards:
         entry = data["shards"].get(shard, {})
