@@ -131,6 +131,13 @@ _TRIAGE: list[tuple[str, str, list[str]]] = [
      [_C + "x_conv_operator_norm__mutmut_312", _C + "x_conv_operator_norm__mutmut_337"]),
     ("sound-tuning", "also adds the polyphase candidates at stride 1, where the polyphase form is the map "
      "itself: more sound candidates in the minimum", [_C + "x_conv_operator_norm__mutmut_327"]),
+    ("equivalent", "_one does not read `shapes`",
+     [_T + f"x_{f}__mutmut_{i}" for f, i in (("_leaky_rule", 4), ("_elu_rule", 4), ("_dropout_rule", 20),
+                                             ("_bn_rule", 4))]),
+    ("equivalent", "differs only at beta = 0, where the message's threshold / beta raises ZeroDivisionError "
+     "anyway (the xfail bug in tests/test_bounds_mutants.py)", [_T + "x__softplus_rule__mutmut_11"]),
+    ("equivalent", "p != q in this branch, so norm_order(p) != norm_order(q) and `>=` is `>`",
+     [_C + "x__conv_rule__mutmut_15"]),
     ("sound-tuning", "exact_max_dim only decides whether the explicit-matrix candidate (its SVD rounded up, "
      "sound on its own) joins the minimum; 1025 instead of 1024 adds it for inputs of exactly 1025 entries",
      [_C + "x_conv_operator_norm__mutmut_9"]),

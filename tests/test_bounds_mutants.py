@@ -793,3 +793,66 @@ def test_exact_max_dim_zero_disables_the_explicit_matrix():
     with_matrix = conv_operator_norm(w, (3, 3), padding=1)
     assert exact <= with_matrix <= exact * (1 + 1e-9)  # the explicit matrix: exact up to round-off
     assert conv_operator_norm(w, (3, 3), padding=1, exact_max_dim=0) > exact * (1 + 1e-6)
+
+
+# --------------------------------------------------------------------------- the rules of torch_rules / conv
+
+@pytest.mark.parametrize("module", [nn.LeakyReLU(0.1), nn.ELU(), nn.Dropout(0.5).train(),
+                                    nn.BatchNorm1d(2).eval()])
+def test_elementwise_rules_refuse_a_larger_to_a_smaller_norm(module):
+    name = type(module).__name__
+    with pytest.raises(UnsupportedModuleError, match=rf"^{name}: no dimension-free l_inf -> l_1 bound$"):
+        lipschitz_bound(module, "inf", 1)
+    assert lipschitz_bound(module, 1, "inf") == lipschitz_bound(module, 2)
+
+
+def test_dropout_rule_in_training_mode():
+    assert lipschitz_bound(nn.Dropout(1.0).train(), 2) == 0.0  # every entry dropped
+    assert lipschitz_bound(nn.Dropout(0.75).train(), 2) == 4.0
+    assert lipschitz_bound(nn.Dropout(0.75).eval(), 2) == 1.0
+
+
+def test_batchnorm_rule_keeps_its_round_off_margin():
+    bn = nn.BatchNorm1d(2).eval()
+    bn.running_var.copy_(torch.tensor([0.75, 0.3]))
+    with mpmath.workdps(50):
+        v = mpmath.mpf(float(torch.tensor(0.3, dtype=torch.float32).double() + bn.eps))
+        exact = 1 / mpmath.sqrt(v)
+    # 1 / sqrt(var + eps) in float64 (a few ulps), inflated by 4 * 4 eps64
+    assert 4 * 4 - 4 <= _ulp_margin(lipschitz_bound(bn, 2), exact) <= 4 * 4 + 4
+
+
+@pytest.mark.parametrize("beta, threshold, jump, at", [(2.0, 20.0, "1.03e-09", "10"),
+                                                       (0.5, 2.0, "0.254", "4"), (-1.0, 20.0, "inf", "-20")])
+def test_softplus_refusal_names_the_jump(beta, threshold, jump, at):
+    module = nn.Softplus(beta=beta, threshold=threshold)
+    with pytest.raises(UnsupportedModuleError) as info:
+        lipschitz_bound(module, 2)
+    assert str(info.value).endswith(
+        f"torch.nn.Softplus(beta={beta:g}, threshold={threshold:g}) is not Lipschitz: above beta x > "
+        f"threshold it switches to the identity and jumps by {jump} at x = {at}; use "
+        "lipkit.SmoothSoftplus(beta), the same function without the switch")
+
+
+@pytest.mark.xfail(strict=True, reason="bug: nn.Softplus(beta=0) makes _softplus_rule divide by zero "
+                   "(threshold / beta in its message): ZeroDivisionError instead of UnsupportedModuleError")
+def test_softplus_with_beta_zero_is_refused_cleanly():
+    with pytest.raises(UnsupportedModuleError):
+        lipschitz_bound(nn.Softplus(beta=0.0), 2)
+
+
+def test_conv_rule_mixed_norms_without_zero_padding():
+    from lipkit.bounds.conv import _conv_rule
+
+    conv = nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect", bias=False)
+    shape = (2, 5, 5)
+    same = {p: lipschitz_bound(conv, p, input_shape=shape) for p in (1, 2, "inf")}
+    # L_{p->q} <= min(L_p, L_q) for p below q (||v||_q <= ||v||_p); the rule takes that minimum
+    assert lipschitz_bound(conv, 1, 2, input_shape=shape) == min(same[1], same[2])
+    assert lipschitz_bound(conv, 2, "inf", input_shape=shape) == min(same[2], same["inf"])
+    with pytest.raises(UnsupportedModuleError, match=r"^Conv2d: no l_2 -> l_1 bound$"):
+        _conv_rule(conv, 2.0, {}, 1.0)
+    small = nn.Conv1d(1, 1, 3, padding=2, padding_mode="reflect")
+    message = r"^Conv1d: reflect padding \(2, 2\) needs input size > padding, got 2$"
+    with pytest.raises(UnsupportedModuleError, match=message):
+        _conv_rule(small, 2.0, {small: (1, 1, 2)})
