@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lipkit-installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench mutate clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,5 +29,10 @@ bench: $(STAMP)
 	$(PY) -m pip install -q --no-deps torchattacks==3.5.1  # its torchvision requirement would replace torch
 	$(PY) bench/layers.py
 
+# mutation testing of the soundness-critical code (bench/mutation_scope.py); SHARD=numerics|registry|...
+mutate: $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,mutate]'
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) bench/mutation.py $(foreach s,$(SHARD),--shard $(s))
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) mutants build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -529,7 +529,6 @@ def _conv_mixed_norm(module: nn.Module, p: float, q: float) -> float | None:
     return None
 
 
-@register_bound(nn.Conv1d, nn.Conv2d, subclasses=True, mixed_norms=True)
 def _conv_rule(module: nn.Module, p: float, shapes: dict, q: float | None = None) -> float:
     q = p if q is None else q
     if p != q:
@@ -545,3 +544,6 @@ def _conv_rule(module: nn.Module, p: float, shapes: dict, q: float | None = None
         return conv_module_norm(module, p, size)
     except ValueError as exc:  # e.g. unsupported norm pair: report as unsupported
         raise UnsupportedModuleError(f"{type(module).__name__}: {exc}") from exc
+
+
+register_bound(nn.Conv1d, nn.Conv2d, subclasses=True, mixed_norms=True)(_conv_rule)

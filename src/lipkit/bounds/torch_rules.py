@@ -50,7 +50,6 @@ register_bound(nn.GELU, subclasses=True, mixed_norms=True)(_scalar(1.1290))
 register_bound(nn.SiLU, subclasses=True, mixed_norms=True)(_scalar(1.1000))
 
 
-@register_bound(nn.Softplus, subclasses=True, mixed_norms=True)
 def _softplus_rule(module: nn.Softplus, p: float, shapes: dict, q: float | None = None) -> float:
     beta, threshold = float(module.beta), float(module.threshold)
     if not beta > 0:
@@ -63,17 +62,23 @@ def _softplus_rule(module: nn.Softplus, p: float, shapes: dict, q: float | None 
     )
 
 
-@register_bound(nn.LeakyReLU, subclasses=True, mixed_norms=True)
+register_bound(nn.Softplus, subclasses=True, mixed_norms=True)(_softplus_rule)
+
+
 def _leaky_rule(module: nn.LeakyReLU, p: float, shapes: dict, q: float | None = None) -> float:
     return _one(module, p, shapes, q) * max(1.0, abs(float(module.negative_slope)))
 
 
-@register_bound(nn.ELU, subclasses=True, mixed_norms=True)
+register_bound(nn.LeakyReLU, subclasses=True, mixed_norms=True)(_leaky_rule)
+
+
 def _elu_rule(module: nn.ELU, p: float, shapes: dict, q: float | None = None) -> float:
     return _one(module, p, shapes, q) * max(1.0, abs(float(module.alpha)))
 
 
-@register_bound(nn.Dropout, subclasses=True, mixed_norms=True)
+register_bound(nn.ELU, subclasses=True, mixed_norms=True)(_elu_rule)
+
+
 def _dropout_rule(module: nn.Dropout, p: float, shapes: dict, q: float | None = None) -> float:
     # identity in eval mode; in training mode each realisation of the mask keeps entries scaled by
     # 1 / (1 - p): the bound holds for the same mask on both inputs.
@@ -82,14 +87,21 @@ def _dropout_rule(module: nn.Dropout, p: float, shapes: dict, q: float | None = 
     return _one(module, p, shapes, q) * scale
 
 
-@register_bound(nn.Sequential, subclasses=True, mixed_norms=True)
+register_bound(nn.Dropout, subclasses=True, mixed_norms=True)(_dropout_rule)
+
+
 def _sequential_rule(module: nn.Sequential, p: float, shapes: dict, q: float | None = None) -> float:
     return chain_bound(list(module), p, shapes, q)
 
 
-@register_bound(nn.Linear, subclasses=True, mixed_norms=True)
+register_bound(nn.Sequential, subclasses=True, mixed_norms=True)(_sequential_rule)
+
+
 def _linear_rule(module: nn.Linear, p: float, shapes: dict, q: float | None = None) -> float:
     return operator_norm(module.weight, p, q)
+
+
+register_bound(nn.Linear, subclasses=True, mixed_norms=True)(_linear_rule)
 
 
 def batchnorm_scale(module: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
@@ -106,7 +118,9 @@ def batchnorm_scale(module: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
     return scale
 
 
-@register_bound(nn.BatchNorm1d, nn.BatchNorm2d, subclasses=True, mixed_norms=True)
 def _bn_rule(module: nn.modules.batchnorm._BatchNorm, p: float, shapes: dict,
              q: float | None = None) -> float:
     return _one(module, p, shapes, q) * round_up(batchnorm_scale(module).abs().max().item(), 4)
+
+
+register_bound(nn.BatchNorm1d, nn.BatchNorm2d, subclasses=True, mixed_norms=True)(_bn_rule)

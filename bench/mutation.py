@@ -1,0 +1,174 @@
+"""Mutation testing of the soundness-critical code (issue 17): ``make mutate [SHARD=name]``.
+
+Runs mutmut (one worker) on the functions listed in bench/mutation_scope.py and writes
+bench/results/mutation.json: per shard and per function the mutants total / killed / survived / timeout,
+every survivor with its diff and the reason it survives (from ``SURVIVORS``; ``null``: not triaged), the
+command, date, seconds per shard and the machine.  Without ``--shard`` every shard runs (fresh: the
+``mutants/`` directory is removed first); with ``--shard`` only that one, merged into the existing JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime
+import difflib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from mutation_scope import NOT_MUTATED, SHARDS, SURVIVORS, mangled  # noqa: E402
+
+OUT = ROOT / "bench" / "results" / "mutation.json"
+MUTANTS = ROOT / "mutants"
+
+
+def _status(code: int | None) -> str:
+    from mutmut.stats import status_by_exit_code
+
+    return status_by_exit_code[code]
+
+
+def _module_file(module: str) -> Path:
+    return MUTANTS / "src" / (module.replace(".", "/") + ".py")
+
+
+def _diffs(module: str) -> dict[str, str]:
+    """mutant name (without module) -> the changed lines, from mutmut's mutated copy of the file."""
+    path = _module_file(module)
+    source = path.read_text()
+    lines = source.splitlines()
+    funcs = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and "__mutmut_" in node.name:
+            text = "\n".join(lines[node.lineno - 1:node.end_lineno])
+            funcs[node.name] = text.replace(node.name, "f", 1)
+    out = {}
+    for name, body in funcs.items():
+        if name.endswith("__mutmut_orig"):
+            continue
+        orig = funcs.get(name.rsplit("__mutmut_", 1)[0] + "__mutmut_orig")
+        if orig is None:
+            continue
+        diff = difflib.unified_diff(orig.splitlines(), body.splitlines(), lineterm="", n=0)
+        lines = [ln[0] + " " + ln[1:].strip() for ln in diff
+                 if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+        out[name] = " | ".join(lines)
+    return out
+
+
+def _results(shard: str) -> dict:
+    """Per function of the shard: counts and survivors, read from mutmut's .meta files."""
+    report: dict = {}
+    for module, functions in SHARDS[shard].items():
+        meta = json.loads(_module_file(module).with_name(_module_file(module).name + ".meta").read_text())
+        codes = meta["exit_code_by_key"]
+        diffs = _diffs(module)
+        for function in functions:
+            prefix = mangled(module, function)
+            keys = sorted((k for k in codes if k.startswith(prefix)), key=lambda k: int(k.rsplit("_", 1)[1]))
+            statuses = {k: _status(codes[k]) for k in keys}
+            counts = Counter(statuses.values())
+            survivors = []
+            for k in keys:
+                if statuses[k] in ("survived", "no tests", "suspicious"):
+                    kind, why = SURVIVORS.get(k, (None, None))
+                    survivors.append({"mutant": k, "status": statuses[k], "diff": diffs.get(k.split(".")[-1]),
+                                      "kind": kind, "reason": why})
+            report[f"{module}.{function}"] = {
+                "total": len(keys), "killed": counts["killed"], "survived": counts["survived"],
+                "timeout": counts["timeout"], "no_tests": counts["no tests"],
+                "not_checked": counts["not checked"], "other": sum(counts.values()) - counts["killed"]
+                - counts["survived"] - counts["timeout"] - counts["no tests"] - counts["not checked"],
+                "survivors": survivors,
+            }
+    return report
+
+
+def _run_shard(shard: str) -> tuple[list[str], float]:
+    patterns = [mangled(m, f) + "*" for m, fs in SHARDS[shard].items() for f in fs]
+    cmd = [str(Path(sys.executable).parent / "mutmut"), "run", "--max-children", "1", *patterns]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    start = time.monotonic()
+    log = ROOT / "mutants" / f"mutmut-{shard}.log"
+    log.parent.mkdir(exist_ok=True)
+    with log.open("w") as fh:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, check=False)
+    seconds = time.monotonic() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"mutmut failed for shard {shard} (exit {proc.returncode}); see {log}")
+    return cmd, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shard", choices=sorted(SHARDS), action="append",
+                        help="run only this shard (repeatable); default: all, from scratch")
+    parser.add_argument("--report-only", action="store_true", help="re-read mutmut's results, run nothing")
+    args = parser.parse_args()
+    shards = args.shard or list(SHARDS)
+    keep = OUT.exists() and (args.shard or args.report_only)
+    data = json.loads(OUT.read_text()) if keep else {}
+    if not args.shard and not args.report_only and MUTANTS.exists():
+        shutil.rmtree(MUTANTS)
+    stats = MUTANTS / "mutmut-stats.json"
+    if not args.report_only and stats.exists():
+        stats.unlink()  # mutmut's test-to-function map: re-collected, so new or renamed functions get tests
+    data.setdefault("shards", {})
+    for shard in shards:
+        entry = data["shards"].get(shard, {})
+        if not args.report_only:
+            cmd, seconds = _run_shard(shard)
+            entry.update(command=" ".join(["OMP_NUM_THREADS=1", "MKL_NUM_THREADS=1",
+                                           *(Path(c).name if i == 0 else c for i, c in enumerate(cmd))]),
+                         seconds=round(seconds, 1),
+                         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        entry["functions"] = _results(shard)
+        entry["totals"] = {k: sum(f[k] for f in entry["functions"].values())
+                           for k in ("total", "killed", "survived", "timeout", "no_tests", "not_checked")}
+        data["shards"][shard] = entry
+        print(f"{shard}: {entry['totals']} in {entry.get('seconds')} s", flush=True)
+    from importlib.metadata import version
+
+    if not args.report_only:
+        data.update(
+            command="make mutate" + (" SHARD=" + repr(" ".join(args.shard)) if args.shard else ""),
+            date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    data["totals"] = {k: sum(s["totals"][k] for s in data["shards"].values())
+                      for k in ("total", "killed", "survived", "timeout", "no_tests", "not_checked")}
+    data["survivors_by_kind"] = dict(Counter(str(m["kind"]) for s in data["shards"].values()
+                                             for f in s["functions"].values() for m in f["survivors"]))
+    data.update(
+        seconds=round(sum(s.get("seconds", 0.0) for s in data["shards"].values()), 1),
+        tool=f"mutmut {version('mutmut')}, one worker (--max-children 1)",
+        machine={"platform": platform.platform(), "python": platform.python_version(),
+                 "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        tests=_test_selection(),
+        not_mutated={"reason": "mutmut skips decorated functions (registered rules)",
+                     "functions": NOT_MUTATED},
+        how_to_extend="list the functions in bench/mutation_scope.py SHARDS (and the file in [tool.mutmut] "
+        "only_mutate, its tests in pytest_add_cli_args_test_selection); certify/ is not in scope yet",
+    )
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    print(f"wrote {OUT.relative_to(ROOT)}")
+
+
+def _test_selection() -> list[str]:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"][
+        "pytest_add_cli_args_test_selection"]
+
+
+if __name__ == "__main__":
+    main()

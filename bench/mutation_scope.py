@@ -1,0 +1,157 @@
+"""The scope of ``make mutate``: which functions of the soundness-critical code are mutation-tested.
+
+One shard per entry of :data:`SHARDS` (``make mutate SHARD=<name>`` runs one); each lists, per module,
+the functions whose mutants are run (``Class.method`` for a method).  mutmut generates mutants for the
+files matched by ``[tool.mutmut] only_mutate`` in pyproject.toml; only the scoped functions are run.
+
+To add code later (e.g. the certify/ round-off functions, the estimators' re-certification, the DP
+sensitivities, the monotonic slope): add its file to ``only_mutate`` in pyproject.toml, its tests to
+``pytest_add_cli_args_test_selection``, and a shard here, e.g.
+``"certify": {"lipkit.certify.roundoff": ["linear_roundoff", ...]}``.
+
+:data:`SURVIVORS` gives the reason each known surviving mutant survives (``conservative``: it only
+loosens a bound; ``equivalent``: it computes the same thing, with a one-line argument; ``sound-tuning``:
+it changes a tuning knob that only selects among candidates each proven sound).  A mutant that
+tightens a bound must never be listed: kill it with a test (tests/test_bounds_mutants.py).  Mutant
+numbers are mutmut's, stable while the function's source is unchanged; a survivor missing here is
+reported with ``"reason": null`` (to triage).
+"""
+
+from __future__ import annotations
+
+SHARDS: dict[str, dict[str, list[str]]] = {
+    "numerics": {
+        "lipkit.bounds.numerics": ["round_up", "operator_norm", "pairwise_head_bound"],
+    },
+    "registry": {
+        "lipkit.bounds.registry": ["module_problem", "_base_class", "_hook_problem", "Facet.resolve",
+                                   "lipschitz_bound", "_apply_rule", "chain_bound"],
+    },
+    "torch_rules": {
+        "lipkit.bounds.torch_rules": ["_one", "_scalar", "batchnorm_scale"],
+    },
+    "conv": {
+        "lipkit.bounds.conv": ["_conv_mixed_norm", "conv_module_norm", "conv_operator_norm", "_multiplicity"],
+    },
+    "rules": {
+        "lipkit.bounds.torch_rules": ["_softplus_rule", "_leaky_rule", "_elu_rule", "_dropout_rule",
+                                      "_sequential_rule", "_linear_rule", "_bn_rule"],
+        "lipkit.bounds.conv": ["_conv_rule"],
+    },
+    "sensitivity": {
+        "lipkit.bounds.sensitivity": ["parameter_sensitivity", "max_patch_cover"],
+    },
+}
+
+#: mutmut 3.8 skips decorated functions (a decorator runs at import time), so a rule registered with the
+#: decorator syntax gets no mutants: the Lipschitz rules of torch_rules.py and conv.py are registered with
+#: ``register_bound(...)(rule)`` after their definition instead (same behaviour); the sensitivity rules
+#: below still use ``@register_sensitivity`` and are listed so that the report says so.
+NOT_MUTATED: dict[str, list[str]] = {
+    "lipkit.bounds.sensitivity": ["_linear_sensitivity", "_conv_sensitivity"],
+}
+
+_N = "lipkit.bounds.numerics."
+_R = "lipkit.bounds.registry."
+_T = "lipkit.bounds.torch_rules."
+_C = "lipkit.bounds.conv."
+_S = "lipkit.bounds.sensitivity."
+
+#: (kind, reason, mutants): the triaged survivors
+_TRIAGE: list[tuple[str, str, list[str]]] = [
+    ("conservative", "round_up inflates more (a larger n_ops or factor): the bound is looser, still sound",
+     [_N + "x_round_up__mutmut_1", _N + "x_round_up__mutmut_7", _N + "x_round_up__mutmut_12",
+      _N + "x_operator_norm__mutmut_37", _N + "x_operator_norm__mutmut_60", _N + "x_operator_norm__mutmut_76",
+      _N + "x_operator_norm__mutmut_95", _R + "x_chain_bound__mutmut_21", _R + "x_chain_bound__mutmut_82",
+      _C + "x_conv_operator_norm__mutmut_164", _C + "x__conv_mixed_norm__mutmut_21",
+      _C + "x__conv_mixed_norm__mutmut_52"]),
+    ("equivalent", "the observer mark is tested for truth: a default of None or False is the same",
+     [_R + "x__hook_problem__mutmut_3"]),
+    ("equivalent", "every UnsupportedModuleError has a `module` attribute (its __init__ sets it), so the "
+     "getattr default is never used", [_R + "x_lipschitz_bound__mutmut_56"]),
+    ("equivalent", "p == q is handled by the branch before, so `<` and `<=` agree on the norms that reach it",
+     [_R + "x__apply_rule__mutmut_24", _R + "x_chain_bound__mutmut_24"]),
+    ("equivalent", "an error raised without its module gets it from lipschitz_bound, which sets exc.module "
+     "when it is None", [_R + "x__apply_rule__mutmut_41", _R + "x__apply_rule__mutmut_43"]),
+    ("equivalent", "child_bound(c, p, shapes, None) is lipschitz_bound with q=None, i.e. q = p",
+     [_R + "x_chain_bound__mutmut_39", _R + "x_chain_bound__mutmut_46"]),
+    ("equivalent", "every class of registered.__mro__[:-1] is snapshotted when its rule is registered "
+     "(_snapshot walks the same MRO), so `snap is None` never holds and continue/break never run",
+     [_R + "x_module_problem__mutmut_22"]),
+    ("equivalent", "the loop over base.__mro__ (never empty) reassigns `rule` before it is read",
+     [_R + "xǁFacetǁresolve__mutmut_7"]),
+    ("equivalent", "torch's batch norms have weight None exactly when affine is False, so `and`/`or` agree",
+     [_T + "x_batchnorm_scale__mutmut_16"]),
+    ("equivalent", "zip's strict flag: the zipped sequences have 2 entries each by construction (a conv1d "
+     "is embedded as a conv2d of height 1 first)",
+     [_C + f"x_conv_operator_norm__mutmut_{i}" for i in (111, 115, 116, 175, 178, 179)]),
+    ("equivalent", "extra == 0 multiplies rep by 1 (1 + 0 without the size, ceil(n / n) = 1 with it)",
+     [_C + "x_conv_operator_norm__mutmut_185"]),
+    ("conservative", "circular padding: a larger row repetition count rep (1 + extra >= "
+     "ceil((n + extra) / n), 2 + extra > 1 + extra) only enlarges the padding factor",
+     [_C + "x_conv_operator_norm__mutmut_190", _C + "x_conv_operator_norm__mutmut_192"]),
+    ("equivalent", "_one does not read `shapes`", [_T + "x__scalar__mutmut_4"]),
+    ("equivalent", "as r runs over all residues mod s so does -r: the maximum over r is the same",
+     [_S + "x_max_patch_cover__mutmut_24"]),
+    ("equivalent", "best only feeds max(best, 1), so starting from 1 instead of 0 changes nothing",
+     [_S + "x_max_patch_cover__mutmut_31"]),
+    ("equivalent", "the residue test before it makes the division exact, so `/` and `//` agree",
+     [_S + "x_max_patch_cover__mutmut_50"]),
+    ("equivalent", "reflect padding maps idx = 0 to -0 = 0, so `idx < 0`, `idx <= 0` and `idx < 1` agree",
+     [_C + "x__multiplicity__mutmut_46", _C + "x__multiplicity__mutmut_47"]),
+    ("equivalent", "minlength only appends zero counts, which do not change the maximum",
+     [_C + "x__multiplicity__mutmut_78"]),
+    ("equivalent", "a conv1d's height-1 kernel dilated by any factor is the same kernel",
+     [_C + "x_conv_operator_norm__mutmut_89"]),
+    ("conservative", "a height-1 kernel on 2 rows is two copies of the 1-row map (same norm); only the "
+     "explicit "
+     "candidate's error term and size threshold grow", [_C + "x_conv_operator_norm__mutmut_97"]),
+    ("conservative", "the padding multiplicity for every size (no size) dominates the one for the known size",
+     [_C + "x_conv_operator_norm__mutmut_128", _C + "x_conv_operator_norm__mutmut_133"]),
+    ("equivalent", "zip's strict flag: stride and kernel have 2 entries each after the 1-D embedding",
+     [_C + f"x_conv_operator_norm__mutmut_{i}" for i in (235, 238, 239)]),
+    ("equivalent", "with exact_max_dim = 0 the inner test n_in <= exact_max_dim fails anyway (n_in >= 1)",
+     [_C + "x_conv_operator_norm__mutmut_249"]),
+    ("conservative", "drops the explicit-matrix candidate for 1-entry inputs: a minimum over fewer sound "
+     "candidates", [_C + "x_conv_operator_norm__mutmut_250"]),
+    ("sound-tuning", "the size threshold of the explicit-matrix candidate (sound on its own: SVD rounded up) "
+     "only decides whether it joins the minimum",
+     [_C + f"x_conv_operator_norm__mutmut_{i}" for i in (254, 255, 256, 259)]),
+    ("equivalent", "zip's strict flag: size and pads have 2 entries each after the 1-D embedding",
+     [_C + f"x_conv_operator_norm__mutmut_{i}" for i in (286, 289, 290)]),
+    ("conservative", "round_up of the grid / torus candidate inflates more (5 instead of 4 operations)",
+     [_C + "x_conv_operator_norm__mutmut_307", _C + "x_conv_operator_norm__mutmut_325"]),
+    ("sound-margin", "smaller slack, still sound: after the rounded-up grid / torus bound only sqrt(integer) "
+     "and one product follow (relative error <= 2u = eps64), which round_up with n_ops = 1 (4 eps64) "
+     "covers; only the documented 16 eps64 margin shrinks",
+     [_C + "x_conv_operator_norm__mutmut_305", _C + "x_conv_operator_norm__mutmut_323"]),
+    ("sound-tuning", "a forced frequency grid is ignored: _torus_bound then picks its grid by the budget, "
+     "and "
+     "its Bernstein factor makes the bound sound for every grid",
+     [_C + "x_conv_operator_norm__mutmut_312", _C + "x_conv_operator_norm__mutmut_337"]),
+    ("sound-tuning", "also adds the polyphase candidates at stride 1, where the polyphase form is the map "
+     "itself: more sound candidates in the minimum", [_C + "x_conv_operator_norm__mutmut_327"]),
+    ("equivalent", "_one does not read `shapes`",
+     [_T + f"x_{f}__mutmut_{i}" for f, i in (("_leaky_rule", 4), ("_elu_rule", 4), ("_dropout_rule", 20),
+                                             ("_bn_rule", 4))]),
+    ("equivalent", "differs only at beta = 0, where the message's threshold / beta raises ZeroDivisionError "
+     "anyway (the xfail bug in tests/test_bounds_mutants.py)", [_T + "x__softplus_rule__mutmut_11"]),
+    ("equivalent", "p != q in this branch, so norm_order(p) != norm_order(q) and `>=` is `>`",
+     [_C + "x__conv_rule__mutmut_15"]),
+    ("sound-tuning", "exact_max_dim only decides whether the explicit-matrix candidate (its SVD rounded up, "
+     "sound on its own) joins the minimum; 1025 instead of 1024 adds it for inputs of exactly 1025 entries",
+     [_C + "x_conv_operator_norm__mutmut_9"]),
+    ("sound-tuning", "the flop budget only decides which (each sound) grid candidates are computed; ignoring "
+     "an explicit budget cannot make the minimum unsound, and the default budget is the same",
+     [_C + "x_conv_operator_norm__mutmut_14"]),
+]
+
+SURVIVORS: dict[str, tuple[str, str]] = {m: (kind, why) for kind, why, ms in _TRIAGE for m in ms}
+
+
+def mangled(module: str, function: str) -> str:
+    """mutmut's name prefix of the mutants of ``function`` (``Class.method`` for a method) in ``module``."""
+    if "." in function:
+        cls, meth = function.split(".")
+        return f"{module}.x\u01c1{cls}\u01c1{meth}__mutmut_"
+    return f"{module}.x_{function}__mutmut_"
