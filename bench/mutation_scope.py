@@ -39,7 +39,8 @@ SHARDS: dict[str, dict[str, list[str]]] = {
         "lipkit.bounds.conv": ["_conv_rule"],
     },
     "sensitivity": {
-        "lipkit.bounds.sensitivity": ["parameter_sensitivity", "max_patch_cover"],
+        "lipkit.bounds.sensitivity": ["parameter_sensitivity"],
+        "lipkit.bounds.windows": ["max_window_cover", "_cover_1d", "output_length"],
     },
 }
 
@@ -56,6 +57,7 @@ _R = "lipkit.bounds.registry."
 _T = "lipkit.bounds.torch_rules."
 _C = "lipkit.bounds.conv."
 _S = "lipkit.bounds.sensitivity."
+_W = "lipkit.bounds.windows."
 
 #: (kind, reason, mutants): the triaged survivors
 _TRIAGE: list[tuple[str, str, list[str]]] = [
@@ -91,12 +93,6 @@ _TRIAGE: list[tuple[str, str, list[str]]] = [
      "ceil((n + extra) / n), 2 + extra > 1 + extra) only enlarges the padding factor",
      [_C + "x_conv_operator_norm__mutmut_190", _C + "x_conv_operator_norm__mutmut_192"]),
     ("equivalent", "_one does not read `shapes`", [_T + "x__scalar__mutmut_4"]),
-    ("equivalent", "as r runs over all residues mod s so does -r: the maximum over r is the same",
-     [_S + "x_max_patch_cover__mutmut_24"]),
-    ("equivalent", "best only feeds max(best, 1), so starting from 1 instead of 0 changes nothing",
-     [_S + "x_max_patch_cover__mutmut_31"]),
-    ("equivalent", "the residue test before it makes the division exact, so `/` and `//` agree",
-     [_S + "x_max_patch_cover__mutmut_50"]),
     ("equivalent", "reflect padding maps idx = 0 to -0 = 0, so `idx < 0`, `idx <= 0` and `idx < 1` agree",
      [_C + "x__multiplicity__mutmut_46", _C + "x__multiplicity__mutmut_47"]),
     ("equivalent", "minlength only appends zero counts, which do not change the maximum",

@@ -33,7 +33,7 @@ from lipkit.bounds import (
     register_bound,
     round_up,
 )
-from lipkit.bounds.sensitivity import max_patch_cover
+from lipkit.bounds.windows import max_window_cover, output_length
 
 
 def test_round_up_inflates_by_the_documented_relative_slack():
@@ -680,22 +680,23 @@ def _brute_cover(k: int, s: int, d: int, pad: int, n: int, n_out: int) -> int:
                                           (2, 2, 1, 0), (5, 2, 3, 4), (1, 3, 1, 0), (5, 3, 1, 0),
                                           (5, 3, 1, 1), (7, 4, 1, 2), (5, 3, 2, 1), (4, 5, 1, 2),
                                           (5, 3, 1, 4), (2, 3, 3, 4)])
-def test_max_patch_cover_counts_the_readers_of_one_input_entry(k, s, d, pad):
+def test_max_window_cover_counts_the_readers_of_one_input_entry(k, s, d, pad):
     worst = 0
     for n in range(1, 30):
         n_out = (n + 2 * pad - d * (k - 1) - 1) // s + 1
         if n_out < 1:
             continue
+        assert output_length(n, k, s, pad, d) == n_out
         exact = _brute_cover(k, s, d, pad, n, n_out)
-        assert max_patch_cover((k,), (s,), (d,), (pad,), (n,), (n_out,)) == max(exact, 1), n
+        assert max_window_cover((k,), (s,), (d,), (pad,), (n,), out_size=(n_out,)) == max(exact, 1), n
+        assert max_window_cover((k,), (s,), (d,), (pad,), (n,)) == max(exact, 1), n  # torch's output length
         worst = max(worst, exact)
     # without the size: the worst case over every size (attained on large inputs)
-    assert max_patch_cover((k,), (s,), (d,), (pad,), None) == worst
-    assert max_patch_cover((k,), (s,), (d,), (pad,), (7,), None) == worst
+    assert max_window_cover((k,), (s,), (d,), (pad,), None) == worst
     # dimensions multiply
-    assert max_patch_cover((k, 3), (s, 1), (d, 1), (pad, 1), None) == worst * 3
+    assert max_window_cover((k, 3), (s, 1), (d, 1), (pad, 1), None) == worst * 3
     with pytest.raises(ValueError):  # one entry per spatial dimension in each argument
-        max_patch_cover((k, 3), (s,), (d, 1), (pad, 1), None)
+        max_window_cover((k, 3), (s,), (d, 1), (pad, 1), None)
 
 
 def test_parameter_sensitivity_of_linear_and_conv_layers():
@@ -823,7 +824,7 @@ def test_batchnorm_rule_keeps_its_round_off_margin():
 
 
 @pytest.mark.parametrize("beta, threshold, jump, at", [(2.0, 20.0, "1.03e-09", "10"),
-                                                       (0.5, 2.0, "0.254", "4"), (-1.0, 20.0, "inf", "-20")])
+                                                       (0.5, 2.0, "0.254", "4")])
 def test_softplus_refusal_names_the_jump(beta, threshold, jump, at):
     module = nn.Softplus(beta=beta, threshold=threshold)
     with pytest.raises(UnsupportedModuleError) as info:
@@ -834,11 +835,10 @@ def test_softplus_refusal_names_the_jump(beta, threshold, jump, at):
         "lipkit.SmoothSoftplus(beta), the same function without the switch")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: nn.Softplus(beta=0) makes _softplus_rule divide by zero "
-                   "(threshold / beta in its message): ZeroDivisionError instead of UnsupportedModuleError")
-def test_softplus_with_beta_zero_is_refused_cleanly():
-    with pytest.raises(UnsupportedModuleError):
-        lipschitz_bound(nn.Softplus(beta=0.0), 2)
+@pytest.mark.parametrize("beta", [0.0, -1.0])
+def test_softplus_with_beta_not_positive_is_refused_cleanly(beta):
+    with pytest.raises(UnsupportedModuleError, match=r"beta must be > 0"):
+        lipschitz_bound(nn.Softplus(beta=beta), 2)
 
 
 def test_conv_rule_mixed_norms_without_zero_padding():

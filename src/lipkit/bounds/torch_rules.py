@@ -53,7 +53,7 @@ register_bound(nn.SiLU, subclasses=True, mixed_norms=True)(_scalar(1.1000))
 def _softplus_rule(module: nn.Softplus, p: float, shapes: dict, q: float | None = None) -> float:
     beta, threshold = float(module.beta), float(module.threshold)
     if not beta > 0:
-        raise UnsupportedModuleError(f"torch.nn.Softplus(beta={beta:g}) divides by beta: no bound")
+        raise UnsupportedModuleError(f"torch.nn.Softplus(beta={beta:g}): beta must be > 0 (it divides by it)")
     jump = math.log1p(math.exp(-threshold)) / beta
     raise UnsupportedModuleError(
         f"torch.nn.Softplus(beta={beta:g}, threshold={threshold:g}) is not Lipschitz: above beta x > "
