@@ -130,13 +130,25 @@ _TRIAGE: list[tuple[str, str, list[str]]] = [
     ("equivalent", "_one does not read `shapes`",
      [_T + f"x_{f}__mutmut_{i}" for f, i in (("_leaky_rule", 4), ("_elu_rule", 4), ("_dropout_rule", 20),
                                              ("_bn_rule", 4))]),
-    ("equivalent", "differs only at beta = 0, where the message's threshold / beta raises ZeroDivisionError "
-     "anyway (the xfail bug in tests/test_bounds_mutants.py)", [_T + "x__softplus_rule__mutmut_11"]),
     ("equivalent", "p != q in this branch, so norm_order(p) != norm_order(q) and `>=` is `>`",
      [_C + "x__conv_rule__mutmut_15"]),
     ("sound-tuning", "exact_max_dim only decides whether the explicit-matrix candidate (its SVD rounded up, "
      "sound on its own) joins the minimum; 1025 instead of 1024 adds it for inputs of exactly 1025 entries",
      [_C + "x_conv_operator_norm__mutmut_9"]),
+    ("equivalent", "every class of a registered class's MRO is snapshotted when the rule is registered "
+     "(computes_as snapshots its classes too), so `snap is None` never holds and continue/break agree",
+     [_R + "x_module_problem__mutmut_23"]),
+    ("equivalent", "torch tensors always have _backward_hooks and _post_accumulate_grad_hooks attributes, so "
+     "getattr without a default returns the same", [_R + "x_module_problem__mutmut_76",
+                                                    _R + "x_module_problem__mutmut_83"]),
+    ("equivalent", "n_out is only read when the size is known; without it _cover_1d returns on `n is None`",
+     [_W + "x_max_window_cover__mutmut_22"]),
+    ("equivalent", "max_window_cover passes n and n_out both None or both set, so `or` and `and` agree",
+     [_W + "x__cover_1d__mutmut_1"]),
+    ("equivalent", "as r runs over all residues mod s so does -r: the maximum over r is the same",
+     [_W + "x__cover_1d__mutmut_9"]),
+    ("equivalent", "the default only serves an empty dimension, whose count max_window_cover raises to 1 "
+     "anyway", [_W + "x__cover_1d__mutmut_34"]),
     ("sound-tuning", "the flop budget only decides which (each sound) grid candidates are computed; ignoring "
      "an explicit budget cannot make the minimum unsound, and the default budget is the same",
      [_C + "x_conv_operator_norm__mutmut_14"]),

@@ -856,3 +856,48 @@ def test_conv_rule_mixed_norms_without_zero_padding():
     message = r"^Conv1d: reflect padding \(2, 2\) needs input size > padding, got 2$"
     with pytest.raises(UnsupportedModuleError, match=message):
         _conv_rule(small, 2.0, {small: (1, 1, 2)})
+
+
+# --------------------------------------------------------------------------- gradient hooks, window counts
+
+
+def test_gradient_hooks_are_refused_only_by_the_gradient_facet_and_named():
+    from lipkit.bounds import computes_as, parameter_sensitivity
+
+    pre = nn.Linear(3, 2)
+    pre.register_full_backward_pre_hook(lambda m, gout: tuple(2 * g for g in gout))
+    post = nn.Linear(3, 2)
+    post.register_full_backward_hook(lambda m, gin, gout: None)
+    accumulate = nn.Linear(3, 2)
+    accumulate.weight.register_post_accumulate_grad_hook(lambda p: None)
+    tail = "which may change the gradients its rule bounds"
+    for module, message in ((pre, f"it has a backward pre-hook, {tail}"),
+                            (post, f"it has a backward hook, {tail}"),
+                            (accumulate, "its parameter 'weight' has a gradient hook, which may change the "
+                                         "gradient its rule bounds")):
+        with pytest.raises(UnsupportedModuleError) as info:
+            parameter_sensitivity(module, 1.0, 1.0)
+        assert str(info.value).endswith(message)
+        # the forward is unchanged: the Lipschitz facet and the analyses of certify accept the module
+        assert lipschitz_bound(module, 2) == operator_norm(module.weight, 2)
+        assert computes_as(module, (nn.Linear,))
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize("k, s, pad, dil", [(3, 2, 1, 1), (2, 2, 0, 1), (3, 3, 1, 1), (3, 2, 0, 2),
+                                            (4, 3, 2, 1)])
+def test_output_length_is_torchs(k, s, pad, dil, ceil_mode):
+    pool = nn.MaxPool1d(k, s, pad, dil, ceil_mode=ceil_mode)
+    for n in range(1, 15):
+        if n + 2 * pad < dil * (k - 1) + 1:
+            assert output_length(n, k, s, pad, dil, ceil_mode) == 0
+            continue
+        expected = pool(torch.zeros(1, 1, n)).shape[-1]
+        assert output_length(n, k, s, pad, dil, ceil_mode) == expected, n
+        exact = _brute_cover(k, s, dil, pad, n, expected)
+        assert max_window_cover((k,), (s,), (dil,), (pad,), (n,), ceil_mode=ceil_mode) == max(exact, 1), n
+    assert output_length(7, 3, 1, 0) == 5  # the dilation defaults to 1
+
+
+def test_window_cover_of_an_empty_dimension_is_one():
+    assert max_window_cover((3,), (1,), (1,), (0,), (0,), out_size=(0,)) == 1
