@@ -45,11 +45,25 @@ def assert_one_line_error(err: str, *needles: str) -> None:
         assert needle in lines[0], (needle, lines[0])
 
 
-@pytest.fixture(scope="session")
-def small_split():
-    """320 training and 96 test digits (the bundled data set), for quick training tests."""
+def digits_subset(n_train: int, n_test: int):
+    """The first ``n_train`` training and ``n_test`` test digits of the bundled split."""
     from lipkit.training.data import load_digits_split
 
     s = load_digits_split()
-    return dataclasses.replace(s, x_train=s.x_train[:320], y_train=s.y_train[:320],
-                               x_test=s.x_test[:96], y_test=s.y_test[:96])
+    return dataclasses.replace(s, x_train=s.x_train[:n_train], y_train=s.y_train[:n_train],
+                               x_test=s.x_test[:n_test], y_test=s.y_test[:n_test])
+
+
+def quick_config(**kw):
+    """A small, single-threaded, seeded ``RunConfig`` for training tests; ``kw`` overrides any key."""
+    from lipkit.training.config import RunConfig
+
+    base = dict(name="t", widths=[32, 32], epochs=3, batch_size=64, lr=1e-2, threads=1, seed=3)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def small_split():
+    """320 training and 96 test digits (the bundled data set), for quick training tests."""
+    return digits_subset(320, 96)

@@ -1,27 +1,22 @@
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
 import torch
+from conftest import digits_subset, quick_config
 
 from lipkit.training.config import RunConfig
-from lipkit.training.data import load_digits_split
 from lipkit.training.trainer import CheckpointError, fit, latest_checkpoint, make_loss, margin_radius
 
 
 @pytest.fixture(scope="module")
 def small_split():
-    s = load_digits_split()
-    return dataclasses.replace(s, x_train=s.x_train[:256], y_train=s.y_train[:256],
-                               x_test=s.x_test[:64], y_test=s.y_test[:64])
+    return digits_subset(256, 64)
 
 
 def _cfg(**kw) -> RunConfig:
-    base = dict(name="t", widths=[32, 32], epochs=3, batch_size=64, lr=1e-2, threads=1, seed=3)
-    base.update(kw)
-    return RunConfig(**base)
+    return quick_config(**kw)
 
 
 def _weights(model) -> dict[str, torch.Tensor]:

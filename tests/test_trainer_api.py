@@ -9,12 +9,12 @@ import math
 
 import pytest
 import torch
+from conftest import digits_subset, quick_config
 from linf_helpers import linf_cfg
 
 from lipkit.bounds import pairwise_head_bound
 from lipkit.losses import HKRLoss, LipschitzCrossEntropyLoss, MulticlassHingeLoss, top2_margin
 from lipkit.training.config import ConfigError, RunConfig, load_config, load_recipe
-from lipkit.training.data import load_digits_split
 from lipkit.training.linf import LinfScheduleStrategy, build_linf_model, nominal_radius, pair_lipschitz
 from lipkit.training.strategy import StepState, TrainingStrategy, strategies_for
 from lipkit.training.trainer import Trainer, build_model, fit, latest_checkpoint, make_loss
@@ -22,15 +22,11 @@ from lipkit.training.trainer import Trainer, build_model, fit, latest_checkpoint
 
 @pytest.fixture(scope="module")
 def small_split():
-    s = load_digits_split()
-    return dataclasses.replace(s, x_train=s.x_train[:130], y_train=s.y_train[:130],
-                               x_test=s.x_test[:40], y_test=s.y_test[:40])
+    return digits_subset(130, 40)
 
 
 def _cfg(**kw) -> RunConfig:
-    base = dict(name="t", widths=[16, 16], epochs=2, batch_size=64, lr=1e-2, threads=1, seed=3)
-    base.update(kw)
-    return RunConfig(**base)
+    return quick_config(**{"widths": [16, 16], "epochs": 2, **kw})
 
 
 # --------------------------------------------------------------------------- no global state
