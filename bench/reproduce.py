@@ -40,7 +40,7 @@ FIGURES: dict[str, tuple[list[str], dict[str, float]]] = {
         "clean": 0.01, "certified.0.5": 0.02, "certified.0.25": 0.02, "pgd.0.5.broken": 0.0,
         "certificates_broken": 0.0}),
     # timing ratios move with the machine's load; the recorded runs of the same code differed by < 0.1
-    "layers": (["bench/layers.py"], {
+    "layers": (["bench/layers.py", "--out", "{tmp}/layers.json"], {
         "orth_step_ratio": 0.25, "spectral_step_ratio": 0.15, "export_infer_ratio": 0.1,
         "orth_max_sigma_dev": 1e-7, "spectral_sigma_max_dev": 1e-7}),
 }
