@@ -241,3 +241,25 @@ def test_sensitivity_refuses_gradient_hooks():
     other.weight.register_hook(lambda g: 3 * g)
     with pytest.raises(UnsupportedModuleError, match="gradient hook"):
         parameter_sensitivity(other, 1.0, 1.0)
+
+
+def test_chain_mixed_norm_bound_goes_through_l2_when_that_is_cheaper():
+    """An orthogonal net is 1-Lipschitz l_1 -> l_2 -> ... -> l_2 -> l_inf; switching from l_1 to l_inf at one
+    layer costs a row l1 norm (about sqrt(width)).  The chain bound takes the path through l_2."""
+    torch.manual_seed(7)
+    net = nn.Sequential(lipkit.LipLinear(16, 32), lipkit.MaxMin(), lipkit.LipLinear(32, 32),
+                        lipkit.MaxMin(), lipkit.LipLinear(32, 4)).double().eval()
+    bound = lipkit.lipschitz_bound(net, 1, INF)
+    assert bound <= 1.0 + 1e-6
+    one_switch = min(
+        lipkit.lipschitz_bound(net[0], 1, INF) * math.prod(lipkit.lipschitz_bound(m, INF) for m in net[1:]),
+        math.prod(lipkit.lipschitz_bound(m, 1) for m in net[:-1]) * lipkit.lipschitz_bound(net[-1], 1, INF))
+    assert one_switch > 1.5  # what a single switch of norm would have given
+    # sound: no sampled pair beats it (every partial derivative is at most the bound)
+    x = torch.randn(256, 16, dtype=torch.float64)
+    d = torch.zeros_like(x)
+    d[torch.arange(256), torch.randint(0, 16, (256,))] = 1e-3  # l_1 steps along one coordinate
+    with torch.no_grad():
+        ratio = ((net(x + d) - net(x)).abs().amax(dim=1) / 1e-3).max().item()
+    assert ratio <= bound
+    assert lipkit.lipschitz_bound(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), 2, 1) > 0  # down via Hoelder

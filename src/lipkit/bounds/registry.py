@@ -522,8 +522,13 @@ def child_bound(module: nn.Module, p: float, shapes: dict, q: float | None = Non
 def chain_bound(children: list[nn.Module], p: float, shapes: dict, q: float | None = None) -> float:
     """Bound of the composition ``children[-1] o ... o children[0]`` from l_p to l_q.
 
-    Same norms: the product of the children's bounds.  Mixed norms: the smallest of the products that
-    change norm at one child ``k`` (``l_p`` before it, ``l_p -> l_q`` at it, ``l_q`` after it).
+    Same norms: the product of the children's bounds.  Mixed norms: the best path through the norms
+    1, 2, inf.  Each child maps some ``l_a`` to some ``l_b`` at the cost of its ``l_a -> l_b`` bound (rules
+    refuse the pairs they cannot bound; a larger-to-smaller pair needs a dimension-dependent rule such as
+    a dense layer's), and moving up to a larger norm is free (``||v||_b <= ||v||_a`` for a below b), before,
+    between and after the children.  A path ``1 -> 2 -> ... -> 2 -> inf`` through orthogonal
+    layers costs 1, where switching at a single child from l_1 to l_inf may cost ``sqrt(width)``.
+    The smallest product over all paths is found by dynamic programming over the (at most 3) norms.
     """
     q = p if q is None else q
     if p == q:
@@ -535,23 +540,24 @@ def chain_bound(children: list[nn.Module], p: float, shapes: dict, q: float | No
         if norm_order(p) <= norm_order(q):
             return 1.0
         raise UnsupportedModuleError(f"the identity has no dimension-free l_{p:g} -> l_{q:g} bound")
-
-    def safe(child: nn.Module, a: float, b: float) -> float | UnsupportedModuleError:
-        try:
-            return child_bound(child, a, shapes, b)
-        except UnsupportedModuleError as exc:
-            return exc
-
-    same_p = [safe(c, p, p) for c in children]
-    same_q = [safe(c, q, q) for c in children]
-    best, first_error = math.inf, None
-    for k, child in enumerate(children):
-        factors = same_p[:k] + [safe(child, p, q)] + same_q[k + 1:]
-        errors = [f for f in factors if isinstance(f, UnsupportedModuleError)]
-        if errors:
-            first_error = first_error or errors[0]
-            continue
-        best = min(best, math.prod(factors))
-    if math.isinf(best) and first_error is not None:
+    norms = [1.0, 2.0, math.inf]
+    best = {r: 1.0 if norm_order(r) >= norm_order(p) else math.inf for r in norms}  # free moves up from p
+    first_error: UnsupportedModuleError | None = None
+    for child in children:
+        step = {r: math.inf for r in norms}
+        for a in norms:
+            if math.isinf(best[a]):
+                continue
+            for b in norms:
+                try:
+                    cost = child_bound(child, a, shapes, b)
+                except UnsupportedModuleError as exc:
+                    first_error = first_error or exc
+                    continue
+                step[b] = min(step[b], best[a] * cost)
+        for i, r in enumerate(norms):  # free moves up between children
+            step[r] = min(step[s] for s in norms[:i + 1])
+        best = step
+    if math.isinf(best[q]) and first_error is not None:
         raise first_error
-    return round_up(best, len(children) + 1)
+    return round_up(best[q], len(children) + 1)
