@@ -901,3 +901,12 @@ def test_output_length_is_torchs(k, s, pad, dil, ceil_mode):
 
 def test_window_cover_of_an_empty_dimension_is_one():
     assert max_window_cover((3,), (1,), (1,), (0,), (0,), out_size=(0,)) == 1
+
+
+def test_mixed_chain_with_non_finite_weights_is_infinite_not_an_error():
+    broken = nn.Linear(3, 3)
+    with torch.no_grad():
+        broken.weight[0, 0] = float("inf")
+    # dense layers bound every pair of norms, so no child refuses: the chain's bound is infinite, not an error
+    assert chain_bound([broken, nn.Linear(3, 2)], 1.0, {}, math.inf) == math.inf
+    assert lipschitz_bound(nn.Sequential(nn.Linear(2, 3), broken), 2, "inf") == math.inf
