@@ -4,10 +4,10 @@ One shard per entry of :data:`SHARDS` (``make mutate SHARD=<name>`` runs one); e
 the functions whose mutants are run (``Class.method`` for a method).  mutmut generates mutants for the
 files matched by ``[tool.mutmut] only_mutate`` in pyproject.toml; only the scoped functions are run.
 
-To add code later (e.g. the certify/ round-off functions, the estimators' re-certification, the DP
+To add code later (e.g. the estimators' re-certification, the DP
 sensitivities, the monotonic slope): add its file to ``only_mutate`` in pyproject.toml, its tests to
-``pytest_add_cli_args_test_selection``, and a shard here, e.g.
-``"certify": {"lipkit.certify.roundoff": ["linear_roundoff", ...]}``.
+``pytest_add_cli_args_test_selection`` (or, for this shard only, to :data:`SHARD_TESTS`), and a shard
+here, e.g. ``"dp": {"lipkit.dp.sensitivity": [...]}``.
 
 :data:`SURVIVORS` gives the reason each known surviving mutant survives (``conservative``: it only
 loosens a bound; ``equivalent``: it computes the same thing, with a one-line argument; ``sound-tuning``:
@@ -42,6 +42,18 @@ SHARDS: dict[str, dict[str, list[str]]] = {
         "lipkit.bounds.sensitivity": ["parameter_sensitivity"],
         "lipkit.bounds.windows": ["max_window_cover", "_cover_1d", "output_length"],
     },
+    "roundoff": {
+        "lipkit.certify.roundoff": ["margin_allowance", "affine_error", "_underflow", "_per_output_norm",
+                                    "rounded_activation_error", "distance_terms", "linf_distance_error",
+                                    "sortnet_error"],
+        "lipkit.certify.margin": ["_round_down", "pairwise_bound"],
+    },
+}
+
+#: the tests each shard runs against (mutmut's ``pytest_add_cli_args_test_selection`` for that shard);
+#: a shard not listed uses the selection of ``[tool.mutmut]`` in pyproject.toml (the bounds/ tests)
+SHARD_TESTS: dict[str, list[str]] = {
+    "roundoff": ["tests/test_roundoff.py", "tests/test_certify.py", "tests/test_roundoff_mutants.py"],
 }
 
 #: mutmut 3.8 skips decorated functions (a decorator runs at import time), so a rule registered with the

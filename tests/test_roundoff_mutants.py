@@ -1,0 +1,276 @@
+"""Tests that kill the mutants of the certificate's round-off analysis (``make mutate SHARD=roundoff``).
+
+Each test asserts against an independent value: the documented formulas of :mod:`lipkit.certify.roundoff`
+and :mod:`lipkit.certify.margin` recomputed here by hand, element by element in Python floats (or exact
+``fractions.Fraction``), on hand-made layers whose every weight, bias and running mean is set.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+from torch import nn
+
+import lipkit
+from lipkit.certify.margin import _round_down, compute_certificates, pairwise_bound
+from lipkit.certify.roundoff import (
+    REL_FLOOR,
+    UNDERFLOW,
+    U,
+    affine_error,
+    distance_terms,
+    linf_distance_error,
+    margin_allowance,
+    rounded_activation_error,
+    sortnet_error,
+)
+from lipkit.nn.distance import LinfDistConv2d, LinfDistLinear, SortNeuronLinear
+
+INF = math.inf
+F64 = torch.float64
+
+
+def _t(rows) -> torch.Tensor:
+    return torch.tensor(rows, dtype=F64)
+
+
+def _norm(values: list[float], p: float) -> float:
+    """l_p norm in exact arithmetic for inf, to double precision for p = 2."""
+    if math.isinf(p):
+        return max(abs(v) for v in values)
+    return math.sqrt(float(sum(Fraction(v) ** 2 for v in values)))
+
+
+def _close(actual: torch.Tensor, expected: list[float]) -> None:
+    torch.testing.assert_close(actual, _t(expected), rtol=1e-13, atol=0)
+
+
+# --------------------------------------------------------------------------- margin_allowance
+
+
+def test_margin_allowance_rigorous_is_exactly_twice_the_bound_inflated():
+    bound = _t([1.0, 1e-9])
+    scale = _t([1.0, 1.0])
+    observed = _t([1.0, 0.0])  # observed == bound does not refute the analysis
+    allowance, rigorous = margin_allowance(bound, scale, observed)
+    assert rigorous is True
+    assert allowance.tolist() == [2.0 * (1.0 + 1e-9), REL_FLOOR * (1.0 + 1e-9)]
+
+
+def test_margin_allowance_heuristic_takes_the_larger_of_floor_and_observed():
+    scale = _t([1.0, 10.0])
+    observed = _t([1e-3, 1e-7])
+    allowance, rigorous = margin_allowance(None, scale, observed)
+    assert rigorous is False
+    assert allowance.tolist() == [8e-3 * (1.0 + 1e-9), 1e-3 * (1.0 + 1e-9)]
+    # one sample above its bound sends the whole batch to the heuristic
+    allowance, rigorous = margin_allowance(_t([1.0, 1e-8]), scale, observed)
+    assert rigorous is False
+    assert allowance.tolist() == [8e-3 * (1.0 + 1e-9), 1e-3 * (1.0 + 1e-9)]
+
+
+# --------------------------------------------------------------------------- affine_error
+
+
+def _gamma2(k: int, u: float = U) -> float:
+    return 2.0 * k * u / (1.0 - k * u)
+
+
+@pytest.mark.parametrize("p", [2.0, INF])
+def test_affine_error_linear_without_bias_by_hand(p):
+    lin = nn.Linear(2, 3, bias=False).double()
+    w = [[1.0, -2.0], [0.5, 0.25], [-3.0, 0.0]]
+    with torch.no_grad():
+        lin.weight.copy_(_t(w))
+    h = _t([[1.0, -1.0], [0.0, 2.0]])
+    spread = _t([0.0, 0.75])
+    u = 2.0**-30
+    got = affine_error(lin, h, spread, p, u=u)
+    wabs = lipkit.bounds.operator_norm(_t(w).abs(), p)
+    expected = []
+    for b in range(2):
+        mag = [sum(abs(w[o][i]) * abs(float(h[b, i])) for i in range(2)) for o in range(3)]
+        under = 3 * UNDERFLOW * (1.0 if math.isinf(p) else 3 ** 0.5)
+        expected.append(_gamma2(3, u) * (_norm(mag, p) + wabs * float(spread[b])) + under)
+    _close(got, expected)
+
+
+@pytest.mark.parametrize("p", [2.0, INF])
+def test_affine_error_conv2d_by_hand(p):
+    """A 2x2 kernel over a 3x3 input (no padding): fan-in n = 2 * 2 * 2 = 8 with 2 input channels, k = 9,
+    and 2 x 2 x 2 = 8 outputs per sample."""
+    conv = nn.Conv2d(2, 2, 2).double()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randint(-4, 5, conv.weight.shape, dtype=F64) / 4)
+        conv.bias.copy_(_t([0.5, -1.5]))
+    h = torch.randint(-8, 9, (2, 2, 3, 3), dtype=F64) / 8
+    spread = _t([0.0, 0.5])
+    got = affine_error(conv, h, spread, p)
+    w, bias = conv.weight.detach(), conv.bias.detach()
+    abs_twin = nn.Conv2d(2, 2, 2, bias=False).double()
+    with torch.no_grad():
+        abs_twin.weight.copy_(w.abs())
+    wabs = lipkit.lipschitz_bound(abs_twin, p)
+    expected = []
+    for b in range(2):
+        mag = []
+        for o in range(2):
+            for y in range(2):
+                for x in range(2):
+                    dot = sum(abs(float(w[o, c, i, j])) * abs(float(h[b, c, y + i, x + j]))
+                              for c in range(2) for i in range(2) for j in range(2))
+                    mag.append(dot + abs(float(bias[o])))
+        under = 9 * UNDERFLOW * (1.0 if math.isinf(p) else 8 ** 0.5)
+        expected.append(_gamma2(9) * (_norm(mag, p) + wabs * float(spread[b])) + under)
+    _close(got, expected)
+
+
+def test_rounded_activation_error_by_hand():
+    out = _t([[0.5, -0.25, 1.0, 0.0], [2.0, 0.0, 0.0, 0.0]])
+    spread = _t([0.0, 3.0])
+    u = 2.0**-40
+    _close(rounded_activation_error(out, spread, INF, u=u),
+           [16 * u * 1.0 + UNDERFLOW, 16 * u * (2.0 + 3.0) + UNDERFLOW])
+    _close(rounded_activation_error(out, spread, 2.0, u=u),
+           [16 * u * _norm([0.5, 0.25, 1.0], 2) + 2 * UNDERFLOW, 16 * u * 5.0 + 2 * UNDERFLOW])
+
+
+# --------------------------------------------------------------------------- distance layers
+
+
+def _dense(cls, mean_shift: bool, bias: bool, **kw):
+    m = cls(3, 2, bias=bias, mean_shift=mean_shift, **kw).double().eval()
+    with torch.no_grad():
+        if bias:
+            m.bias.copy_(_t([0.25, -0.5]))
+        if mean_shift:
+            m.running_mean.copy_(_t([0.125, -2.0]))
+    return m
+
+
+@pytest.mark.parametrize("mean_shift", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_distance_terms_dense_by_hand(mean_shift, bias):
+    m = _dense(LinfDistLinear, mean_shift, bias)
+    out = _t([[1.0, 3.0], [-0.5, 0.0]])
+    s, extra = distance_terms(m, out)
+    mu = [0.125, -2.0] if mean_shift else [0.0, 0.0]
+    b = [0.25, -0.5] if bias else [0.0, 0.0]
+    assert s.tolist() == [[out[i, o].item() + mu[o] - b[o] for o in range(2)] for i in range(2)]
+    assert extra.tolist() == [abs(mu[o]) + abs(b[o]) for o in range(2)]
+
+
+def test_distance_terms_conv_are_per_channel_in_channel_major_order():
+    m = LinfDistConv2d(1, 2, 1).double().eval()
+    with torch.no_grad():
+        m.bias.copy_(_t([1.0, -4.0]))
+        m.running_mean.copy_(_t([0.5, 2.0]))
+    out = torch.arange(16, dtype=F64).reshape(2, 2, 2, 2)
+    s, extra = distance_terms(m, out)
+    shift = [0.5 - 1.0] * 4 + [2.0 + 4.0] * 4
+    assert s.tolist() == [[8.0 * i + j + shift[j] for j in range(8)] for i in range(2)]
+    assert extra.tolist() == [1.5] * 4 + [6.0] * 4
+
+
+@pytest.mark.parametrize("p", [2.0, INF])
+def test_linf_distance_error_by_hand(p):
+    m = _dense(LinfDistLinear, True, True)
+    out = _t([[1.0, 3.0], [-0.5, 0.0]])
+    spread = _t([0.0, 0.5])
+    u = 2.0**-20
+    expected = []
+    for i in range(2):
+        per = []
+        for o, (mu, b) in enumerate([(0.125, 0.25), (-2.0, -0.5)]):
+            d = abs(out[i, o].item() + mu - b) * (1.0 + 1e-12)
+            per.append(4.0 * u * (d + spread[i].item() + abs(mu) + abs(b)))
+        expected.append(_norm(per, p))
+    _close(linf_distance_error(m, out, spread, p, u=u), expected)
+
+
+@pytest.mark.parametrize("p", [2.0, INF])
+def test_sortnet_error_by_hand(p):
+    m = _dense(SortNeuronLinear, True, True, q=0.5)
+    c = m.coefficients
+    assert c.tolist() == [4 / 7, 2 / 7, 1 / 7]  # K = 3 order statistics, c_0 = 4/7
+    out = _t([[1.0, 3.0], [-0.5, 0.0]])
+    spread = _t([0.0, 0.5])
+    u = 2.0**-20
+    expected = []
+    for i in range(2):
+        per = []
+        for o, (mu, b) in enumerate([(0.125, 0.25), (-2.0, -0.5)]):
+            d_max = abs(out[i, o].item() + mu - b) / (4 / 7) * (1.0 + 1e-9)
+            per.append(2.0 * (3 + 3) * u * (d_max + spread[i].item() + abs(mu) + abs(b)))
+        expected.append(_norm(per, p) + 6 * UNDERFLOW * (1.0 if math.isinf(p) else 2 ** 0.5))
+    _close(sortnet_error(m, out, spread, p, u=u), expected)
+
+
+# --------------------------------------------------------------------------- margin.py
+
+
+def test_round_down_is_one_ulp_below_the_shrunk_value_and_never_negative():
+    t = _t([1.0, 3.5, 0.0, 1e-300, -2.0])
+    got = _round_down(t).tolist()
+    want = [max(0.0, math.nextafter(v * (1.0 - 1e-12), -INF)) for v in t.tolist()]
+    assert got == want
+    assert got[0] < 1.0 - 1e-12 and got[2] == 0.0 and got[4] == 0.0
+
+
+@pytest.mark.parametrize("p", [2.0, INF])
+def test_pairwise_bound_by_hand(p):
+    """Head rows whose differences have exact norms: ||(3, 4, 0)||_2 = 5, ||.||_1 = 7, etc."""
+    head = nn.Linear(3, 3)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[0.0, 0.0, 0.0], [3.0, 4.0, 0.0], [0.0, 0.0, 2.0]]))
+    model = nn.Sequential(nn.ReLU(), head)
+    got = pairwise_bound(model, p, None)
+    body = lipkit.lipschitz_bound(nn.Sequential(nn.ReLU()), p)
+    rows = [[0.0, 0.0, 0.0], [3.0, 4.0, 0.0], [0.0, 0.0, 2.0]]
+    q = 2.0 if p == 2.0 else 1.0
+    slack = 4.0 * (3 + 4) * 2.0**-52
+    for c in range(3):
+        for j in range(3):
+            diff = [a - b for a, b in zip(rows[c], rows[j], strict=True)]
+            norm = math.sqrt(sum(v * v for v in diff)) if q == 2.0 else sum(abs(v) for v in diff)
+            assert got[c, j].item() == norm * body * (1.0 + slack) * (1.0 + 1e-12)
+    assert got.dtype == F64
+
+
+def test_pairwise_bound_is_none_outside_its_class():
+    assert pairwise_bound(nn.Sequential(nn.Linear(3, 2), nn.ReLU()), 2.0, None) is None
+    assert pairwise_bound(nn.Sequential(), 2.0, None) is None
+    assert pairwise_bound(nn.Linear(3, 2), 2.0, None) is None
+    class _NoRule(nn.Module):  # a body without a Lipschitz rule
+        def forward(self, x):
+            return x
+
+    assert pairwise_bound(nn.Sequential(_NoRule(), nn.Linear(3, 2)), 2.0, None) is None
+    assert pairwise_bound(nn.Sequential(nn.ReLU(), nn.Linear(3, 2)), 2.0, None) is not None
+    single = pairwise_bound(nn.Sequential(nn.Linear(3, 2)), 2.0, None)
+    assert single is not None and single.shape == (2, 2)
+
+
+# --------------------------------------------------------------------------- the radius
+
+
+def test_radius_of_a_linear_classifier_is_margin_minus_allowance_over_the_pairwise_bound():
+    """f(x) = W x: the radius is min_j (f_c - f_j - allowance) / B[c, j], rounded down (l2 and l_inf)."""
+    lin = nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]]))
+    model = nn.Sequential(lin)
+    x = torch.tensor([[2.0, 0.5], [0.25, 1.0]])
+    for p in (2.0, INF):
+        res = compute_certificates(model, x, p)
+        pair = pairwise_bound(model, p, None)
+        logits = x.double() @ lin.weight.detach().double().T
+        for i in range(2):
+            c = int(logits[i].argmax())
+            r = min((logits[i, c] - logits[i, j] - res.allowance[i]).item() / pair[c, j].item()
+                    for j in range(3) if j != c)
+            assert res.radius[i].item() == max(0.0, math.nextafter(r * (1.0 - 1e-12), -INF))
