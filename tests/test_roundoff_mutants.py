@@ -53,11 +53,11 @@ def _close(actual: torch.Tensor, expected: list[float]) -> None:
 
 def test_margin_allowance_rigorous_is_exactly_twice_the_bound_inflated():
     bound = _t([1.0, 1e-9])
-    scale = _t([1.0, 1.0])
+    scale = _t([1.0, 4.0])
     observed = _t([1.0, 0.0])  # observed == bound does not refute the analysis
     allowance, rigorous = margin_allowance(bound, scale, observed)
     assert rigorous is True
-    assert allowance.tolist() == [2.0 * (1.0 + 1e-9), REL_FLOOR * (1.0 + 1e-9)]
+    assert allowance.tolist() == [2.0 * (1.0 + 1e-9), REL_FLOOR * 4.0 * (1.0 + 1e-9)]
 
 
 def test_margin_allowance_heuristic_takes_the_larger_of_floor_and_observed():
@@ -70,6 +70,36 @@ def test_margin_allowance_heuristic_takes_the_larger_of_floor_and_observed():
     allowance, rigorous = margin_allowance(_t([1.0, 1e-8]), scale, observed)
     assert rigorous is False
     assert allowance.tolist() == [8e-3 * (1.0 + 1e-9), 1e-3 * (1.0 + 1e-9)]
+
+
+# --------------------------------------------------------------------------- the underflow terms
+
+
+def test_underflow_term_by_hand():
+    from lipkit.certify.roundoff import _underflow
+
+    assert UNDERFLOW == 2.0**-125
+    assert _underflow(4, 3, 2.0) == 3 * 2.0**-125 * 2.0
+    assert _underflow(8, 3, 3.0) == 3 * 2.0**-125 * 2.0
+    assert _underflow(4, 3, INF) == 3 * 2.0**-125
+
+
+@pytest.mark.parametrize("p", [2.0, INF])
+def test_underflow_alone_at_zero_and_with_a_batch_of_one(p):
+    """At zero input (no bias, no spread) only the underflow terms remain: k 2^-125 per output of an
+    affine layer (k = fan-in + 1), 2^-125 per output of an activation, (K + 3) 2^-125 per SortNet output.
+    A batch of one sample: the per-sample sizes are read from sample 0."""
+    root = (lambda n: 1.0) if math.isinf(p) else (lambda n: n ** 0.5)
+    zero = _t([0.0])
+    lin = nn.Linear(4, 9, bias=False).double()
+    assert affine_error(lin, torch.zeros(1, 4, dtype=F64), zero, p).tolist() == [5 * UNDERFLOW * root(9)]
+    conv = nn.Conv2d(2, 1, 3, bias=False).double()  # one output channel, fan-in 18, 2 x 2 outputs
+    got = affine_error(conv, torch.zeros(1, 2, 4, 4, dtype=F64), zero, p)
+    assert got.tolist() == [19 * UNDERFLOW * root(4)]
+    assert rounded_activation_error(torch.zeros(1, 9, dtype=F64), zero, p).tolist() == [UNDERFLOW * root(9)]
+    m = SortNeuronLinear(3, 4, q=0.5, bias=False, mean_shift=False).double().eval()
+    got = sortnet_error(m, torch.zeros(1, 4, dtype=F64), zero, p)
+    assert got.tolist() == [6 * UNDERFLOW * root(4)]
 
 
 # --------------------------------------------------------------------------- affine_error
@@ -164,6 +194,18 @@ def test_distance_terms_dense_by_hand(mean_shift, bias):
     assert extra.tolist() == [abs(mu[o]) + abs(b[o]) for o in range(2)]
 
 
+def test_distance_terms_ignore_the_running_mean_when_mean_shift_is_off():
+    """The layer subtracts its running mean only with ``mean_shift`` on (also when a buffer is left over
+    after switching it off); a batch of one sample."""
+    m = _dense(LinfDistLinear, True, True)
+    m.mean_shift = False
+    out = _t([[1.0, 3.0]])
+    assert torch.equal(m(torch.zeros(1, 3, dtype=F64)) - m.bias, m(torch.zeros(1, 3, dtype=F64)) - m.bias)
+    s, extra = distance_terms(m, out)
+    assert s.tolist() == [[1.0 - 0.25, 3.0 + 0.5]]
+    assert extra.tolist() == [0.25, 0.5]
+
+
 def test_distance_terms_conv_are_per_channel_in_channel_major_order():
     m = LinfDistConv2d(1, 2, 1).double().eval()
     with torch.no_grad():
@@ -223,13 +265,18 @@ def test_round_down_is_one_ulp_below_the_shrunk_value_and_never_negative():
 
 @pytest.mark.parametrize("p", [2.0, INF])
 def test_pairwise_bound_by_hand(p):
-    """Head rows whose differences have exact norms: ||(3, 4, 0)||_2 = 5, ||.||_1 = 7, etc."""
+    """Head rows whose differences have exact norms: ||(3, 4, 0)||_2 = 5, ||.||_1 = 7, etc.; the body (a
+    linear layer and a ReLU) has different bounds for l2 and l_inf."""
     head = nn.Linear(3, 3)
     with torch.no_grad():
         head.weight.copy_(torch.tensor([[0.0, 0.0, 0.0], [3.0, 4.0, 0.0], [0.0, 0.0, 2.0]]))
-    model = nn.Sequential(nn.ReLU(), head)
+    first = nn.Linear(2, 3)
+    with torch.no_grad():
+        first.weight.copy_(torch.tensor([[1.0, 1.0], [0.5, -1.0], [0.0, 2.0]]))
+    model = nn.Sequential(first, nn.ReLU(), head)
     got = pairwise_bound(model, p, None)
-    body = lipkit.lipschitz_bound(nn.Sequential(nn.ReLU()), p)
+    body = lipkit.lipschitz_bound(nn.Sequential(first, nn.ReLU()), p)
+    assert body != lipkit.lipschitz_bound(nn.Sequential(first, nn.ReLU()), INF if p == 2.0 else 2.0)
     rows = [[0.0, 0.0, 0.0], [3.0, 4.0, 0.0], [0.0, 0.0, 2.0]]
     q = 2.0 if p == 2.0 else 1.0
     slack = 4.0 * (3 + 4) * 2.0**-52
@@ -239,6 +286,23 @@ def test_pairwise_bound_by_hand(p):
             norm = math.sqrt(sum(v * v for v in diff)) if q == 2.0 else sum(abs(v) for v in diff)
             assert got[c, j].item() == norm * body * (1.0 + slack) * (1.0 + 1e-12)
     assert got.dtype == F64
+
+
+def test_pairwise_bound_passes_the_input_shape_to_the_body():
+    """A padded convolution's l2 bound depends on the input size: the body bound is the one for that shape."""
+    p = 2.0
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 1, 3, padding=1)
+    model = nn.Sequential(conv, nn.Flatten(), nn.Linear(9, 2))
+    shape = (1, 3, 3)
+    with_shape = lipkit.lipschitz_bound(model[:-1], p, input_shape=shape)
+    assert with_shape < lipkit.lipschitz_bound(model[:-1], p)
+    got = pairwise_bound(model, p, shape)
+    w = model[-1].weight.detach().double()
+    norm = torch.linalg.vector_norm(w[0] - w[1], ord=2.0 if p == 2.0 else 1.0).item()
+    slack = 4.0 * (9 + 4) * 2.0**-52
+    torch.testing.assert_close(got[0, 1], torch.tensor(norm * with_shape * (1.0 + slack) * (1.0 + 1e-12),
+                                                       dtype=F64), rtol=1e-15, atol=0)
 
 
 def test_pairwise_bound_is_none_outside_its_class():
