@@ -154,6 +154,18 @@ _TRIAGE: list[tuple[str, str, list[str]]] = [
      [_C + "x_conv_operator_norm__mutmut_14"]),
 ]
 
+_RO = "lipkit.certify.roundoff."
+_MG = "lipkit.certify.margin."
+
+_TRIAGE += [
+    ("equivalent", "the affine layers (nn.Linear, nn.Conv1d/2d) always have a `bias` attribute (None without "
+     "bias), so the getattr default is never used", [_RO + "x_affine_error__mutmut_9"]),
+    ("equivalent", "the distance layers always register `running_mean` (a buffer, None without mean shift), "
+     "so the getattr default is never used", [_RO + "x_distance_terms__mutmut_20"]),
+    ("equivalent", "for p = inf, n_outputs ** (1.0 / p) = n_outputs ** 0.0 = 1.0, the value of the branch",
+     [_RO + "x__underflow__mutmut_3"]),
+]
+
 SURVIVORS: dict[str, tuple[str, str]] = {m: (kind, why) for kind, why, ms in _TRIAGE for m in ms}
 
 

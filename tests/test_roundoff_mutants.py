@@ -200,10 +200,14 @@ def test_distance_terms_ignore_the_running_mean_when_mean_shift_is_off():
     m = _dense(LinfDistLinear, True, True)
     m.mean_shift = False
     out = _t([[1.0, 3.0]])
-    assert torch.equal(m(torch.zeros(1, 3, dtype=F64)) - m.bias, m(torch.zeros(1, 3, dtype=F64)) - m.bias)
     s, extra = distance_terms(m, out)
     assert s.tolist() == [[1.0 - 0.25, 3.0 + 0.5]]
     assert extra.tolist() == [0.25, 0.5]
+    # and S is the layer's distance max_i |x_i - w_oi| itself
+    x = _t([[0.5, -1.0, 2.0]])
+    with torch.no_grad():
+        s, _ = distance_terms(m, m(x))
+    torch.testing.assert_close(s, (x[:, None, :] - m.weight.detach()).abs().amax(-1), rtol=1e-15, atol=1e-15)
 
 
 def test_distance_terms_conv_are_per_channel_in_channel_major_order():
