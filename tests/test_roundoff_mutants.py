@@ -342,3 +342,73 @@ def test_radius_of_a_linear_classifier_is_margin_minus_allowance_over_the_pairwi
             r = min((logits[i, c] - logits[i, j] - res.allowance[i]).item() / pair[c, j].item()
                     for j in range(3) if j != c)
             assert res.radius[i].item() == max(0.0, math.nextafter(r * (1.0 - 1e-12), -INF))
+
+
+def _expected_certificate(model: nn.Module, x: torch.Tensor, p: float, lcj_of_pred):
+    """The documented certificate rebuilt from its parts: L_cj, r_max, forward_error_bound over the ball of
+    radius r_max, margin_allowance, then min_j (f_c - f_j - allowance) / L_cj rounded down."""
+    from lipkit.certify.roundoff import chain_of, forward_error_bound
+    from lipkit.certify.twin import float64_copy
+
+    twin = float64_copy(model).eval()
+    x64 = x.double()
+    with torch.no_grad():
+        logits32, logits = model(x), twin(x64)
+    radii, allowances = [], []
+    r_max = []
+    for i in range(x.shape[0]):
+        c = int(logits32[i].argmax())
+        js = [j for j in range(logits.shape[1]) if j != c]
+        r_max.append(max(0.0, min((logits[i, c] - logits[i, j]).item() / lcj_of_pred(c, j) for j in js)))
+    bound = forward_error_bound(chain_of(twin), x64, p, _t(r_max))
+    scale = logits.abs().amax(1)
+    observed = (logits32.double() - logits).abs().amax(1)
+    allowance, rigorous = margin_allowance(bound, scale, observed)
+    for i in range(x.shape[0]):
+        c = int(logits32[i].argmax())
+        r = min((logits[i, c] - logits[i, j] - allowance[i]).item() / lcj_of_pred(c, j)
+                for j in range(logits.shape[1]) if j != c)
+        radii.append(max(0.0, math.nextafter(r * (1.0 - 1e-12), -INF)))
+        allowances.append(allowance[i].item())
+    return radii, allowances, rigorous
+
+
+@pytest.mark.parametrize("p", [2.0, INF])
+def test_certificate_with_the_global_bound_by_hand(p):
+    """No linear head (the chain ends in a ReLU... then an Identity): L_cj = round_up(k L, 2), k = sqrt(2)
+    for l2 and 2 for l_inf; large inputs so that 2 E dominates the 1e-5 floor."""
+    from lipkit.bounds import round_up
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Identity()).eval()
+    x = 50.0 * torch.randn(6, 4)
+    res = compute_certificates(model, x, p)
+    lip = lipkit.lipschitz_bound(model, p)
+    assert res.lipschitz == lip
+    lcj = round_up((math.sqrt(2.0) if p == 2.0 else 2.0) * lip, 2)
+    radii, allowances, rigorous = _expected_certificate(model, x, p, lambda c, j: lcj)
+    assert rigorous and res.roundoff_rigorous
+    assert res.allowance.tolist() == allowances
+    assert res.radius.tolist() == radii
+    assert res.p == p and res.prediction.tolist() == model(x).argmax(1).tolist()
+
+
+@pytest.mark.parametrize("p", [2.0, INF])
+def test_certificate_with_the_pairwise_bound_by_hand(p):
+    """A linear head: L_cj = min(round_up(k L, 2), B[c, j]) with B the pairwise bound."""
+    from lipkit.bounds import round_up
+
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = 50.0 * torch.randn(6, 4)
+    res = compute_certificates(model, x, p)
+    lcj = round_up((math.sqrt(2.0) if p == 2.0 else 2.0) * lipkit.lipschitz_bound(model, p), 2)
+    pair = pairwise_bound(model, p, None).double()
+    radii, allowances, rigorous = _expected_certificate(model, x, p, lambda c, j: min(lcj, pair[c, j].item()))
+    assert rigorous and res.roundoff_rigorous
+    assert res.allowance.tolist() == allowances
+    assert res.radius.tolist() == radii
+    torch.testing.assert_close(res.margin, torch.tensor(
+        [sorted(row, reverse=True)[0] - sorted(row, reverse=True)[1] for row in
+         model.double()(x.double()).tolist()], dtype=F64), rtol=0, atol=1e-12)
+    model.float()
