@@ -412,3 +412,109 @@ def test_certificate_with_the_pairwise_bound_by_hand(p):
         [sorted(row, reverse=True)[0] - sorted(row, reverse=True)[1] for row in
          model.double()(x.double()).tolist()], dtype=F64), rtol=0, atol=1e-12)
     model.float()
+
+
+# --------------------------------------------------------------------------- forward_error_bound
+
+
+def _sub(chain, i, j=None):
+    return nn.Sequential(*chain[i:j])
+
+
+@pytest.mark.parametrize("p", [2.0, INF])
+def test_forward_error_bound_is_the_documented_sum_by_hand(p):
+    """E = sum_i L_{>i} e_i, e_i from the layer's term with spread L_{<i} r (L_{<=i} r for an activation);
+    the modules are left in training mode (only Dropout in training mode is refused)."""
+    from lipkit.certify.roundoff import forward_error_bound
+
+    torch.manual_seed(7)
+    chain = [nn.Linear(3, 4).double(), nn.Tanh(), nn.Linear(4, 4).double(), nn.ReLU(),
+             LinfDistLinear(4, 2).double()]
+    chain[-1].eval()  # mean shift in training would need a batch statistic
+    assert chain[0].training
+    x = torch.randn(2, 3, dtype=F64)
+    r = _t([0.0, 0.25])
+    got = forward_error_bound(chain, x, p, r)
+    lb = lipkit.lipschitz_bound
+    with torch.no_grad():
+        h1 = chain[0](x)
+        h2 = torch.tanh(h1)
+        h3 = chain[2](h2)
+        h4 = torch.relu(h3)
+        h5 = chain[4](h4)
+        expected = (lb(_sub(chain, 1), p) * affine_error(chain[0], x, 1.0 * r, p)
+                    + lb(_sub(chain, 2), p) * rounded_activation_error(h2, lb(_sub(chain, 0, 2), p) * r, p)
+                    + lb(_sub(chain, 3), p) * affine_error(chain[2], h2, lb(_sub(chain, 0, 2), p) * r, p)
+                    + 1.0 * linf_distance_error(chain[4], h5, lb(_sub(chain, 0, 4), p) * r, p))
+    assert got.dtype == F64
+    torch.testing.assert_close(got, expected, rtol=1e-14, atol=0)
+    assert forward_error_bound(chain + [nn.Dropout(0.5)], x, p, r) is None
+    assert forward_error_bound(chain + [nn.Dropout(0.5).eval()], x, p, r) is not None
+
+
+def test_forward_error_bound_passes_the_input_shape():
+    """A padded convolution (l2): the prefix bounds are those for the given input size."""
+    from lipkit.certify.roundoff import forward_error_bound
+
+    torch.manual_seed(8)
+    chain = [nn.Conv2d(1, 1, 3, padding=1).double(), nn.Flatten(), nn.Linear(9, 2).double()]
+    shape = (1, 3, 3)
+    x = torch.randn(1, 1, 3, 3, dtype=F64)
+    r = _t([0.5])
+    lb = lipkit.lipschitz_bound
+    assert lb(_sub(chain, 0, 1), 2.0, input_shape=shape) < lb(_sub(chain, 0, 1), 2.0)
+    got = forward_error_bound(chain, x, 2.0, r, input_shape=shape)
+    with torch.no_grad():
+        h = chain[1](chain[0](x))
+    expected = (lb(_sub(chain, 1), 2.0) * affine_error(chain[0], x, 1.0 * r, 2.0)
+                + affine_error(chain[2], h, lb(_sub(chain, 0, 2), 2.0, input_shape=shape) * r, 2.0))
+    torch.testing.assert_close(got, expected, rtol=1e-14, atol=0)
+
+
+# --------------------------------------------------------------------------- compute_certificates
+
+
+def test_certificate_arguments():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3)).eval()
+    x = torch.randn(3, 4)
+    assert compute_certificates(model, x).p == 2.0  # the default norm
+    for ok in (0.0, 0.5):
+        assert compute_certificates(model, x, 2, lipschitz=ok).lipschitz == ok
+    for bad in (-1.0, math.nan):
+        with pytest.raises(ValueError, match="lipschitz must be a non-negative number, got"):
+            compute_certificates(model, x, 2, lipschitz=bad)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got function"):
+        compute_certificates(lambda t: t, x, 2)
+
+
+def test_certificate_passes_the_input_shape_everywhere():
+    """A padded convolution (l2) whose bound depends on the input size: the global bound, the pairwise
+    bound and the round-off bound are all those for the given shape."""
+    from lipkit.bounds import round_up
+    from lipkit.certify.roundoff import chain_of, forward_error_bound
+    from lipkit.certify.twin import float64_copy
+
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(18, 3)).eval()
+    shape = (1, 3, 3)
+    x = 30.0 * torch.randn(4, 1, 3, 3)
+    res = compute_certificates(model, x, 2, input_shape=shape)
+    lip = lipkit.lipschitz_bound(model, 2, input_shape=shape)
+    assert lip < lipkit.lipschitz_bound(model, 2)
+    assert res.lipschitz == lip
+    twin = float64_copy(model)
+    pair = pairwise_bound(twin, 2.0, shape)
+    lcj = torch.minimum(torch.full((3, 3), round_up(math.sqrt(2.0) * lip, 2), dtype=F64), pair)
+    with torch.no_grad():
+        logits32, logits = model(x), twin(x.double())
+    pred = logits32.argmax(1)
+    diff = logits.gather(1, pred[:, None]) - logits
+    mask = torch.ones_like(diff, dtype=torch.bool).scatter_(1, pred[:, None], False)
+    r_max = (diff / lcj[pred]).masked_fill(~mask, INF).amin(1).clamp_min(0.0)
+    bound = forward_error_bound(chain_of(twin), x.double(), 2.0, r_max, shape)
+    allowance, rigorous = margin_allowance(bound, logits.abs().amax(1),
+                                           (logits32.double() - logits).abs().amax(1))
+    assert rigorous and torch.equal(res.allowance, allowance)
+    radius = ((diff - allowance[:, None]) / lcj[pred]).masked_fill(~mask, INF).amin(1)
+    assert torch.equal(res.radius, _round_down(radius))
