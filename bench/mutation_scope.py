@@ -45,8 +45,8 @@ SHARDS: dict[str, dict[str, list[str]]] = {
     "roundoff": {
         "lipkit.certify.roundoff": ["margin_allowance", "affine_error", "_underflow", "_per_output_norm",
                                     "rounded_activation_error", "distance_terms", "linf_distance_error",
-                                    "sortnet_error"],
-        "lipkit.certify.margin": ["_round_down", "pairwise_bound"],
+                                    "sortnet_error", "forward_error_bound"],
+        "lipkit.certify.margin": ["_round_down", "pairwise_bound", "compute_certificates"],
     },
 }
 
@@ -164,6 +164,20 @@ _TRIAGE += [
      "so the getattr default is never used", [_RO + "x_distance_terms__mutmut_20"]),
     ("equivalent", "for p = inf, n_outputs ** (1.0 / p) = n_outputs ** 0.0 = 1.0, the value of the branch",
      [_RO + "x__underflow__mutmut_3"]),
+    ("equivalent", "one more prefix bound, of the whole chain, is computed and never read (the loop reads "
+     "prefix[0..len(chain)])", [_RO + "x_forward_error_bound__mutmut_22"]),
+    ("equivalent", "a float32 zero total: zero is exact in any dtype and the first float64 term added "
+     "promotes "
+     "the sum to float64 (an all-exact chain returns zeros, the same bound)",
+     [_RO + "x_forward_error_bound__mutmut_40", _RO + "x_forward_error_bound__mutmut_43"]),
+    ("equivalent", "device=None is the CPU, the device of every tensor here (lipkit certifies on the CPU; on "
+     "another device the mismatch raises, it cannot change a bound silently)",
+     [_RO + "x_forward_error_bound__mutmut_41", _RO + "x_forward_error_bound__mutmut_44",
+      _MG + "x_compute_certificates__mutmut_83", _MG + "x_compute_certificates__mutmut_87",
+      _MG + "x_compute_certificates__mutmut_106"]),
+    ("equivalent", "Tensor.to(None) leaves the float32 logits as they are, and float32 - float64 promotes "
+     "them to float64 exactly before subtracting: the same observed error",
+     [_MG + "x_compute_certificates__mutmut_154"]),
 ]
 
 SURVIVORS: dict[str, tuple[str, str]] = {m: (kind, why) for kind, why, ms in _TRIAGE for m in ms}

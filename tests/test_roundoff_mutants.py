@@ -518,3 +518,22 @@ def test_certificate_passes_the_input_shape_everywhere():
     assert rigorous and torch.equal(res.allowance, allowance)
     radius = ((diff - allowance[:, None]) / lcj[pred]).masked_fill(~mask, INF).amin(1)
     assert torch.equal(res.radius, _round_down(radius))
+
+
+@pytest.mark.parametrize("p", [2.0, INF])
+def test_forward_error_bound_spread_uses_the_bound_of_all_layers_before(p):
+    """Two adjacent affine layers, the first with bound 3: the second's spread is L(first) r = 3 r (a prefix
+    shifted by one layer would give r)."""
+    from lipkit.certify.roundoff import forward_error_bound
+
+    first, second = nn.Linear(2, 2, bias=False).double(), nn.Linear(2, 1, bias=False).double()
+    with torch.no_grad():
+        first.weight.copy_(_t([[3.0, 0.0], [0.0, 3.0]]))
+        second.weight.copy_(_t([[1.0, 1.0]]))
+    x, r = _t([[0.5, 0.25]]), _t([1.0])
+    got = forward_error_bound([first, second], x, p, r)
+    lb = lipkit.lipschitz_bound
+    assert lb(nn.Sequential(first), p) >= 3.0
+    expected = (lb(nn.Sequential(second), p) * affine_error(first, x, r, p)
+                + affine_error(second, first(x).detach(), lb(nn.Sequential(first), p) * r, p))
+    torch.testing.assert_close(got, expected, rtol=1e-14, atol=0)
