@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from mutation_scope import NOT_MUTATED, SHARDS, SURVIVORS, mangled  # noqa: E402
+from mutation_scope import NOT_MUTATED, SHARD_TESTS, SHARDS, SURVIVORS, mangled  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "mutation.json"
 MUTANTS = ROOT / "mutants"
@@ -96,7 +96,13 @@ def _results(shard: str) -> dict:
 
 def _run_shard(shard: str) -> tuple[list[str], float]:
     patterns = [mangled(m, f) + "*" for m, fs in SHARDS[shard].items() for f in fs]
-    cmd = [str(Path(sys.executable).parent / "mutmut"), "run", "--max-children", "1", *patterns]
+    # mutmut's CLI, in this interpreter, with the shard's test selection (mutmut forks its workers, so the
+    # loaded config is theirs too); a changed selection makes mutmut re-collect its stats and reset its
+    # cached results, which is why each shard's results are read right after it runs
+    launcher = ("import sys, mutmut.configuration as c; from mutmut.__main__ import cli; "
+                f"c.config().pytest_add_cli_args_test_selection = {_test_selection(shard)!r}; "
+                "sys.argv = ['mutmut', *sys.argv[1:]]; sys.exit(cli())")
+    cmd = [sys.executable, "-c", launcher, "run", "--max-children", "1", *patterns]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     start = time.monotonic()
     log = ROOT / "mutants" / f"mutmut-{shard}.log"
@@ -128,8 +134,9 @@ def main() -> None:
         entry = data["shards"].get(shard, {})
         if not args.report_only:
             cmd, seconds = _run_shard(shard)
-            entry.update(command=" ".join(["OMP_NUM_THREADS=1", "MKL_NUM_THREADS=1",
-                                           *(Path(c).name if i == 0 else c for i, c in enumerate(cmd))]),
+            entry.update(command=" ".join(["OMP_NUM_THREADS=1", "MKL_NUM_THREADS=1", "mutmut",
+                                           *cmd[3:]]),
+                         tests=_test_selection(shard),
                          seconds=round(seconds, 1),
                          date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
         entry["functions"] = _results(shard)
@@ -152,20 +159,23 @@ def main() -> None:
         tool=f"mutmut {version('mutmut')}, one worker (--max-children 1)",
         machine={"platform": platform.platform(), "python": platform.python_version(),
                  "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
-        tests=_test_selection(),
+        tests=_test_selection(None),
         not_mutated={"reason": "mutmut skips decorated functions (registered rules)",
                      "functions": NOT_MUTATED},
         how_to_extend="list the functions in bench/mutation_scope.py SHARDS (and the file in [tool.mutmut] "
-        "only_mutate, its tests in pytest_add_cli_args_test_selection); certify/ is not in scope yet",
+        "only_mutate, its tests in pytest_add_cli_args_test_selection or, per shard, in SHARD_TESTS)",
     )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {OUT.relative_to(ROOT)}")
 
 
-def _test_selection() -> list[str]:
+def _test_selection(shard: str | None) -> list[str]:
+    """The tests mutmut runs for ``shard`` (:data:`SHARD_TESTS`, else pyproject.toml's selection)."""
     import tomllib
 
+    if shard in SHARD_TESTS:
+        return SHARD_TESTS[shard]
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"][
         "pytest_add_cli_args_test_selection"]
 

@@ -4,10 +4,10 @@ One shard per entry of :data:`SHARDS` (``make mutate SHARD=<name>`` runs one); e
 the functions whose mutants are run (``Class.method`` for a method).  mutmut generates mutants for the
 files matched by ``[tool.mutmut] only_mutate`` in pyproject.toml; only the scoped functions are run.
 
-To add code later (e.g. the certify/ round-off functions, the estimators' re-certification, the DP
+To add code later (e.g. the estimators' re-certification, the DP
 sensitivities, the monotonic slope): add its file to ``only_mutate`` in pyproject.toml, its tests to
-``pytest_add_cli_args_test_selection``, and a shard here, e.g.
-``"certify": {"lipkit.certify.roundoff": ["linear_roundoff", ...]}``.
+``pytest_add_cli_args_test_selection`` (or, for this shard only, to :data:`SHARD_TESTS`), and a shard
+here, e.g. ``"dp": {"lipkit.dp.sensitivity": [...]}``.
 
 :data:`SURVIVORS` gives the reason each known surviving mutant survives (``conservative``: it only
 loosens a bound; ``equivalent``: it computes the same thing, with a one-line argument; ``sound-tuning``:
@@ -42,6 +42,18 @@ SHARDS: dict[str, dict[str, list[str]]] = {
         "lipkit.bounds.sensitivity": ["parameter_sensitivity"],
         "lipkit.bounds.windows": ["max_window_cover", "_cover_1d", "output_length"],
     },
+    "roundoff": {
+        "lipkit.certify.roundoff": ["margin_allowance", "affine_error", "_underflow", "_per_output_norm",
+                                    "rounded_activation_error", "distance_terms", "linf_distance_error",
+                                    "sortnet_error", "forward_error_bound"],
+        "lipkit.certify.margin": ["_round_down", "pairwise_bound", "compute_certificates"],
+    },
+}
+
+#: the tests each shard runs against (mutmut's ``pytest_add_cli_args_test_selection`` for that shard);
+#: a shard not listed uses the selection of ``[tool.mutmut]`` in pyproject.toml (the bounds/ tests)
+SHARD_TESTS: dict[str, list[str]] = {
+    "roundoff": ["tests/test_roundoff.py", "tests/test_certify.py", "tests/test_roundoff_mutants.py"],
 }
 
 #: mutmut 3.8 skips decorated functions (a decorator runs at import time), so a rule registered with the
@@ -150,6 +162,32 @@ _TRIAGE: list[tuple[str, str, list[str]]] = [
     ("sound-tuning", "the flop budget only decides which (each sound) grid candidates are computed; ignoring "
      "an explicit budget cannot make the minimum unsound, and the default budget is the same",
      [_C + "x_conv_operator_norm__mutmut_14"]),
+]
+
+_RO = "lipkit.certify.roundoff."
+_MG = "lipkit.certify.margin."
+
+_TRIAGE += [
+    ("equivalent", "the affine layers (nn.Linear, nn.Conv1d/2d) always have a `bias` attribute (None without "
+     "bias), so the getattr default is never used", [_RO + "x_affine_error__mutmut_9"]),
+    ("equivalent", "the distance layers always register `running_mean` (a buffer, None without mean shift), "
+     "so the getattr default is never used", [_RO + "x_distance_terms__mutmut_20"]),
+    ("equivalent", "for p = inf, n_outputs ** (1.0 / p) = n_outputs ** 0.0 = 1.0, the value of the branch",
+     [_RO + "x__underflow__mutmut_3"]),
+    ("equivalent", "one more prefix bound, of the whole chain, is computed and never read (the loop reads "
+     "prefix[0..len(chain)])", [_RO + "x_forward_error_bound__mutmut_22"]),
+    ("equivalent", "a float32 zero total: zero is exact in any dtype and the first float64 term added "
+     "promotes "
+     "the sum to float64 (an all-exact chain returns zeros, the same bound)",
+     [_RO + "x_forward_error_bound__mutmut_40", _RO + "x_forward_error_bound__mutmut_43"]),
+    ("equivalent", "device=None is the CPU, the device of every tensor here (lipkit certifies on the CPU; on "
+     "another device the mismatch raises, it cannot change a bound silently)",
+     [_RO + "x_forward_error_bound__mutmut_41", _RO + "x_forward_error_bound__mutmut_44",
+      _MG + "x_compute_certificates__mutmut_83", _MG + "x_compute_certificates__mutmut_87",
+      _MG + "x_compute_certificates__mutmut_106"]),
+    ("equivalent", "Tensor.to(None) leaves the float32 logits as they are, and float32 - float64 promotes "
+     "them to float64 exactly before subtracting: the same observed error",
+     [_MG + "x_compute_certificates__mutmut_154"]),
 ]
 
 SURVIVORS: dict[str, tuple[str, str]] = {m: (kind, why) for kind, why, ms in _TRIAGE for m in ms}
