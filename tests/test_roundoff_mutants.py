@@ -222,20 +222,27 @@ def test_distance_terms_conv_are_per_channel_in_channel_major_order():
     assert extra.tolist() == [1.5] * 4 + [6.0] * 4
 
 
+#: the layers of _dense(..., bias=True, mean_shift=True): (running mean, bias) per output
+_MU_B = [(0.125, 0.25), (-2.0, -0.5)]
+_OUT = [[1.0, 3.0], [-0.5, 0.0]]
+_SPREAD = [0.0, 0.5]
+
+
+def _per_output_by_hand(p: float, term) -> list[float]:
+    """For each of the two inputs, the l_p norm over outputs of ``term(y, mu, b, spread)``."""
+    return [_norm([term(_OUT[i][o], mu, b, _SPREAD[i]) for o, (mu, b) in enumerate(_MU_B)], p)
+            for i in range(2)]
+
+
 @pytest.mark.parametrize("p", [2.0, INF])
 def test_linf_distance_error_by_hand(p):
     m = _dense(LinfDistLinear, True, True)
-    out = _t([[1.0, 3.0], [-0.5, 0.0]])
-    spread = _t([0.0, 0.5])
     u = 2.0**-20
-    expected = []
-    for i in range(2):
-        per = []
-        for o, (mu, b) in enumerate([(0.125, 0.25), (-2.0, -0.5)]):
-            d = abs(out[i, o].item() + mu - b) * (1.0 + 1e-12)
-            per.append(4.0 * u * (d + spread[i].item() + abs(mu) + abs(b)))
-        expected.append(_norm(per, p))
-    _close(linf_distance_error(m, out, spread, p, u=u), expected)
+
+    def term(y, mu, b, spread):
+        return 4.0 * u * (abs(y + mu - b) * (1.0 + 1e-12) + spread + abs(mu) + abs(b))
+
+    _close(linf_distance_error(m, _t(_OUT), _t(_SPREAD), p, u=u), _per_output_by_hand(p, term))
 
 
 @pytest.mark.parametrize("p", [2.0, INF])
@@ -243,17 +250,14 @@ def test_sortnet_error_by_hand(p):
     m = _dense(SortNeuronLinear, True, True, q=0.5)
     c = m.coefficients
     assert c.tolist() == [4 / 7, 2 / 7, 1 / 7]  # K = 3 order statistics, c_0 = 4/7
-    out = _t([[1.0, 3.0], [-0.5, 0.0]])
-    spread = _t([0.0, 0.5])
     u = 2.0**-20
-    expected = []
-    for i in range(2):
-        per = []
-        for o, (mu, b) in enumerate([(0.125, 0.25), (-2.0, -0.5)]):
-            d_max = abs(out[i, o].item() + mu - b) / (4 / 7) * (1.0 + 1e-9)
-            per.append(2.0 * (3 + 3) * u * (d_max + spread[i].item() + abs(mu) + abs(b)))
-        expected.append(_norm(per, p) + 6 * UNDERFLOW * (1.0 if math.isinf(p) else 2 ** 0.5))
-    _close(sortnet_error(m, out, spread, p, u=u), expected)
+
+    def term(y, mu, b, spread):
+        return 2.0 * (3 + 3) * u * (abs(y + mu - b) / (4 / 7) * (1.0 + 1e-9) + spread + abs(mu) + abs(b))
+
+    underflow = 6 * UNDERFLOW * (1.0 if math.isinf(p) else 2 ** 0.5)
+    expected = [e + underflow for e in _per_output_by_hand(p, term)]
+    _close(sortnet_error(m, _t(_OUT), _t(_SPREAD), p, u=u), expected)
 
 
 # --------------------------------------------------------------------------- margin.py
