@@ -481,14 +481,20 @@ def _strided_candidates(wd, st, pads, size, padding_mode, pnorm, n_iter, grid, b
     return out
 
 
+def conv_paddings(module: nn.Module) -> list[tuple[int, int]]:
+    """``(left, right)`` padding per spatial dimension of a conv, as its forward applies it (``"same"``
+    padding can be asymmetric)."""
+    rev = list(module._reversed_padding_repeated_twice)
+    return [(int(rev[2 * i]), int(rev[2 * i + 1])) for i in range(len(rev) // 2)][::-1]
+
+
 def conv_module_norm(
     module: nn.Module, p: float | int | str = 2, input_size: Sequence[int] | None = None, **kwargs
 ) -> float:
     """:func:`conv_operator_norm` of an ``nn.Conv1d`` / ``nn.Conv2d`` (its actual current weight)."""
     if not isinstance(module, (nn.Conv1d, nn.Conv2d)):
         raise TypeError(f"conv_module_norm expects nn.Conv1d or nn.Conv2d, got {type(module).__name__}")
-    rev = list(module._reversed_padding_repeated_twice)
-    pads = [(int(rev[2 * i]), int(rev[2 * i + 1])) for i in range(len(rev) // 2)][::-1]
+    pads = conv_paddings(module)
     return conv_operator_norm(
         module.weight,
         input_size,

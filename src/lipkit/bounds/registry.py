@@ -176,6 +176,17 @@ def _hook_problem(hook: Callable, kind: str) -> str | None:
             "lipkit.observer_hook if it only observes")
 
 
+def _forward_hook_problem(module: nn.Module) -> str | None:
+    """Why a forward (pre-)hook of ``module`` may change what it computes (None: no such hook)."""
+    for kind, hooks in (("forward pre-hook", module._forward_pre_hooks),
+                        ("forward hook", module._forward_hooks)):
+        for hook in hooks.values():
+            problem = _hook_problem(hook, kind)
+            if problem is not None:
+                return problem
+    return None
+
+
 def global_hook_problem() -> str | None:
     """Why global module hooks (``torch.nn.modules.module.register_module_forward_hook``) forbid any bound."""
     from torch.nn.modules import module as torch_module
@@ -227,12 +238,9 @@ def module_problem(module: nn.Module, registered: type, overridable: frozenset[s
         if attr is not None and _is_descriptor(attr) and not isinstance(attr, property):
             return f"the instance attribute {name!r} replaces the method of its class"
     # 4. hooks
-    for kind, hooks in (("forward pre-hook", module._forward_pre_hooks),
-                        ("forward hook", module._forward_hooks)):
-        for hook in hooks.values():
-            problem = _hook_problem(hook, kind)
-            if problem is not None:
-                return problem
+    problem = _forward_hook_problem(module)
+    if problem is not None:
+        return problem
     if gradients:
         for kind, hooks in (("backward pre-hook", module._backward_pre_hooks),
                             ("backward hook", module._backward_hooks)):
@@ -289,12 +297,9 @@ def _wrapped(module: nn.Module) -> nn.Module | None:
         wrappers += ((ddp.DistributedDataParallel, "module"),)
     for cls, attr in wrappers:
         if type(module) is cls:
-            for kind, hooks in (("forward pre-hook", module._forward_pre_hooks),
-                                ("forward hook", module._forward_hooks)):
-                for hook in hooks.values():
-                    problem = _hook_problem(hook, kind)
-                    if problem is not None:
-                        raise UnsupportedModuleError(f"{_describe(module)}: {problem}")
+            problem = _forward_hook_problem(module)
+            if problem is not None:
+                raise UnsupportedModuleError(f"{_describe(module)}: {problem}")
             return getattr(module, attr)
     return None
 
@@ -401,12 +406,6 @@ def register_bound(*types: type, subclasses: bool = False, replace: bool = False
                               mixed_norms=mixed_norms)
 
 
-@observer_hook
-def _record_hook(shapes: dict, mod: nn.Module, args: tuple) -> None:
-    if args and isinstance(args[0], torch.Tensor) and mod not in shapes:
-        shapes[mod] = tuple(args[0].shape)
-
-
 def record_input_shapes(module: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Module, tuple]:
     """Run one forward pass on zeros of ``input_shape`` (no batch dimension: one is added)
     and record the input shape (with batch) of every submodule."""
@@ -415,7 +414,8 @@ def record_input_shapes(module: nn.Module, input_shape: tuple[int, ...]) -> dict
 
     @observer_hook
     def hook(mod: nn.Module, args: tuple) -> None:
-        _record_hook(shapes, mod, args)
+        if args and isinstance(args[0], torch.Tensor) and mod not in shapes:
+            shapes[mod] = tuple(args[0].shape)
 
     for sub in module.modules():
         hooks.append(sub.register_forward_pre_hook(hook))

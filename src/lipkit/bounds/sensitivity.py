@@ -31,6 +31,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from lipkit.bounds.conv import conv_paddings
 from lipkit.bounds.numerics import round_up
 from lipkit.bounds.registry import Facet, UnsupportedModuleError, record_input_shapes
 from lipkit.bounds.windows import max_window_cover
@@ -90,21 +91,19 @@ def _conv_sensitivity(module: nn.Module, r: float, g: float, shapes: dict) -> di
             f"{type(module).__name__} with padding_mode={module.padding_mode!r}: padding copies input "
             "entries; only zero padding has a sensitivity rule"
         )
-    rev = list(module._reversed_padding_repeated_twice)
-    pad = tuple(int(rev[2 * i]) for i in range(len(rev) // 2))[::-1]  # left padding per dimension
-    out_size = None
+    pad = tuple(left for left, _ in conv_paddings(module))
     shape = shapes.get(module)
-    size = tuple(shape[2:]) if shape is not None else None
-    probe = None
-    if size is not None:
-        with torch.no_grad():
+    size = out_size = None
+    if shape is not None:
+        size = tuple(shape[2:])
+        with torch.no_grad():  # the output size as the forward makes it (asymmetric "same" padding)
             probe = module._conv_forward(torch.zeros((1, *shape[1:]), dtype=module.weight.dtype,
                                                      device=module.weight.device), module.weight, None)
         out_size = tuple(probe.shape[2:])
     cover = max_window_cover(module.kernel_size, module.stride, module.dilation, pad, size, out_size=out_size)
     out = {"weight": round_up(math.sqrt(cover) * r * g, 4)}
     if module.bias is not None:
-        if size is None or out_size is None:
+        if out_size is None:
             raise UnsupportedModuleError(
                 f"{type(module).__name__}: the bias sensitivity grows with the number of output positions; "
                 "pass input_shape"
