@@ -24,8 +24,8 @@ SHARDS: dict[str, dict[str, list[str]]] = {
         "lipkit.bounds.numerics": ["round_up", "operator_norm", "pairwise_head_bound"],
     },
     "registry": {
-        "lipkit.bounds.registry": ["module_problem", "_base_class", "_hook_problem", "Facet.resolve",
-                                   "lipschitz_bound", "_apply_rule", "chain_bound"],
+        "lipkit.bounds.registry": ["module_problem", "_base_class", "_hook_problem", "_forward_hook_problem",
+                                   "Facet.resolve", "lipschitz_bound", "_apply_rule", "chain_bound"],
     },
     "torch_rules": {
         "lipkit.bounds.torch_rules": ["_one", "_scalar", "batchnorm_scale"],
