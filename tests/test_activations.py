@@ -145,8 +145,8 @@ def test_spline_slopes_clipped_after_gradient_step(p):
     raw = torch.diff(s.coefficients.detach(), dim=1) / s.step
     assert raw.abs().max() > 1.5  # the raw parameters now describe slopes above 1 ...
     bound = lipkit.lipschitz_bound(s, p)
-    assert bound <= 1.0  # ... but the forward pass clips them
-    assert bound == 1.0
+    # ... but the forward pass clips them (the bound is rounded up from the float64 knot values)
+    assert 1.0 <= bound <= 1.0 + 1e-12
     s = s.double()
     xs, ys = sample_pairs((3,), seed=1)
     ratio = lipschitz_ratio(s, xs, ys, p)

@@ -49,6 +49,7 @@ from lipkit.nn import (
     SLL,
     Abs,
     ConvexResidual,
+    FrozenLinearSpline,
     FullSort,
     GroupSort,
     Householder,
@@ -82,7 +83,8 @@ __all__ = [
     "conv_operator_norm", "conv_module_norm", "gram_spectral_bound", "reshaped_kernel_norm",
     # layers
     "LipLinear", "LINEAR_CONSTRAINTS", "LipConv2d", "CONV_CONSTRAINTS", "GroupSort", "MaxMin", "FullSort",
-    "Abs", "Negate", "SmoothSoftplus", "Householder", "LinearSpline", "Residual", "ConvexResidual", "SLL",
+    "Abs", "Negate", "SmoothSoftplus", "Householder", "LinearSpline",
+    "FrozenLinearSpline", "Residual", "ConvexResidual", "SLL",
     "SLLConv2d", "L2NormPool2d",
     "ScaledAvgPool2d", "InvertibleDownsample", "LinfDistLinear", "LinfDistConv2d", "SortNeuronLinear",
     "SortNeuronConv2d", "sortnet_coefficients",

@@ -2,7 +2,11 @@
 
 ``export(model)`` deep-copies the model, materialises every constrained weight *once* (the value
 the forward pass uses now) and returns plain ``nn.Linear`` / ``nn.Conv2d`` / ... modules with no
-parametrisation left, so inference costs what an unconstrained network costs.  It then checks:
+parametrisation left, so inference costs what an unconstrained network costs.  A ``LinearSpline``
+becomes a :class:`lipkit.nn.spline.FrozenLinearSpline` (its knots and values, no parameters) with its own
+bound rule, ``max |slope|``: written in plain torch as a sum of ReLUs, ``sigma(x) = a + s_0 x +
+sum_k (s_k - s_(k-1)) relu(x - t_k)``, the same function would only get the bound ``|s_0| + sum_k |s_k -
+s_(k-1)|`` from the registry, which is far larger for a trained spline.  It then checks:
 
 * outputs: on ``example_input`` the exported model agrees with the original (max abs difference
   <= ``atol * max(1, max |output|)``, default atol 1e-6: float32 matmuls may sum in another order),
@@ -24,6 +28,7 @@ from torch.nn.utils import parametrize
 from lipkit.bounds import UnsupportedModuleError, computes_as, lipschitz_bound, normalize_p
 from lipkit.nn.linear import LipLinear
 from lipkit.nn.parametrize.utils import materialize_in_place
+from lipkit.nn.spline import LinearSpline
 
 __all__ = ["export", "ExportError"]
 
@@ -64,6 +69,8 @@ def _convert(m: nn.Module) -> nn.Module | None:
     if conv and (type(m) is not nn.Conv2d or parametrize.is_parametrized(m)):
         with torch.no_grad():
             return _plain_conv(m)
+    if computes_as(m, (LinearSpline,)):  # exact: the same knots and values, frozen
+        return m.freeze()
     if parametrize.is_parametrized(m):
         materialize_in_place(m)
     return None
@@ -93,7 +100,8 @@ def export(
     Args:
         model: any module; ``nn.Linear``/``nn.Conv2d`` (parametrised, ``LipLinear``, ``LipConv2d``, or a
             subclass that overrides nothing of the computation) become plain ``nn.Linear``/``nn.Conv2d``
-            holding the materialised weight; other parametrisations are removed in place on the copy, and
+            holding the materialised weight; a ``LinearSpline`` becomes a ``FrozenLinearSpline``; other
+            parametrisations are removed in place on the copy, and
             any other module (a subclass with its own ``forward``, say) is kept as it is.
         example_input: a probe batch; if given, ``max |export(x) - model(x)| <= atol * max(1,
             max |model(x)|)`` is enforced.

@@ -25,7 +25,9 @@ that one bound covers the float32 forward and the float64 twin together.
   accurate to a few ulps), plus the same underflow term;
 * exact layers (ReLU, max pooling, sorting activations, ``|x|``, negation, shape changes): no error;
 * l_inf-distance and SortNet layers (dense or conv: a conv layer evaluates the dense neuron on each
-  zero-padded patch): per output, :func:`linf_distance_error` and :func:`sortnet_error`.
+  zero-padded patch): per output, :func:`linf_distance_error` and :func:`sortnet_error`;
+* linear splines (``LinearSpline``, ``FrozenLinearSpline``): per entry, :func:`spline_error` (rounded
+  slopes and intercepts, the multiply-add, and a piece chosen next to the right one near a knot).
 
 The error vector ``e_i`` made at layer ``i`` reaches the output through the rest of the chain, which is
 ``L_{>i}``-Lipschitz (:func:`lipkit.lipschitz_bound`), so ``E = sum_i L_{>i} ||e_i||_p``.  Each ``e_i``
@@ -48,12 +50,13 @@ from torch import nn
 from lipkit.bounds import UnsupportedModuleError, computes_as, lipschitz_bound, operator_norm
 from lipkit.nn.activations import Abs, FullSort, GroupSort, MaxMin, Negate, SmoothSoftplus
 from lipkit.nn.distance import LinfDistConv2d, LinfDistLinear, SortNeuronConv2d, SortNeuronLinear
+from lipkit.nn.spline import FrozenLinearSpline, LinearSpline
 
 __all__ = [
     "AFFINE", "OBSERVED_FACTOR", "REL_FLOOR", "REL_FLOOR_UNANALYSED", "ROUNDED", "U", "U32", "U64",
     "UNDERFLOW", "affine_error", "chain_of", "computes_plain", "distance_terms", "forward_error_bound",
-    "is_exact", "is_linf_distance", "is_plain_sequential", "is_sortnet", "linf_distance_error",
-    "margin_allowance", "rounded_activation_error", "sortnet_error",
+    "is_exact", "is_linf_distance", "is_plain_sequential", "is_sortnet", "is_spline", "linf_distance_error",
+    "margin_allowance", "rounded_activation_error", "sortnet_error", "spline_error", "spline_error_terms",
 ]
 
 #: unit round-off of float32 and float64
@@ -119,6 +122,11 @@ def is_sortnet(module: nn.Module) -> bool:
     """A ``SortNeuronLinear`` or ``SortNeuronConv2d`` as lipkit defines it (not a subclass); evaluated
     with exact top-K."""
     return computes_as(module, (SortNeuronLinear, SortNeuronConv2d))
+
+
+def is_spline(module: nn.Module) -> bool:
+    """A ``LinearSpline`` or ``FrozenLinearSpline`` as lipkit defines it (not a subclass)."""
+    return computes_as(module, (LinearSpline, FrozenLinearSpline))
 
 
 # --------------------------------------------------------------------------- per-layer errors
@@ -229,6 +237,50 @@ def linf_distance_error(m: nn.Module, out: torch.Tensor, spread: torch.Tensor, p
     return _per_output_norm(per_output, p)
 
 
+def spline_error_terms(m: nn.Module, u: float = U) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel ``(A_c, B_c)`` (float64, (C,)) such that every entry of a spline layer's output, in
+    channel ``c`` at input ``x``, is off the exact spline by at most ``A_c + B_c |x|`` (both evaluations:
+    ``u`` as in :func:`linf_distance_error`).
+
+    The exact function is the spline through the float64 knots ``T`` and values ``V`` (``m.pieces()``);
+    with ``R_c = max |T_c|``, ``V_c = max |V_c|``, ``S_c = max |s_c|`` and ``D_c = max s_c - min s_c``:
+
+    * the float64 slope and intercept of a piece are off by ``3 u |s|`` and ``2 u (V_c + S_c R_c)``
+      (``b = V_j - s_j T_j``), their float32 roundings by ``u |s|`` and ``u |b|``, ``|b| <= V_c + S_c R_c``;
+      the multiply-add rounds twice: in all ``1.01 u (4 (V_c + S_c R_c) + 3 S_c |x|)`` (``1.01`` covers
+      second-order terms);
+    * the piece: ``LinearSpline`` takes ``floor(fl(fl(x - fl(T_0)) fl(alpha / h)))``, off the exact
+      ``(x - T_0) alpha / h`` by at most ``1.01 u (3 |x - T_0| + |T_0|) alpha / h``, and the float64
+      knots are within ``3 u R_c`` of ``T_0 + j h / alpha``; ``FrozenLinearSpline`` compares ``x`` with the
+      knots rounded to the input dtype.  Either way ``x`` is within ``u (4 |x| + 8 R_c)`` of the piece
+      used, whose line differs from the spline there by at most ``D_c`` times that distance;
+    * underflow: ``2 * 2^-125``.
+
+    So ``A_c = u (4.1 (V_c + S_c R_c) + 8 D_c R_c) + 2^-124`` and ``B_c = u (3.1 S_c + 4 D_c)``.
+    """
+    with torch.no_grad():
+        t, s, b = (z.detach().to(torch.float64) for z in m.pieces())
+        big_r = t.abs().amax(dim=1)
+        vals = (b + s * t[:, :-1]).abs().amax(dim=1)
+        vals = torch.maximum(vals, (b[:, -1] + s[:, -1] * t[:, -1]).abs())
+        slope = s.abs().amax(dim=1)
+        spread = s.amax(dim=1) - s.amin(dim=1)
+        a = u * (4.1 * (vals + slope * big_r) + 8.0 * spread * big_r) + 2.0 * UNDERFLOW
+        bb = u * (3.1 * slope + 4.0 * spread)
+    return a * (1 + 1e-9), bb * (1 + 1e-9)
+
+
+def spline_error(m: nn.Module, h: torch.Tensor, spread: torch.Tensor | float, p: float,
+                 u: float = U) -> torch.Tensor:
+    """Bound ``(B,)`` of the round-off of a spline layer at every ``h'`` with ``||h' - h||_p <= spread``:
+    ``|| A + B |h| ||_p + max_c B_c spread`` with ``(A, B)`` from :func:`spline_error_terms`
+    (``|h'| <= |h| + |h' - h|`` entry-wise)."""
+    a, bb = spline_error_terms(m, u)
+    hm = h.movedim(m.dim, -1).abs()
+    per = a + bb * hm
+    return _per_output_norm(per, p) + bb.max() * spread
+
+
 # --------------------------------------------------------------------------- the chain
 
 
@@ -246,7 +298,8 @@ def forward_error_bound(chain: list[nn.Module], x64: torch.Tensor, p: float, r_m
         input_shape: per-sample input shape, for the convolution bounds.
     """
     for m in chain:
-        if not (computes_plain(m, AFFINE + ROUNDED) or is_exact(m) or is_linf_distance(m) or is_sortnet(m)):
+        if not (computes_plain(m, AFFINE + ROUNDED) or is_exact(m) or is_linf_distance(m) or is_sortnet(m)
+                or is_spline(m)):
             return None
         if isinstance(m, nn.Dropout) and m.training:
             return None
@@ -268,6 +321,8 @@ def forward_error_bound(chain: list[nn.Module], x64: torch.Tensor, p: float, r_m
                 e = linf_distance_error(m, out, prefix[i] * r_max, p)
             elif is_sortnet(m):
                 e = sortnet_error(m, out, prefix[i] * r_max, p)
+            elif is_spline(m):
+                e = spline_error(m, h, prefix[i] * r_max, p)
             elif isinstance(m, ROUNDED):
                 e = rounded_activation_error(out, prefix[i + 1] * r_max, p)
             else:

@@ -20,10 +20,10 @@ from lipkit.nn.distance import (
 from lipkit.nn.linear import LINEAR_CONSTRAINTS, LipLinear
 from lipkit.nn.pooling import InvertibleDownsample, L2NormPool2d, ScaledAvgPool2d
 from lipkit.nn.residual import SLL, ConvexResidual, Residual, SLLConv2d
-from lipkit.nn.spline import LinearSpline
+from lipkit.nn.spline import FrozenLinearSpline, LinearSpline
 
 __all__ = [
-    "Abs", "CONV_CONSTRAINTS", "ConvexResidual", "FullSort", "GroupSort", "Householder",
+    "Abs", "CONV_CONSTRAINTS", "ConvexResidual", "FrozenLinearSpline", "FullSort", "GroupSort", "Householder",
     "InvertibleDownsample",
     "L2NormPool2d", "LINEAR_CONSTRAINTS", "LinearSpline", "LinfDistConv2d", "LinfDistLinear", "LipConv2d",
     "LipLinear", "MaxMin", "Negate", "Residual", "SLL", "SLLConv2d", "ScaledAvgPool2d", "SortNeuronConv2d",
