@@ -137,7 +137,10 @@ def train(
     name: Annotated[str | None, typer.Option()] = None,
     dataset: Annotated[str | None, typer.Option()] = None,
     widths: Annotated[str | None, typer.Option(help="hidden widths, e.g. 256,256")] = None,
-    activation: Annotated[str | None, typer.Option()] = None,
+    activation: Annotated[str | None, typer.Option(help="maxmin, groupsort or spline")] = None,
+    tv2_weight: Annotated[float | None, typer.Option(help="spline activations: TV(2) penalty weight")] = None,
+    spline_lr: Annotated[float | None, typer.Option(
+        help="spline activations: their own learning rate (0: lr)")] = None,
     loss: Annotated[str | None, typer.Option()] = None,
     temperature: Annotated[float | None, typer.Option()] = None,
     margin: Annotated[float | None, typer.Option()] = None,
@@ -160,7 +163,7 @@ def train(
                       temperature=temperature, margin=margin, lr=lr, epochs=epochs, batch_size=batch_size,
                       seed=seed, radii=radii, p=p, model=model, head_width=head_width,
                       standardised_init=standardised_init, augment_shift=augment_shift,
-                      ce_weight=ce_weight, p_window=p_window)
+                      ce_weight=ce_weight, p_window=p_window, tv2_weight=tv2_weight, spline_lr=spline_lr)
     _run_pipeline(cfg, out, progress)
 
 

@@ -22,7 +22,7 @@ __all__ = ["DEMO_CONFIG", "RunConfig", "ConfigError", "load_config", "read_confi
            "recipe_names", "SECTIONS", "KEY_SECTION", "TOP_LEVEL_KEYS", "DataConfig", "NetworkConfig",
            "ObjectiveConfig", "OptimConfig", "LinfConfig", "CertifyConfig"]
 
-ACTIVATIONS = ("maxmin", "groupsort")
+ACTIVATIONS = ("maxmin", "groupsort", "spline")
 CONSTRAINTS = ("orthogonal",)
 ORTHOGONAL_METHODS = ("cayley", "retraction", "bjorck")
 LOSSES = ("ce", "hinge", "hkr", "mix")
@@ -82,6 +82,8 @@ class NetworkConfig:
     head_activation: str = "relu"
     sort_q: float = 0.5
     standardised_init: bool = False
+    spline_knots: int = 21
+    spline_range: float = 3.0
 
 
 @dataclass
@@ -92,6 +94,7 @@ class ObjectiveConfig:
     temperature: float = 8.0
     margin: float = 1.0
     alpha: float = 10.0
+    tv2_weight: float = 0.0
 
 
 @dataclass
@@ -106,6 +109,7 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
+    spline_lr: float = 0.0
 
 
 @dataclass
@@ -175,6 +179,9 @@ class RunConfig:
     Model: ``widths`` hidden layers of ``LipLinear(constraint=...)`` each followed by the
     activation, then a ``LipLinear`` to ``num_classes`` outputs (orthogonal rows), so the network
     is 1-Lipschitz in l2 and the margin certificate ``(f_y - max_j f_j) / sqrt(2)`` applies.
+    ``activation: spline``: a learnable 1-Lipschitz ``LinearSpline`` per hidden width (``spline_knots``
+    knots on ``[-spline_range, spline_range]``), trained with the TV(2) penalty ``tv2_weight * sum tv2``
+    and, if ``spline_lr > 0``, its own learning rate (:mod:`lipkit.training.splines`).
     Loss ``ce``: cross-entropy on ``temperature * (f - margin * sqrt(2) * onehot(y))`` (divided by
     the temperature); ``hinge``: multiclass hinge with ``margin``; ``hkr``: hinge +
     Kantorovich-Rubinstein with weight ``alpha`` (:func:`lipkit.training.trainer.make_loss`).
@@ -298,9 +305,19 @@ class RunConfig:
              "must be two numbers in [0, 1)")
         need(self.adam_eps > 0 and math.isfinite(self.adam_eps), "adam_eps", "must be > 0")
         need(self.weight_decay >= 0 and math.isfinite(self.weight_decay), "weight_decay", "must be >= 0")
+        for k in ("tv2_weight", "spline_lr", "spline_range"):
+            setattr(self, k, _as_float(k, getattr(self, k)))
+        self.spline_knots = _as_int("spline_knots", self.spline_knots)
+        need(self.tv2_weight >= 0 and math.isfinite(self.tv2_weight), "tv2_weight", "must be >= 0")
+        need(self.spline_lr >= 0 and math.isfinite(self.spline_lr), "spline_lr",
+             "must be >= 0 (0: the same learning rate as the other parameters)")
+        need(self.spline_knots >= 3, "spline_knots", "must be >= 3")
+        need(self.spline_range > 0 and math.isfinite(self.spline_range), "spline_range", "must be > 0")
+        need(self.activation == "spline" or (self.tv2_weight == 0 and self.spline_lr == 0),
+             "tv2_weight" if self.tv2_weight else "spline_lr", "is for activation: spline only")
         # impossible combinations
         if self.model == "lipmlp":
-            step = 2 if self.activation == "maxmin" else self.group_size
+            step = 1 if self.activation == "spline" else 2 if self.activation == "maxmin" else self.group_size
             bad = [w for w in self.widths if w % step]
             need(not bad, "widths", f"{self.activation} sorts groups of {step}: every width must be a "
                  f"multiple of {step}, not {bad}")

@@ -104,6 +104,10 @@ def strategies_for(cfg: RunConfig) -> list[TrainingStrategy]:
         from lipkit.training.linf import LinfScheduleStrategy
 
         return [LinfScheduleStrategy(cfg)]
+    if cfg.activation == "spline":
+        from lipkit.training.splines import SplineStrategy
+
+        return [SplineStrategy(cfg)]
     return []
 
 

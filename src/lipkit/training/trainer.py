@@ -66,7 +66,11 @@ __all__ = [
 # --------------------------------------------------------------------------- model
 
 
-def _activation(cfg: RunConfig) -> nn.Module:
+def _activation(cfg: RunConfig, width: int | None = None, plain: bool = False) -> nn.Module:
+    if cfg.activation == "spline":
+        from lipkit.training.splines import spline_activation
+
+        return spline_activation(cfg, width, plain=plain)
     return MaxMin() if cfg.activation == "maxmin" else GroupSort(cfg.group_size)
 
 
@@ -102,7 +106,7 @@ def seeded_model(cfg: RunConfig, in_features: int, num_classes: int) -> nn.Seque
     layers: list[nn.Module] = []
     width_in = in_features
     for w in cfg.widths:
-        layers += [_lip_linear(width_in, w, cfg), _activation(cfg)]
+        layers += [_lip_linear(width_in, w, cfg), _activation(cfg, w)]
         width_in = w
     layers.append(_lip_linear(width_in, num_classes, cfg))
     return nn.Sequential(*layers)
@@ -117,7 +121,7 @@ def build_plain_model(cfg: RunConfig, in_features: int, num_classes: int) -> nn.
     layers: list[nn.Module] = []
     width_in = in_features
     for w in cfg.widths:
-        layers += [nn.Linear(width_in, w), _activation(cfg)]
+        layers += [nn.Linear(width_in, w), _activation(cfg, w, plain=True)]
         width_in = w
     layers.append(nn.Linear(width_in, num_classes))
     return nn.Sequential(*layers)
@@ -244,7 +248,9 @@ def make_optimizer(optim: OptimConfig, params: Any, steps_total: int) -> tuple[t
     else:
         opt = torch.optim.SGD(params, lr=optim.lr, momentum=0.9, nesterov=True)
     if optim.schedule == "onecycle":
-        sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=optim.lr, total_steps=steps_total)
+        # each group's own peak (a group without "lr" has optim.lr; the spline group may have its own)
+        sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
+                                                         total_steps=steps_total)
     elif optim.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps_total)
     else:
