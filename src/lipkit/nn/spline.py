@@ -59,16 +59,14 @@ def _pieces_of(knots: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor,
     return slopes, intercepts
 
 
-def _evaluate(xm: torch.Tensor, idx: torch.Tensor, slopes: torch.Tensor,
+def _evaluate(xf: torch.Tensor, idx: torch.Tensor, slopes: torch.Tensor,
               intercepts: torch.Tensor) -> torch.Tensor:
-    """``b[c, idx] + s[c, idx] * x`` for ``xm`` of shape ``(..., C)`` with piece indices ``idx``: two
-    gathers from the flattened ``(C * P)`` tables, so memory and saved tensors stay O(numel(x))."""
-    pieces = slopes.shape[1]
-    offset = torch.arange(slopes.shape[0], device=xm.device) * pieces
-    flat = idx + offset
-    s = slopes.to(xm.dtype).reshape(-1)[flat]
-    b = intercepts.to(xm.dtype).reshape(-1)[flat]
-    return torch.addcmul(b, s, xm)
+    """``b[c, idx] + s[c, idx] * x`` for ``xf`` of shape ``(N, C)`` with piece indices ``idx`` (N, C): two
+    gathers from the ``(P, C)`` tables (backward: scatter-add), so memory and saved tensors stay
+    O(N C), never O(N C P)."""
+    s = slopes.t().to(xf.dtype).gather(0, idx)
+    b = intercepts.t().to(xf.dtype).gather(0, idx)
+    return torch.addcmul(b, s, xf)
 
 
 def _max_abs_slope(knots: torch.Tensor, values: torch.Tensor) -> float:
@@ -234,8 +232,11 @@ class LinearSpline(nn.Module):
     def knots_and_values(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Float64 knots ``T = t / alpha`` and values ``V = P(c) / alpha`` (each (C, K)) of the function
         the forward evaluates; differentiable in the coefficients and the scale."""
+        knots = self.knots[None, :].to(torch.float64)
+        if not self.learn_scale:  # alpha = exp(0) = 1 exactly: skip the divisions
+            return knots.expand(self.num_channels, -1), self.constrained_coefficients()
         alpha = self.scale()[:, None]
-        return self.knots[None, :].to(torch.float64) / alpha, self.constrained_coefficients() / alpha
+        return knots / alpha, self.constrained_coefficients() / alpha
 
     def pieces(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(T, s, b)``: float64 knots ``(C, K)``, slopes and intercepts ``(C, K-1)`` of the pieces."""
@@ -249,11 +250,13 @@ class LinearSpline(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xm = _check_channels(self, x)
+        shape = xm.shape
+        xf = xm.reshape(-1, self.num_channels)
         t, s, b = self.pieces()
-        inv_h = (self.scale() / self.step).to(x.dtype)
         with torch.no_grad():
-            idx = torch.floor((xm - t[:, 0].to(x.dtype)) * inv_h).clamp(0, self.num_knots - 2).long()
-        return _evaluate(xm, idx, s, b).movedim(-1, self.dim)
+            inv_h = (self.scale() / self.step).to(x.dtype)
+            idx = torch.floor((xf - t[:, 0].to(x.dtype)) * inv_h).clamp(0, self.num_knots - 2).long()
+        return _evaluate(xf, idx, s, b).reshape(shape).movedim(-1, self.dim)
 
     def tv2(self) -> torch.Tensor:
         """``TV^(2)`` of the function as computed: ``sum_c sum_k |S_c(k+1) - S_ck|`` (class docstring)."""
@@ -370,11 +373,10 @@ class FrozenLinearSpline(nn.Module):
         xm = _check_channels(self, x)
         t, s, b = self.pieces()
         shape = xm.shape
-        flat = xm.reshape(-1, self.num_channels).t().contiguous()  # (C, N)
+        xf = xm.reshape(-1, self.num_channels)
         inner = t[:, 1:-1].to(x.dtype).contiguous()
-        idx = torch.searchsorted(inner, flat, right=True)  # piece j: inner knots <= x counted
-        out = _evaluate(flat.t(), idx.t(), s, b)
-        return out.reshape(shape).movedim(-1, self.dim)
+        idx = torch.searchsorted(inner, xf.t().contiguous(), right=True)  # piece j: inner knots <= x
+        return _evaluate(xf, idx.t(), s, b).reshape(shape).movedim(-1, self.dim)
 
     def lipschitz_constant(self) -> float:
         return _max_abs_slope(self.knots, self.values)
