@@ -8,7 +8,8 @@ fit three 1-Lipschitz functions on ``[-1, 1]`` from 1000 random training points:
 * ``cos``: ``cos(7 pi x) / (7 pi)``.
 
 Activations: ``spline_project`` and ``spline_clamp`` (``LinearSpline``, 41 knots on ``[-2, 2]``, initialised
-as ``|x|``, the two slope maps), ``relu``, ``abs``, ``maxmin`` (GroupSort with groups of 2) and ``householder``.
+as ``|x|``, the two slope maps), ``relu``, ``abs``, ``maxmin`` (GroupSort with groups of 2) and
+``householder``.
 Every network trains full-batch with Adam and a cosine learning rate for the same number of steps.  Each
 activation has a 4-point grid, chosen on a validation set (1000 other random points; mean of 2 seeds): the
 learning rate (4 values) for fixed activations, learning rate x TV(2) weight (2 x 2) for splines.  The chosen
@@ -194,7 +195,8 @@ def main() -> None:
                             "lr": lr, "tv2_weight": tv2, "selection_val_mse": val,
                             "grid": [{"lr": a, "tv2_weight": b, "val_mse": v} for v, a, b in scores],
                             "test_mse_all": tests}
-            print(f"{fn:10s} {act:15s} lr={lr:g} tv2={tv2:g} median test MSE {out[fn][act]['median_mse']:.3e} "
+            print(f"{fn:10s} {act:15s} lr={lr:g} tv2={tv2:g} "
+                  f"median test MSE {out[fn][act]['median_mse']:.3e} "
                   f"min {out[fn][act]['min_mse']:.3e} ({time.perf_counter() - t0:.0f} s)", flush=True)
     default = lipkit.LinearSpline(1).constraint
     spline_key = f"spline_{default}"
@@ -207,7 +209,8 @@ def main() -> None:
     project_wins = sum(constraint_cmp[fn]["project"] < constraint_cmp[fn]["clamp"] for fn in FUNCTIONS)
     narrow = step_ratio((1, 10, 10, 10, 1), 1000)
     wide = step_ratio((784, 256, 256, 10), 256)
-    print(f"step ratio spline / maxmin: {narrow['ratio']:.2f} (1-D net), {wide['ratio']:.2f} (784-256-256-10)")
+    print(f"step ratio spline / maxmin: {narrow['ratio']:.2f} (1-D net), "
+          f"{wide['ratio']:.2f} (784-256-256-10)")
     figures = {
         "functions": list(FUNCTIONS), "activations": list(ACTIVATIONS), "results": out,
         "best_activation": best, "default_constraint": default, "spline_key": spline_key,

@@ -1,4 +1,5 @@
-"""A sound lower bound of the Wasserstein-1 distance between two Fashion-MNIST classes: spline vs MaxMin critic.
+"""A sound lower bound of the Wasserstein-1 distance between two Fashion-MNIST classes: spline vs MaxMin
+critic.
 
 Kantorovich-Rubinstein duality: ``W1(P, Q) = sup_{Lip(f) <= 1} E_P f - E_Q f`` (l2 ground metric on the
 784 pixels in [0, 1]), so for *any* critic ``f`` with a sound bound ``L >= Lip(f)``,
