@@ -168,12 +168,51 @@ def figure(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def summary(out: dict) -> dict:
+    """The summary keys, from the per-activation results: the slope map with the lower median validation
+    MSE on more functions (``constraint_winner``, the library's default), the activation with the lowest
+    median test MSE per function, and ``spline_best_on_all`` for the winning spline."""
+    cmp = {fn: {c: out[fn][f"spline_{c}"]["median_val_mse"] for c in ("clamp", "project")}
+           for fn in FUNCTIONS}
+    project_wins = sum(cmp[fn]["project"] < cmp[fn]["clamp"] for fn in FUNCTIONS)
+    winner = "project" if 2 * project_wins > len(FUNCTIONS) else "clamp"
+    key = f"spline_{winner}"
+    fixed = [a for a in ACTIVATIONS if not a.startswith("spline")]
+    return {
+        "best_activation": {fn: min(ACTIVATIONS, key=lambda a, fn=fn: out[fn][a]["median_mse"])
+                            for fn in FUNCTIONS},
+        "constraint_validation_mse": cmp, "project_wins_on_validation": project_wins,
+        "constraint_winner": winner, "default_constraint": lipkit.LinearSpline(1).constraint,
+        "spline_key": key,
+        "spline_best_on_all": all(out[fn][key]["median_mse"] < min(out[fn][a]["median_mse"] for a in fixed)
+                                  for fn in FUNCTIONS),
+        "spline_median_mse": {fn: out[fn][key]["median_mse"] for fn in FUNCTIONS},
+        "best_fixed_median_mse": {fn: min(out[fn][a]["median_mse"] for a in fixed) for fn in FUNCTIONS},
+    }
+
+
+def resummarise() -> None:
+    """Recompute the summary keys of the stored results (e.g. after the library default changed)."""
+    import json
+
+    path = results_dir() / "splines_1d.json"
+    data = json.loads(path.read_text())
+    data.update(summary(data["results"]))
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    figure(data["results"], results_dir() / "splines_1d.png")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: few steps and seeds, no results file")
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--resummarise", action="store_true",
+                    help="recompute the summary keys and the figure of the stored results, then stop")
     args = ap.parse_args()
+    if args.resummarise:
+        resummarise()
+        return
     torch.set_num_threads(1)
     steps, seeds, sel_seeds = (args.steps, args.seeds, 2) if not args.quick else (40, 2, 1)
     t0 = time.perf_counter()
@@ -198,24 +237,12 @@ def main() -> None:
             print(f"{fn:10s} {act:15s} lr={lr:g} tv2={tv2:g} "
                   f"median test MSE {out[fn][act]['median_mse']:.3e} "
                   f"min {out[fn][act]['min_mse']:.3e} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    default = lipkit.LinearSpline(1).constraint
-    spline_key = f"spline_{default}"
-    best = {fn: min(ACTIVATIONS, key=lambda a, fn=fn: out[fn][a]["median_mse"]) for fn in FUNCTIONS}
-    fixed = [a for a in ACTIVATIONS if not a.startswith("spline")]
-    spline_best = all(out[fn][spline_key]["median_mse"] < min(out[fn][a]["median_mse"] for a in fixed)
-                      for fn in FUNCTIONS)
-    constraint_cmp = {fn: {c: out[fn][f"spline_{c}"]["median_val_mse"] for c in ("clamp", "project")}
-                      for fn in FUNCTIONS}
-    project_wins = sum(constraint_cmp[fn]["project"] < constraint_cmp[fn]["clamp"] for fn in FUNCTIONS)
     narrow = step_ratio((1, 10, 10, 10, 1), 1000)
     wide = step_ratio((784, 256, 256, 10), 256)
     print(f"step ratio spline / maxmin: {narrow['ratio']:.2f} (1-D net), "
           f"{wide['ratio']:.2f} (784-256-256-10)")
     figures = {
-        "functions": list(FUNCTIONS), "activations": list(ACTIVATIONS), "results": out,
-        "best_activation": best, "default_constraint": default, "spline_key": spline_key,
-        "spline_best_on_all": spline_best,
-        "constraint_validation_mse": constraint_cmp, "project_wins_on_validation": project_wins,
+        "functions": list(FUNCTIONS), "activations": list(ACTIVATIONS), "results": out, **summary(out),
         "step_ratio_vs_groupsort": narrow["ratio"], "step_ms": narrow,
         "step_ratio_vs_groupsort_wide": wide["ratio"], "step_ms_wide": wide,
         "setup": {"widths": [1, 10, 10, 10, 1], "steps": steps, "seeds": seeds, "selection_seeds": sel_seeds,
@@ -224,7 +251,7 @@ def main() -> None:
                   "shared_machine": True},
     }
     if args.quick:
-        print(figures["best_activation"], spline_best)
+        print(figures["best_activation"], figures["spline_best_on_all"])
         return
     path = write_result("splines_1d", figures, time.perf_counter() - t0)
     figure(out, results_dir() / "splines_1d.png")
