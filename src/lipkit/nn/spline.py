@@ -192,7 +192,7 @@ class LinearSpline(nn.Module):
         if self.learn_scale:
             self.log_scale = nn.Parameter(zeros)
         else:
-            self.register_buffer("log_scale", zeros)
+            self.register_buffer("log_scale", zeros, persistent=False)  # state dicts as before
 
     # ------------------------------------------------------------------ the constrained function
 
