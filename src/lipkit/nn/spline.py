@@ -89,7 +89,8 @@ class LinearSpline(nn.Module):
     * ``constraint="clamp"``: ``a`` such that ``P(c)`` keeps the value of the middle knot ``m = K // 2``;
     * ``constraint="project"`` (Ducotterd et al.'s projection): ``a = mean_k (c_k - h sum_{i<k} s_i)``,
       the least-squares choice ``argmin_a ||P(c) - c||_2`` of the offset given the clipped slopes, so
-      ``mean P(c) = mean c``.
+      ``mean P(c) = mean c``.  (This is the cheap projection the authors train with; the exact Euclidean
+      projection onto ``{d : lo <= diff(d) / h <= hi}`` is a quadratic program and is not used.)
 
     Both are idempotent (``P(P(c)) = P(c)``: the slopes of ``P(c)`` are in bounds and keep their value, and
     the middle value / the mean is preserved).  Both have a zero gradient for a slope outside the bounds;
