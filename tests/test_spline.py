@@ -308,3 +308,15 @@ def test_bad_arguments_give_one_clear_error():
         lipkit.LinearSpline(3)(torch.ones(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="threshold"):
         lipkit.LinearSpline(3).sparsify(-1.0)
+
+
+def test_default_constraint_is_the_winner_of_the_1d_study():
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "results" / "splines_1d.json"
+    data = json.loads(path.read_text())
+    cmp = data["constraint_validation_mse"]
+    clamp_wins = sum(v["clamp"] <= v["project"] for v in cmp.values())
+    assert data["constraint_winner"] == ("clamp" if 2 * clamp_wins >= len(cmp) else "project")
+    assert lipkit.LinearSpline(1).constraint == data["constraint_winner"]
