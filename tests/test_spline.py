@@ -278,6 +278,7 @@ def test_sensitivity_rule_against_per_example_gradients(cfg, shape):
         assert got[name] <= bounds[name], name
     with pytest.raises(lipkit.UnsupportedModuleError, match="input_shape"):
         lipkit.parameter_sensitivity(s, r, gnorm)
+    assert lipkit.parameter_sensitivity(s.freeze(), r, gnorm) == {}  # no trainable tensors
 
 
 def test_constraint_jacobian_is_identity_when_nothing_is_clipped():

@@ -437,3 +437,10 @@ def _spline_sensitivity(module: LinearSpline, r: float, g: float, shapes: dict) 
             b = module.pieces()[2].abs().max().item()
             out["log_scale"] = round_up(math.sqrt(n_pos) * g * b, 4)
     return out
+
+
+@register_sensitivity(FrozenLinearSpline)
+def _frozen_spline_sensitivity(module: FrozenLinearSpline, r: float, g: float,
+                               shapes: dict) -> dict[str, float]:
+    """No trainable tensors: nothing to bound."""
+    return {}
