@@ -197,12 +197,31 @@ def test_freeze_and_export_keep_outputs_and_bound():
     assert any(isinstance(m, FrozenLinearSpline) for m in ex.modules())
     assert not any(isinstance(m, lipkit.LinearSpline) for m in ex.modules())
     with torch.no_grad():
-        assert torch.allclose(ex(x), net(x), atol=1e-6)
+        assert torch.equal(ex(x), net(x))
     assert lipkit.lipschitz_bound(ex, 2) == lipkit.lipschitz_bound(net, 2)
     # a sum of ReLUs would be bounded by |s_0| + sum |change of slope|: much larger for a trained spline
     sl = net[1].slopes().detach()
     relu_sum = (sl[:, :1].abs().sum(1) + torch.diff(sl, dim=1).abs().sum(1)).max().item()
     assert relu_sum > 2 * lipkit.lipschitz_bound(net[1], 2)
+
+
+def test_frozen_spline_reproduces_the_spline_bit_for_bit():
+    for cfg in CONFIGS:
+        s = _trained(cfg, channels=16)
+        if s.learn_scale:
+            with torch.no_grad():
+                s.log_scale.copy_(torch.linspace(-0.7, 0.7, 16))
+        f = s.freeze()
+        x = 3 * torch.randn(4096, 16)
+        knots = s.knots_and_values()[0].detach().float().t()  # and points on the knots and next to them
+        x = torch.cat([x, knots, torch.nextafter(knots, knots + 1), torch.nextafter(knots, knots - 1)])
+        with torch.no_grad():
+            assert torch.equal(f(x), s(x))
+        assert lipkit.lipschitz_bound(f, 2) == lipkit.lipschitz_bound(s, 2)
+    with torch.no_grad():  # knots that no longer match inv_step: refused, not bounded
+        f.knots[:, 3] += 0.01
+    with pytest.raises(lipkit.UnsupportedModuleError, match="not uniform"):
+        lipkit.lipschitz_bound(f, 2)
 
 
 def test_frozen_spline_conv_layout_and_errors():

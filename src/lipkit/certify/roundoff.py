@@ -251,9 +251,11 @@ def spline_error_terms(m: nn.Module, u: float = U) -> tuple[torch.Tensor, torch.
       second-order terms);
     * the piece: ``LinearSpline`` takes ``floor(fl(fl(x - fl(T_0)) fl(alpha / h)))``, off the exact
       ``(x - T_0) alpha / h`` by at most ``1.01 u (3 |x - T_0| + |T_0|) alpha / h``, and the float64
-      knots are within ``3 u R_c`` of ``T_0 + j h / alpha``; ``FrozenLinearSpline`` compares ``x`` with the
-      knots rounded to the input dtype.  Either way ``x`` is within ``u (4 |x| + 8 R_c)`` of the piece
-      used, whose line differs from the spline there by at most ``D_c`` times that distance;
+      knots are within ``3 u R_c`` of ``T_0 + j h / alpha`` (a ``FrozenLinearSpline`` with ``inv_step``
+      does the same, its rule having checked the knots uniform to ``1e-9 max |T| <= u R_c``); one
+      without compares ``x`` with the knots rounded to the input dtype.  Either way ``x`` is within
+      ``u (4 |x| + 8 R_c)`` of the piece used, whose line differs from the spline there by at most
+      ``D_c`` times that distance;
     * underflow: ``2 * 2^-125``.
 
     So ``A_c = u (4.1 (V_c + S_c R_c) + 8 D_c R_c) + 2^-124`` and ``B_c = u (3.1 S_c + 4 D_c)``.

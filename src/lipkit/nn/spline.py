@@ -282,7 +282,8 @@ class LinearSpline(nn.Module):
         """The same function as a :class:`FrozenLinearSpline` (all knots), e.g. for export."""
         with torch.no_grad():
             t, v = self.knots_and_values()
-        return FrozenLinearSpline(t, v, dim=self.dim)
+            inv_step = self.scale() / self.step
+        return FrozenLinearSpline(t, v, dim=self.dim, inv_step=inv_step)
 
     def sparsify(self, threshold: float = 1e-3) -> FrozenLinearSpline:
         """Collapse each channel to the knots where its slope changes by more than ``threshold``.
@@ -344,10 +345,16 @@ class FrozenLinearSpline(nn.Module):
     ``knots`` (C, M), strictly increasing per channel, and ``values`` (C, M) are float64 buffers; outside
     ``[knots[c, 0], knots[c, -1]]`` the first / last piece extends.  The forward picks the piece with
     ``searchsorted`` on the knots rounded to the input dtype and evaluates ``b + s x`` (module docstring).
+    With ``inv_step`` (C,) (uniform knots ``knots[c, j] = knots[c, 0] + j / inv_step[c]``, what
+    :meth:`LinearSpline.freeze` gives) it picks the piece exactly as ``LinearSpline`` does, ``floor((x -
+    knots[c, 0]) inv_step[c])``, so the frozen module reproduces the spline's outputs bit for bit; the
+    bound rule then checks that the knots are uniform (to ``1e-9 max |knot|``, within what the
+    round-off analysis allows) and refuses otherwise.
     Its bound rule is ``max |slope|``, not the ``sum |change of slope|`` a sum-of-ReLUs form would get.
     """
 
-    def __init__(self, knots: torch.Tensor, values: torch.Tensor, dim: int = 1) -> None:
+    def __init__(self, knots: torch.Tensor, values: torch.Tensor, dim: int = 1,
+                 inv_step: torch.Tensor | None = None) -> None:
         super().__init__()
         knots = torch.as_tensor(knots, dtype=torch.float64).detach().clone()
         values = torch.as_tensor(values, dtype=torch.float64).detach().clone()
@@ -363,6 +370,26 @@ class FrozenLinearSpline(nn.Module):
         self.tolerance = 0.0
         self.register_buffer("knots", knots)
         self.register_buffer("values", values)
+        if inv_step is not None:
+            inv_step = torch.as_tensor(inv_step, dtype=torch.float64).detach().clone()
+            ok = torch.isfinite(inv_step).all() and (inv_step > 0).all()
+            if inv_step.shape != (knots.shape[0],) or not ok:
+                raise ValueError("FrozenLinearSpline: inv_step must be positive and finite, one per channel")
+        self.register_buffer("inv_step", inv_step)
+        problem = self.uniform_problem()
+        if problem is not None:
+            raise ValueError(f"FrozenLinearSpline: {problem}")
+
+    def uniform_problem(self) -> str | None:
+        """Why the knots do not match ``inv_step`` (None if they do, or if there is no ``inv_step``)."""
+        if self.inv_step is None:
+            return None
+        t = self.knots.to(torch.float64)
+        j = torch.arange(t.shape[1], dtype=torch.float64)
+        dev = (t - (t[:, :1] + j / self.inv_step.to(torch.float64)[:, None])).abs().max().item()
+        if not dev <= 1e-9 * t.abs().max().item():
+            return f"the knots are not uniform with spacing 1 / inv_step (deviation {dev:.3g})"
+        return None
 
     def pieces(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(T, s, b)`` in float64 (see :meth:`LinearSpline.pieces`)."""
@@ -375,11 +402,18 @@ class FrozenLinearSpline(nn.Module):
         t, s, b = self.pieces()
         shape = xm.shape
         xf = xm.reshape(-1, self.num_channels)
-        inner = t[:, 1:-1].to(x.dtype).contiguous()
-        idx = torch.searchsorted(inner, xf.t().contiguous(), right=True)  # piece j: inner knots <= x
-        return _evaluate(xf, idx.t(), s, b).reshape(shape).movedim(-1, self.dim)
+        if self.inv_step is not None:  # the piece as LinearSpline picks it
+            inv_h = self.inv_step.to(x.dtype)
+            idx = torch.floor((xf - t[:, 0].to(x.dtype)) * inv_h).clamp(0, t.shape[1] - 2).long()
+        else:
+            inner = t[:, 1:-1].to(x.dtype).contiguous()
+            idx = torch.searchsorted(inner, xf.t().contiguous(), right=True).t()  # inner knots <= x
+        return _evaluate(xf, idx, s, b).reshape(shape).movedim(-1, self.dim)
 
     def lipschitz_constant(self) -> float:
+        problem = self.uniform_problem()
+        if problem is not None:
+            raise UnsupportedModuleError(f"FrozenLinearSpline: {problem}", self)
         return _max_abs_slope(self.knots, self.values)
 
     def extra_repr(self) -> str:

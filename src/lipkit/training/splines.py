@@ -34,7 +34,9 @@ def spline_activation(cfg: RunConfig, width: int | None, plain: bool = False) ->
     if plain:
         knots = torch.linspace(-cfg.spline_range, cfg.spline_range, cfg.spline_knots, dtype=torch.float64)
         knots = knots.expand(width, -1)
-        return FrozenLinearSpline(knots, knots.clamp(min=0))
+        inv_step = torch.full((width,), (cfg.spline_knots - 1) / (2.0 * cfg.spline_range),
+                              dtype=torch.float64)
+        return FrozenLinearSpline(knots, knots.clamp(min=0), inv_step=inv_step)
     return LinearSpline(width, num_knots=cfg.spline_knots, knot_range=cfg.spline_range, init="relu")
 
 
