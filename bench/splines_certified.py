@@ -5,7 +5,8 @@ margin, Adam, one-cycle schedule) and the same architecture on Fashion-MNIST, ea
 ``activation: maxmin`` and with ``activation: spline`` (``LinearSpline`` per hidden layer, 21 knots on
 [-3, 3], TV(2) weight 1e-6).  Equal time: one epoch of each variant is timed first, and each variant gets
 ``floor(budget / epoch time)`` epochs (at least 1), so the one-cycle schedule completes in both.  The trained
-network is exported (splines stay ``FrozenLinearSpline``) and certified by
+network is exported (splines stay ``FrozenLinearSpline``, exact; output check at atol 1e-4 because the
+exported cayley-orthogonal layers differ from the parametrised ones by a few 1e-6) and certified by
 :func:`lipkit.compute_certificates` on the whole test split, with the a-priori round-off allowance (the
 ``rigorous`` flag says it applied).  Reported: clean accuracy and certified accuracy at l2 radius 0.5
 (digits) and 0.25 (Fashion-MNIST).  The machine is shared: the time budgets are wall-clock.
@@ -48,7 +49,9 @@ def run(dataset: str, activation: str, budget: float, radius: float, split, fold
     t = time.perf_counter()
     model, hist = fit(cfg, folder / cfg.name, split=split, progress=False)
     train_seconds = time.perf_counter() - t
-    plain = lipkit.export(model, split.x_test[:256])
+    # atol 1e-4: the materialised cayley-orthogonal LipLinear weights differ from the parametrised forward
+    # by a few 1e-6 (the splines export exactly); the certificate is about the exported (deployed) model
+    plain = lipkit.export(model, split.x_test[:256], atol=1e-4)
     res = lipkit.compute_certificates(plain, split.x_test, 2)
     correct = res.prediction == split.y_test
     return {"epochs": epochs, "epoch_seconds_probe": epoch_seconds, "train_seconds": train_seconds,
