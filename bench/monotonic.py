@@ -250,9 +250,9 @@ def plot_pd(curves: dict[str, list[tuple[str, np.ndarray, np.ndarray]]], path: P
     for ax, (name, cs) in zip(axes, curves.items(), strict=True):
         for feat, raw, vals in cs:
             lo, hi = raw.min(), raw.max()
-            ax.plot((raw - lo) / (hi - lo if hi > lo else 1), vals, label=f"{feat} [{lo:g}, {hi:g}]")
+            ax.plot((raw - lo) / (hi - lo if hi > lo else 1), vals, label=f"{feat} [{lo:.0f}, {hi:.0f}]")
         ax.set_title(f"{name}: lipkit MonotonicMLP (seed 0)")
-        ax.set_xlabel("feature, rescaled from its training range [min, max] to [0, 1]")
+        ax.set_xlabel("feature: training range [min, max] mapped to [0, 1]")
         ax.set_ylabel(ylabels[name])
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -265,6 +265,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--quick", action="store_true", help="2 seeds, few epochs (a smoke run; no results file)")
+    ap.add_argument("--figure", action="store_true",
+                    help="retrain lipkit seed-0 models (deterministic), redraw docs/monotonic_pd.png only")
     ap.add_argument("--markdown", action="store_true",
                     help="print the docs table (with source markers) from bench/results/monotonic.json")
     ap.add_argument("--explore", action="store_true",
@@ -280,6 +282,15 @@ def main() -> None:
     seeds = list(range(args.seeds))
     if args.markdown:
         print(markdown())
+        return
+    if args.figure:
+        curves = {}
+        for name in DATASETS:
+            split = lipkit.load_dataset(name, seed=0)
+            task = "binary" if name != "autompg" else "regression"
+            r = run_nets("lipkit", split, task, name, 0)
+            curves[name] = [(f, *partial_dependence(r["model"], split, f)) for f in split.monotonic]
+        plot_pd(curves, Path(__file__).resolve().parents[1] / "docs" / "monotonic_pd.png")
         return
     if args.explore:
         explore(names, seeds, start)
