@@ -105,3 +105,13 @@ def test_missing_package_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # import fails as if mlxtend were absent
     with pytest.raises(DataUnavailableError, match="pip install mlxtend"):
         load_dataset("autompg")
+
+
+def test_tabular_names_are_registered_and_refused_by_image_recipes():
+    from types import SimpleNamespace
+
+    assert {"compas", "heart", "autompg"} <= set(data.DATASETS)
+    with pytest.raises(ValueError, match="tabular data set 'heart'"):
+        data.split_for_config(SimpleNamespace(dataset="heart", test_size=0.2, data_seed=0))
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_dataset("adult")
