@@ -303,3 +303,16 @@ def test_training_keeps_slope_current_and_monotone():
         slopes.append(model.slope())
     assert len(set(slopes)) > 10  # re-derived as the weights move
     assert check_monotonic(model, x[:64]).violations == 0
+
+
+def test_mlp_floor_and_tracking_slope():
+    """With the floor, lam >= lip; without it, lam = L (1 + 2^-10) tracks the body (lam - L is tiny)."""
+    torch.manual_seed(0)
+    floored = MonotonicMLP(4, 8, 1, monotonic=[1, 0, 0, -1], lip=2.0)
+    assert floored.slope() >= 2.0
+    tracking = MonotonicMLP(4, 8, 1, monotonic=[1, 0, 0, -1], lip=2.0, floor=False)
+    bound = lipkit.lipschitz_bound(tracking.body, 1, "inf")
+    assert bound <= 2.0 * (1 + 1e-6)
+    assert tracking.slope() == pytest.approx(bound * (1 + ROUNDOFF_MARGIN), rel=1e-12)
+    _shake(tracking, seed=3)
+    assert check_monotonic(tracking, _extreme_points(4)).violations == 0

@@ -48,11 +48,14 @@ class MonotonicMLP(MonotonicNetwork):
         out_features: number of outputs (1 for a binary logit or a regression).
         activation: ``"groupsort"`` (GroupSort of size 2), ``"relu"`` or ``"spline"`` (LinearSpline).
         first_layer: ``"one-inf"``, ``"two-inf"`` or ``"inf"``.
+        floor: use ``lip`` as the floor of ``lam`` (``lam = max(lip, L (1 + 2^-10))``); with ``False``,
+            ``lam = L (1 + 2^-10)`` tracks the body, so the smallest slope forced on a monotone input,
+            ``lam - L``, is ``2^-10 L`` instead of ``lip - L``.
     """
 
     def __init__(self, in_features: int, hidden: int = 64, depth: int = 2, *, monotonic: Any,
                  lip: float = 1.0, out_features: int = 1, feature_names: Sequence[str] | None = None,
-                 activation: str = "groupsort", first_layer: str = "one-inf") -> None:
+                 activation: str = "groupsort", first_layer: str = "one-inf", floor: bool = True) -> None:
         for name, value in (("in_features", in_features), ("hidden", hidden), ("depth", depth),
                             ("out_features", out_features)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -70,7 +73,7 @@ class MonotonicMLP(MonotonicNetwork):
             last = i == depth - 1
             layers += [_activation(activation, hidden),
                        LipLinear(hidden, out_features if last else hidden, constraint="inf", lip=1.0)]
-        super().__init__(nn.Sequential(*layers), monotonic, feature_names=feature_names, lip=lip,
-                         in_features=in_features)
+        super().__init__(nn.Sequential(*layers), monotonic, feature_names=feature_names,
+                         lip=lip if floor else None, in_features=in_features)
         self.activation = activation
         self.first_layer = first_layer
