@@ -31,7 +31,8 @@ class MonotonicCheck:
     float64 tolerance; > 0 only for a real violation.  ``worst_float64``: the worst move in a float64 copy
     of the model (same weight values), finite differences and gradients.  ``worst_gradient``: the most
     negative ``c_i d f / d x_i`` in the model's dtype (0 if none).  ``violations``: the number of checks
-    beyond round-off (float64 finite differences or gradients, and dtype pairs beyond their round-off).
+    beyond round-off (float64 finite differences or gradients, and dtype pairs beyond their round-off);
+    ``per_feature_violations`` splits that count by feature (name, or position as a string).
     """
 
     worst: float
@@ -41,6 +42,7 @@ class MonotonicCheck:
     violations: int
     checked_pairs: int
     per_feature: dict[str, float] = field(default_factory=dict)
+    per_feature_violations: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -142,6 +144,7 @@ def check_monotonic(model: nn.Module, x: torch.Tensor | None = None, features: A
     worst = worst_beyond = worst64 = worst_grad = 0.0
     violations = pairs = 0
     per_feature: dict[str, float] = {}
+    per_feature_violations: dict[str, int] = {}
     try:
         for i, c in dirs.items():
             grid = _grid(x, i)  # (n, m, d) float64
@@ -180,15 +183,18 @@ def check_monotonic(model: nn.Module, x: torch.Tensor | None = None, features: A
             worst = max(worst, float(move.max()))
             worst64 = max(worst64, float(move64.max()), float((-g64).max()))
             worst_beyond = max(worst_beyond, float(beyond.max()), float((-g64).max()) - float(tol64))
-            violations += int((beyond > 0).sum()) + int((move64 > tol64).sum()) + int((-g64 > tol64).sum())
+            found = int((beyond > 0).sum()) + int((move64 > tol64).sum()) + int((-g64 > tol64).sum())
+            violations += found
             if gz is not None:
                 worst_grad = max(worst_grad, float((-(gz[:, i].double().cpu() * cc[0, 0])).max()))
             key = names[i] if names is not None else str(i)
             per_feature[key] = float(move.max())
+            per_feature_violations[key] = found
     finally:
         model.train(was_training)
     return MonotonicCheck(worst=max(worst, 0.0), worst_beyond_roundoff=max(worst_beyond, 0.0),
                           worst_float64=max(worst64, 0.0), worst_gradient=max(worst_grad, 0.0),
-                          violations=violations, checked_pairs=pairs, per_feature=per_feature)
+                          violations=violations, checked_pairs=pairs, per_feature=per_feature,
+                          per_feature_violations=per_feature_violations)
 
 

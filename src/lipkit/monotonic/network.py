@@ -164,6 +164,7 @@ class MonotonicNetwork(nn.Module):
         self.lip = None if lip is None else float(lip)
         self.register_buffer("constraints", c)
         self._cache: tuple[Any, float] | None = None
+        self._frozen_slope: float | None = None
         try:
             self.body_bound()
         except UnsupportedModuleError as exc:
@@ -199,7 +200,65 @@ class MonotonicNetwork(nn.Module):
         :func:`lipkit.check_monotonic` measures ``E`` against a float64 evaluation and reports violations
         beyond it.  The margin costs a relative ``2^-10`` of slope, nothing in accuracy.
         """
+        if self._frozen_slope is not None:
+            return self._frozen_slope
         return slope_for(self.body_bound(), self.lip)
+
+    def deployed_slope(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The ``lam`` the forward multiplies by, a scalar of ``dtype``: :meth:`slope` rounded up to float32,
+        then (for a narrower dtype) up to ``dtype``.  Going through float32 first makes a float64 copy of a
+        float32 model (the certificates' twin) compute with the same ``lam`` as the deployed model."""
+        lam32 = _float_up(self.slope(), torch.float32)
+        if dtype in (torch.float32, torch.float64):
+            return lam32.to(dtype)
+        return _float_up(float(lam32.item()), dtype)
+
+    # ---------------------------------------------------------------- export
+    @property
+    def frozen(self) -> bool:
+        """True after :meth:`freeze`: ``lam`` is a constant, no longer derived at each forward."""
+        return self._frozen_slope is not None
+
+    def freeze(self) -> MonotonicNetwork:
+        """Fix ``lam`` to its current float32 value (what :func:`lipkit.export` does to the exported copy).
+
+        The frozen wrapper computes a fixed function without calling the bound registry.  Its guarantee
+        holds while ``lam >= L`` of the body's weights: :meth:`verify_slope` checks it, and export does.
+        The registered bound stays sound whatever the weights (it uses the frozen ``lam``).
+        """
+        self._frozen_slope = float(_float_up(slope_for(self.body_bound(), self.lip), torch.float32).item())
+        return self
+
+    def verify_slope(self) -> None:
+        """Raise ``ValueError`` if ``lam`` (frozen or not) is below the body's current l_1 -> l_inf bound."""
+        bound = lipschitz_bound(self.body, 1, math.inf)
+        lam = float(self.deployed_slope(torch.float32).item())
+        if not lam >= bound:
+            raise ValueError(f"MonotonicNetwork: lam = {lam!r} is below the body's l_1 -> l_inf bound "
+                             f"{bound!r}: monotonicity is no longer guaranteed")
+
+    def lipkit_export_prepare(self) -> None:
+        """Hook called by :func:`lipkit.export` on the copy before its layers become plain: freezes the
+        ``lam`` of the original weights, so the exported model computes the original's function."""
+        self.freeze()
+
+    def lipkit_export_check(self, example_input: torch.Tensor | None) -> None:
+        """Hook called by :func:`lipkit.export` on the exported copy: :func:`lipkit.check_monotonic` on
+        ``example_input`` (if given) and on 256 standard-normal points, with the extremes +-1e2, +-1e4 of
+        every constrained feature, then :meth:`verify_slope`.  Raises ``ValueError`` naming the feature."""
+        from lipkit.monotonic.check import check_monotonic  # check imports this module
+
+        if not bool((self.constraints != 0).any()):
+            return
+        probes = [None] if example_input is None else [example_input.detach(), None]
+        for probe in probes:
+            res = check_monotonic(self, probe, seed=0)
+            if not res.ok:
+                bad = [k for k, v in res.per_feature_violations.items() if v > 0]
+                raise ValueError(f"the exported MonotonicNetwork is not monotone in feature(s) {bad}: "
+                                 f"{res.violations} violation(s) beyond round-off, worst move "
+                                 f"{res.worst_beyond_roundoff:.3g} against the constraint")
+        self.verify_slope()
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -213,7 +272,7 @@ class MonotonicNetwork(nn.Module):
         if c.shape[1] not in (1, out.shape[1]):
             raise ValueError(f"MonotonicNetwork: the constraints have {c.shape[1]} output columns but the "
                              f"body returned {out.shape[1]} outputs")
-        lam = _float_up(self.slope(), x.dtype).to(x.device)
+        lam = self.deployed_slope(x.dtype).to(x.device)
         return out + x @ (c.to(device=x.device, dtype=x.dtype) * lam)
 
     def monotone_directions(self) -> torch.Tensor:
@@ -223,7 +282,8 @@ class MonotonicNetwork(nn.Module):
     def extra_repr(self) -> str:
         c = self.constraints
         dirs = c[:, 0].tolist() if c.shape[1] == 1 else c.T.tolist()
-        return f"in_features={self.in_features}, monotonic={dirs}, lip={self.lip}"
+        frozen = f", frozen lam={self._frozen_slope!r}" if self.frozen else ""
+        return f"in_features={self.in_features}, monotonic={dirs}, lip={self.lip}{frozen}"
 
 
 @register_bound(MonotonicNetwork, subclasses=True, mixed_norms=True)
@@ -238,7 +298,7 @@ def _monotonic_rule(module: MonotonicNetwork, p: float, shapes: dict, q: float |
     """
     q = p if q is None else q
     lg = child_bound(module.body, p, shapes, q)
-    lam = float(_float_up(module.slope(), torch.float32).item())
+    lam = float(module.deployed_slope(torch.float32).item())
     a = module.constraints.double().T * lam  # (out, in)
     la = operator_norm(a, p, q)
     return round_up(lg + la, 2)
