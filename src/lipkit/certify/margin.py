@@ -37,6 +37,20 @@ allowance is subtracted from every margin (:func:`lipkit.certify.roundoff.margin
 
 The analysis assumes IEEE float32 arithmetic (no TF32 / reduced-precision matmul; checked).
 
+Single-logit binary models.  A model returning one output per input, ``(B, 1)``, is read as a binary
+classifier deciding ``sign(f(x))``: class 1 when the deployed ``f32(x) > 0``, class 0 otherwise.  With
+``L = lipschitz_bound(model, p)`` (the output is a scalar, so no factor ``sqrt(2)`` or ``2``), ``|f(x') -
+f(x)| <= L ||x' - x||_p`` and the decision cannot change inside the ball of radius
+
+    r(x) = (s f64(x) - allowance) / L,    s = +1 for class 1, -1 for class 0,
+
+clamped at 0 (0 too when the twin's sign disagrees with the deployed one).  The allowance is the same
+:func:`lipkit.certify.roundoff.margin_allowance` as for margins (``2 E`` where ``E`` bounds the float32
+and float64 round-off over the ball; the proof needs only ``E`` here, one output and no difference), so
+a single logit is certified exactly as the margin of the two logits ``(0, f)`` would be, but with the
+bound ``L`` of ``f`` instead of ``2 L``.  This is the rule for monotone tabular models
+(:class:`lipkit.MonotonicNetwork`, whose registered bound is the wrapper's own, never ``lam``).
+
 Radii are computed in float64, rounded down, and returned as float64 tensors.
 """
 
@@ -64,7 +78,13 @@ from lipkit.certify.roundoff import (
     is_plain_sequential,
     margin_allowance,
 )
-from lipkit.certify.twin import check_float_mode, deployed_logits_and_twin, run_logits, validate_x
+from lipkit.certify.twin import (
+    check_float_mode,
+    deployed_logits_and_twin,
+    float64_copy,
+    run_logits,
+    validate_x,
+)
 from lipkit.losses import top2_margin
 
 __all__ = ["CertificateResult", "compute_certificates", "certified_radius", "certified_accuracy"]
@@ -77,7 +97,8 @@ class CertificateResult:
         radius: float64 ``(B,)``; the predicted class is constant on the open l_p ball of this
             radius around each input (0 when the margin does not exceed the allowance).
         prediction: ``(B,)`` long, the deployed (float32) model's predicted class.
-        margin: float64 ``(B,)``, ``min_{j != c} f_c - f_j`` from the float64 evaluation.
+        margin: float64 ``(B,)``, ``min_{j != c} f_c - f_j`` from the float64 evaluation (one logit:
+            ``s f(x)``, ``s = +1`` for class 1 and ``-1`` for class 0).
         allowance: float64 ``(B,)``, round-off allowance subtracted from every margin.
         lipschitz: the global bound ``L = lipschitz_bound(model, p)``.
         p: the norm (2.0 or inf).
@@ -134,8 +155,9 @@ def compute_certificates(model: nn.Module, x: torch.Tensor, p: float | int | str
     """Certify each input of a batch against l_p perturbations (see the module docstring).
 
     Args:
-        model: a classifier returning logits ``(B, C)``; evaluated in eval mode (its mode is
-            restored afterwards).
+        model: a classifier returning logits ``(B, C)``, ``C >= 2``, or one logit ``(B, 1)`` (a binary
+            classifier deciding ``sign f``: see the module docstring); evaluated in eval mode (its mode
+            is restored afterwards).
         x: a batch ``(B, ...)`` of finite floating-point inputs.
         p: 2 or inf.
         lipschitz: an externally known bound of ``Lip(model)`` for the l_p norm; if None,
@@ -165,6 +187,8 @@ def compute_certificates(model: nn.Module, x: torch.Tensor, p: float | int | str
         if not lip >= 0 or math.isnan(lip):
             raise ValueError(f"lipschitz must be a non-negative number, got {lipschitz!r}")
 
+    if _single_output(model, x):
+        return _binary_certificates(model, x, p, lip, input_shape)
     logits32, twin = deployed_logits_and_twin(model, x)
     x64 = x.detach().to(torch.float64)
     with torch.no_grad():
@@ -201,6 +225,67 @@ def compute_certificates(model: nn.Module, x: torch.Tensor, p: float | int | str
                              lipschitz=lip, p=p, roundoff_rigorous=rigorous)
 
 
+def _single_output(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``model`` maps the first input of ``x`` to one output (eval mode; its mode restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            param = next(model.parameters(), None)
+            dtype = param.dtype if param is not None and param.is_floating_point() else x.dtype
+            try:
+                out = model(x[:1].to(dtype))
+            except RuntimeError as err:
+                raise ValueError(f"model rejected an input batch of shape {tuple(x[:1].shape)}: "
+                                 f"{err}") from err
+    finally:
+        model.train(was_training)
+    return isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape == (1, 1)
+
+
+def _binary_certificates(model: nn.Module, x: torch.Tensor, p: float, lip: float,
+                         input_shape: tuple[int, ...] | None) -> CertificateResult:
+    """Certificates of a single-logit binary model (decision ``sign f``; module docstring)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            param = next(model.parameters(), None)
+            dtype = param.dtype if param is not None and param.is_floating_point() else x.dtype
+            out32 = model(x.to(dtype))
+            twin = float64_copy(model)
+    finally:
+        model.train(was_training)
+    x64 = x.detach().to(torch.float64)
+    with torch.no_grad():
+        out64 = twin(x64)
+    for name, out in (("model", out32), ("its float64 copy", out64)):
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (x.shape[0], 1):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"{name} must return one logit per input, ({x.shape[0]}, 1), got {shape}")
+    f32, f64 = out32[:, 0], out64[:, 0]
+    pred = (f32 > 0).long()
+    sign = pred.to(torch.float64) * 2.0 - 1.0
+    margin = sign * f64  # > 0 when the twin agrees with the deployed decision
+    lipu = round_up(lip, 2)
+    with torch.no_grad():
+        r_max = (margin / lipu).clamp_min(0.0) if lipu > 0 else torch.zeros_like(margin)
+        r_max = torch.where(torch.isfinite(r_max), r_max, torch.zeros_like(r_max))
+        chain = chain_of(twin)
+        bound = forward_error_bound(chain, x64, p, r_max, input_shape) if chain is not None else None
+    scale = f64.abs()
+    observed = (f32.to(torch.float64) - f64).abs()
+    allowance, rigorous = margin_allowance(bound, scale, observed)
+    if lipu > 0:
+        radius = (margin - allowance) / lipu
+    else:  # a constant model: the decision never changes, unless it sits within round-off of 0
+        radius = torch.where(margin > allowance, torch.full_like(margin, math.inf), torch.zeros_like(margin))
+    radius = torch.where(torch.isnan(radius), torch.zeros_like(radius), radius)
+    radius = _round_down(radius.clamp_max(torch.finfo(torch.float64).max))
+    return CertificateResult(radius=radius, prediction=pred, margin=margin, allowance=allowance,
+                             lipschitz=lip, p=p, roundoff_rigorous=rigorous)
+
+
 #: alias of :func:`compute_certificates` for ``from lipkit.certify.margin import certify`` (not star-exported,
 #: so that it does not shadow the ``lipkit.certify`` module in the package namespace).
 certify = compute_certificates
@@ -209,7 +294,8 @@ certify = compute_certificates
 def certified_radius(model: nn.Module, x: torch.Tensor, p: float | int | str = 2, *,
                      lipschitz: float | None = None,
                      input_shape: tuple[int, ...] | None = None) -> torch.Tensor:
-    """Certified l_p radius (float64, shape ``(B,)``) of the *predicted* class of each input.
+    """Certified l_p radius (float64, shape ``(B,)``) of the *predicted* class of each input (for a
+    single-logit model ``(B, 1)``, of the decision ``sign f(x)``, with the bound ``L`` of ``f``).
 
     ``compute_certificates(model, x, p, ...).radius``; whether the prediction is correct is not checked
     here (see :func:`certified_accuracy`).
