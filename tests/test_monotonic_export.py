@@ -83,3 +83,42 @@ def test_export_of_a_model_holding_the_wrapper():
     e = lipkit.export(outer, x, p="inf")
     assert e[0].frozen
     assert torch.equal(e(x), outer(x))
+
+
+# ------------------------------------------------------------------ the fast l_1 -> l_inf body bound
+def test_fast_body_bound_is_bit_identical():
+    from test_monotonic import _bodies, _shake
+
+    from lipkit.monotonic.fastbound import _fast, body_bound_1_inf
+
+    bodies = [b for d in (3, 7) for _, b in _bodies(d, 2)]
+    for act in ("groupsort", "relu", "spline"):
+        for first in ("one-inf", "two-inf", "inf"):
+            bodies.append(MonotonicMLP(9, 8, 2, monotonic=[1] * 9, activation=act, first_layer=first).body)
+    for body in bodies:
+        for seed in range(3):
+            if seed:
+                _shake(body, seed, 0.5 if seed == 1 else 3.0)
+            assert _fast(body) is not None  # the fast path really ran
+            assert body_bound_1_inf(body) == lipkit.lipschitz_bound(body, 1, math.inf)
+
+
+def test_fast_body_bound_falls_back_with_the_registry_errors():
+    from lipkit.monotonic.fastbound import _fast, body_bound_1_inf
+
+    class Odd(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    body = torch.nn.Sequential(torch.nn.Linear(3, 4), Odd())
+    assert _fast(torch.nn.Linear(3, 2)) is None and _fast(torch.nn.Sequential()) is None
+    with pytest.raises(lipkit.bounds.UnsupportedModuleError, match="Odd"):
+        body_bound_1_inf(body)
+    hooked = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    handle = hooked[0].register_forward_hook(lambda m, i, o: o * 10)
+    with pytest.raises(lipkit.bounds.UnsupportedModuleError):
+        body_bound_1_inf(hooked)
+    with pytest.raises(lipkit.bounds.UnsupportedModuleError):
+        lipkit.lipschitz_bound(hooked, 1, math.inf)
+    handle.remove()
+    assert body_bound_1_inf(hooked) == lipkit.lipschitz_bound(hooked, 1, math.inf)

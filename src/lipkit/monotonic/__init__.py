@@ -2,7 +2,8 @@
 
 Owns :mod:`.network` (:class:`MonotonicNetwork`: the slope ``lam`` derived from the body's l_1 -> l_inf
 bound of its current weights, the wrapper's own registered Lipschitz rule), :mod:`.mlp`
-(:class:`MonotonicMLP`, the recommended stack) and :mod:`.check` (:func:`check_monotonic`, the empirical
+(:class:`MonotonicMLP`, the recommended stack), :mod:`.fastbound` (the body's l_1 -> l_inf bound with fewer
+registry calls, the same value) and :mod:`.check` (:func:`check_monotonic`, the empirical
 test by finite differences and gradients).  Reads bounds only through :func:`lipkit.lipschitz_bound`.
 """
 

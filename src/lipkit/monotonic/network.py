@@ -28,6 +28,7 @@ from torch import nn
 
 from lipkit.bounds import UnsupportedModuleError, lipschitz_bound, operator_norm, register_bound, round_up
 from lipkit.bounds.registry import child_bound
+from lipkit.monotonic.fastbound import body_bound_1_inf
 
 __all__ = ["MonotonicNetwork", "ROUNDOFF_MARGIN", "parse_monotonic", "slope_for"]
 
@@ -178,15 +179,16 @@ class MonotonicNetwork(nn.Module):
                      for t in [*self.body.parameters(), *self.body.buffers()])
 
     def body_bound(self) -> float:
-        """``L = lipschitz_bound(body, p=1, q="inf")`` of the current weights (cached in eval mode)."""
+        """``L = lipschitz_bound(body, p=1, q="inf")`` of the current weights (cached in eval mode), computed
+        by :func:`lipkit.monotonic.fastbound.body_bound_1_inf` (the same value, fewer registry calls)."""
         if not self.training and not self.body.training:
             key = self._tensor_key()
             if self._cache is not None and self._cache[0] == key:
                 return self._cache[1]
-            value = lipschitz_bound(self.body, 1, math.inf)
+            value = body_bound_1_inf(self.body)
             self._cache = (key, value)
             return value
-        return lipschitz_bound(self.body, 1, math.inf)
+        return body_bound_1_inf(self.body)
 
     def slope(self) -> float:
         """``lam = max(lip, L (1 + 2^-10))`` in float64, ``L`` the body's l_1 -> l_inf bound.
