@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -117,3 +119,55 @@ def test_l2_and_bad_outputs():
     flat = nn.Sequential(nn.Linear(4, 1), nn.Flatten(0))  # (B,) instead of (B, 1)
     with pytest.raises(ValueError, match="logits of shape"):
         lipkit.certified_radius(flat, x, "inf")
+
+
+def test_exported_wrapper_gets_the_a_priori_roundoff_bound(heart):
+    from lipkit.certify.margin import _error_bound
+
+    data, model = heart
+    plain = lipkit.export(model, data.x_val, p="inf")
+    x = data.x_test
+    res = compute_certificates(plain, x, "inf")
+    assert res.roundoff_rigorous  # g(x) + x A with g a plain chain: analysed, not guessed
+    assert torch.equal(res.prediction, compute_certificates(model, x, "inf").prediction)
+    # the bound E really covers |f32(x') - f64(x')| over the ball (the allowance is 2 E), at large inputs too
+    twin = float64_copy(plain)
+    g = torch.Generator().manual_seed(0)
+    for scale in (1.0, 100.0, 1e4):
+        xs = x * scale
+        x64 = xs.double()
+        r = torch.full((x.shape[0],), 0.5 * scale, dtype=torch.float64)
+        with torch.no_grad():
+            e = _error_bound(plain, twin, x64, math.inf, r, None, twin(x64))
+            assert e is not None
+            for _ in range(5):
+                u = torch.rand(xs.shape, generator=g, dtype=torch.float64) * 2 - 1
+                xp = x64 + u * r[:, None] * 0.99
+                xp32 = xp.float()  # a float32 point of the ball (up to its rounding, well inside 0.5 scale)
+                err = (plain(xp32)[:, 0].double() - twin(xp32.double())[:, 0]).abs()
+                assert bool((err <= e).all()), (scale, float((err / e).max()))
+    two = _TwoLogits(plain).eval()
+    ok = res.radius > 0
+    adv = pgd(two, x[ok], res.prediction[ok], res.radius[ok].float(), "inf", steps=100, restarts=3,
+              clamp=None, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal((plain(adv)[:, 0] > 0).long(), res.prediction[ok])
+
+
+def test_overridden_forward_gets_no_a_priori_bound(heart):
+    data, model = heart
+    plain = lipkit.export(model, data.x_val, p="inf")
+
+    class Shifted(type(plain)):
+        def forward(self, x):
+            return super().forward(x) + 0.0
+
+    plain.__class__ = Shifted
+    with pytest.raises(lipkit.bounds.UnsupportedModuleError):
+        compute_certificates(plain, data.x_test, "inf")  # the registry refuses the override
+    from lipkit.certify.margin import _skip_error_bound
+
+    twin = float64_copy(plain)
+    x64 = data.x_test.double()
+    with torch.no_grad():
+        assert _skip_error_bound(plain, twin, x64, math.inf, torch.zeros(len(x64)), None, twin(x64)) is None

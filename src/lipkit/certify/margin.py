@@ -51,6 +51,10 @@ a single logit is certified exactly as the margin of the two logits ``(0, f)`` w
 bound ``L`` of ``f`` instead of ``2 L``.  This is the rule for monotone tabular models
 (:class:`lipkit.MonotonicNetwork`, whose registered bound is the wrapper's own, never ``lam``).
 
+Models ``g(x) + x A``.  A module that declares ``lipkit_skip_form() -> (cls, g, A)`` (a
+``MonotonicNetwork``: ``forward(x) = fl(g(x) + fl(x A))``) and runs ``cls``'s own forward gets an
+a-priori round-off bound when ``g`` is a chain (:func:`_skip_error_bound`), for one logit or many.
+
 Radii are computed in float64, rounded down, and returned as float64 tensors.
 """
 
@@ -65,6 +69,7 @@ from torch import nn
 
 from lipkit.bounds import (
     UnsupportedModuleError,
+    computes_as,
     lipschitz_bound,
     normalize_p,
     pairwise_head_bound,
@@ -72,6 +77,9 @@ from lipkit.bounds import (
     unwrap,
 )
 from lipkit.certify.roundoff import (
+    UNDERFLOW,
+    U,
+    affine_error,
     chain_of,
     computes_plain,
     forward_error_bound,
@@ -212,8 +220,7 @@ def compute_certificates(model: nn.Module, x: torch.Tensor, p: float | int | str
     with torch.no_grad():
         r_max = (diff / lcj).masked_fill(~mask, math.inf).min(dim=1).values.clamp_min(0.0)
         r_max = torch.where(torch.isfinite(r_max), r_max, torch.zeros_like(r_max))
-        chain = chain_of(twin)
-        bound = forward_error_bound(chain, x64, p, r_max, input_shape) if chain is not None else None
+        bound = _error_bound(model, twin, x64, p, r_max, input_shape, logits)
     scale = logits.abs().max(dim=1).values
     observed = (logits32.to(torch.float64) - logits).abs().max(dim=1).values
     allowance, rigorous = margin_allowance(bound, scale, observed)
@@ -241,6 +248,64 @@ def _single_output(model: nn.Module, x: torch.Tensor) -> bool:
     finally:
         model.train(was_training)
     return isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape == (1, 1)
+
+
+def _skip_error_bound(model: nn.Module, twin: nn.Module, x64: torch.Tensor, p: float, r_max: torch.Tensor,
+                      input_shape: tuple[int, ...] | None, out64: torch.Tensor) -> torch.Tensor | None:
+    """A-priori round-off bound (as :func:`forward_error_bound`) for a module computing
+    ``fl(g(x) + fl(x A))`` (it says so by ``lipkit_skip_form()``: a :class:`lipkit.MonotonicNetwork`),
+    ``g`` a chain; None otherwise.
+
+    Over the ball ``||x' - x||_p <= r`` (``U`` covers the float32 forward and the float64 twin together):
+    ``E_g`` is :func:`forward_error_bound` of ``g``'s chain; ``x A`` is an inner product of length ``n``,
+    bounded as a bias-free affine layer of weight ``A^T`` (:func:`affine_error`, spread ``r``); the final
+    addition rounds ``g32 + t32 = f(x') + e_g + e_t`` once, an error at most
+    ``U (||f64(x)||_p + E_g + E_t + L r) + 2^-125 m^(1/p)`` (``||f(x')||_p <= ||f(x)||_p + L r``,
+    ``||f(x)||_p <= ||f64(x)||_p + E_g + E_t``, ``L = lipschitz_bound(model, p)``).  Applied only when the
+    twin runs the named class's own forward and its ``A`` equals the deployed model's bit for bit (the
+    twin then computes the same real function).
+    """
+    form, deployed_form = getattr(twin, "lipkit_skip_form", None), getattr(model, "lipkit_skip_form", None)
+    if not (callable(form) and callable(deployed_form)):
+        return None
+    cls, body, a = form()
+    if not (isinstance(cls, type) and computes_as(twin, (cls,), subclasses=True)):
+        return None
+    a_deployed = deployed_form()[2].detach().to(device=a.device, dtype=torch.float64)
+    a = a.detach().to(torch.float64)
+    if a.shape != a_deployed.shape or not torch.equal(a, a_deployed):
+        return None
+    chain = chain_of(body)
+    if chain is None:
+        return None
+    e_g = forward_error_bound(chain, x64, p, r_max, input_shape)
+    if e_g is None:
+        return None
+    m = out64.shape[1]
+    if a.dim() != 2 or a.shape[0] != x64.shape[1] or a.shape[1] not in (1, m):
+        return None
+    lin = nn.Linear(a.shape[0], m, bias=False, dtype=torch.float64, device=x64.device)
+    with torch.no_grad():
+        lin.weight.copy_(a.expand(-1, m).T)
+    e_t = affine_error(lin, x64, r_max, p)
+    try:
+        lip = lipschitz_bound(twin, p, input_shape=input_shape)
+    except UnsupportedModuleError:
+        return None
+    f_norm = torch.linalg.vector_norm(out64, ord=p, dim=1)
+    under = UNDERFLOW * (1.0 if math.isinf(p) else m ** (1.0 / p))
+    e_add = U * (f_norm + e_g + e_t + lip * r_max) + under
+    return (e_g + e_t + e_add) * (1.0 + 1e-9)
+
+
+def _error_bound(model: nn.Module, twin: nn.Module, x64: torch.Tensor, p: float, r_max: torch.Tensor,
+                 input_shape: tuple[int, ...] | None, out64: torch.Tensor) -> torch.Tensor | None:
+    """:func:`forward_error_bound` for a chain, :func:`_skip_error_bound` for ``g(x) + x A``, else None."""
+    chain = chain_of(twin)
+    bound = forward_error_bound(chain, x64, p, r_max, input_shape) if chain is not None else None
+    if bound is not None:
+        return bound
+    return _skip_error_bound(model, twin, x64, p, r_max, input_shape, out64)
 
 
 def _binary_certificates(model: nn.Module, x: torch.Tensor, p: float, lip: float,
@@ -271,8 +336,7 @@ def _binary_certificates(model: nn.Module, x: torch.Tensor, p: float, lip: float
     with torch.no_grad():
         r_max = (margin / lipu).clamp_min(0.0) if lipu > 0 else torch.zeros_like(margin)
         r_max = torch.where(torch.isfinite(r_max), r_max, torch.zeros_like(r_max))
-        chain = chain_of(twin)
-        bound = forward_error_bound(chain, x64, p, r_max, input_shape) if chain is not None else None
+        bound = _error_bound(model, twin, x64, p, r_max, input_shape, out64)
     scale = f64.abs()
     observed = (f32.to(torch.float64) - f64).abs()
     allowance, rigorous = margin_allowance(bound, scale, observed)

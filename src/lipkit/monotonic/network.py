@@ -239,6 +239,15 @@ class MonotonicNetwork(nn.Module):
             raise ValueError(f"MonotonicNetwork: lam = {lam!r} is below the body's l_1 -> l_inf bound "
                              f"{bound!r}: monotonicity is no longer guaranteed")
 
+    def lipkit_skip_form(self) -> tuple[type, nn.Module, torch.Tensor]:
+        """What the forward computes, for :mod:`lipkit.certify`'s round-off analysis (duck-typed: certify
+        does not import this package): ``(MonotonicNetwork, g, A)`` with ``forward(x) = fl(g(x) + fl(x A))``
+        and ``A = C lam`` in the module's dtype (exact: ``C`` is in {-1, 0, +1}), ``(in_features, 1 or
+        out)``.  Certify applies it only if the module runs this class's own forward (no override, no
+        hook)."""
+        c = self.constraints
+        return MonotonicNetwork, self.body, c * self.deployed_slope(c.dtype).to(c.device)
+
     def lipkit_export_prepare(self) -> None:
         """Hook called by :func:`lipkit.export` on the copy before its layers become plain: freezes the
         ``lam`` of the original weights, so the exported model computes the original's function."""
