@@ -242,9 +242,8 @@ def _single_output(model: nn.Module, x: torch.Tensor) -> bool:
             dtype = param.dtype if param is not None and param.is_floating_point() else x.dtype
             try:
                 out = model(x[:1].to(dtype))
-            except RuntimeError as err:
-                raise ValueError(f"model rejected an input batch of shape {tuple(x[:1].shape)}: "
-                                 f"{err}") from err
+            except RuntimeError:
+                return False  # the logits path runs the whole batch and reports the error
     finally:
         model.train(was_training)
     return isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape == (1, 1)
@@ -371,6 +370,8 @@ def certified_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
                        p: float | int | str = 2, *, lipschitz: float | None = None,
                        input_shape: tuple[int, ...] | None = None) -> float | dict[float, float]:
     """Fraction of inputs that are correctly classified with certified radius ``>= eps``.
+
+    For a single-logit model ``(B, 1)`` the labels are 0 / 1 and the predicted class is ``f(x) > 0``.
 
     ``eps`` may be one number (returns a float) or a sequence (returns ``{eps: accuracy}``).
     ``eps = 0`` gives the clean accuracy.
