@@ -43,6 +43,7 @@ from lipkit.certify import (
 from lipkit.estimation import Estimate, estimate
 from lipkit.exporting import ExportError, export
 from lipkit.losses import HKRLoss, LipschitzCrossEntropyLoss, MulticlassHingeLoss
+from lipkit.monotonic import MonotonicMLP, MonotonicNetwork, check_monotonic
 from lipkit.nn import (
     CONV_CONSTRAINTS,
     LINEAR_CONSTRAINTS,
@@ -96,6 +97,8 @@ __all__ = [
     "interval_certified", "interval_certified_accuracy", "attacks",
     # estimate, export, data
     "estimate", "Estimate", "export", "ExportError", "load_dataset",
+    # monotonic
+    "MonotonicNetwork", "MonotonicMLP", "check_monotonic",
 ]
 
 __version__ = "0.1.0"

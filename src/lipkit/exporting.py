@@ -13,7 +13,14 @@ s_(k-1)|`` from the registry, which is far larger for a trained spline.  It then
   both in eval mode;
 * bound: :func:`lipkit.lipschitz_bound` of the exported weights does not exceed the original's by
   more than float round-off (relative 1e-6).  The exported bound is attached as
-  ``exported.lipschitz_bounds = {p: L}`` and is what a certificate of the exported model must use.
+  ``exported.lipschitz_bounds = {p: L}`` and is what a certificate of the exported model must use;
+* module hooks (duck-typed, so this module imports no pillar that defines them): a module of the copy
+  with a method ``lipkit_export_prepare()`` is prepared before its layers are made plain (a
+  :class:`lipkit.MonotonicNetwork` freezes its slope ``lam`` there), and one with
+  ``lipkit_export_check(example_input)`` re-checks its own guarantee on the exported model (a
+  ``MonotonicNetwork`` runs :func:`lipkit.check_monotonic` on the example and on sampled points with
+  extreme values, and checks ``lam`` against the exported body's bound); a ``ValueError`` it raises
+  becomes an :class:`ExportError`.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ __all__ = ["export", "ExportError"]
 
 
 class ExportError(RuntimeError):
-    """The exported model disagrees with the original (outputs or bound)."""
+    """The exported model disagrees with the original (outputs or bound) or fails a module's own check."""
 
 
 def _plain_linear(m: nn.Linear) -> nn.Linear:
@@ -123,7 +130,12 @@ def export(
         raise TypeError(f"example_input must be a tensor, got {type(example_input).__name__}")
     was_training = model.training
     with torch.no_grad():
-        exported = _replace_all(copy.deepcopy(model))
+        exported = copy.deepcopy(model)
+        for sub in exported.modules():
+            prepare = getattr(sub, "lipkit_export_prepare", None)
+            if callable(prepare):
+                prepare()
+        exported = _replace_all(exported)
     for sub in exported.modules():
         if parametrize.is_parametrized(sub):
             raise ExportError(f"a parametrisation is left on {type(sub).__name__} after export")
@@ -161,4 +173,15 @@ def export(
                 raise ExportError(f"exported l{q:g} bound {new!r} exceeds the original's {orig!r}")
             bounds[q] = new
     exported.lipschitz_bounds = bounds
+
+    for sub in exported.modules():
+        check = getattr(sub, "lipkit_export_check", None)
+        if callable(check):
+            was = sub.training
+            try:
+                check(example_input)
+            except ValueError as exc:
+                raise ExportError(f"{type(sub).__name__} failed its check after export: {exc}") from exc
+            finally:
+                sub.train(was)
     return exported

