@@ -1,0 +1,257 @@
+"""Per-example gradient-norm bounds of every trainable tensor of a network (the sensitivity of DP-SGD).
+
+Bethune, Massena, Boissin, Prudent, Friedrich, Mamalet, Bellet, Serrurier & Vigouroux, "DP-SGD without
+clipping: the Lipschitz neural network way" (ICLR 2024): in a network of Lipschitz layers fed inputs of
+bounded norm and trained on a Lipschitz loss, one example's gradient with respect to each tensor has a
+norm bound, so DP-SGD can calibrate its noise to that bound instead of clipping per-example gradients.
+
+**Derivation.**  Write the network as a chain ``f = f_n o ... o f_1`` (an ``nn.Sequential``), ``x_i`` the
+input of ``f_i``, ``z = f(x)`` the logits and ``l(z, y)`` the per-example loss.  For a tensor ``T`` of
+``f_i`` the chain rule gives ``dl/dT = (d x_{i+1} / dT)^T g_i`` with ``g_i = dl/dx_{i+1}``, and the layer's
+sensitivity rule (:mod:`lipkit.bounds.sensitivity`, registered next to each layer) turns bounds
+``||x_i|| <= R_i`` and ``||g_i|| <= G_i`` into a bound of ``||dl/dT||_F``.  The two bounds are:
+
+* **input side**: with ``h_i = f_{i-1} o ... o f_1`` (the prefix) and ``||x|| <= R``,
+  ``||x_i|| = ||h_i(x)|| <= ||h_i(x) - h_i(0)|| + ||h_i(0)|| <= Lip(h_i) R + ||h_i(0)||``.  The offset
+  ``||h_i(0)||`` is what biases (and splines with a non-zero value at 0) add; it is computed by running the
+  prefix on zeros with the current weights.  An :class:`~lipkit.dp.projection.L2BallProjection` in the chain
+  restarts the computation: its output has norm at most its radius whatever its input.
+* **gradient side**: ``g_i = J_{f_n}^T ... J_{f_{i+1}}^T dl/dz`` and ``||J_{f_j}|| <= Lip(f_j)`` wherever the
+  Jacobian exists, so ``||g_i|| <= Lip(l) prod_{j > i} Lip(f_j)`` with ``Lip(l) = loss.logit_lipschitz``
+  (which may need ``||z|| <= Lip(f) R + ||f(0)||``, the output radius).
+
+Every ``Lip`` is :func:`lipkit.lipschitz_bound` (l2) of the current weights, so the bounds are recomputed at
+every step.  Containers: ``Residual(f)`` (``x + f(x)``) passes its input bound ``R`` to ``f`` and its output
+gradient ``G`` to ``f``'s output; ``ConvexResidual(f)`` (``(1 - a) x + a f(x)``) passes ``a G``, and its
+learnable logit ``s`` (``a = sigmoid(s)``) gets ``|dl/ds| = a (1 - a) |g^T (f(x) - x)| <= a (1 - a) G
+(Lip(f) R + ||f(0)|| + R)``.  Parameter-free layers (activations, pooling, the projection) need only a
+Lipschitz bound.  Layers with parameters need a sensitivity rule; anything else is refused by name.
+
+**Float round-off.**  Forward and backward run in float32; ``R_i`` and ``G_i`` are inflated by a relative
+``1e-3`` and the offsets by an absolute ``1e-6`` before the rules are applied.  This covers the round-off of
+float32 networks of moderate depth; it is an allowance, not a proof about float arithmetic.
+
+The global sensitivity of the whole gradient is ``Delta = sqrt(sum_T S_T^2)`` (each example's gradient is a
+vector with one block per tensor).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from lipkit.bounds import SENSITIVITY, UnsupportedModuleError, computes_as, lipschitz_bound, round_up
+from lipkit.bounds.registry import record_input_shapes
+from lipkit.dp.projection import L2BallProjection
+from lipkit.nn import ConvexResidual, Residual
+
+__all__ = ["SensitivityReport", "network_sensitivity", "REL_ALLOWANCE"]
+
+#: relative inflation of every input / gradient norm bound (float32 round-off allowance)
+REL_ALLOWANCE = 1e-3
+_ABS_ALLOWANCE = 1e-6
+
+
+@dataclass
+class SensitivityReport:
+    """The per-tensor bounds ``S_T`` (by parameter name), their l2 combination, and what they came from."""
+
+    per_tensor: dict[str, float]
+    total: float
+    input_radius: float
+    output_radius: float
+    loss_lipschitz: float
+    problems: list[str] = field(default_factory=list)
+
+
+class _Walker:
+    def __init__(self, model: nn.Module, shapes: dict, names: dict[int, str]) -> None:
+        self.model = model
+        self.shapes = shapes
+        self.names = names  # id(parameter) -> name
+        self.out: dict[str, float] = {}
+        self.problems: list[str] = []
+        self.reported: set[int] = set()  # ids of parameters under a module with a reported problem
+        self.output_radius = math.inf
+
+    def problem(self, path: str, module: nn.Module, message: object) -> None:
+        self.problems.append(f"{path}: {message}")
+        self.reported.update(id(p) for p in module.parameters())
+
+    def lip(self, module: nn.Module) -> float:
+        return lipschitz_bound(module, 2, _shapes=self.shapes)
+
+    def zeros_for(self, module: object) -> torch.Tensor:
+        shape = self.shapes.get(module)
+        if shape is None:
+            raise UnsupportedModuleError(f"{type(module).__name__}: its input shape is unknown (it did not run "
+                                         "in the shape-recording forward pass)")
+        ref = next(self.model.parameters(), None)
+        dtype = ref.dtype if ref is not None else torch.float32
+        device = ref.device if ref is not None else torch.device("cpu")
+        return torch.zeros((1, *shape[1:]), dtype=dtype, device=device)
+
+    def offset(self, module: nn.Module) -> float:
+        """``||module(0)||`` (current weights, current mode), inflated for round-off."""
+        with torch.no_grad():
+            value = float(torch.linalg.vector_norm(module(self.zeros_for(module))))
+        return value * (1 + REL_ALLOWANCE) + _ABS_ALLOWANCE
+
+    def walk(self, module: nn.Module, r: float, g: float, path: str) -> None:
+        """Record the bounds of the trainable tensors under ``module`` (input norm <= r, output gradient <= g)."""
+        if computes_as(module, (nn.Sequential,), subclasses=True):
+            self.walk_chain(list(module.children()), r, g, path, module)
+            return
+        try:
+            if computes_as(module, (Residual,)):
+                self.walk(module.f, r, g, f"{path}.f")
+                return
+            if computes_as(module, (ConvexResidual,)):
+                c1, c2 = (float(c.detach().abs()) for c in module.coefficients())
+                self.walk(module.f, r, g * c2 * (1 + REL_ALLOWANCE), f"{path}.f")
+                if module.learnable and module.logit.requires_grad:
+                    f_out = self.lip(module.f) * r + self.offset(module.f)
+                    self.record(module.logit, round_up(c1 * c2 * g * (f_out + r), 4) * (1 + REL_ALLOWANCE))
+                return
+            rule, inner = SENSITIVITY.resolve(module)
+            bounds = rule.fn(inner, r, g, self.shapes)
+        except UnsupportedModuleError as exc:
+            self.problem(path, module, exc)
+            return
+        for name, value in bounds.items():
+            t = inner._parameters.get(name)
+            if t is None:
+                self.problem(path, module, f"its sensitivity rule bounds {name!r}, which is not a parameter of "
+                             "the module (a parametrised tensor?)")
+            elif t.requires_grad:
+                self.record(t, float(value))
+        for sub_name, sub in inner.named_modules():
+            if sub is not inner and any(p.requires_grad for p in sub.parameters(recurse=False)):
+                self.problem(f"{path}.{sub_name}", sub, "a submodule of a layer with a sensitivity rule holds "
+                             "trainable tensors the rule does not cover")
+
+    def record(self, t: torch.Tensor, value: float) -> None:
+        name = self.names.get(id(t), "?")
+        if name in self.out:
+            self.problems.append(f"{name}: the tensor is used more than once in the network (shared "
+                                 "parameters are not covered)")
+        self.out[name] = value
+
+    def walk_chain(self, children: list[nn.Module], r: float, g: object, path: str, owner: object) -> float:
+        n = len(children)
+        lips: list[float] = []
+        for i, c in enumerate(children):
+            try:
+                lips.append(self.lip(c))
+            except UnsupportedModuleError as exc:
+                self.problem(f"{path}.{i}", c, exc)
+                lips.append(math.inf)
+        # input side: ||x_i|| <= Lip(prefix) R + ||prefix(0)||, restarting after each projection
+        radii: list[float] = []
+        anchor_r, anchor_lip = r, 1.0
+        z: torch.Tensor | None = self.zeros_for(owner)
+        for i, c in enumerate(children):
+            zn = float(torch.linalg.vector_norm(z)) if z is not None else math.inf
+            radii.append(round_up(anchor_lip * anchor_r, 2) * (1 + REL_ALLOWANCE) + zn * (1 + REL_ALLOWANCE)
+                         + _ABS_ALLOWANCE)
+            if computes_as(c, (L2BallProjection,)):
+                anchor_r, anchor_lip = min(c.radius, radii[-1]), 1.0
+                z = torch.zeros_like(z) if z is not None else None
+                continue
+            anchor_lip *= lips[i]
+            if z is not None:
+                try:
+                    with torch.no_grad():
+                        z = c(z)
+                except Exception as exc:  # noqa: BLE001  (reported, not raised: the validator lists all)
+                    self.problem(f"{path}.{i}", c, f"the forward pass on zeros failed ({exc})")
+                    z = None
+        zn = float(torch.linalg.vector_norm(z)) if z is not None else math.inf
+        out_r = round_up(anchor_lip * anchor_r, 2) * (1 + REL_ALLOWANCE) + zn * (1 + REL_ALLOWANCE) \
+            + _ABS_ALLOWANCE
+        if callable(g):  # the loss constant may need the output radius (top level only)
+            g = g(out_r)
+        # gradient side: ||g_i|| <= Lip(loss) prod_{j > i} Lip(f_j)
+        suffix = 1.0
+        grads = [0.0] * n
+        for i in range(n - 1, -1, -1):
+            grads[i] = round_up(float(g) * suffix, n + 1) * (1 + REL_ALLOWANCE)
+            suffix *= lips[i]
+        for i, c in enumerate(children):
+            if any(p.requires_grad for p in c.parameters()):
+                self.walk(c, radii[i], grads[i], f"{path}.{i}")
+        self.output_radius = out_r
+        return out_r
+
+
+def network_sensitivity(model: nn.Module, input_radius: float, loss: object, *, input_shape: tuple[int, ...],
+                        num_classes: int | None = None, strict: bool = True,
+                        shapes: dict | None = None) -> SensitivityReport:
+    """Bounds of one example's gradient norm, per trainable tensor of ``model`` (see the module docstring).
+
+    Args:
+        model: an ``nn.Sequential`` chain (possibly nested, with residual blocks) of layers with Lipschitz
+            bounds; layers with trainable tensors need a sensitivity rule.
+        input_radius: ``R >= ||x||_2`` for every input (an ``L2BallProjection`` in the model can lower it).
+        loss: a loss with ``logit_lipschitz(num_classes, output_radius)`` (see :mod:`lipkit.dp.losses`).
+        input_shape: one input's shape (no batch dimension).
+        num_classes: the number of logits (default: read from the shape-recording forward pass).
+        strict: raise a ``ValueError`` listing every problem (otherwise they are returned in the report).
+        shapes: the recorded input shapes of the submodules (:func:`lipkit.record_input_shapes`), to skip the
+            shape-recording pass when the caller keeps them.
+
+    Returns:
+        a :class:`SensitivityReport`; ``per_tensor`` has one entry per trainable parameter name.
+    """
+    from lipkit.dp.losses import loss_lipschitz
+
+    if isinstance(input_radius, bool) or not isinstance(input_radius, (int, float)) \
+            or not math.isfinite(input_radius) or input_radius <= 0:
+        raise ValueError(f"input_radius must be a finite number > 0, got {input_radius!r}")
+    if input_shape is None:
+        raise ValueError("input_shape (one example's shape, without the batch dimension) is required")
+    shapes = dict(shapes) if shapes is not None else record_input_shapes(model, tuple(input_shape))
+    if num_classes is None:
+        num_classes = _num_outputs(model, tuple(input_shape))
+    names = {id(p): n for n, p in model.named_parameters()}
+    walker = _Walker(model, shapes, names)
+    loss_g: list[float] = []
+
+    def g_of(out_r: float) -> float:
+        value = loss_lipschitz(loss, num_classes, out_r)
+        loss_g.append(value)
+        return value
+
+    if computes_as(model, (nn.Sequential,), subclasses=True):
+        walker.walk_chain(list(model.children()), float(input_radius), g_of, "model", model)
+    else:
+        shapes[_ROOT] = shapes.get(model)
+        walker.walk_chain([model], float(input_radius), g_of, "model", _ROOT)
+    problems = walker.problems
+    for n, p in model.named_parameters():
+        if p.requires_grad and n not in walker.out and id(p) not in walker.reported:
+            problems.append(f"{n}: this trainable parameter is not covered by the sensitivity analysis")
+    per_tensor = {n: walker.out[n] for n, p in model.named_parameters() if n in walker.out}
+    total = round_up(math.sqrt(sum(v * v for v in per_tensor.values())), len(per_tensor) + 2)
+    if strict and problems:
+        raise ValueError("the model cannot be trained privately without clipping:\n  - " + "\n  - ".join(problems))
+    return SensitivityReport(per_tensor, total, float(input_radius), walker.output_radius,
+                             loss_g[0] if loss_g else math.nan, problems)
+
+
+def _num_outputs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    ref = next(model.parameters(), None)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros((1, *input_shape), dtype=ref.dtype if ref is not None else torch.float32))
+    finally:
+        model.train(was)
+    return int(out.shape[-1])
+
+
+_ROOT = object()  # stand-in owner of a one-module chain: its input shape is the model's
