@@ -69,6 +69,11 @@ def _check_number(name: str, value: float, *, positive: bool = False) -> float:
     return v
 
 
+def _onehot(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``onehot(target)`` shaped and typed like ``logits`` (no data-dependent checks: vmap-friendly)."""
+    return torch.zeros_like(logits).scatter(1, target[:, None], 1.0)
+
+
 def top2_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-example margin ``f_y - max_{j != y} f_j`` (negative when misclassified); differentiable.
 
@@ -210,7 +215,7 @@ class LipschitzCrossEntropyLoss(nn.Module):
     def per_example(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The cross entropy of each example, shape ``(B,)``."""
         _check(logits, target)
-        shifted = logits - self.margin * nn.functional.one_hot(target, logits.shape[1]).to(logits.dtype)
+        shifted = logits - self.margin * _onehot(logits, target)
         return nn.functional.cross_entropy(self.temperature * shifted, target, reduction="none")
 
     def logit_lipschitz(self, num_classes: int, output_radius: float | None = None) -> float:
@@ -240,7 +245,7 @@ class LogitMSELoss(nn.Module):
 
     def per_example(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         _check(logits, target)
-        goal = self.target_value * nn.functional.one_hot(target, logits.shape[1]).to(logits.dtype)
+        goal = self.target_value * _onehot(logits, target)
         return 0.5 * ((logits - goal) ** 2).sum(dim=1)
 
     def logit_lipschitz(self, num_classes: int, output_radius: float | None = None) -> float:
