@@ -103,7 +103,7 @@ class _Walker:
     def walk(self, module: nn.Module, r: float, g: float, path: str) -> None:
         """Record the bounds of the trainable tensors under ``module`` (input norm <= r, output gradient <= g)."""
         if computes_as(module, (nn.Sequential,), subclasses=True):
-            self.walk_chain(list(module.children()), r, g, path, module)
+            self.walk_chain([c for c in module._modules.values() if c is not None], r, g, path, module)
             return
         try:
             if computes_as(module, (Residual,)):
@@ -226,7 +226,8 @@ def network_sensitivity(model: nn.Module, input_radius: float, loss: object, *, 
         return value
 
     if computes_as(model, (nn.Sequential,), subclasses=True):
-        walker.walk_chain(list(model.children()), float(input_radius), g_of, "model", model)
+        walker.walk_chain([c for c in model._modules.values() if c is not None], float(input_radius), g_of, "model",
+                          model)
     else:
         shapes[_ROOT] = shapes.get(model)
         walker.walk_chain([model], float(input_radius), g_of, "model", _ROOT)
