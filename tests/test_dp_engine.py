@@ -27,15 +27,25 @@ def _data(seed: int = 0):
 
 def _net(constraint: str = "orthogonal") -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(lipkit.LipLinear(D, 16, constraint=constraint), lipkit.MaxMin(),
-                         lipkit.LipLinear(16, C, constraint=constraint))
+    return nn.Sequential(
+        lipkit.LipLinear(D, 16, constraint=constraint),
+        lipkit.MaxMin(),
+        lipkit.LipLinear(16, C, constraint=constraint),
+    )
 
 
 def _private(seed=0, epochs=2, **kw):
     net = _net(kw.pop("constraint", "orthogonal"))
     opt = torch.optim.SGD(net.parameters(), lr=0.2)
-    args = dict(criterion=lipkit.MulticlassHingeLoss(), batch_size=60, target_epsilon=2.0, target_delta=1e-5,
-                epochs=epochs, input_radius=1.0, seed=seed)
+    args = dict(
+        criterion=lipkit.MulticlassHingeLoss(),
+        batch_size=60,
+        target_epsilon=2.0,
+        target_delta=1e-5,
+        epochs=epochs,
+        input_radius=1.0,
+        seed=seed,
+    )
     args.update(kw)
     return dp.make_private(net, opt, _data(), **args)
 
@@ -53,8 +63,14 @@ def test_noise_multiplier_and_epsilon_agree_with_opacus():
     q = 60 / N
     steps = 2 * loader.steps_per_epoch
     assert loader.steps_per_epoch == 10
-    expected = get_noise_multiplier(target_epsilon=2.0, target_delta=1e-5, sample_rate=q, steps=steps,
-                                    accountant="rdp", epsilon_tolerance=0.01)
+    expected = get_noise_multiplier(
+        target_epsilon=2.0,
+        target_delta=1e-5,
+        sample_rate=q,
+        steps=steps,
+        accountant="rdp",
+        epsilon_tolerance=0.01,
+    )
     assert opt.noise_multiplier == expected
     _train(model, opt, loader, 2)
     ref = RDPAccountant()
@@ -88,9 +104,11 @@ def test_poisson_batch_sizes_follow_the_binomial():
     # chi-square goodness of fit on bins of the binomial
     edges = [0, 50, 54, 57, 60, 63, 66, 70, N + 1]
     observed = torch.histc(sizes.double(), bins=N + 1, min=0, max=N + 1)
-    obs = [observed[a:b].sum().item() for a, b in zip(edges[:-1], edges[1:])]
-    exp = [len(sizes) * (stats.binom.cdf(b - 1, N, q) - stats.binom.cdf(a - 1, N, q))
-           for a, b in zip(edges[:-1], edges[1:])]
+    obs = [observed[a:b].sum().item() for a, b in zip(edges[:-1], edges[1:], strict=False)]
+    exp = [
+        len(sizes) * (stats.binom.cdf(b - 1, N, q) - stats.binom.cdf(a - 1, N, q))
+        for a, b in zip(edges[:-1], edges[1:], strict=False)
+    ]
     assert stats.chisquare(obs, exp).pvalue > 1e-3
     assert sizes.unique().numel() > 10  # variable sizes, not a fixed batch
 
@@ -103,8 +121,9 @@ def test_shuffle_is_fixed_batches_accounted_without_amplification():
     for _ in range(2):  # one Gaussian mechanism per epoch, sample rate 1
         ref.step(noise_multiplier=opt.noise_multiplier, sample_rate=1.0)
     assert opt.get_epsilon(1e-5) == pytest.approx(ref.get_epsilon(1e-5), rel=1e-12)
-    assert opt.noise_std(opt.last_report)["1.0.weight"] == pytest.approx(2 * opt.noise_multiplier
-                                                                         * opt.last_report.total)
+    assert opt.noise_std(opt.last_report)["1.0.weight"] == pytest.approx(
+        2 * opt.noise_multiplier * opt.last_report.total
+    )
 
 
 def test_seeded_runs_reproduce_and_resume_continues_the_accountant():
@@ -112,7 +131,7 @@ def test_seeded_runs_reproduce_and_resume_continues_the_accountant():
     _train(m1, o1, l1, 2)
     m2, o2, l2 = _private(seed=7, epochs=2)
     _train(m2, o2, l2, 2)
-    for a, b in zip(m1.parameters(), m2.parameters()):
+    for a, b in zip(m1.parameters(), m2.parameters(), strict=False):
         assert torch.equal(a, b)
     # resume: one epoch, save, new engine, load, one more epoch: same epsilon as two epochs straight
     m3, o3, l3 = _private(seed=7, epochs=2)
@@ -141,10 +160,12 @@ def test_noise_scale_and_per_tensor_calibration():
 
 
 def test_secure_noise_is_gaussian_and_not_seeded():
-    a = dp.gaussian_noise((20000,), 2.0, generator=None, secure=True, dtype=torch.float32,
-                          device=torch.device("cpu"))
-    b = dp.gaussian_noise((20000,), 2.0, generator=None, secure=True, dtype=torch.float32,
-                          device=torch.device("cpu"))
+    a = dp.gaussian_noise(
+        (20000,), 2.0, generator=None, secure=True, dtype=torch.float32, device=torch.device("cpu")
+    )
+    b = dp.gaussian_noise(
+        (20000,), 2.0, generator=None, secure=True, dtype=torch.float32, device=torch.device("cpu")
+    )
     assert abs(a.mean().item()) < 0.1 and a.std().item() == pytest.approx(2.0, rel=0.03)
     from scipy import stats
 
@@ -195,15 +216,34 @@ def _message(excinfo) -> str:
 
 
 def test_every_problem_is_listed_at_once():
-    net = nn.Sequential(nn.Linear(D, 8), nn.BatchNorm1d(8), nn.Dropout(0.2), lipkit.LinearSpline(8, 5),
-                        nn.utils.parametrizations.spectral_norm(nn.Linear(8, C)))
+    net = nn.Sequential(
+        nn.Linear(D, 8),
+        nn.BatchNorm1d(8),
+        nn.Dropout(0.2),
+        lipkit.LinearSpline(8, 5),
+        nn.utils.parametrizations.spectral_norm(nn.Linear(8, C)),
+    )
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     with pytest.raises(ValueError) as e:
-        dp.make_private(net, opt, _data(), criterion=nn.MSELoss(), batch_size=60, target_epsilon=1.0,
-                        target_delta=1e-5, epochs=1, input_radius=None)
+        dp.make_private(
+            net,
+            opt,
+            _data(),
+            criterion=nn.MSELoss(),
+            batch_size=60,
+            target_epsilon=1.0,
+            target_delta=1e-5,
+            epochs=1,
+            input_radius=None,
+        )
     msg = _message(e)
-    for needle in ("input_radius is missing", "MSELoss", "BatchNorm1d in training mode", "Dropout",
-                   "parametrised tensors ['weight']"):
+    for needle in (
+        "input_radius is missing",
+        "MSELoss",
+        "BatchNorm1d in training mode",
+        "Dropout",
+        "parametrised tensors ['weight']",
+    ):
         assert needle in msg, (needle, msg)
 
 

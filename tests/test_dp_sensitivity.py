@@ -58,8 +58,9 @@ def _per_example_norms(model: nn.Module, loss, x: torch.Tensor, y: torch.Tensor)
     return {n: g.reshape(g.shape[0], -1).norm(dim=1) for n, g in grads.items()}
 
 
-def _ascent(model: nn.Module, loss, x: torch.Tensor, y: torch.Tensor, steps: int = 12, lr: float = 0.3
-            ) -> torch.Tensor:
+def _ascent(
+    model: nn.Module, loss, x: torch.Tensor, y: torch.Tensor, steps: int = 12, lr: float = 0.3
+) -> torch.Tensor:
     """Inputs on the radius sphere pushed to maximise the total per-example gradient norm."""
     params = {n: p.detach() for n, p in model.named_parameters()}
     terms = per_example_loss(loss)
@@ -92,7 +93,7 @@ def _check_sound(model, loss, input_shape, num_classes, seed, n=48, ascent=True)
     batches = [x, _ascent(model, loss, x, y)] if ascent else [x]
     for xb in batches:
         norms = _per_example_norms(model, loss, xb, y)
-        total = torch.sqrt(sum(v ** 2 for v in norms.values()))
+        total = torch.sqrt(sum(v**2 for v in norms.values()))
         worst_total = max(worst_total, float(total.max()))
         for k, v in norms.items():
             worst[k] = max(worst[k], float(v.max()))
@@ -114,9 +115,13 @@ LOSSES = [
 @pytest.mark.parametrize("constraint", ["orthogonal", "spectral", "aol", "inf", "two-inf"])
 def test_dense_nets_bound_true_gradients(constraint, loss):
     torch.manual_seed(0)
-    net = nn.Sequential(lipkit.LipLinear(12, 16, constraint=constraint), lipkit.GroupSort(4),
-                        lipkit.LipLinear(16, 16, constraint=constraint), lipkit.MaxMin(),
-                        lipkit.LipLinear(16, 5, constraint=constraint))
+    net = nn.Sequential(
+        lipkit.LipLinear(12, 16, constraint=constraint),
+        lipkit.GroupSort(4),
+        lipkit.LipLinear(16, 16, constraint=constraint),
+        lipkit.MaxMin(),
+        lipkit.LipLinear(16, 5, constraint=constraint),
+    )
     model = _prepare(net, (12,), seed=1)
     _check_sound(model, loss, (12,), 5, seed=2)
 
@@ -124,10 +129,15 @@ def test_dense_nets_bound_true_gradients(constraint, loss):
 def test_conv_pool_net_bounds_true_gradients():
     torch.manual_seed(0)
     net = nn.Sequential(
-        lipkit.LipConv2d(2, 4, 3, constraint="aol"), lipkit.GroupSort(2),
-        lipkit.LipConv2d(4, 4, 3, stride=2, constraint="spectral"), lipkit.MaxMin(),
-        lipkit.LipConv2d(4, 16, 2, stride=2, constraint="orthogonal"), lipkit.L2NormPool2d(2),
-        nn.Flatten(), lipkit.LipLinear(16, 4))
+        lipkit.LipConv2d(2, 4, 3, constraint="aol"),
+        lipkit.GroupSort(2),
+        lipkit.LipConv2d(4, 4, 3, stride=2, constraint="spectral"),
+        lipkit.MaxMin(),
+        lipkit.LipConv2d(4, 16, 2, stride=2, constraint="orthogonal"),
+        lipkit.L2NormPool2d(2),
+        nn.Flatten(),
+        lipkit.LipLinear(16, 4),
+    )
     model = _prepare(net, (2, 8, 8), seed=3)
     report, _, _ = _check_sound(model, lipkit.LipschitzCrossEntropyLoss(4.0), (2, 8, 8), 4, seed=4, n=24)
     assert report.output_radius > 0
@@ -136,11 +146,22 @@ def test_conv_pool_net_bounds_true_gradients():
 def test_residual_blocks_and_householder_bound_true_gradients():
     torch.manual_seed(0)
     net = nn.Sequential(
-        lipkit.LipLinear(10, 16), lipkit.Householder(16),
-        lipkit.Residual(nn.Sequential(lipkit.LipLinear(16, 16, constraint="aol"), lipkit.GroupSort(2),
-                                      lipkit.LipLinear(16, 16, constraint="spectral", lip=0.5))),
-        lipkit.ConvexResidual(nn.Sequential(lipkit.LipLinear(16, 16), lipkit.MaxMin()), alpha=0.3, learnable=True),
-        lipkit.Householder(), nn.ReLU(), lipkit.LipLinear(16, 3))
+        lipkit.LipLinear(10, 16),
+        lipkit.Householder(16),
+        lipkit.Residual(
+            nn.Sequential(
+                lipkit.LipLinear(16, 16, constraint="aol"),
+                lipkit.GroupSort(2),
+                lipkit.LipLinear(16, 16, constraint="spectral", lip=0.5),
+            )
+        ),
+        lipkit.ConvexResidual(
+            nn.Sequential(lipkit.LipLinear(16, 16), lipkit.MaxMin()), alpha=0.3, learnable=True
+        ),
+        lipkit.Householder(),
+        nn.ReLU(),
+        lipkit.LipLinear(16, 3),
+    )
     model = _prepare(net, (10,), seed=5)
     with torch.no_grad():
         for m in model.modules():
@@ -167,11 +188,17 @@ def test_offsets_matter_biases_are_counted():
 def test_gradient_norm_preserving_net_bound_is_tight():
     """Orthogonal square layers + MaxMin, no biases, hinge loss: the worst gradient found is within 3x."""
     torch.manual_seed(0)
-    net = nn.Sequential(lipkit.LipLinear(16, 16, bias=False), lipkit.MaxMin(),
-                        lipkit.LipLinear(16, 16, bias=False), lipkit.GroupSort(4),
-                        lipkit.LipLinear(16, 4, bias=False))
+    net = nn.Sequential(
+        lipkit.LipLinear(16, 16, bias=False),
+        lipkit.MaxMin(),
+        lipkit.LipLinear(16, 16, bias=False),
+        lipkit.GroupSort(4),
+        lipkit.LipLinear(16, 4, bias=False),
+    )
     model = _prepare(net, (16,), seed=9, perturb=False)
-    report, worst, worst_total = _check_sound(model, lipkit.MulticlassHingeLoss(margin=10.0), (16,), 4, seed=10)
+    report, worst, worst_total = _check_sound(
+        model, lipkit.MulticlassHingeLoss(margin=10.0), (16,), 4, seed=10
+    )
     assert report.total <= 3.0 * worst_total, (report.total, worst_total)
     for k, v in report.per_tensor.items():
         assert v <= 3.0 * worst[k], (k, v, worst[k])

@@ -130,7 +130,8 @@ class HKRLoss(nn.Module):
         if class_priors is not None:
             priors = [float(v) for v in class_priors]
             if len(priors) < 2 or any(not (0.0 < v < 1.0) for v in priors) or abs(sum(priors) - 1.0) > 1e-6:
-                raise ValueError(f"class_priors must be >= 2 numbers in (0, 1) summing to 1, got {class_priors!r}")
+                raise ValueError(f"class_priors must be >= 2 numbers in (0, 1) summing to 1, got "
+                                 f"{class_priors!r}")
             class_priors = priors
         self.class_priors = class_priors
 
@@ -181,13 +182,14 @@ class HKRLoss(nn.Module):
         """``max_y max(||v_y||, max_{j != y} ||alpha (e_j - e_y) - v_y||)`` with ``v_y`` the KR coefficients.
 
         The gradient is ``-v_y`` where the hinge is inactive and ``alpha (e_j - e_y) - v_y`` where it is
-        active (``j`` the runner-up); ``||alpha (e_j - e_y) - v||^2 = ||v||^2 + 2 alpha^2 + 2 alpha (v_y - v_j)``.
+        active (``j`` the runner-up); ``||alpha (e_j - e_y) - v||^2 =
+        ||v||^2 + 2 alpha^2 + 2 alpha (v_y - v_j)``.
         Computed in float64 and rounded up.
         """
         v = self._kr_coefficients(num_classes, torch.float64, torch.device("cpu"))
         norm2 = (v * v).sum(dim=1)
         diag = v.diagonal()
-        off = v.masked_fill(torch.eye(num_classes, dtype=torch.bool), math.inf).amin(dim=1)  # most negative v_j
+        off = v.masked_fill(torch.eye(num_classes, dtype=torch.bool), math.inf).amin(dim=1)  # min v_j
         active = norm2 + 2.0 * self.alpha ** 2 + 2.0 * self.alpha * (diag - off)
         worst = torch.maximum(norm2, active).max().item()
         return round_up(math.sqrt(worst), 4 * num_classes + 8)

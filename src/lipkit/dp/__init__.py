@@ -25,7 +25,20 @@ from lipkit.dp.sampling import PrivateLoader
 from lipkit.dp.sensitivity import SensitivityReport, network_sensitivity
 
 __all__ = [
-    "DPOptimizer", "L2BallProjection", "PrivacyAccountant", "PrivateLoader", "PrivateLoss", "SensitivityReport",
-    "gaussian_noise", "loss_lipschitz", "make_private", "materialize_constraints", "model_problems",
-    "network_sensitivity", "noise_for_target", "per_example_loss", "project_constraints", "validate",
+    "DPOptimizer",
+    "L2BallProjection",
+    "PrivacyAccountant",
+    "PrivateLoader",
+    "PrivateLoss",
+    "SensitivityReport",
+    "gaussian_noise",
+    "loss_lipschitz",
+    "make_private",
+    "materialize_constraints",
+    "model_problems",
+    "network_sensitivity",
+    "noise_for_target",
+    "per_example_loss",
+    "project_constraints",
+    "validate",
 ]

@@ -22,8 +22,13 @@ ACCOUNTANTS = ("rdp", "prv")
 
 
 def _check(name: str, value: float, *, upper: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0 \
-            or (upper is not None and value >= upper):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+        or (upper is not None and value >= upper)
+    ):
         bound = f" and < {upper:g}" if upper is not None else ""
         raise ValueError(f"{name} must be a finite number > 0{bound}, got {value!r}")
     return float(value)
@@ -37,8 +42,15 @@ def _create(mechanism: str) -> Any:
     return create_accountant(mechanism=mechanism)
 
 
-def noise_for_target(target_epsilon: float, target_delta: float, sample_rate: float, steps: int, *,
-                     mechanism: str = "rdp", epsilon_tolerance: float = 0.01) -> float:
+def noise_for_target(
+    target_epsilon: float,
+    target_delta: float,
+    sample_rate: float,
+    steps: int,
+    *,
+    mechanism: str = "rdp",
+    epsilon_tolerance: float = 0.01,
+) -> float:
     """The smallest noise multiplier (to ``epsilon_tolerance``) for which ``steps`` steps at ``sample_rate``
     spend at most ``target_epsilon`` (opacus' ``get_noise_multiplier``).
 
@@ -56,13 +68,22 @@ def noise_for_target(target_epsilon: float, target_delta: float, sample_rate: fl
     from opacus.accountants.utils import get_noise_multiplier
 
     try:
-        return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=target_delta,
-                                          sample_rate=sample_rate, steps=steps, accountant=mechanism,
-                                          epsilon_tolerance=epsilon_tolerance))
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=target_delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=mechanism,
+                epsilon_tolerance=epsilon_tolerance,
+            )
+        )
     except ValueError as exc:
-        raise ValueError(f"target epsilon {target_epsilon:g} (delta {target_delta:g}) is not reachable in {steps} "
-                         f"steps at sample rate {sample_rate:g} with any noise multiplier up to 1e6 ({exc}); "
-                         "raise epsilon, or lower the number of epochs or the batch size") from exc
+        raise ValueError(
+            f"target epsilon {target_epsilon:g} (delta {target_delta:g}) is not reachable in {steps} "
+            f"steps at sample rate {sample_rate:g} with any noise multiplier up to 1e6 ({exc}); "
+            "raise epsilon, or lower the number of epochs or the batch size"
+        ) from exc
 
 
 class PrivacyAccountant:
@@ -77,7 +98,7 @@ class PrivacyAccountant:
         self._acc = _create(mechanism)
 
     def step(self, noise_multiplier: float, sample_rate: float) -> None:
-        """Record one noisy step (a Gaussian mechanism of ``noise_multiplier`` subsampled at ``sample_rate``)."""
+        """Record one noisy step (``noise_multiplier``, subsampled at ``sample_rate``)."""
         _check("noise_multiplier", noise_multiplier)
         _check("sample_rate", sample_rate)
         self._acc.step(noise_multiplier=float(noise_multiplier), sample_rate=float(sample_rate))
@@ -98,5 +119,7 @@ class PrivacyAccountant:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("mechanism") != self.mechanism:
-            raise ValueError(f"the saved accountant is {state.get('mechanism')!r}, this one is {self.mechanism!r}")
+            raise ValueError(
+                f"the saved accountant is {state.get('mechanism')!r}, this one is {self.mechanism!r}"
+            )
         self._acc.history = [tuple(h) for h in state["history"]]

@@ -44,27 +44,34 @@ __all__ = ["make_private", "validate", "model_problems"]
 
 
 def model_problems(model: nn.Module) -> list[str]:
-    """Structural problems of ``model`` for clipless DP (batch mixing, randomness, uncovered parametrisations)."""
+    """Structural problems of ``model`` for clipless DP (batch mixing, randomness, parametrisations)."""
     problems = []
     for name, m in model.named_modules():
         where = name or "model"
         if isinstance(m, _BatchNorm) and m.training:
-            problems.append(f"{where}: {type(m).__name__} in training mode mixes the examples of a batch (one "
-                            "example changes every other example's output); remove it or freeze it in eval mode")
+            problems.append(
+                f"{where}: {type(m).__name__} in training mode mixes the examples of a batch (one "
+                "example changes every other example's output); remove it or freeze it in eval mode"
+            )
         if isinstance(m, _DropoutNd) and m.training and m.p > 0:
-            problems.append(f"{where}: {type(m).__name__} in training mode is not covered (its random mask changes "
-                            "the offsets the bound uses); remove it")
+            problems.append(
+                f"{where}: {type(m).__name__} in training mode is not covered (its random mask changes "
+                "the offsets the bound uses); remove it"
+            )
         if parametrize.is_parametrized(m):
             names = list(m.parametrizations.keys())
             if not isinstance(m, (LipLinear, LipConv2d)) or names != ["weight"]:
-                problems.append(f"{where}: the parametrised tensors {names} of {type(m).__name__} are not covered "
-                                "(the optimiser would update a raw tensor behind the parametrisation's Jacobian); "
-                                "only LipLinear / LipConv2d weight constraints are converted to projections")
+                problems.append(
+                    f"{where}: the parametrised tensors {names} of {type(m).__name__} are not covered "
+                    "(the optimiser would update a raw tensor behind the parametrisation's Jacobian); "
+                    "only LipLinear / LipConv2d weight constraints are converted to projections"
+                )
     return problems
 
 
-def validate(model: nn.Module, criterion: object, *, input_radius: float | None,
-             input_shape: tuple[int, ...] | None) -> list[str]:
+def validate(
+    model: nn.Module, criterion: object, *, input_radius: float | None, input_shape: tuple[int, ...] | None
+) -> list[str]:
     """Every problem that prevents clipless DP training of ``model`` with ``criterion`` (empty: none).
 
     Checks the loss, the input radius, batch-mixing and random layers, parametrisations, and runs the
@@ -72,11 +79,17 @@ def validate(model: nn.Module, criterion: object, *, input_radius: float | None,
     known bound, parameters not covered).  The model itself is not changed.
     """
     problems: list[str] = []
-    radius_ok = isinstance(input_radius, (int, float)) and not isinstance(input_radius, bool) \
-        and math.isfinite(input_radius) and input_radius > 0
+    radius_ok = (
+        isinstance(input_radius, (int, float))
+        and not isinstance(input_radius, bool)
+        and math.isfinite(input_radius)
+        and input_radius > 0
+    )
     if input_radius is None:
-        problems.append("input_radius is missing: the sensitivity needs a bound R of the input norm (inputs are "
-                        "projected onto the l2 ball of radius R); e.g. sqrt(d) for d pixels in [0, 1]")
+        problems.append(
+            "input_radius is missing: the sensitivity needs a bound R of the input norm (inputs are "
+            "projected onto the l2 ball of radius R); e.g. sqrt(d) for d pixels in [0, 1]"
+        )
     elif not radius_ok:
         problems.append(f"input_radius must be a finite number > 0, got {input_radius!r}")
     loss_problem = check_loss(criterion)
@@ -96,8 +109,13 @@ def validate(model: nn.Module, criterion: object, *, input_radius: float | None,
         problems.append(f"converting the constraints failed: {exc}")
         return problems
     if radius_ok and loss_problem is None:
-        report = network_sensitivity(nn.Sequential(L2BallProjection(float(input_radius)), twin), float(input_radius),
-                                     criterion, input_shape=tuple(input_shape), strict=False)
+        report = network_sensitivity(
+            nn.Sequential(L2BallProjection(float(input_radius)), twin),
+            float(input_radius),
+            criterion,
+            input_shape=tuple(input_shape),
+            strict=False,
+        )
         seen = set(problems)
         problems += [p.replace("model.1.", "model.", 1) for p in report.problems if p not in seen]
     return problems
@@ -122,14 +140,27 @@ def _first_shape(dataset: Any) -> tuple[int, ...] | None:
         return None
 
 
-def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, data: Any, *, criterion: object,
-                 target_delta: float, epochs: int, input_radius: float | None,
-                 target_epsilon: float | None = None, noise_multiplier: float | None = None,
-                 batch_size: int | None = None, input_shape: tuple[int, ...] | None = None,
-                 accountant: str = "rdp", neighbouring: str = "add-remove", sampling: str = "poisson",
-                 calibration: str = "global", max_physical_batch_size: int | None = None,
-                 secure_mode: bool = False, seed: int | None = None
-                 ) -> tuple[nn.Module, DPOptimizer, PrivateLoader]:
+def make_private(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: Any,
+    *,
+    criterion: object,
+    target_delta: float,
+    epochs: int,
+    input_radius: float | None,
+    target_epsilon: float | None = None,
+    noise_multiplier: float | None = None,
+    batch_size: int | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    accountant: str = "rdp",
+    neighbouring: str = "add-remove",
+    sampling: str = "poisson",
+    calibration: str = "global",
+    max_physical_batch_size: int | None = None,
+    secure_mode: bool = False,
+    seed: int | None = None,
+) -> tuple[nn.Module, DPOptimizer, PrivateLoader]:
     """Clipless DP-SGD for a Lipschitz network (Bethune et al., ICLR 2024); see the module docstring.
 
     Args:
@@ -160,16 +191,24 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, data: Any, 
         ValueError: listing every problem found (model, loss, radius, options, unreachable epsilon).
     """
     problems: list[str] = []
-    for name, value, valid in (("accountant", accountant, ACCOUNTANTS), ("neighbouring", neighbouring, NEIGHBOURINGS),
-                               ("sampling", sampling, SAMPLINGS), ("calibration", calibration, CALIBRATIONS)):
+    for name, value, valid in (
+        ("accountant", accountant, ACCOUNTANTS),
+        ("neighbouring", neighbouring, NEIGHBOURINGS),
+        ("sampling", sampling, SAMPLINGS),
+        ("calibration", calibration, CALIBRATIONS),
+    ):
         if value not in valid:
             problems.append(f"unknown {name} {value!r}; valid: {list(valid)}")
     if sampling == "poisson" and neighbouring == "replace":
-        problems.append("neighbouring='replace' with Poisson sampling: the accountants analyse Poisson "
-                        "subsampling under add/remove only; use neighbouring='add-remove', or sampling='shuffle'")
+        problems.append(
+            "neighbouring='replace' with Poisson sampling: the accountants analyse Poisson "
+            "subsampling under add/remove only; use neighbouring='add-remove', or sampling='shuffle'"
+        )
     if sampling == "shuffle" and neighbouring == "add-remove":
-        problems.append("sampling='shuffle' is accounted under replace-one neighbours (fixed N); pass "
-                        "neighbouring='replace'")
+        problems.append(
+            "sampling='shuffle' is accounted under replace-one neighbours (fixed N); pass "
+            "neighbouring='replace'"
+        )
     if (target_epsilon is None) == (noise_multiplier is None):
         problems.append("pass exactly one of target_epsilon and noise_multiplier")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -186,8 +225,14 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, data: Any, 
     if dataset is not None:
         try:
             gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-            loader = PrivateLoader(dataset, batch, sampling=sampling, generator=gen,
-                                   max_physical_batch_size=max_physical_batch_size, secure_mode=secure_mode)
+            loader = PrivateLoader(
+                dataset,
+                batch,
+                sampling=sampling,
+                generator=gen,
+                max_physical_batch_size=max_physical_batch_size,
+                secure_mode=secure_mode,
+            )
         except (ValueError, TypeError) as exc:
             problems.append(str(exc))
     sigma = noise_multiplier
@@ -214,23 +259,39 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, data: Any, 
     in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
     left_out = [n for n, p in named.items() if id(p) not in in_optimizer]
     if left_out:
-        raise ValueError(f"make_private: the trainable tensors {left_out} are not in the optimiser; freeze them "
-                         "(requires_grad=False) or add them")
+        raise ValueError(
+            f"make_private: the trainable tensors {left_out} are not in the optimiser; freeze them "
+            "(requires_grad=False) or add them"
+        )
     num_classes = _num_outputs(private_model, tuple(input_shape))
 
     def sensitivity() -> SensitivityReport:  # from the current weights, at every step
-        return network_sensitivity(private_model, float(input_radius), criterion, input_shape=tuple(input_shape),
-                                   num_classes=num_classes, shapes=shapes)
+        return network_sensitivity(
+            private_model,
+            float(input_radius),
+            criterion,
+            input_shape=tuple(input_shape),
+            num_classes=num_classes,
+            shapes=shapes,
+        )
 
     expected = float(batch)
     dp_opt = DPOptimizer(
-        optimizer, named, sensitivity=sensitivity, noise_multiplier=float(sigma), expected_batch_size=expected,
-        sample_rate=loader.sample_rate if sampling == "poisson" else 1.0, accountant=PrivacyAccountant(accountant),
-        calibration=calibration, neighbouring=neighbouring,
+        optimizer,
+        named,
+        sensitivity=sensitivity,
+        noise_multiplier=float(sigma),
+        expected_batch_size=expected,
+        sample_rate=loader.sample_rate if sampling == "poisson" else 1.0,
+        accountant=PrivacyAccountant(accountant),
+        calibration=calibration,
+        neighbouring=neighbouring,
         account_every=1 if sampling == "poisson" else loader.steps_per_epoch,
-        after_step=lambda: project_constraints(projections), secure_mode=secure_mode,
+        after_step=lambda: project_constraints(projections),
+        secure_mode=secure_mode,
         generator=torch.Generator().manual_seed(int(seed) + 1) if seed is not None else None,
-        criterion=PrivateLoss(criterion, expected))
+        criterion=PrivateLoss(criterion, expected),
+    )
     dp_opt.target_delta = float(target_delta)
     dp_opt.target_epsilon = target_epsilon
     dp_opt.sampling = sampling

@@ -35,14 +35,18 @@ def check_loss(loss: object) -> str | None:
         if type(loss).forward is not nn.CrossEntropyLoss.forward:
             return f"{type(loss).__name__} overrides CrossEntropyLoss.forward"
         if loss.weight is not None:
-            return ("nn.CrossEntropyLoss with class weights: its constant is not covered (weights fitted on the "
-                    "data also spend privacy); use it without weight=")
+            return (
+                "nn.CrossEntropyLoss with class weights: its constant is not covered (weights fitted on the "
+                "data also spend privacy); use it without weight="
+            )
         return None
     if callable(getattr(loss, "per_example", None)) and callable(getattr(loss, "logit_lipschitz", None)):
         return None
-    return (f"no per-example form and logit Lipschitz constant are known for the loss {type(loss).__name__}; "
-            "use MulticlassHingeLoss, HKRLoss, LipschitzCrossEntropyLoss, LogitMSELoss or nn.CrossEntropyLoss, "
-            "or give the loss per_example(logits, y) and logit_lipschitz(num_classes, output_radius)")
+    return (
+        f"no per-example form and logit Lipschitz constant are known for the loss {type(loss).__name__}; "
+        "use MulticlassHingeLoss, HKRLoss, LipschitzCrossEntropyLoss, LogitMSELoss or nn.CrossEntropyLoss, "
+        "or give the loss per_example(logits, y) and logit_lipschitz(num_classes, output_radius)"
+    )
 
 
 def _require(loss: object) -> None:
@@ -66,9 +70,12 @@ def per_example_loss(loss: object) -> Callable[[torch.Tensor, torch.Tensor], tor
     """``(logits, y) -> (B,)``: the per-example terms of ``loss``."""
     _require(loss)
     if isinstance(loss, nn.CrossEntropyLoss):
+
         def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return nn.functional.cross_entropy(logits, y, reduction="none",
-                                               label_smoothing=loss.label_smoothing)
+            return nn.functional.cross_entropy(
+                logits, y, reduction="none", label_smoothing=loss.label_smoothing
+            )
+
         return ce
     return loss.per_example  # type: ignore[attr-defined]
 

@@ -42,8 +42,15 @@ CALIBRATIONS = ("global", "per-tensor")
 NEIGHBOURINGS = ("add-remove", "replace")
 
 
-def gaussian_noise(shape: torch.Size | tuple[int, ...], std: float, *, generator: torch.Generator | None,
-                   secure: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def gaussian_noise(
+    shape: torch.Size | tuple[int, ...],
+    std: float,
+    *,
+    generator: torch.Generator | None,
+    secure: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Tensor:
     """``N(0, std^2)`` samples of ``shape``; from ``os.urandom`` (Box-Muller) when ``secure``."""
     n = math.prod(shape)
     if not secure:
@@ -74,19 +81,34 @@ class DPOptimizer:
         secure_mode, generator: noise source.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, named_params: dict[str, torch.nn.Parameter], *,
-                 sensitivity: Callable[[], SensitivityReport], noise_multiplier: float,
-                 expected_batch_size: float, sample_rate: float, accountant: PrivacyAccountant,
-                 calibration: str = "global", tensor_weights: dict[str, float] | None = None,
-                 neighbouring: str = "add-remove", account_every: int = 1,
-                 after_step: Callable[[], None] | None = None, secure_mode: bool = False,
-                 generator: torch.Generator | None = None, criterion: Any = None) -> None:
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        named_params: dict[str, torch.nn.Parameter],
+        *,
+        sensitivity: Callable[[], SensitivityReport],
+        noise_multiplier: float,
+        expected_batch_size: float,
+        sample_rate: float,
+        accountant: PrivacyAccountant,
+        calibration: str = "global",
+        tensor_weights: dict[str, float] | None = None,
+        neighbouring: str = "add-remove",
+        account_every: int = 1,
+        after_step: Callable[[], None] | None = None,
+        secure_mode: bool = False,
+        generator: torch.Generator | None = None,
+        criterion: Any = None,
+    ) -> None:
         if calibration not in CALIBRATIONS:
             raise ValueError(f"unknown calibration {calibration!r}; valid: {list(CALIBRATIONS)}")
         if neighbouring not in NEIGHBOURINGS:
             raise ValueError(f"unknown neighbouring relation {neighbouring!r}; valid: {list(NEIGHBOURINGS)}")
-        if not (isinstance(noise_multiplier, (int, float)) and math.isfinite(noise_multiplier)
-                and noise_multiplier > 0):
+        if not (
+            isinstance(noise_multiplier, (int, float))
+            and math.isfinite(noise_multiplier)
+            and noise_multiplier > 0
+        ):
             raise ValueError(f"noise_multiplier must be a finite number > 0, got {noise_multiplier!r}")
         self.optimizer = optimizer
         self.named_params = dict(named_params)
@@ -101,8 +123,10 @@ class DPOptimizer:
             tensor_weights = {n: 1.0 / k for n in self.named_params}
         missing = set(self.named_params) - set(tensor_weights)
         if missing or abs(sum(tensor_weights.values()) - 1.0) > 1e-9 or min(tensor_weights.values()) <= 0:
-            raise ValueError("tensor_weights must give every trainable tensor a weight > 0, summing to 1 "
-                             f"(missing: {sorted(missing)})")
+            raise ValueError(
+                "tensor_weights must give every trainable tensor a weight > 0, summing to 1 "
+                f"(missing: {sorted(missing)})"
+            )
         self.tensor_weights = tensor_weights
         self.neighbouring = neighbouring
         self.account_every = int(account_every)
@@ -143,12 +167,14 @@ class DPOptimizer:
         factor = 2.0 if self.neighbouring == "replace" else 1.0
         if self.calibration == "global":
             return {n: self.noise_multiplier * factor * report.total for n in self.named_params}
-        return {n: self.noise_multiplier * factor * report.per_tensor[n] / math.sqrt(self.tensor_weights[n])
-                for n in self.named_params}
+        return {
+            n: self.noise_multiplier * factor * report.per_tensor[n] / math.sqrt(self.tensor_weights[n])
+            for n in self.named_params
+        }
 
     @torch.no_grad()
     def add_noise(self) -> SensitivityReport:
-        """Replace each gradient ``g`` (of ``sum_i l_i / m``) by ``g + noise / m``; return the sensitivities."""
+        """Replace each gradient ``g`` (of ``sum_i l_i / m``) by ``g + noise / m``; return the bounds."""
         report = self.sensitivity_fn()
         missing = [n for n in self.named_params if n not in report.per_tensor]
         if missing:
@@ -159,8 +185,14 @@ class DPOptimizer:
                 p.grad = torch.zeros_like(p)
             if not torch.isfinite(p.grad).all():
                 raise FloatingPointError(f"the gradient of {name} is not finite")
-            noise = gaussian_noise(p.shape, stds[name], generator=self.generator, secure=self.secure_mode,
-                                   dtype=p.dtype, device=p.device)
+            noise = gaussian_noise(
+                p.shape,
+                stds[name],
+                generator=self.generator,
+                secure=self.secure_mode,
+                dtype=p.dtype,
+                device=p.device,
+            )
             p.grad.add_(noise / self.expected_batch_size)
         self.last_report, self.last_noise_std = report, stds
         return report
@@ -168,7 +200,9 @@ class DPOptimizer:
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One noisy step at the end of a logical batch (earlier chunks only accumulate)."""
         if closure is not None:
-            raise ValueError("DPOptimizer.step does not take a closure (the noise must be drawn once per step)")
+            raise ValueError(
+                "DPOptimizer.step does not take a closure (the noise must be drawn once per step)"
+            )
         if not self._last_chunk:
             self._accumulating = True
             return None
@@ -187,8 +221,12 @@ class DPOptimizer:
         return self.accountant.get_epsilon(delta)
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"optimizer": self.optimizer.state_dict(), "accountant": self.accountant.state_dict(),
-                                 "steps_taken": self.steps_taken, "noise_multiplier": self.noise_multiplier}
+        state: dict[str, Any] = {
+            "optimizer": self.optimizer.state_dict(),
+            "accountant": self.accountant.state_dict(),
+            "steps_taken": self.steps_taken,
+            "noise_multiplier": self.noise_multiplier,
+        }
         if self.generator is not None:
             state["generator"] = self.generator.get_state()
         return state

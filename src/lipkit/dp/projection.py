@@ -63,20 +63,26 @@ class L2BallProjection(nn.Module):
 
     def __init__(self, radius: float) -> None:
         super().__init__()
-        if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius) \
-                or radius <= 0:
+        if (
+            isinstance(radius, bool)
+            or not isinstance(radius, (int, float))
+            or not math.isfinite(radius)
+            or radius <= 0
+        ):
             raise ValueError(f"input_radius must be a finite number > 0, got {radius!r}")
         self.radius = float(radius)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dim() < 1 or not x.is_floating_point():
-            raise ValueError(f"L2BallProjection expects a floating (batch, ...) tensor, got "
-                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+            raise ValueError(
+                f"L2BallProjection expects a floating (batch, ...) tensor, got "
+                f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
+            )
         if x.shape[0] == 0:
             return x
         norms = torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
         # the float32 product can exceed R by one rounding: the scale is shrunk by 2^-20 to stay inside
-        scale = torch.clamp(self.radius * (1.0 - 2.0 ** -20) / norms.clamp_min(1e-30), max=1.0)
+        scale = torch.clamp(self.radius * (1.0 - 2.0**-20) / norms.clamp_min(1e-30), max=1.0)
         return x * scale.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -86,8 +92,10 @@ class L2BallProjection(nn.Module):
 @register_bound(L2BallProjection)
 def _projection_bound(module: L2BallProjection, p: float, shapes: dict) -> float:
     if p != 2:
-        raise UnsupportedModuleError("L2BallProjection is 1-Lipschitz in l2 only (the projection onto an l2 "
-                                     "ball is not non-expansive in l1 / l_inf)")
+        raise UnsupportedModuleError(
+            "L2BallProjection is 1-Lipschitz in l2 only (the projection onto an l2 "
+            "ball is not non-expansive in l1 / l_inf)"
+        )
     return 1.0
 
 
@@ -179,8 +187,9 @@ def _map_for(module: nn.Module, shapes: dict) -> Callable[[nn.Module], None]:
     return _orthogonal_map(module.lip)
 
 
-def materialize_constraints(model: nn.Module, shapes: dict | None = None
-                            ) -> tuple[list[tuple[nn.Module, Callable[[nn.Module], None]]], dict]:
+def materialize_constraints(
+    model: nn.Module, shapes: dict | None = None
+) -> tuple[list[tuple[nn.Module, Callable[[nn.Module], None]]], dict]:
     """Turn every parametrised LipLinear / LipConv2d weight of ``model`` into a plain parameter (in place).
 
     The parameter holds the current deployed weight, which is then mapped into the constraint set once.

@@ -36,7 +36,7 @@ def secure_uniform(n: int) -> torch.Tensor:
     """``n`` float64 uniforms in (0, 1) from ``os.urandom`` (53 random bits each)."""
     raw = torch.frombuffer(bytearray(os.urandom(8 * max(n, 1))), dtype=torch.int64)[:n]
     bits = (raw >> 11) & ((1 << 53) - 1)  # 53 uniform bits
-    return (bits.to(torch.float64) + 0.5) * 2.0 ** -53
+    return (bits.to(torch.float64) + 0.5) * 2.0**-53
 
 
 class PrivateLoader:
@@ -44,22 +44,34 @@ class PrivateLoader:
 
     Args:
         dataset: a map-style dataset of ``(x, y)`` pairs, or a tuple of tensors ``(X, Y)``.
-        expected_batch_size: ``q N`` for Poisson (``q = expected_batch_size / N``), the batch size for shuffle.
+        expected_batch_size: ``q N`` for Poisson (``q = that / N``); the batch size for shuffle.
         sampling: ``"poisson"`` or ``"shuffle"``.
         max_physical_batch_size: split logical batches into chunks of at most this size (None: no split).
         generator: seeded generator (ignored in secure mode).
         secure_mode: draw the sampling randomness from ``os.urandom``.
     """
 
-    def __init__(self, dataset: Any, expected_batch_size: int, *, sampling: str = "poisson",
-                 max_physical_batch_size: int | None = None, generator: torch.Generator | None = None,
-                 secure_mode: bool = False) -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        expected_batch_size: int,
+        *,
+        sampling: str = "poisson",
+        max_physical_batch_size: int | None = None,
+        generator: torch.Generator | None = None,
+        secure_mode: bool = False,
+    ) -> None:
         if sampling not in SAMPLINGS:
             raise ValueError(f"unknown sampling {sampling!r}; valid: {list(SAMPLINGS)}")
-        if isinstance(dataset, (tuple, list)) and len(dataset) == 2 and all(isinstance(t, torch.Tensor)
-                                                                            for t in dataset):
+        if (
+            isinstance(dataset, (tuple, list))
+            and len(dataset) == 2
+            and all(isinstance(t, torch.Tensor) for t in dataset)
+        ):
             if dataset[0].shape[0] != dataset[1].shape[0]:
-                raise ValueError(f"X and Y have different lengths: {dataset[0].shape[0]} and {dataset[1].shape[0]}")
+                raise ValueError(
+                    f"X and Y have different lengths: {dataset[0].shape[0]} and {dataset[1].shape[0]}"
+                )
             self.tensors: tuple[torch.Tensor, torch.Tensor] | None = (dataset[0], dataset[1])
             self.dataset: Any = None
             n = dataset[0].shape[0]
@@ -68,26 +80,38 @@ class PrivateLoader:
             self.dataset = dataset
             n = len(dataset)
         else:
-            raise TypeError(f"data must be a Dataset, a DataLoader or a tuple (X, Y) of tensors, got "
-                            f"{type(dataset).__name__}")
+            raise TypeError(
+                f"data must be a Dataset, a DataLoader or a tuple (X, Y) of tensors, got "
+                f"{type(dataset).__name__}"
+            )
         if n == 0:
             raise ValueError("the training set is empty")
-        if isinstance(expected_batch_size, bool) or not isinstance(expected_batch_size, int) \
-                or not 1 <= expected_batch_size <= n:
+        if (
+            isinstance(expected_batch_size, bool)
+            or not isinstance(expected_batch_size, int)
+            or not 1 <= expected_batch_size <= n
+        ):
             raise ValueError(f"batch size must be an int in [1, {n}], got {expected_batch_size!r}")
-        if max_physical_batch_size is not None and (not isinstance(max_physical_batch_size, int)
-                                                    or max_physical_batch_size < 1):
+        if max_physical_batch_size is not None and (
+            not isinstance(max_physical_batch_size, int) or max_physical_batch_size < 1
+        ):
             raise ValueError(f"max_physical_batch_size must be an int >= 1, got {max_physical_batch_size!r}")
         self.n = n
         self.sampling = sampling
         self.expected_batch_size = expected_batch_size
         self.sample_rate = expected_batch_size / n
         self.max_physical_batch_size = max_physical_batch_size
-        self.generator = generator if generator is not None else torch.Generator().manual_seed(
-            int(torch.randint(0, 2**62, (1,)).item()))
+        self.generator = (
+            generator
+            if generator is not None
+            else torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+        )
         self.secure_mode = bool(secure_mode)
-        self.steps_per_epoch = (max(1, round(1.0 / self.sample_rate)) if sampling == "poisson"
-                                else math.ceil(n / expected_batch_size))
+        self.steps_per_epoch = (
+            max(1, round(1.0 / self.sample_rate))
+            if sampling == "poisson"
+            else math.ceil(n / expected_batch_size)
+        )
         self.optimizer: Any = None  # set by make_private: told which chunk ends a logical batch
         self.last_batch_sizes: list[int] = []
 
@@ -107,7 +131,7 @@ class PrivateLoader:
         else:
             perm = torch.argsort(self._uniform(self.n))
             for start in range(0, self.n, self.expected_batch_size):
-                yield perm[start:start + self.expected_batch_size]
+                yield perm[start : start + self.expected_batch_size]
 
     def _fetch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.tensors is not None:

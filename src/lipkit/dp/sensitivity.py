@@ -87,8 +87,10 @@ class _Walker:
     def zeros_for(self, module: object) -> torch.Tensor:
         shape = self.shapes.get(module)
         if shape is None:
-            raise UnsupportedModuleError(f"{type(module).__name__}: its input shape is unknown (it did not run "
-                                         "in the shape-recording forward pass)")
+            raise UnsupportedModuleError(
+                f"{type(module).__name__}: its input shape is unknown (it did not run "
+                "in the shape-recording forward pass)"
+            )
         ref = next(self.model.parameters(), None)
         dtype = ref.dtype if ref is not None else torch.float32
         device = ref.device if ref is not None else torch.device("cpu")
@@ -101,7 +103,7 @@ class _Walker:
         return value * (1 + REL_ALLOWANCE) + _ABS_ALLOWANCE
 
     def walk(self, module: nn.Module, r: float, g: float, path: str) -> None:
-        """Record the bounds of the trainable tensors under ``module`` (input norm <= r, output gradient <= g)."""
+        """Record the bounds of the trainable tensors of ``module`` (input norm <= r, output grad <= g)."""
         if computes_as(module, (nn.Sequential,), subclasses=True):
             self.walk_chain([c for c in module._modules.values() if c is not None], r, g, path, module)
             return
@@ -124,20 +126,30 @@ class _Walker:
         for name, value in bounds.items():
             t = inner._parameters.get(name)
             if t is None:
-                self.problem(path, module, f"its sensitivity rule bounds {name!r}, which is not a parameter of "
-                             "the module (a parametrised tensor?)")
+                self.problem(
+                    path,
+                    module,
+                    f"its sensitivity rule bounds {name!r}, which is not a parameter of "
+                    "the module (a parametrised tensor?)",
+                )
             elif t.requires_grad:
                 self.record(t, float(value))
         for sub_name, sub in inner.named_modules():
             if sub is not inner and any(p.requires_grad for p in sub.parameters(recurse=False)):
-                self.problem(f"{path}.{sub_name}", sub, "a submodule of a layer with a sensitivity rule holds "
-                             "trainable tensors the rule does not cover")
+                self.problem(
+                    f"{path}.{sub_name}",
+                    sub,
+                    "a submodule of a layer with a sensitivity rule holds "
+                    "trainable tensors the rule does not cover",
+                )
 
     def record(self, t: torch.Tensor, value: float) -> None:
         name = self.names.get(id(t), "?")
         if name in self.out:
-            self.problems.append(f"{name}: the tensor is used more than once in the network (shared "
-                                 "parameters are not covered)")
+            self.problems.append(
+                f"{name}: the tensor is used more than once in the network (shared "
+                "parameters are not covered)"
+            )
         self.out[name] = value
 
     def walk_chain(self, children: list[nn.Module], r: float, g: object, path: str, owner: object) -> float:
@@ -155,8 +167,11 @@ class _Walker:
         z: torch.Tensor | None = self.zeros_for(owner)
         for i, c in enumerate(children):
             zn = float(torch.linalg.vector_norm(z)) if z is not None else math.inf
-            radii.append(round_up(anchor_lip * anchor_r, 2) * (1 + REL_ALLOWANCE) + zn * (1 + REL_ALLOWANCE)
-                         + _ABS_ALLOWANCE)
+            radii.append(
+                round_up(anchor_lip * anchor_r, 2) * (1 + REL_ALLOWANCE)
+                + zn * (1 + REL_ALLOWANCE)
+                + _ABS_ALLOWANCE
+            )
             if computes_as(c, (L2BallProjection,)):
                 anchor_r, anchor_lip = min(c.radius, radii[-1]), 1.0
                 z = torch.zeros_like(z) if z is not None else None
@@ -170,8 +185,11 @@ class _Walker:
                     self.problem(f"{path}.{i}", c, f"the forward pass on zeros failed ({exc})")
                     z = None
         zn = float(torch.linalg.vector_norm(z)) if z is not None else math.inf
-        out_r = round_up(anchor_lip * anchor_r, 2) * (1 + REL_ALLOWANCE) + zn * (1 + REL_ALLOWANCE) \
+        out_r = (
+            round_up(anchor_lip * anchor_r, 2) * (1 + REL_ALLOWANCE)
+            + zn * (1 + REL_ALLOWANCE)
             + _ABS_ALLOWANCE
+        )
         if callable(g):  # the loss constant may need the output radius (top level only)
             g = g(out_r)
         # gradient side: ||g_i|| <= Lip(loss) prod_{j > i} Lip(f_j)
@@ -187,9 +205,16 @@ class _Walker:
         return out_r
 
 
-def network_sensitivity(model: nn.Module, input_radius: float, loss: object, *, input_shape: tuple[int, ...],
-                        num_classes: int | None = None, strict: bool = True,
-                        shapes: dict | None = None) -> SensitivityReport:
+def network_sensitivity(
+    model: nn.Module,
+    input_radius: float,
+    loss: object,
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int | None = None,
+    strict: bool = True,
+    shapes: dict | None = None,
+) -> SensitivityReport:
     """Bounds of one example's gradient norm, per trainable tensor of ``model`` (see the module docstring).
 
     Args:
@@ -208,8 +233,12 @@ def network_sensitivity(model: nn.Module, input_radius: float, loss: object, *, 
     """
     from lipkit.dp.losses import loss_lipschitz
 
-    if isinstance(input_radius, bool) or not isinstance(input_radius, (int, float)) \
-            or not math.isfinite(input_radius) or input_radius <= 0:
+    if (
+        isinstance(input_radius, bool)
+        or not isinstance(input_radius, (int, float))
+        or not math.isfinite(input_radius)
+        or input_radius <= 0
+    ):
         raise ValueError(f"input_radius must be a finite number > 0, got {input_radius!r}")
     if input_shape is None:
         raise ValueError("input_shape (one example's shape, without the batch dimension) is required")
@@ -226,8 +255,9 @@ def network_sensitivity(model: nn.Module, input_radius: float, loss: object, *, 
         return value
 
     if computes_as(model, (nn.Sequential,), subclasses=True):
-        walker.walk_chain([c for c in model._modules.values() if c is not None], float(input_radius), g_of, "model",
-                          model)
+        walker.walk_chain(
+            [c for c in model._modules.values() if c is not None], float(input_radius), g_of, "model", model
+        )
     else:
         shapes[_ROOT] = shapes.get(model)
         walker.walk_chain([model], float(input_radius), g_of, "model", _ROOT)
@@ -238,9 +268,17 @@ def network_sensitivity(model: nn.Module, input_radius: float, loss: object, *, 
     per_tensor = {n: walker.out[n] for n, p in model.named_parameters() if n in walker.out}
     total = round_up(math.sqrt(sum(v * v for v in per_tensor.values())), len(per_tensor) + 2)
     if strict and problems:
-        raise ValueError("the model cannot be trained privately without clipping:\n  - " + "\n  - ".join(problems))
-    return SensitivityReport(per_tensor, total, float(input_radius), walker.output_radius,
-                             loss_g[0] if loss_g else math.nan, problems)
+        raise ValueError(
+            "the model cannot be trained privately without clipping:\n  - " + "\n  - ".join(problems)
+        )
+    return SensitivityReport(
+        per_tensor,
+        total,
+        float(input_radius),
+        walker.output_radius,
+        loss_g[0] if loss_g else math.nan,
+        problems,
+    )
 
 
 def _num_outputs(model: nn.Module, input_shape: tuple[int, ...]) -> int:

@@ -224,7 +224,8 @@ def _householder_sensitivity(module: Householder, r: float, g: float, shapes: di
 
     On a pair ``z`` in the reflected region the output is ``z - 2 v (v^T z)``, so ``dy/dtheta = -2 (v' (v^T z)
     + v (v'^T z))`` with ``v' = dv/dtheta`` orthogonal to ``v``, of norm ``2 sqrt((v^T z)^2 + (v'^T z)^2) <=
-    2 ||z||``; elsewhere 0.  The gradient of one angle shared by the pairs ``p`` is ``sum_p g_p^T dy_p/dtheta``,
+    2 ||z||``; elsewhere 0.  The gradient of one angle shared by the pairs ``p`` is
+    ``sum_p g_p^T dy_p/dtheta``,
     at most ``2 sum_p ||g_p|| ||z_p|| <= 2 G R`` (Cauchy-Schwarz); with one angle per pair the gradient vector
     has entries ``<= 2 ||g_p|| ||z_p||`` and norm ``<= 2 G R``.  The factor ``sqrt(2)`` covers the float32
     ``cos``/``sin`` not being exactly unit and orthogonal with room to spare.

@@ -182,7 +182,7 @@ def _lip_linear_rule(module: LipLinear, p: float, shapes: dict, q: float | None 
 
 @register_sensitivity(LipLinear)
 def _lip_linear_sensitivity(module: LipLinear, r: float, g: float, shapes: dict) -> dict[str, float]:
-    """``||dl/dW||_F = ||g x^T||_F <= G R`` and ``||dl/db|| = ||g|| <= G`` for the tensors the optimiser updates.
+    """``||dl/dW||_F = ||g x^T||_F <= G R`` and ``||dl/db|| <= G`` (the tensors the optimiser updates).
 
     Only for a LipLinear whose weight is a plain parameter (the deployed weight): with the parametrisation in
     place the optimiser updates ``parametrizations.weight.original``, whose gradient is the effective
