@@ -26,7 +26,7 @@ from torch import nn
 
 from lipkit.bounds import round_up
 
-__all__ = ["PrivateLoss", "loss_lipschitz", "per_example_loss", "check_loss"]
+__all__ = ["PrivateLoss", "ScaledLoss", "loss_lipschitz", "per_example_loss", "check_loss"]
 
 
 def check_loss(loss: object) -> str | None:
@@ -78,6 +78,27 @@ def per_example_loss(loss: object) -> Callable[[torch.Tensor, torch.Tensor], tor
 
         return ce
     return loss.per_example  # type: ignore[attr-defined]
+
+
+class ScaledLoss(nn.Module):
+    """``scale * loss`` (a tempered cross entropy over its temperature), its constant scaled alike."""
+
+    def __init__(self, loss: object, scale: float) -> None:
+        super().__init__()
+        _require(loss)
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+        self.loss, self.scale = loss, float(scale)
+        self._terms = per_example_loss(loss)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.per_example(logits, target).mean()
+
+    def per_example(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.scale * self._terms(logits, target)
+
+    def logit_lipschitz(self, num_classes: int, output_radius: float | None = None) -> float:
+        return round_up(self.scale * loss_lipschitz(self.loss, num_classes, output_radius), 2)
 
 
 class PrivateLoss(nn.Module):

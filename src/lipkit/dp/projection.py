@@ -49,7 +49,8 @@ from lipkit.nn import LipConv2d, LipLinear
 from lipkit.nn.parametrize import OperatorNorm, Orthogonal
 from lipkit.nn.parametrize.utils import materialize_in_place
 
-__all__ = ["L2BallProjection", "materialize_constraints", "project_constraints", "PROJECTIONS"]
+__all__ = ["L2BallProjection", "constraint_maps", "materialize_constraints", "project_constraints",
+           "PROJECTIONS"]
 
 
 class L2BallProjection(nn.Module):
@@ -215,6 +216,14 @@ def materialize_constraints(
         projections.append((module, _map_for(module, shapes)))
     project_constraints(projections)
     return projections, swapped
+
+
+def constraint_maps(model: nn.Module, shapes: dict | None = None
+                    ) -> list[tuple[nn.Module, Callable[[nn.Module], None]]]:
+    """The maps of the (already materialised) LipLinear / LipConv2d layers of ``model``, not applied."""
+    shapes = {} if shapes is None else shapes
+    return [(m, _map_for(m, shapes)) for m in model.modules()
+            if isinstance(m, (LipLinear, LipConv2d)) and not parametrize.is_parametrized(m)]
 
 
 @torch.no_grad()

@@ -99,11 +99,15 @@ class TrainingStrategy:
 
 
 def strategies_for(cfg: RunConfig) -> list[TrainingStrategy]:
-    """The strategies a config trains with: the l_inf schedule for l_inf models, none otherwise."""
+    """The strategies a config trains with: the l_inf schedule for l_inf models, DP noise for private runs."""
     if cfg.is_linf_model:
         from lipkit.training.linf import LinfScheduleStrategy
 
         return [LinfScheduleStrategy(cfg)]
+    if cfg.private:
+        from lipkit.training.dp import DPStrategy
+
+        return [DPStrategy(cfg)]
     return []
 
 
