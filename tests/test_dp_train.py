@@ -1,5 +1,5 @@
-"""Private runs in the trainer and the CLI: config validation, per-epoch privacy records, exact resume with the
-accountant continued, the YAML dp section, and one-line errors."""
+"""Private runs in the trainer and the CLI: config validation, per-epoch privacy records, exact resume with
+the accountant continued, the YAML dp section, and one-line errors."""
 
 from __future__ import annotations
 
@@ -43,11 +43,12 @@ def test_private_run_records_privacy_and_resumes_exactly(tmp_path, small_split):
     eps = [r["epsilon"] for r in recs]
     assert eps == sorted(eps) and 3.0 - 0.02 <= eps[-1] <= 3.0
     ref = RDPAccountant()  # the recorded epsilon is opacus' for the steps taken
+    q = cfg.batch_size / len(small_split.x_train)
     for _ in range(3 * steps_per_epoch):
-        ref.step(noise_multiplier=recs[-1]["noise_multiplier"], sample_rate=cfg.batch_size / len(small_split.x_train))
+        ref.step(noise_multiplier=recs[-1]["noise_multiplier"], sample_rate=q)
     assert eps[-1] == pytest.approx(ref.get_epsilon(1e-5), rel=1e-12)
-    assert recs[-1]["sensitivity"] > 0 and set(recs[-1]["sensitivities"]) == {"1.weight", "1.bias", "3.weight",
-                                                                              "3.bias"}
+    assert recs[-1]["sensitivity"] > 0
+    assert set(recs[-1]["sensitivities"]) == {"1.weight", "1.bias", "3.weight", "3.bias"}
     # the model carries the input projection and stays 1-Lipschitz (constraint maps after every step)
     from lipkit.bounds import lipschitz_bound
     from lipkit.dp import L2BallProjection
