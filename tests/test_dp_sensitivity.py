@@ -237,3 +237,18 @@ def test_hkr_per_example_has_no_batch_coupling():
     assert torch.allclose(full[:3], loss.per_example(z[:3], y[:3]))
     with pytest.raises(ValueError, match="class_priors"):
         lipkit.HKRLoss(class_priors=[0.5, 0.6])
+
+
+def test_gram_bound_is_sound_and_tight_on_orthogonal_matrices():
+    from lipkit.dp.sensitivity import gram_bound
+    from lipkit.nn.parametrize.orthogonal import polar_factor
+
+    g = torch.Generator().manual_seed(0)
+    for shape in [(5, 5), (7, 3), (3, 40), (64, 200)]:
+        w = torch.randn(shape, generator=g)
+        for m in (w, w * 1e-3, polar_factor(w).float(), polar_factor(w).float() + 1e-4 * torch.randn(shape)):
+            exact = torch.linalg.matrix_norm(m.double(), 2).item()
+            assert gram_bound(m) >= exact
+        q = polar_factor(w).float()
+        assert gram_bound(q) <= torch.linalg.matrix_norm(q.double(), 2).item() * (1 + 1e-6)
+    assert gram_bound(torch.full((2, 2), float("nan"))) == math.inf

@@ -1,0 +1,273 @@
+"""Clipless DP-SGD (lipkit.dp) against Opacus 1.6 (per-sample clipping, "hooks" and "ghost") on Fashion-MNIST.
+
+Protocol (reduced to fit a shared 2-core machine, see ``docs/dp.md`` and the results' ``protocol``):
+
+* data: Fashion-MNIST, pixels in [0, 1]; 10,000 training images carved off as the validation split used to
+  choose the learning rate; the test set only reports the chosen run;
+* models: an MLP 784-W-W-10 on both sides (lipkit: orthogonal ``LipLinear`` + GroupSort(2), inputs projected
+  onto the l2 ball of radius ``R``; Opacus: ``nn.Linear`` + ReLU, per-sample clipping at norm 1);
+* same optimiser (Adam), same epochs, same expected batch size, same 2-point learning-rate grid on both
+  sides, Poisson sampling, delta = 1e-5, target epsilon in {1, 3, 8} (RDP accountant on both sides);
+* step cost: the same network trained without DP ("plain", lipkit's layers), lipkit's DP step (the bound
+  computation counts inside it), Opacus hooks and ghost steps (on Opacus' ReLU MLP), interleaved in one
+  loop, medians over repeats; peak memory is the maximum RSS growth over a block of steps of each kind;
+* certified l2 accuracy of the lipkit model at radii 0.1, 0.25, 0.5 (pixel space, before the projection;
+  lipkit.compute_certificates with the bound of the model's weights).
+
+``python bench/dp.py`` (``--quick`` for a smoke run) writes ``bench/results/dp.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_result  # noqa: E402
+
+import lipkit  # noqa: E402
+from lipkit import dp  # noqa: E402
+
+warnings.filterwarnings("ignore")
+DELTA = 1e-5
+EPSILONS = (1.0, 3.0, 8.0)
+RADII = (0.1, 0.25, 0.5)
+
+
+def data(n_val: int = 10_000):
+    split = lipkit.load_dataset("fashion-mnist")
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(split.x_train), generator=g)
+    val, tr = perm[:n_val], perm[n_val:]
+    return (split.x_train[tr], split.y_train[tr]), (split.x_train[val], split.y_train[val]), \
+        (split.x_test, split.y_test)
+
+
+def lip_mlp(width: int) -> nn.Sequential:
+    return nn.Sequential(lipkit.LipLinear(784, width), lipkit.GroupSort(2), lipkit.LipLinear(width, width),
+                         lipkit.GroupSort(2), lipkit.LipLinear(width, 10))
+
+
+def relu_mlp(width: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(784, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                         nn.Linear(width, 10))
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        out = torch.cat([model(x[i:i + 2000]) for i in range(0, len(x), 2000)])
+    return (out.argmax(1) == y).double().mean().item()
+
+
+def lipkit_loss(temperature: float):
+    return dp.losses.ScaledLoss(lipkit.LipschitzCrossEntropyLoss(temperature=temperature), 1.0 / temperature)
+
+
+def train_lipkit(train, eps: float, lr: float, args, seed: int = 0):
+    torch.manual_seed(seed)
+    net = lip_mlp(args.width)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    model, opt, loader = dp.make_private(net, opt, train, criterion=lipkit_loss(args.temperature),
+                                         batch_size=args.batch, target_epsilon=eps, target_delta=DELTA,
+                                         epochs=args.epochs, input_radius=args.radius, seed=seed)
+    for _ in range(args.epochs):
+        model.train()
+        for x, y in loader:
+            opt.zero_grad()
+            opt.criterion(model(x), y).backward()
+            opt.step()
+    return model, opt
+
+
+def train_opacus(train, eps: float, lr: float, args, mode: str = "ghost", seed: int = 0):
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(seed)
+    net = relu_mlp(args.width)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    loader = DataLoader(TensorDataset(*train), batch_size=args.batch)
+    engine = PrivacyEngine(accountant="rdp")
+    out = engine.make_private_with_epsilon(module=net, optimizer=opt, data_loader=loader,
+                                           criterion=nn.CrossEntropyLoss(), target_epsilon=eps,
+                                           target_delta=DELTA, epochs=args.epochs, max_grad_norm=1.0,
+                                           grad_sample_mode=mode, poisson_sampling=True)
+    if mode == "ghost":
+        model, opt, crit, loader = out
+    else:
+        model, opt, loader = out
+        crit = nn.CrossEntropyLoss()
+    for _ in range(args.epochs):
+        model.train()
+        for x, y in loader:
+            if len(x) == 0:
+                continue
+            opt.zero_grad()
+            crit(model(x), y).backward()
+            opt.step()
+    return model, engine.get_epsilon(DELTA)
+
+
+def certified(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    model.eval()
+    res = lipkit.compute_certificates(model, x, p=2, input_shape=(784,))
+    ok = res.prediction == y
+    return {f"{r:g}": ((res.radius >= r) & ok).double().mean().item() for r in RADII}
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def step_costs(train, args) -> dict:
+    """Median seconds per step of plain / lipkit DP / opacus hooks / opacus ghost, interleaved."""
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = train[0][:args.batch], train[1][:args.batch]
+    torch.manual_seed(0)
+    plain = lip_mlp(args.width)
+    plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3)
+    plain_model = nn.Sequential(dp.L2BallProjection(args.radius), plain)
+    dp.materialize_constraints(plain)  # the same deployed layers and the same projection after each step
+    maps = dp.projection.constraint_maps(plain)
+    loss_plain = lipkit_loss(args.temperature)
+
+    def plain_step():
+        plain_opt.zero_grad()
+        loss_plain(plain_model(x), y).backward()
+        plain_opt.step()
+        dp.project_constraints(maps)
+
+    net = lip_mlp(args.width)
+    model, opt, _ = dp.make_private(net, torch.optim.Adam(net.parameters(), lr=1e-3), train,
+                                    criterion=lipkit_loss(args.temperature), batch_size=args.batch,
+                                    noise_multiplier=1.0, target_delta=DELTA, epochs=1,
+                                    input_radius=args.radius)
+
+    def lipkit_step():
+        opt.zero_grad()
+        opt.criterion(model(x), y).backward()
+        opt.step()
+
+    steps = {"plain": plain_step, "lipkit": lipkit_step}
+    for mode in ("hooks", "ghost"):
+        engine = PrivacyEngine()
+        onet = relu_mlp(args.width)
+        out = engine.make_private(module=onet, optimizer=torch.optim.Adam(onet.parameters(), lr=1e-3),
+                                  data_loader=DataLoader(TensorDataset(*train), batch_size=args.batch),
+                                  criterion=nn.CrossEntropyLoss(), noise_multiplier=1.0, max_grad_norm=1.0,
+                                  grad_sample_mode=mode, poisson_sampling=False)
+        if mode == "ghost":
+            omodel, oopt, ocrit, _ = out
+        else:
+            omodel, oopt, _ = out
+            ocrit = nn.CrossEntropyLoss()
+
+        def ostep(m=omodel, o=oopt, c=ocrit):
+            o.zero_grad()
+            c(m(x), y).backward()
+            o.step()
+
+        steps[f"opacus_{mode}"] = ostep
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for fn in steps.values():  # warm-up
+        fn()
+    for _ in range(args.repeats):
+        for k, fn in steps.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    # peak memory: RSS high-water mark growth over a block of steps, the kinds in increasing cost order
+    peak: dict[str, float] = {}
+    for k in sorted(steps, key=lambda k: med[k]):
+        gc.collect()
+        before = rss_mb()
+        for _ in range(3):
+            steps[k]()
+        peak[k] = max(0.0, rss_mb() - before)
+    return {"median_seconds": med, "peak_rss_growth_mb": peak, "batch": args.batch}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--width", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--lrs", type=str, default="0.001,0.004")
+    ap.add_argument("--radius", type=float, default=8.0)
+    ap.add_argument("--temperature", type=float, default=8.0)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 3000 training images, 1 epoch")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    train, val, test = data()
+    if args.quick:
+        train = (train[0][:3000], train[1][:3000])
+        args.epochs, args.repeats = 1, 3
+    lrs = [float(v) for v in args.lrs.split(",")]
+    costs = step_costs(train, args)
+    print("step costs", costs, flush=True)
+    results: dict = {}
+    for eps in EPSILONS:
+        best_l, best_o = None, None
+        runs = []
+        for lr in lrs:
+            model, opt = train_lipkit(train, eps, lr, args)
+            acc_val = accuracy(model, *val)
+            runs.append({"side": "lipkit", "lr": lr, "val_accuracy": acc_val})
+            if best_l is None or acc_val > best_l[0]:
+                best_l = (acc_val, lr, model, opt.get_epsilon(DELTA))
+            omodel, o_eps = train_opacus(train, eps, lr, args)
+            acc_val = accuracy(omodel, *val)
+            runs.append({"side": "opacus-ghost", "lr": lr, "val_accuracy": acc_val})
+            if best_o is None or acc_val > best_o[0]:
+                best_o = (acc_val, lr, omodel, o_eps)
+            print(eps, runs[-2:], flush=True)
+        lacc, oacc = accuracy(best_l[2], *test), accuracy(best_o[2], *test)
+        results[f"eps{eps:g}"] = {
+            "lipkit_accuracy": lacc, "opacus_accuracy": oacc, "accuracy_gap_vs_opacus": lacc - oacc,
+            "lipkit_certified_l2": certified(best_l[2], *test), "epsilon_spent": best_l[3],
+            "opacus_epsilon_spent": best_o[3], "lipkit_lr": best_l[1], "opacus_lr": best_o[1],
+            "validation_runs": runs,
+        }
+        print(eps, {k: v for k, v in results[f"eps{eps:g}"].items() if k != "validation_runs"}, flush=True)
+    med = costs["median_seconds"]
+    figures = {
+        **results,
+        "step_ratio_vs_plain": med["lipkit"] / med["plain"],
+        "opacus_hooks_step_ratio": med["opacus_hooks"] / med["plain"],
+        "opacus_ghost_step_ratio": med["opacus_ghost"] / med["plain"],
+        "step_median_seconds": med,
+        "peak_memory_mb": {"lipkit": costs["peak_rss_growth_mb"]["lipkit"],
+                           "plain": costs["peak_rss_growth_mb"]["plain"],
+                           "opacus_hooks": costs["peak_rss_growth_mb"]["opacus_hooks"],
+                           "opacus_ghost": costs["peak_rss_growth_mb"]["opacus_ghost"]},
+        "protocol": {
+            "reduced": "MLP only (no CNN), 2-point lr grid, no batch-size/epoch grid, Opacus ghost mode "
+                       "only for accuracy (hooks computes the same clipped gradients), clipping norm 1 "
+                       "untuned, one seed",
+            "epochs": args.epochs, "width": args.width, "batch": args.batch, "lrs": lrs,
+            "input_radius": args.radius, "temperature": args.temperature, "delta": DELTA,
+            "validation": "10000 training images, chosen by validation accuracy", "quick": args.quick,
+            "shared_machine": "2 cores shared with other jobs; 1 torch thread; interleaved medians",
+        },
+    }
+    path = write_result("dp", figures, time.perf_counter() - t0)
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
