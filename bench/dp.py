@@ -202,10 +202,10 @@ def step_costs(train, args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--lrs", type=str, default="0.001,0.004")
+    ap.add_argument("--lrs", type=str, default="0.002,0.006")
     ap.add_argument("--radius", type=float, default=8.0)
     ap.add_argument("--temperature", type=float, default=8.0)
     ap.add_argument("--repeats", type=int, default=15)

@@ -223,11 +223,11 @@ def gram_bound(weight: torch.Tensor) -> float:
     """A guaranteed upper bound of ``||W||_2`` from the Gram matrix (Gershgorin), in float64.
 
     With ``A`` the shorter side of ``W`` (``m x k``, ``m <= k``) and ``G = A A^T``,
-    ``||W||_2^2 = lambda_max(G) <= max_i sum_j |G_ij|`` (Gershgorin; ``G`` is symmetric).  The float64 product has
-    ``|fl(G)_ij - G_ij| <= gamma_k |a_i|^T |a_j| <= gamma_k ||a_i|| ||a_j||`` (Higham, Lemma 3.1 and
-    Cauchy-Schwarz), added row by row with ``gamma_k`` inflated 4x.  Exact (up to rounding) for matrices
-    with orthonormal rows or columns, the case of the orthogonal constraint, where it costs one ``m x m``
-    product instead of an SVD.
+    ``||W||_2^2 = lambda_max(G) <= max_i sum_j |G_ij|`` (Gershgorin; ``G`` is symmetric).  The float64
+    product has ``|fl(G)_ij - G_ij| <= gamma_k |a_i|^T |a_j| <= gamma_k ||a_i|| ||a_j||`` (Higham,
+    Lemma 3.1, and Cauchy-Schwarz), added row by row with ``gamma_k`` inflated 4x.  Exact (up to
+    rounding) for matrices with orthonormal rows or columns, the case of the orthogonal constraint, where
+    it costs one ``m x m`` product instead of an SVD.
     """
     a = weight.detach().to(torch.float64)
     if a.dim() != 2:
