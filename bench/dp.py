@@ -125,7 +125,15 @@ def certified(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, f
     return {f"{r:g}": ((res.radius >= r) & ok).double().mean().item() for r in RADII}
 
 
-def rss_mb() -> float:  # peak resident set size of this process (Linux: ru_maxrss in kB)
+def rss_mb() -> float:
+    """Peak resident set size of this process in MB: ``VmHWM`` of ``/proc/self/status`` (reset by exec,
+    unlike ``ru_maxrss``, which a child started from a large parent inherits)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -215,7 +223,7 @@ def step_costs(train, args) -> dict:
                str(args.batch), "--radius", str(args.radius), "--temperature", str(args.temperature)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         peak[k] = float(out.stdout.strip().splitlines()[-1])
-    return {"median_seconds": med, "peak_rss_growth_mb": peak, "batch": args.batch}
+    return {"median_seconds": med, "peak_rss_growth_mb": peak, "batch": args.batch, "repeats": args.repeats}
 
 
 def memory_probe(kind: str, args) -> None:
@@ -243,6 +251,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--quick", action="store_true", help="smoke run: 3000 training images, 1 epoch")
     ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--costs-only", action="store_true",
+                    help="re-measure step costs and memory only, into the existing results file")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.memory_probe:
@@ -250,6 +260,21 @@ def main() -> None:
         return
     t0 = time.perf_counter()
     train, val, test = data()
+    if args.costs_only:
+        import json
+
+        from _common import results_dir
+
+        old = json.loads((results_dir() / "dp.json").read_text())
+        costs = step_costs(train, args)
+        print("step costs", costs, flush=True)
+        keep = {k: v for k, v in old.items() if k.startswith("eps") or k == "protocol"}
+        keep["accuracy_run"] = {"command": old.get("accuracy_run", {}).get("command", old["command"]),
+                                "date": old.get("accuracy_run", {}).get("date", old["date"]),
+                                "seconds": old.get("accuracy_run", {}).get("seconds", old["seconds"])}
+        path = write_result("dp", {**keep, **cost_figures(costs)}, time.perf_counter() - t0)
+        plot(path)
+        return
     if args.quick:
         train = (train[0][:3000], train[1][:3000])
         args.epochs, args.repeats = 1, 3
@@ -280,9 +305,15 @@ def main() -> None:
             "validation_runs": runs,
         }
         print(eps, {k: v for k, v in results[f"eps{eps:g}"].items() if k != "validation_runs"}, flush=True)
+    figures = {**results, **cost_figures(costs), "protocol": protocol(args, lrs)}
+    path = write_result("dp", figures, time.perf_counter() - t0)
+    plot(path)
+    print("wrote", path)
+
+
+def cost_figures(costs: dict) -> dict:
     med = costs["median_seconds"]
-    figures = {
-        **results,
+    return {
         "step_ratio_vs_plain": med["lipkit"] / med["plain"],
         "opacus_hooks_step_ratio": med["opacus_hooks"] / med["plain_relu"],
         "opacus_ghost_step_ratio": med["opacus_ghost"] / med["plain_relu"],
@@ -294,7 +325,12 @@ def main() -> None:
         "peak_memory_mb": costs["peak_rss_growth_mb"],
         "peak_memory_note": "growth of the peak RSS over the first 5 steps, a fresh process per kind "
                             "(all five step kinds are built in it; only one runs)",
-        "protocol": {
+        "step_repeats": costs["repeats"],
+    }
+
+
+def protocol(args, lrs) -> dict:
+    return {
             "reduced": "MLP only (no CNN), 2-point lr grid, no batch-size/epoch grid, Opacus ghost mode "
                        "only for accuracy (hooks computes the same clipped gradients), clipping norm 1 "
                        "untuned, one seed",
@@ -302,10 +338,38 @@ def main() -> None:
             "input_radius": args.radius, "temperature": args.temperature, "delta": DELTA,
             "validation": "10000 training images, chosen by validation accuracy", "quick": args.quick,
             "shared_machine": "2 cores shared with other jobs; 1 torch thread; interleaved medians",
-        },
     }
-    path = write_result("dp", figures, time.perf_counter() - t0)
-    print("wrote", path)
+
+
+def plot(path: Path) -> None:
+    """``docs/dp_accuracy.png``: test accuracy against epsilon, both sides; lipkit's certified accuracy."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = json.loads(Path(path).read_text())
+    eps = [e for e in EPSILONS if f"eps{e:g}" in res]
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.plot(eps, [100 * res[f"eps{e:g}"]["lipkit_accuracy"] for e in eps], "o-", label="lipkit (clipless)")
+    ax.plot(eps, [100 * res[f"eps{e:g}"]["opacus_accuracy"] for e in eps], "s-",
+            label="Opacus (ghost clipping)")
+    for r in ("0.1", "0.25"):
+        ax.plot(eps, [100 * res[f"eps{e:g}"]["lipkit_certified_l2"][r] for e in eps], ":", marker=".",
+                label=f"lipkit certified, l2 radius {r}")
+    ax.set_xscale("log")
+    ax.set_xticks(eps, [f"{e:g}" for e in eps])
+    ax.set_xlabel("epsilon (delta = 1e-5)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Fashion-MNIST, MLP, reduced protocol", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(__file__).resolve().parents[1] / "docs" / "dp_accuracy.png"
+    fig.savefig(out, dpi=120)
+    print("wrote", out)
 
 
 if __name__ == "__main__":
