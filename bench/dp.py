@@ -361,6 +361,7 @@ def plot(path: Path) -> None:
                 label=f"lipkit certified, l2 radius {r}")
     ax.set_xscale("log")
     ax.set_xticks(eps, [f"{e:g}" for e in eps])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("epsilon (delta = 1e-5)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Fashion-MNIST, MLP, reduced protocol", fontsize=9)
