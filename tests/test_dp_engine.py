@@ -288,3 +288,29 @@ def test_bad_options_and_unreachable_epsilon():
         _private(input_radius=-1.0)
     with pytest.raises(ValueError, match="batch size must be an int"):
         _private(batch_size=10 * N)
+
+
+def test_a_sensitivity_rule_registered_later_is_picked_up():
+    """LinearSpline has no rule yet (its owner will register one in nn/spline.py): the validator refuses it,
+    and a rule registered through the facet is used without any change to lipkit.dp."""
+    from lipkit.bounds import SENSITIVITY, register_sensitivity
+
+    net = nn.Sequential(lipkit.LipLinear(D, 8), lipkit.LinearSpline(8, 5), lipkit.LipLinear(8, C))
+    loss = lipkit.MulticlassHingeLoss()
+    assert any("LinearSpline" in p for p in dp.validate(net, loss, input_radius=1.0, input_shape=(D,)))
+    calls = []
+
+    @register_sensitivity(lipkit.LinearSpline)
+    def _rule(module, r, g, shapes):  # a stand-in value: this test checks the wiring, not the bound
+        calls.append((r, g))
+        return {"coefficients": 123.0}
+
+    try:
+        assert dp.validate(net, loss, input_radius=1.0, input_shape=(D,)) == []
+        with pytest.raises(ValueError, match="parametrised weight"):  # the raw net: constraints not converted
+            dp.network_sensitivity(net, 1.0, loss, input_shape=(D,))
+        dp.materialize_constraints(net)
+        report = dp.network_sensitivity(net, 1.0, loss, input_shape=(D,))
+        assert report.per_tensor["1.coefficients"] == 123.0 and calls
+    finally:
+        SENSITIVITY.unregister(lipkit.LinearSpline)
