@@ -314,3 +314,22 @@ def test_a_sensitivity_rule_registered_later_is_picked_up():
         assert report.per_tensor["1.coefficients"] == 123.0 and calls
     finally:
         SENSITIVITY.unregister(lipkit.LinearSpline)
+
+
+def test_conv_net_trains_privately_and_keeps_its_constraints():
+    torch.manual_seed(0)
+    net = nn.Sequential(lipkit.LipConv2d(1, 4, 3, constraint="aol"), lipkit.MaxMin(),
+                        lipkit.LipConv2d(4, 4, 3, stride=2, constraint="spectral"), lipkit.MaxMin(),
+                        lipkit.LipConv2d(4, 8, 2, stride=2, constraint="orthogonal"), nn.Flatten(),
+                        lipkit.LipLinear(32, C))
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(200, 1, 8, 8, generator=g)
+    y = torch.randint(0, C, (200,), generator=g)
+    model, opt, loader = dp.make_private(net, torch.optim.Adam(net.parameters(), lr=0.05), (x, y),
+                                         criterion=lipkit.LipschitzCrossEntropyLoss(4.0), batch_size=40,
+                                         noise_multiplier=1.0, target_delta=1e-5, epochs=1, input_radius=2.0,
+                                         seed=0)
+    _train(model, opt, loader, 1)
+    assert opt.steps_taken == 5 and set(opt.last_report.per_tensor) == {
+        n for n, p in model.named_parameters() if p.requires_grad}
+    assert lipkit.lipschitz_bound(model.eval(), 2, input_shape=(1, 8, 8)) <= 1.0 + 1e-3
