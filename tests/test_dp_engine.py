@@ -151,12 +151,16 @@ def test_noise_scale_and_per_tensor_calibration():
     opt.zero_grad()
     opt.criterion(model(x), y).backward()
     clean = {n: p.grad.clone() for n, p in opt.named_params.items()}
-    report = opt.add_noise()
     k = len(opt.named_params)
-    for n, p in opt.named_params.items():
-        noise = (p.grad - clean[n]) * opt.expected_batch_size
+    draws: dict[str, list[torch.Tensor]] = {n: [] for n in opt.named_params}
+    for _ in range(40):  # enough draws that even a 3-entry bias has a stable sample std
+        report = opt.add_noise()
+        for n, p in opt.named_params.items():
+            draws[n].append((p.grad - clean[n]).flatten() * opt.expected_batch_size)
+            p.grad.copy_(clean[n])
+    for n in opt.named_params:
         std = opt.noise_multiplier * report.per_tensor[n] * math.sqrt(k)
-        assert noise.std().item() == pytest.approx(std, rel=0.5 if noise.numel() < 50 else 0.15)
+        assert torch.cat(draws[n]).std().item() == pytest.approx(std, rel=0.15)
 
 
 def test_secure_noise_is_gaussian_and_not_seeded():

@@ -252,3 +252,35 @@ def test_gram_bound_is_sound_and_tight_on_orthogonal_matrices():
         q = polar_factor(w).float()
         assert gram_bound(q) <= torch.linalg.matrix_norm(q.double(), 2).item() * (1 + 1e-6)
     assert gram_bound(torch.full((2, 2), float("nan"))) == math.inf
+
+
+def test_gram_bound_fp32_is_sound_tight_and_needs_its_rounding_allowance():
+    from lipkit.dp.sensitivity import gram_bound, gram_bound_fp32
+    from lipkit.nn.parametrize.orthogonal import polar_factor
+
+    g = torch.Generator().manual_seed(0)
+    for shape in [(5, 5), (7, 3), (3, 40), (64, 200), (256, 784)]:
+        w = torch.randn(shape, generator=g)
+        for m in (w, w * 1e-3, w.abs(), polar_factor(w).float(), polar_factor(w).float() + 1e-4 * w):
+            exact = torch.linalg.matrix_norm(m.double(), 2).item()
+            assert gram_bound_fp32(m) >= exact
+        q = polar_factor(w).float()
+        assert gram_bound_fp32(q) <= torch.linalg.matrix_norm(q.double(), 2).item() * (1 + 1e-3)
+    # a rank-one positive matrix: Gershgorin is exact, so only the allowance covers the float32 rounding
+    # (each product (1 + 2^-12)^2 rounds down in float32); the bound without it falls below the norm
+    c = torch.full((64, 4096), 1.0 + 2.0**-12)
+    exact = math.sqrt(64 * 4096) * (1.0 + 2.0**-12)
+    assert gram_bound_fp32(c) >= exact
+    at = c.T.contiguous()
+    s = sum((at[i:i + 64].T @ at[i:i + 64]).double() for i in range(0, 4096, 64))
+    assert math.sqrt(s.abs().sum(dim=1).max().item()) < exact
+    assert gram_bound_fp32(torch.full((2, 2), float("nan"))) == math.inf
+    # float64 weights, or float32 products allowed to run in reduced precision: the float64 Gram
+    d = torch.randn(30, 50, generator=g, dtype=torch.float64)
+    assert gram_bound_fp32(d) == gram_bound(d)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert gram_bound_fp32(w) == gram_bound(w)
+    finally:
+        torch.set_float32_matmul_precision(before)

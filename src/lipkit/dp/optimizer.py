@@ -54,7 +54,8 @@ def gaussian_noise(
     """``N(0, std^2)`` samples of ``shape``; from ``os.urandom`` (Box-Muller) when ``secure``."""
     n = math.prod(shape)
     if not secure:
-        return (torch.randn(shape, generator=generator, dtype=dtype) * std).to(device)
+        z = torch.randn(shape, generator=generator, dtype=dtype)
+        return (z if std == 1.0 else z * std).to(device)
     m = (n + 1) // 2
     u1, u2 = secure_uniform(m), secure_uniform(m)
     r = torch.sqrt(-2.0 * torch.log(u1))
@@ -180,20 +181,29 @@ class DPOptimizer:
         if missing:
             raise ValueError(f"no sensitivity for the trainable tensors {missing}")
         stds = self.noise_std(report)
-        for name, p in self.named_params.items():
+        params = list(self.named_params.items())
+        if not params:
+            self.last_report, self.last_noise_std = report, stds
+            return report
+        ref = params[0][1]
+        # one flat buffer of N(0, 1) draws for all tensors (one generator call), scaled per tensor
+        flat = gaussian_noise(
+            (sum(p.numel() for _, p in params),),
+            1.0,
+            generator=self.generator,
+            secure=self.secure_mode,
+            dtype=ref.dtype,
+            device=ref.device,
+        )
+        offset = 0
+        for name, p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             if not torch.isfinite(p.grad).all():
                 raise FloatingPointError(f"the gradient of {name} is not finite")
-            noise = gaussian_noise(
-                p.shape,
-                stds[name],
-                generator=self.generator,
-                secure=self.secure_mode,
-                dtype=p.dtype,
-                device=p.device,
-            )
-            p.grad.add_(noise / self.expected_batch_size)
+            chunk = flat[offset:offset + p.numel()].view(p.shape).to(dtype=p.dtype, device=p.device)
+            offset += p.numel()
+            p.grad.add_(chunk, alpha=stds[name] / self.expected_batch_size)
         self.last_report, self.last_noise_std = report, stds
         return report
 

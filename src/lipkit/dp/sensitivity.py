@@ -86,6 +86,14 @@ class _Walker:
         self.reported: set[int] = set()  # ids of parameters under a module with a reported problem
         self.output_radius = math.inf
         self.lips: dict[int, float] = {}
+        self.memo: dict[tuple, bool] = {}
+
+    def is_(self, module: object, classes: tuple, subclasses: bool = False) -> bool:
+        """:func:`computes_as`, memoised for this call (modules are not changed during it)."""
+        key = (id(module), classes, subclasses)
+        if key not in self.memo:
+            self.memo[key] = computes_as(module, classes, subclasses=subclasses)
+        return self.memo[key]
 
     def problem(self, path: str, module: nn.Module, message: object) -> None:
         self.problems.append(f"{path}: {message}")
@@ -95,7 +103,7 @@ class _Walker:
         """l2 Lipschitz bound of ``module`` (memoised for this call, see :func:`fast_lipschitz`)."""
         key = id(module)
         if key not in self.lips:
-            self.lips[key] = fast_lipschitz(module, self.shapes, self.lip)
+            self.lips[key] = fast_lipschitz(module, self.shapes, self.lip, self.is_)
         return self.lips[key]
 
     def zeros_for(self, module: object) -> torch.Tensor:
@@ -118,14 +126,14 @@ class _Walker:
 
     def walk(self, module: nn.Module, r: float, g: float, path: str) -> None:
         """Record the bounds of the trainable tensors of ``module`` (input norm <= r, output grad <= g)."""
-        if computes_as(module, (nn.Sequential,), subclasses=True):
+        if self.is_(module, (nn.Sequential,), subclasses=True):
             self.walk_chain([c for c in module._modules.values() if c is not None], r, g, path, module)
             return
         try:
-            if computes_as(module, (Residual,)):
+            if self.is_(module, (Residual,)):
                 self.walk(module.f, r, g, f"{path}.f")
                 return
-            if computes_as(module, (ConvexResidual,)):
+            if self.is_(module, (ConvexResidual,)):
                 c1, c2 = (float(c.detach().abs()) for c in module.coefficients())
                 self.walk(module.f, r, g * c2 * (1 + REL_ALLOWANCE), f"{path}.f")
                 if module.learnable and module.logit.requires_grad:
@@ -186,7 +194,7 @@ class _Walker:
                 + zn * (1 + REL_ALLOWANCE)
                 + _ABS_ALLOWANCE
             )
-            if computes_as(c, (L2BallProjection,)):
+            if self.is_(c, (L2BallProjection,)):
                 anchor_r, anchor_lip = min(c.radius, radii[-1]), 1.0
                 z = torch.zeros_like(z) if z is not None else None
                 continue
@@ -246,32 +254,88 @@ def gram_bound(weight: torch.Tensor) -> float:
     return round_up(math.sqrt(round_up(rows.max().item(), 2 * m + 4)), 2)
 
 
-def fast_lipschitz(module: nn.Module, shapes: dict, child: object = None) -> float:
+#: float32 unit round-off (2^-24) and the smallest normal float32 (2^-126)
+_U32 = 2.0**-24
+_TINY32 = 2.0**-126
+
+
+def _fp32_matmul_is_ieee() -> bool:
+    """True when torch runs float32 matrix products in float32 (no TF32 / bfloat16 shortcuts)."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    backend = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
+    precision = getattr(backend, "fp32_precision", None)
+    return precision in (None, "ieee", "none")
+
+
+def gram_bound_fp32(weight: torch.Tensor, block: int = 64) -> float:
+    """:func:`gram_bound` with the Gram matrix from float32 products over blocks of ``block`` columns.
+
+    ``A`` (``m x k``, ``m <= k``) is split into column blocks ``A_b`` of width ``kb = block``; each
+    ``A_b A_b^T`` is a float32 product (``|fl - exact| <= gamma_kb |A_b| |A_b|^T + kb 2^-126`` entrywise,
+    ``gamma_kb = kb u / (1 - kb u)``, ``u = 2^-24``, any summation order: Higham, Lemma 3.1 / eq. 3.5, with
+    an allowance for underflow), and the blocks are summed in float64 (exact conversion).  Summed over the
+    blocks, ``sum_b |A_b| |A_b|^T = |A| |A|^T <= ||a_i|| ||a_j||`` entrywise (Cauchy-Schwarz), so
+    Gershgorin's row sums of the computed ``S`` plus ``2 gamma_kb ||a_i|| sum_j ||a_j|| + m k 2^-126`` bound
+    ``lambda_max(A A^T) = ||W||_2^2`` (the factor 2 also covers the float64 sums and norms, whose error is
+    ``O(k 2^-53)``, far below ``gamma_kb``).  For an orthonormal ``A`` the allowance is about
+    ``kb u m / 2`` of the norm (``5e-4`` for ``m = 256``, ``kb = 64``), at about a seventh of the float64
+    product's cost on one core.  Falls back to :func:`gram_bound` for other dtypes, or when torch may run
+    float32 products in reduced precision (``torch.get_float32_matmul_precision() != "highest"``).
+    """
+    if weight.dtype != torch.float32 or not _fp32_matmul_is_ieee():
+        return gram_bound(weight)
+    a = weight.detach()
+    if a.dim() != 2:
+        a = a.reshape(a.shape[0], -1)
+    if a.shape[0] > a.shape[1]:
+        a = a.T
+    if a.numel() == 0:
+        return 0.0
+    if not torch.isfinite(a).all():
+        return math.inf
+    m, k = a.shape
+    at = a.T.contiguous()  # k x m: each block of rows is a contiguous k_b x m matrix
+    s = torch.zeros((m, m), dtype=torch.float64, device=a.device)
+    for i in range(0, k, block):
+        b = at[i:i + block]
+        s += (b.T @ b).to(torch.float64)
+    nb = -(-k // block)
+    norms = torch.linalg.vector_norm(a.to(torch.float64), dim=1)
+    gamma = block * _U32 / (1.0 - block * _U32)
+    rows = s.abs().sum(dim=1) + 2.0 * gamma * norms * norms.sum() + m * k * _TINY32
+    return round_up(math.sqrt(round_up(rows.max().item(), 2 * m + nb + 4)), 2)
+
+
+def fast_lipschitz(module: nn.Module, shapes: dict, child: object = None, is_: object = None) -> float:
     """The l2 Lipschitz bound the sensitivity uses, computed once per layer per step.
 
     * a LipLinear that runs ``nn.Linear``'s forward on a plain weight (:func:`computes_as`, so no hook,
-      override or parametrisation): :func:`gram_bound` of its weight when it is within 2% of the layer's
+      override or parametrisation): :func:`gram_bound_fp32` of its weight when it is within 2% of the layer's
       ``lip`` (always, for the orthogonal constraint after its projection), else the registered rule;
     * ``nn.Sequential``, ``Residual``, ``ConvexResidual`` running their registered code: the registered
       rules' compositions (product; ``1 + L_f``; ``|1 - a| + |a| L_f``) of the children's bounds, so that
       each layer is bounded once;
     * anything else: :func:`lipkit.lipschitz_bound` (l2).
+
+    ``child`` (a bound of a sub-module) and ``is_`` (:func:`computes_as`) may be memoised versions.
     """
     rec = child if callable(child) else (lambda m: fast_lipschitz(m, shapes))
-    if computes_as(module, (LipLinear,)) and not parametrize.is_parametrized(module):
-        fast = gram_bound(module.weight)
+    is_ = is_ if callable(is_) else computes_as  # a memoised computes_as (the walker's), or the plain one
+    if is_(module, (LipLinear,)) and not parametrize.is_parametrized(module):
+        fast = gram_bound_fp32(module.weight)
         if fast <= 1.02 * module.lip:
             return fast
         return lipschitz_bound(module, 2, _shapes=shapes)
-    if computes_as(module, (nn.Sequential,), subclasses=True):
+    if is_(module, (nn.Sequential,), subclasses=True):
         children = [c for c in module._modules.values() if c is not None]
         total = 1.0
         for c in children:
             total *= rec(c)
         return round_up(total, len(children) + 1)
-    if computes_as(module, (Residual,)):
+    if is_(module, (Residual,)):
         return round_up(1.0 + rec(module.f), 2)
-    if computes_as(module, (ConvexResidual,)):
+    if is_(module, (ConvexResidual,)):
         c1, c2 = (as_float64(c).abs().item() for c in module.coefficients())
         return round_up(c1 + c2 * rec(module.f), 3) if c2 else round_up(c1, 1)
     return lipschitz_bound(module, 2, _shapes=shapes)
