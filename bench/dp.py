@@ -76,10 +76,14 @@ def lipkit_loss(temperature: float):
 def train_lipkit(train, eps: float, lr: float, args, seed: int = 0):
     torch.manual_seed(seed)
     net = lip_mlp(args.width)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    if getattr(args, "optimizer", "adam") == "sgd":
+        opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    else:
+        opt = torch.optim.Adam(net.parameters(), lr=lr)
     model, opt, loader = dp.make_private(net, opt, train, criterion=lipkit_loss(args.temperature),
                                          batch_size=args.batch, target_epsilon=eps, target_delta=DELTA,
-                                         epochs=args.epochs, input_radius=args.radius, seed=seed)
+                                         epochs=args.epochs, input_radius=args.radius, seed=seed,
+                                         calibration=getattr(args, "calibration", "global"))
     for _ in range(args.epochs):
         model.train()
         for x, y in loader:
@@ -100,7 +104,8 @@ def train_opacus(train, eps: float, lr: float, args, mode: str = "ghost", seed: 
     engine = PrivacyEngine(accountant="rdp")
     out = engine.make_private_with_epsilon(module=net, optimizer=opt, data_loader=loader,
                                            criterion=nn.CrossEntropyLoss(), target_epsilon=eps,
-                                           target_delta=DELTA, epochs=args.epochs, max_grad_norm=1.0,
+                                           target_delta=DELTA, epochs=args.epochs,
+                                           max_grad_norm=getattr(args, "clip", 1.0),
                                            grad_sample_mode=mode, poisson_sampling=True)
     if mode == "ghost":
         model, opt, crit, loader = out
@@ -223,7 +228,21 @@ def step_costs(train, args) -> dict:
                str(args.batch), "--radius", str(args.radius), "--temperature", str(args.temperature)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         peak[k] = float(out.stdout.strip().splitlines()[-1])
-    return {"median_seconds": med, "peak_rss_growth_mb": peak, "batch": args.batch, "repeats": args.repeats}
+    by_batch = {args.batch: {"plain": med["plain"], "lipkit": med["lipkit"]}}
+    for b in [int(v) for v in (args.batches or "").split(",") if v and int(v) != args.batch]:
+        sf = step_functions(train, argparse.Namespace(**{**vars(args), "batch": b}))
+        pair = {"plain": sf["plain"], "lipkit": sf["lipkit"]}
+        ts: dict[str, list[float]] = {k: [] for k in pair}
+        for fn in pair.values():
+            fn()
+        for _ in range(args.repeats):
+            for k, fn in pair.items():
+                t = time.perf_counter()
+                fn()
+                ts[k].append(time.perf_counter() - t)
+        by_batch[b] = {k: statistics.median(v) for k, v in ts.items()}
+    return {"median_seconds": med, "peak_rss_growth_mb": peak, "batch": args.batch, "repeats": args.repeats,
+            "by_batch": by_batch}
 
 
 def memory_probe(kind: str, args) -> None:
@@ -240,17 +259,53 @@ def memory_probe(kind: str, args) -> None:
     print(max(0.0, rss_mb() - before))
 
 
+LEVERS = Path(__file__).resolve().parent / "results" / "dp_levers.json"
+
+
+def levers(spec: str, train, val, args) -> None:
+    """Validation-only runs of single configurations (``spec``: a JSON list of dicts overriding ``side``
+    (lipkit / opacus), ``eps``, ``lr``, ``batch``, ``epochs``, ``temperature``, ``radius``, ``width``,
+    ``optimizer``, ``calibration``, ``clip``); each result is appended to ``bench/results/dp_levers.json``
+    (merged into ``dp.json`` under ``levers`` by the next full run).  The test split is never read."""
+    import json
+
+    for cfg in json.loads(spec):
+        a = argparse.Namespace(**{**vars(args), **cfg})
+        t = time.perf_counter()
+        if a.side == "lipkit":
+            model, _ = train_lipkit(train, a.eps, a.lr, a)
+        else:
+            model, _ = train_opacus(train, a.eps, a.lr, a)
+        rec = {"side": a.side, "eps": a.eps, "lr": a.lr, "batch": a.batch, "epochs": a.epochs,
+               "val_accuracy": accuracy(model, *val), "seconds": round(time.perf_counter() - t, 1)}
+        if a.side == "lipkit":
+            rec.update(temperature=a.temperature, radius=a.radius, width=a.width,
+                       optimizer=getattr(a, "optimizer", "adam"),
+                       calibration=getattr(a, "calibration", "global"))
+        else:
+            rec.update(clip=getattr(a, "clip", 1.0), width=a.width)
+        old = json.loads(LEVERS.read_text()) if LEVERS.exists() else []
+        LEVERS.write_text(json.dumps([*old, rec], indent=1) + "\n")
+        print(rec, flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--lrs", type=str, default="0.002,0.006")
+    ap.add_argument("--lrs", type=str, default="0.002,0.004")
+    ap.add_argument("--batches", type=str, default="256,1024",
+                    help="expected batch sizes of the grid (both sides); step costs at each")
+    ap.add_argument("--eps", type=str, default=None, help="one epsilon only (a part, merged by --merge)")
+    ap.add_argument("--merge", action="store_true", help="merge the parts and measure the step costs")
     ap.add_argument("--radius", type=float, default=8.0)
     ap.add_argument("--temperature", type=float, default=8.0)
+    ap.add_argument("--clip", type=float, default=1.0, help="Opacus' per-sample clipping norm")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--quick", action="store_true", help="smoke run: 3000 training images, 1 epoch")
     ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--levers", default=None, help="JSON list of validation-only configurations to run")
     ap.add_argument("--costs-only", action="store_true",
                     help="re-measure step costs and memory only, into the existing results file")
     args = ap.parse_args()
@@ -260,6 +315,13 @@ def main() -> None:
         return
     t0 = time.perf_counter()
     train, val, test = data()
+    if args.levers:
+        levers(args.levers, train, val, args)
+        return
+    if args.merge:
+        args.train = train
+        merge(args, t0)
+        return
     if args.costs_only:
         import json
 
@@ -268,7 +330,7 @@ def main() -> None:
         old = json.loads((results_dir() / "dp.json").read_text())
         costs = step_costs(train, args)
         print("step costs", costs, flush=True)
-        keep = {k: v for k, v in old.items() if k.startswith("eps") or k == "protocol"}
+        keep = {k: v for k, v in old.items() if k.startswith("eps") or k in ("protocol", "levers")}
         keep["accuracy_run"] = {"command": old.get("accuracy_run", {}).get("command", old["command"]),
                                 "date": old.get("accuracy_run", {}).get("date", old["date"]),
                                 "seconds": old.get("accuracy_run", {}).get("seconds", old["seconds"])}
@@ -279,33 +341,78 @@ def main() -> None:
         train = (train[0][:3000], train[1][:3000])
         args.epochs, args.repeats = 1, 3
     lrs = [float(v) for v in args.lrs.split(",")]
-    costs = step_costs(train, args)
-    print("step costs", costs, flush=True)
+    batches = [int(v) for v in args.batches.split(",")] if args.batches else [args.batch]
+    eps_list = [float(v) for v in args.eps.split(",")] if args.eps else list(EPSILONS)
     results: dict = {}
-    for eps in EPSILONS:
+    for eps in eps_list:
         best_l, best_o = None, None
         runs = []
-        for lr in lrs:
-            model, opt = train_lipkit(train, eps, lr, args)
-            acc_val = accuracy(model, *val)
-            runs.append({"side": "lipkit", "lr": lr, "val_accuracy": acc_val})
-            if best_l is None or acc_val > best_l[0]:
-                best_l = (acc_val, lr, model, opt.get_epsilon(DELTA))
-            omodel, o_eps = train_opacus(train, eps, lr, args)
-            acc_val = accuracy(omodel, *val)
-            runs.append({"side": "opacus-ghost", "lr": lr, "val_accuracy": acc_val})
-            if best_o is None or acc_val > best_o[0]:
-                best_o = (acc_val, lr, omodel, o_eps)
-            print(eps, runs[-2:], flush=True)
+        for batch in batches:
+            for lr in lrs:
+                a = argparse.Namespace(**{**vars(args), "batch": batch})
+                model, opt = train_lipkit(train, eps, lr, a)
+                acc_val = accuracy(model, *val)
+                runs.append({"side": "lipkit", "batch": batch, "lr": lr, "val_accuracy": acc_val})
+                if best_l is None or acc_val > best_l[0]:
+                    best_l = (acc_val, (batch, lr), model, opt.get_epsilon(DELTA))
+                omodel, o_eps = train_opacus(train, eps, lr, a)
+                acc_val = accuracy(omodel, *val)
+                runs.append({"side": "opacus-ghost", "batch": batch, "lr": lr, "val_accuracy": acc_val})
+                if best_o is None or acc_val > best_o[0]:
+                    best_o = (acc_val, (batch, lr), omodel, o_eps)
+                print(eps, runs[-2:], flush=True)
         lacc, oacc = accuracy(best_l[2], *test), accuracy(best_o[2], *test)
         results[f"eps{eps:g}"] = {
             "lipkit_accuracy": lacc, "opacus_accuracy": oacc, "accuracy_gap_vs_opacus": lacc - oacc,
             "lipkit_certified_l2": certified(best_l[2], *test), "epsilon_spent": best_l[3],
-            "opacus_epsilon_spent": best_o[3], "lipkit_lr": best_l[1], "opacus_lr": best_o[1],
-            "validation_runs": runs,
+            "opacus_epsilon_spent": best_o[3], "lipkit_batch": best_l[1][0], "lipkit_lr": best_l[1][1],
+            "opacus_batch": best_o[1][0], "opacus_lr": best_o[1][1],
+            "lipkit_val_accuracy": best_l[0], "opacus_val_accuracy": best_o[0], "validation_runs": runs,
         }
         print(eps, {k: v for k, v in results[f"eps{eps:g}"].items() if k != "validation_runs"}, flush=True)
-    figures = {**results, **cost_figures(costs), "protocol": protocol(args, lrs)}
+    if args.eps:  # one part of a parallel run: merged by --merge
+        import json
+
+        from _common import results_dir
+
+        part = results_dir() / f"dp_part_eps{args.eps}.json"
+        part.write_text(json.dumps({"results": results, "seconds": time.perf_counter() - t0,
+                                    "protocol": protocol(args, lrs, batches)}, indent=1) + "\n")
+        print("wrote", part)
+        return
+    costs = step_costs(train, args)
+    print("step costs", costs, flush=True)
+    figures = {**results, **cost_figures(costs), "protocol": protocol(args, lrs, batches),
+               "levers": read_levers()}
+    path = write_result("dp", figures, time.perf_counter() - t0)
+    plot(path)
+    print("wrote", path)
+
+
+def read_levers() -> list:
+    """The validation-only lever runs (``--levers``), if any were recorded."""
+    import json
+
+    return json.loads(LEVERS.read_text()) if LEVERS.exists() else []
+
+
+def merge(args, t0: float) -> None:
+    """Combine the per-epsilon parts (``--eps E``) with fresh step costs into ``dp.json``."""
+    import json
+
+    from _common import results_dir
+
+    results, seconds, proto = {}, 0.0, None
+    for eps in EPSILONS:
+        part = json.loads((results_dir() / f"dp_part_eps{eps:g}.json").read_text())
+        results.update(part["results"])
+        seconds = max(seconds, part["seconds"])
+        proto = part["protocol"]
+    costs = step_costs(args.train, args)
+    print("step costs", costs, flush=True)
+    figures = {**results, **cost_figures(costs), "protocol": proto, "levers": read_levers(),
+               "accuracy_run": {"command": "python bench/dp.py --eps E (E = 1, 3, 8, in parallel)",
+                                "seconds": round(seconds, 1)}}
     path = write_result("dp", figures, time.perf_counter() - t0)
     plot(path)
     print("wrote", path)
@@ -326,15 +433,21 @@ def cost_figures(costs: dict) -> dict:
         "peak_memory_note": "growth of the peak RSS over the first 5 steps, a fresh process per kind "
                             "(all five step kinds are built in it; only one runs)",
         "step_repeats": costs["repeats"],
+        "step_batch": costs["batch"],
+        "step_ratio_vs_plain_by_batch": {str(b): v["lipkit"] / v["plain"]
+                                         for b, v in costs["by_batch"].items()},
+        "step_median_seconds_by_batch": {str(b): v for b, v in costs["by_batch"].items()},
     }
 
 
-def protocol(args, lrs) -> dict:
+def protocol(args, lrs, batches) -> dict:
     return {
-            "reduced": "MLP only (no CNN), 2-point lr grid, no batch-size/epoch grid, Opacus ghost mode "
-                       "only for accuracy (hooks computes the same clipped gradients), clipping norm 1 "
-                       "untuned, one seed",
-            "epochs": args.epochs, "width": args.width, "batch": args.batch, "lrs": lrs,
+            "reduced": "MLP only (no CNN), grid of expected batch size x learning rate (the same on both "
+                       "sides), no epoch grid, Opacus ghost mode only for accuracy (hooks computes the "
+                       "same clipped gradients), one seed; lipkit's temperature and input radius and "
+                       "Opacus' clipping norm chosen from the validation-only lever runs (levers)",
+            "epochs": args.epochs, "width": args.width, "batches": batches, "batch": args.batch,
+            "lrs": lrs, "clip": args.clip,
             "input_radius": args.radius, "temperature": args.temperature, "delta": DELTA,
             "validation": "10000 training images, chosen by validation accuracy", "quick": args.quick,
             "shared_machine": "2 cores shared with other jobs; 1 torch thread; interleaved medians",

@@ -284,3 +284,13 @@ def test_gram_bound_fp32_is_sound_tight_and_needs_its_rounding_allowance():
         assert gram_bound_fp32(w) == gram_bound(w)
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_gram_bound_fp32_refuses_non_finite_weights():
+    from lipkit.dp.sensitivity import gram_bound_fp32
+
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        w = torch.randn(20, 70)
+        w[3, 11] = bad
+        assert gram_bound_fp32(w) == math.inf
+        assert gram_bound_fp32(w.T.contiguous()) == math.inf
