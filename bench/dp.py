@@ -356,7 +356,8 @@ def main() -> None:
         old = json.loads((results_dir() / "dp.json").read_text())
         costs = step_costs(train, args)
         print("step costs", costs, flush=True)
-        keep = {k: v for k, v in old.items() if k.startswith("eps") or k in ("protocol", "levers")}
+        keep = {k: v for k, v in old.items() if k.startswith("eps") or k == "protocol"}
+        keep["levers"] = read_levers()
         keep["accuracy_run"] = {"command": old.get("accuracy_run", {}).get("command", old["command"]),
                                 "date": old.get("accuracy_run", {}).get("date", old["date"]),
                                 "seconds": old.get("accuracy_run", {}).get("seconds", old["seconds"])}
@@ -488,8 +489,8 @@ def cost_figures(costs: dict) -> dict:
             "per-layer bounds once, prefix/suffix products built incrementally": "already so (linear "
                                                                                  "in depth)",
             "shape-recording forward skipped": "already so (shapes recorded once by make_private)",
-            "cache of bounds keyed on (data_ptr, _version)": "not kept: every weight changes between two "
-                "bound computations (optimiser step, projection), so it never hits in training, and "
+            "cache of bounds keyed on (data_ptr, _version)": "not built: every weight changes between two "
+                "bound computations (optimiser step, projection), so it could never hit in training, and "
                 "in-place edits through p.data do not bump _version",
             "remaining DP-only time": "lipkit_bound_only (Gram products, the registry's structure checks, "
                                       "forward passes on zeros) and lipkit_noise_only in step_median_seconds",
