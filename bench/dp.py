@@ -3,18 +3,23 @@
 Protocol (reduced to fit a shared 2-core machine, see ``docs/dp.md`` and the results' ``protocol``):
 
 * data: Fashion-MNIST, pixels in [0, 1]; 10,000 training images carved off as the validation split used to
-  choose the learning rate; the test set only reports the chosen run;
+  choose the grid point (and, in ``--levers`` runs, everything else); the test set only reports the
+  chosen run;
 * models: an MLP 784-W-W-10 on both sides (lipkit: orthogonal ``LipLinear`` + GroupSort(2), inputs projected
-  onto the l2 ball of radius ``R``; Opacus: ``nn.Linear`` + ReLU, per-sample clipping at norm 1);
-* same optimiser (Adam), same epochs, same expected batch size, same 2-point learning-rate grid on both
-  sides, Poisson sampling, delta = 1e-5, target epsilon in {1, 3, 8} (RDP accountant on both sides);
+  onto the l2 ball of radius ``R``; Opacus: ``nn.Linear`` + ReLU, per-sample clipping at ``--clip``);
+* same optimiser (Adam), same epochs, the same grid of expected batch size x learning rate on both sides
+  (``--batches``, ``--lrs``), Poisson sampling, delta = 1e-5, target epsilon in {1, 3, 8} (RDP accountant
+  on both sides);
 * step cost: the same network trained without DP ("plain", lipkit's layers), lipkit's DP step (the bound
   computation counts inside it), Opacus hooks and ghost steps (on Opacus' ReLU MLP), interleaved in one
   loop, medians over repeats; peak memory is the maximum RSS growth over a block of steps of each kind;
 * certified l2 accuracy of the lipkit model at radii 0.1, 0.25, 0.5 (pixel space, before the projection;
   lipkit.compute_certificates with the bound of the model's weights).
 
-``python bench/dp.py`` (``--quick`` for a smoke run) writes ``bench/results/dp.json``.
+``python bench/dp.py`` (``--quick`` for a smoke run) writes ``bench/results/dp.json``; or, in parallel,
+``python bench/dp.py --eps E`` for E = 1, 3, 8 then ``python bench/dp.py --merge``.  ``--levers JSON``
+appends validation-only runs to ``bench/results/dp_levers.json`` (the ``levers`` key of the next full run,
+merge or ``--costs-only``); ``--levers-table`` prints them for docs/benchmarks.md.
 """
 
 from __future__ import annotations
