@@ -42,7 +42,7 @@ from lipkit.certify import (
 )
 from lipkit.estimation import Estimate, estimate
 from lipkit.exporting import ExportError, export
-from lipkit.losses import HKRLoss, LipschitzCrossEntropyLoss, MulticlassHingeLoss
+from lipkit.losses import HKRLoss, LipschitzCrossEntropyLoss, LogitMSELoss, MulticlassHingeLoss
 from lipkit.monotonic import MonotonicMLP, MonotonicNetwork, check_monotonic
 from lipkit.nn import (
     CONV_CONSTRAINTS,
@@ -91,7 +91,7 @@ __all__ = [
     "SortNeuronConv2d", "sortnet_coefficients",
     "get_distance_backend", "set_distance_backend", "use_distance_backend",
     # losses
-    "MulticlassHingeLoss", "HKRLoss", "LipschitzCrossEntropyLoss",
+    "MulticlassHingeLoss", "HKRLoss", "LipschitzCrossEntropyLoss", "LogitMSELoss",
     # certify
     "CertificateResult", "compute_certificates", "certified_radius", "certified_accuracy", "interval_bounds",
     "interval_certified", "interval_certified_accuracy", "attacks",

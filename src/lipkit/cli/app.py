@@ -81,9 +81,25 @@ def _run_pipeline(cfg: RunConfig, out: Path, progress: bool) -> dict[str, Any]:
     metrics["train_seconds"] = hist["train_seconds"]
     metrics["resumed_from_epoch"] = hist["resumed_from"]
     metrics["history"] = hist["history"]
+    if cfg.private:  # privacy and certified accuracy of the same model, side by side
+        from lipkit.training.dp import privacy_record
+
+        metrics["privacy"] = privacy_record(hist["history"])
     write_report(run_dir, metrics, cfg)
     _summary(run_dir, metrics)
     return metrics
+
+
+def _run_privacy(run_dir: Path) -> dict[str, Any] | None:
+    """The privacy record of a private run folder (from its metrics.json history)."""
+    from lipkit.training.dp import privacy_record
+
+    path = Path(run_dir) / "metrics.json"
+    try:
+        return privacy_record(json.loads(path.read_text()).get("history", []))
+    except (OSError, json.JSONDecodeError):
+        raise CliError(f"{path} is missing or unreadable: the privacy record of a private run lives there; "
+                       "re-run lipkit train") from None
 
 
 def _summary(run_dir: Path, metrics: dict[str, Any]) -> None:
@@ -101,6 +117,12 @@ def _summary(run_dir: Path, metrics: dict[str, Any]) -> None:
         table.add_row(k, f"{100 * metrics['certified_accuracy'][k]:.2f}%",
                       f"{e.get('broken', 0)} / {e.get('certified_points', 0)}")
     Console(stderr=False).print(table)
+    priv = metrics.get("privacy")
+    if priv:
+        Console(stderr=False).print(
+            f"differential privacy: epsilon {priv['epsilon']:.3f} at delta {priv['delta']:g} "
+            f"(noise multiplier {priv['noise_multiplier']:.4g}, {priv['sampling']} sampling, "
+            f"{priv['neighbouring']} neighbours, inputs in the l2 ball of radius {priv['input_radius']:g})")
 
 
 @app.command()
@@ -152,6 +174,15 @@ def train(
     p: Annotated[str | None, typer.Option(help="norm: 2 (or inf)")] = None,
     out: Annotated[Path, typer.Option(help="parent folder of the run folder")] = Path("runs"),
     progress: Annotated[bool, typer.Option()] = True,
+    dp: Annotated[bool | None, typer.Option(
+        "--dp/--no-dp", help="differentially private training without clipping (lipkit.dp)")] = None,
+    epsilon: Annotated[float | None, typer.Option(help="--dp: target epsilon")] = None,
+    delta: Annotated[float | None, typer.Option(help="--dp: target delta")] = None,
+    input_radius: Annotated[float | None, typer.Option(
+        help="--dp: inputs are projected onto the l2 ball of this radius")] = None,
+    noise_multiplier: Annotated[float | None, typer.Option(
+        help="--dp: fixed noise multiplier instead of a target epsilon")] = None,
+    accountant: Annotated[str | None, typer.Option(help="--dp: rdp or prv")] = None,
 ) -> None:
     """Train from a recipe, a config file and/or flags (each overrides the one before), then certify
     and report."""
@@ -163,7 +194,9 @@ def train(
                       temperature=temperature, margin=margin, lr=lr, epochs=epochs, batch_size=batch_size,
                       seed=seed, radii=radii, p=p, model=model, head_width=head_width,
                       standardised_init=standardised_init, augment_shift=augment_shift,
-                      ce_weight=ce_weight, p_window=p_window, tv2_weight=tv2_weight, spline_lr=spline_lr)
+                      ce_weight=ce_weight, p_window=p_window, tv2_weight=tv2_weight, spline_lr=spline_lr,
+                      private=dp, epsilon=epsilon, delta=delta,
+                      input_radius=input_radius, noise_multiplier=noise_multiplier, accountant=accountant)
     _run_pipeline(cfg, out, progress)
 
 
@@ -198,6 +231,8 @@ def certify(
                        f"[{float(split.x_test.min()):g}, {float(split.x_test.max()):g}], outside it")
     m = certify_run(model, split, radii or cfg.radii, pgd_steps=pgd_steps, seed=cfg.seed, p=cfg.p)
     m.pop("radii_sorted")
+    if cfg.private:
+        m["privacy"] = _run_privacy(run_dir)
     if interval:
         try:
             m["interval"] = interval_figures(model, split, radii or cfg.radii, domain, pgd_steps, cfg.seed)
@@ -226,6 +261,8 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder (e.g. runs
                     metrics[k] = prev[k]
         except json.JSONDecodeError:
             pass
+    if cfg.private:
+        metrics["privacy"] = _run_privacy(run_dir)
     paths = write_report(run_dir, metrics, cfg)
     _summary(Path(run_dir), metrics)
     typer.echo(f"wrote {paths['report']}")

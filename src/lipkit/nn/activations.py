@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from lipkit.bounds import as_float64, register_bound, round_up
+from lipkit.bounds import as_float64, register_bound, register_sensitivity, round_up
 from lipkit.nn.spline import LinearSpline
 
 __all__ = ["GroupSort", "MaxMin", "FullSort", "Householder", "Abs", "Negate", "SmoothSoftplus",
@@ -216,3 +216,18 @@ def _householder_rule(module: Householder, p: float, shapes: dict) -> float:
         r = eye - 2.0 * v[:, :, None] * v[:, None, :]
         val = r.abs().sum(-1).max().item()
     return max(1.0, round_up(val, 8))
+
+
+@register_sensitivity(Householder)
+def _householder_sensitivity(module: Householder, r: float, g: float, shapes: dict) -> dict[str, float]:
+    """``||dl/dtheta|| <= 2 sqrt(2) G R``.
+
+    On a pair ``z`` in the reflected region the output is ``z - 2 v (v^T z)``, so ``dy/dtheta = -2 (v' (v^T z)
+    + v (v'^T z))`` with ``v' = dv/dtheta`` orthogonal to ``v``, of norm ``2 sqrt((v^T z)^2 + (v'^T z)^2) <=
+    2 ||z||``; elsewhere 0.  The gradient of one angle shared by the pairs ``p`` is
+    ``sum_p g_p^T dy_p/dtheta``,
+    at most ``2 sum_p ||g_p|| ||z_p|| <= 2 G R`` (Cauchy-Schwarz); with one angle per pair the gradient vector
+    has entries ``<= 2 ||g_p|| ||z_p||`` and norm ``<= 2 G R``.  The factor ``sqrt(2)`` covers the float32
+    ``cos``/``sin`` not being exactly unit and orthogonal with room to spare.
+    """
+    return {"theta": round_up(2.0 * math.sqrt(2.0) * r * g, 4)}

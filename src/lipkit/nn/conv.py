@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from lipkit.bounds import observer_hook
+from lipkit.bounds import UnsupportedModuleError, observer_hook, register_sensitivity
+from lipkit.bounds.sensitivity import _conv_sensitivity
 
 __all__ = ["LipConv2d", "CONV_CONSTRAINTS"]
 
@@ -241,3 +242,20 @@ def _spectral_pre_hook(module: LipConv2d, args: tuple) -> None:
         return  # a copy whose weight was materialised (e.g. certify's float64 twin): nothing to track
     param = module.parametrizations.weight[0]
     param.set_input_shape(tuple(x.shape[-3:]), x.device, module.parametrizations.weight.original.dtype)
+
+
+@register_sensitivity(LipConv2d)
+def _lip_conv_sensitivity(module: LipConv2d, r: float, g: float, shapes: dict) -> dict[str, float]:
+    """The ``nn.Conv2d`` rule (``sqrt(m) G R`` for the kernel, ``m`` the largest number of patches reading one
+    input entry; ``sqrt(P) G`` for the bias, ``P`` output positions), for a LipConv2d whose kernel is a plain
+    parameter.  A parametrised kernel is refused (the optimiser would update the raw tensor behind the
+    constraint's Jacobian; :func:`lipkit.dp.make_private` materialises and projects instead), and circular
+    padding too (it reads border entries more often than the zero-padding count assumes).
+    """
+    if parametrize.is_parametrized(module, "weight"):
+        raise UnsupportedModuleError(
+            f"LipConv2d(constraint={module.constraint!r}) with a parametrised kernel: the optimiser updates "
+            "parametrizations.weight.original, whose gradient passes through the constraint's Jacobian; "
+            "lipkit.dp.make_private trains the deployed kernel and projects it after each step instead"
+        )
+    return _conv_sensitivity(module, r, g, shapes)

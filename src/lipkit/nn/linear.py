@@ -32,7 +32,13 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from lipkit.bounds import UnsupportedModuleError, operator_norm, register_bound
+from lipkit.bounds import (
+    UnsupportedModuleError,
+    operator_norm,
+    register_bound,
+    register_sensitivity,
+    round_up,
+)
 from lipkit.nn.parametrize import (
     AOL,
     OPNORM_KINDS,
@@ -172,3 +178,25 @@ def _lip_linear_rule(module: LipLinear, p: float, shapes: dict, q: float | None 
         )
     return operator_norm(module.weight, p, q)
 
+
+
+@register_sensitivity(LipLinear)
+def _lip_linear_sensitivity(module: LipLinear, r: float, g: float, shapes: dict) -> dict[str, float]:
+    """``||dl/dW||_F = ||g x^T||_F <= G R`` and ``||dl/db|| <= G`` (the tensors the optimiser updates).
+
+    Only for a LipLinear whose weight is a plain parameter (the deployed weight): with the parametrisation in
+    place the optimiser updates ``parametrizations.weight.original``, whose gradient is the effective
+    weight's gradient pulled back through the constraint's Jacobian (``W / sigma(W)`` differentiated through
+    ``sigma`` is not 1-Lipschitz), so the bound above would not hold for it.  :func:`lipkit.dp.make_private`
+    materialises the weight and projects it onto the constraint set after every step instead.
+    """
+    if parametrize.is_parametrized(module, "weight"):
+        raise UnsupportedModuleError(
+            f"LipLinear(constraint={module.constraint!r}) with a parametrised weight: the optimiser updates "
+            "parametrizations.weight.original, whose gradient passes through the constraint's Jacobian; "
+            "lipkit.dp.make_private trains the deployed weight and projects it after each step instead"
+        )
+    out = {"weight": round_up(r * g)}
+    if module.bias is not None:
+        out["bias"] = g
+    return out

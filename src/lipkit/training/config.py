@@ -2,7 +2,7 @@
 
 A config file may be flat (``lr: 0.01``, the form every run folder and recipe so far uses) or sectioned
 (``optim: {lr: 0.01}``; sections ``data``, ``network``, ``objective``, ``optim``, ``linf``, ``certify``,
-see :data:`SECTIONS`), or mix both.  Every error is a :class:`ConfigError` with one message naming the
+``dp``, see :data:`SECTIONS`), or mix both.  Every error is a :class:`ConfigError` with one message naming the
 offending key, its section and value (unknown or misplaced key, key given twice, wrong type,
 out-of-range value, or an impossible combination such as a MaxMin activation on an odd width, or l_inf
 certificates from l2-orthogonal layers).
@@ -20,7 +20,7 @@ from typing import Any
 
 __all__ = ["DEMO_CONFIG", "RunConfig", "ConfigError", "load_config", "read_config_file", "load_recipe",
            "recipe_names", "SECTIONS", "KEY_SECTION", "TOP_LEVEL_KEYS", "DataConfig", "NetworkConfig",
-           "ObjectiveConfig", "OptimConfig", "LinfConfig", "CertifyConfig"]
+           "ObjectiveConfig", "OptimConfig", "LinfConfig", "CertifyConfig", "DPConfig"]
 
 ACTIVATIONS = ("maxmin", "groupsort", "spline")
 CONSTRAINTS = ("orthogonal",)
@@ -30,6 +30,8 @@ OPTIMIZERS = ("adam", "sgd")
 MODELS = ("lipmlp", "linf-dist", "sortnet")
 HEAD_ACTIVATIONS = ("relu", "tanh")
 SCHEDULES = ("onecycle", "cosine", "constant")
+DP_ACCOUNTANTS = ("rdp", "prv")
+DP_CALIBRATIONS = ("global", "per-tensor")
 
 
 #: the configuration `lipkit demo` trains (tuned for digits on a 2-core CPU, see report).
@@ -132,6 +134,26 @@ class CertifyConfig:
     pgd_steps: int = 50
 
 
+@dataclass
+class DPConfig:
+    """Section ``dp``: differentially private training without clipping (:mod:`lipkit.dp`).
+
+    ``private: true`` trains with Poisson-sampled batches (expected size ``batch_size``), Gaussian noise
+    calibrated to the per-example gradient bound, inputs projected onto the l2 ball of radius
+    ``input_radius``, and an opacus ``accountant``; the noise multiplier reaches ``epsilon`` at ``delta``
+    after ``epochs`` (or is ``noise_multiplier`` when that is > 0).
+    """
+
+    private: bool = False
+    epsilon: float = 3.0
+    delta: float = 1e-5
+    input_radius: float = 0.0
+    noise_multiplier: float = 0.0
+    accountant: str = "rdp"
+    calibration: str = "global"
+    secure_mode: bool = False
+
+
 #: section name -> its dataclass; the keys of all sections and :data:`TOP_LEVEL_KEYS` are distinct, so a
 #: flat config (``lr: 0.01``) and a sectioned one (``optim: {lr: 0.01}``) mean the same.
 SECTIONS: dict[str, type] = {
@@ -141,6 +163,7 @@ SECTIONS: dict[str, type] = {
     "optim": OptimConfig,
     "linf": LinfConfig,
     "certify": CertifyConfig,
+    "dp": DPConfig,
 }
 #: the keys that belong to no section
 TOP_LEVEL_KEYS: tuple[str, ...] = ("name", "seed", "threads")
@@ -169,10 +192,11 @@ class RunConfig:
 
     Sections (see :data:`SECTIONS`): ``data`` (:class:`DataConfig`), ``network`` (:class:`NetworkConfig`),
     ``objective`` (:class:`ObjectiveConfig`), ``optim`` (:class:`OptimConfig`), ``linf``
-    (:class:`LinfConfig`) and ``certify`` (:class:`CertifyConfig`); ``name``, ``seed`` and ``threads``
-    are top-level.  Every key has one name in all sections, so ``cfg.optim.lr`` is also ``cfg.lr``, the
-    constructor takes flat keys (``RunConfig(lr=0.01)``) or sections (``RunConfig(optim={"lr": 0.01})``),
-    and a config file may use either form (or mix them; a key given twice is an error).
+    (:class:`LinfConfig`), ``certify`` (:class:`CertifyConfig`) and ``dp`` (:class:`DPConfig`); ``name``,
+    ``seed`` and ``threads`` are top-level.  Every key has one name in all sections, so ``cfg.optim.lr`` is
+    also ``cfg.lr``, the constructor takes flat keys (``RunConfig(lr=0.01)``) or sections
+    (``RunConfig(optim={"lr": 0.01})``), and a config file may use either form (or mix them; a key given
+    twice is an error).
     :meth:`to_dict` writes the flat form (what ``config.json`` and checkpoints hold, so that run folders
     of every version read alike); ``to_dict(sections=True)`` the sectioned one.
 
@@ -215,6 +239,7 @@ class RunConfig:
     optim: OptimConfig
     linf: LinfConfig
     certify: CertifyConfig
+    dp: DPConfig
 
     def __init__(self, name: str = "run", seed: int = 0, threads: int = 2, *,
                  data: DataConfig | Mapping[str, Any] | None = None,
@@ -223,10 +248,11 @@ class RunConfig:
                  optim: OptimConfig | Mapping[str, Any] | None = None,
                  linf: LinfConfig | Mapping[str, Any] | None = None,
                  certify: CertifyConfig | Mapping[str, Any] | None = None,
+                 dp: DPConfig | Mapping[str, Any] | None = None,
                  **keys: Any) -> None:
         self.name, self.seed, self.threads = name, seed, threads
         given = {"data": data, "network": network, "objective": objective, "optim": optim, "linf": linf,
-                 "certify": certify}
+                 "certify": certify, "dp": dp}
         flat = _flatten({**{k: v for k, v in given.items() if v is not None}, **keys})
         for sec, cls in SECTIONS.items():  # fresh sections: the config owns them
             own = {f.name: flat[f.name] for f in dataclasses.fields(cls) if f.name in flat}
@@ -247,16 +273,18 @@ class RunConfig:
         for k in ("ce_weight", "betas", "p_window", "eps_window"):
             setattr(self, k, [_as_float(k, v) for v in _as_list(k, getattr(self, k))])
         for k in ("test_size", "temperature", "margin", "alpha", "lr", "sort_q", "p_start", "p_end",
-                  "adam_eps", "weight_decay"):
+                  "adam_eps", "weight_decay", "epsilon", "delta", "input_radius", "noise_multiplier"):
             setattr(self, k, _as_float(k, getattr(self, k)))
         for k in ("data_seed", "group_size", "epochs", "batch_size", "seed", "threads", "pgd_steps",
                   "head_width", "augment_shift"):
             setattr(self, k, _as_int(k, getattr(self, k)))
         for k in ("name", "dataset", "activation", "constraint", "orthogonal_method", "loss", "optimizer",
-                  "schedule", "model", "head_activation"):
+                  "schedule", "model", "head_activation", "accountant", "calibration"):
             need(isinstance(getattr(self, k), str), k, "must be a string")
         self.p = _as_p(self.p)
         need(isinstance(self.standardised_init, bool), "standardised_init", "must be true or false")
+        for k in ("private", "secure_mode"):
+            need(isinstance(getattr(self, k), bool), k, "must be true or false")
 
         need(bool(self.name) and "/" not in self.name and self.name not in (".", ".."), "name",
              "must be a non-empty folder name without '/'")
@@ -329,6 +357,18 @@ class RunConfig:
                  "is for model: linf-dist / sortnet (distance layers) only")
         else:
             need(self.p == math.inf, "p", f"model {self.model!r} is 1-Lipschitz for l_inf: use p=inf")
+        need(self.accountant in DP_ACCOUNTANTS, "accountant", f"must be one of {list(DP_ACCOUNTANTS)}")
+        need(self.calibration in DP_CALIBRATIONS, "calibration", f"must be one of {list(DP_CALIBRATIONS)}")
+        need(self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier), "noise_multiplier",
+             "must be >= 0 (0: derived from epsilon)")
+        if self.private:
+            need(self.input_radius > 0 and math.isfinite(self.input_radius), "input_radius",
+                 "private training needs the input radius R > 0 (inputs are projected onto the l2 ball of "
+                 "radius R; e.g. sqrt(784) = 28 bounds 784 pixels in [0, 1])")
+            need(self.epsilon > 0 and math.isfinite(self.epsilon), "epsilon", "must be > 0")
+            need(0 < self.delta < 1, "delta", "must be in (0, 1)")
+            need(self.model == "lipmlp", "model", "private training covers model: lipmlp (l2) only")
+            need(self.p == 2.0, "p", "private training covers l2 models only")
         if self.loss == "hkr":
             need(self.margin > 0, "margin", "the hkr loss needs margin > 0")
         if self.loss == "mix":

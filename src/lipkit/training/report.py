@@ -234,5 +234,12 @@ def write_report(run_dir: str | Path, metrics: dict[str, Any], cfg: RunConfig) -
         lines.append(f"Training time (all epochs, summed over resumes): {metrics['train_seconds']:.1f} s; "
                      "certification + PGD: "
                      f"{metrics['certify_seconds']:.1f} s.")
+    priv = metrics.get("privacy")
+    if priv:  # a private run: privacy and certified accuracy of the same model
+        lines += ["", f"Differential privacy (lipkit.dp, clipless DP-SGD): epsilon {priv['epsilon']:.3f} "
+                  f"at delta {priv['delta']:g}, noise multiplier {priv['noise_multiplier']:.4g}, "
+                  f"{priv['sampling']} sampling (rate {priv['sample_rate']:.4g}), {priv['neighbouring']} "
+                  f"neighbours, inputs projected onto the l2 ball of radius {priv['input_radius']:g}.  The "
+                  "training metrics above (loss, train accuracy) are not private."]
     atomic_write_bytes(paths["report"], ("\n".join(lines) + "\n").encode())
     return paths

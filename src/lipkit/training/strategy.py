@@ -99,16 +99,21 @@ class TrainingStrategy:
 
 
 def strategies_for(cfg: RunConfig) -> list[TrainingStrategy]:
-    """The strategies a config trains with: the l_inf schedule for l_inf models, none otherwise."""
+    """The strategies a config trains with: the l_inf schedule for l_inf models, DP noise for private runs."""
     if cfg.is_linf_model:
         from lipkit.training.linf import LinfScheduleStrategy
 
         return [LinfScheduleStrategy(cfg)]
+    strategies: list[TrainingStrategy] = []
     if cfg.activation == "spline":
         from lipkit.training.splines import SplineStrategy
 
-        return [SplineStrategy(cfg)]
-    return []
+        strategies.append(SplineStrategy(cfg))
+    if cfg.private:
+        from lipkit.training.dp import DPStrategy
+
+        strategies.append(DPStrategy(cfg))
+    return strategies
 
 
 def nominal_radius(f: torch.Tensor, y: torch.Tensor, lcj: torch.Tensor | float = math.sqrt(2.0)

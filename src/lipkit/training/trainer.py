@@ -109,6 +109,10 @@ def seeded_model(cfg: RunConfig, in_features: int, num_classes: int) -> nn.Seque
         layers += [_lip_linear(width_in, w, cfg), _activation(cfg, w)]
         width_in = w
     layers.append(_lip_linear(width_in, num_classes, cfg))
+    if cfg.private:  # inputs projected onto the l2 ball; weights trained plain and projected (lipkit.dp)
+        from lipkit.training.dp import dp_model
+
+        return dp_model(cfg, layers)
     return nn.Sequential(*layers)
 
 
@@ -124,6 +128,10 @@ def build_plain_model(cfg: RunConfig, in_features: int, num_classes: int) -> nn.
         layers += [nn.Linear(width_in, w), _activation(cfg, w, plain=True)]
         width_in = w
     layers.append(nn.Linear(width_in, num_classes))
+    if cfg.private:
+        from lipkit.dp import L2BallProjection
+
+        return nn.Sequential(L2BallProjection(cfg.input_radius), *layers)
     return nn.Sequential(*layers)
 
 
