@@ -39,7 +39,9 @@ def _status(code: int | None) -> str:
 
 
 def _module_file(module: str) -> Path:
-    return MUTANTS / "src" / (module.replace(".", "/") + ".py")
+    """mutmut's mutated copy of ``module`` (a package's ``__init__.py`` for a package)."""
+    path = MUTANTS / "src" / (module.replace(".", "/") + ".py")
+    return path if path.exists() else MUTANTS / "src" / module.replace(".", "/") / "__init__.py"
 
 
 def _diffs(module: str) -> dict[str, str]:

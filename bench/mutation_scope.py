@@ -48,12 +48,52 @@ SHARDS: dict[str, dict[str, list[str]]] = {
                                     "sortnet_error", "forward_error_bound"],
         "lipkit.certify.margin": ["_round_down", "pairwise_bound", "compute_certificates"],
     },
+    "interval_rules": {
+        "lipkit.bounds.interval": ["interval_forward", "widen", "_centre_radius", "_affine",
+                                   "_weight_and_bias",
+                                   "_linear", "_conv", "_avg_pool", "_batch_norm", "_exact_monotone",
+                                   "monotone_rounded", "_max_pool", "_hardtanh", "_dropout", "_tanh_sigmoid",
+                                   "_leaky_relu", "_elu"],
+        "lipkit.nn.intervals": ["_dense_distance_box", "distance_layer_box", "_negate", "_sort", "_softplus"],
+    },
+    "interval_certify": {
+        "lipkit.certify.interval": ["_negate", "_pad", "_check_chain", "_check_domain", "interval_bounds",
+                                    "_check_eps", "reference_error", "_propagate", "_check_call",
+                                    "interval_certified", "interval_certified_accuracy", "_union_with_margin",
+                                    "_interval_test"],
+    },
+    "roundoff_checks": {
+        "lipkit.certify.roundoff": ["is_plain_sequential", "chain_of", "computes_plain", "is_exact",
+                                    "is_linf_distance", "is_sortnet", "_abs_operator_norm"],
+    },
+    "lipsdp_cert": {
+        "lipkit.estimation.lipsdp": ["certified_upper", "_structure", "_lmi", "certify_multipliers",
+                                     "_certify_singular", "_dense_from_blocks", "_verify_blocks",
+                                     "_certify_blocks"],
+    },
+    "lipopt_cert": {
+        "lipkit.estimation.lipopt": ["_certify", "_certify_const", "coefficient_errors", "_substitute",
+                                     "_compact", "branch_and_bound_max", "_gradient_poly", "_lincomb",
+                                     "_times_slope"],
+    },
+    "estimate_upper": {
+        "lipkit.estimation": ["estimate", "local_upper"],
+        "lipkit.estimation.naive": ["naive_upper"],
+        "lipkit.estimation.local": ["naive_local_upper", "affine_local_upper", "activation_slope_range",
+                                    "_comparators_box"],
+        "lipkit.estimation._mlp": ["activation_slopes"],
+    },
 }
 
 #: the tests each shard runs against (mutmut's ``pytest_add_cli_args_test_selection`` for that shard);
 #: a shard not listed uses the selection of ``[tool.mutmut]`` in pyproject.toml (the bounds/ tests)
 SHARD_TESTS: dict[str, list[str]] = {
     "roundoff": ["tests/test_roundoff.py", "tests/test_certify.py", "tests/test_roundoff_mutants.py"],
+    "interval_rules": ["tests/test_interval_facet.py", "tests/test_interval.py",
+                       "tests/test_interval_mutants.py"],
+    "interval_certify": ["tests/test_interval.py", "tests/test_interval_mutants.py"],
+    "roundoff_checks": ["tests/test_roundoff.py", "tests/test_certify.py", "tests/test_roundoff_mutants.py",
+                        "tests/test_interval.py", "tests/test_interval_mutants.py"],
 }
 
 #: mutmut 3.8 skips decorated functions (a decorator runs at import time), so a rule registered with the

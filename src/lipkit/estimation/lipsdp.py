@@ -126,6 +126,13 @@ def _structure(mlp: MLP, scale: float) -> dict:
                 layer_of=layer_of, n_layers=len(hid), K2=K2)
 
 
+def certified_upper(rho: float, scale: float) -> float:
+    """The reported bound ``sqrt(rho) * scale`` rounded up, for a verified ``rho`` of the network whose
+    output was divided by ``scale`` (``Lip(f) = scale Lip(f / scale)``); the square root and the product
+    round twice, ``round_up`` with 8 operations covers them with room to spare."""
+    return round_up(math.sqrt(rho) * scale, 8)
+
+
 def _lmi(s: dict, lam: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray]:
     """``M(rho, T)`` and the same expression with absolute values (for the round-off bound)."""
     A, B, a, b = s["A"], s["B"], s["alpha"], s["beta"]
@@ -234,7 +241,7 @@ def _lipsdp_layer(s: dict, scale: float, t0: float, time_limit: float | None) ->
     minimize(obj, best_x, method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9 * best,
                                                          "maxfev": 200 * (n_layers + 1)})
     lam = G @ np.exp(np.clip(best_x, -60.0, 60.0))
-    upper = round_up(math.sqrt(best) * scale, 8)
+    upper = certified_upper(best, scale)
     return LipSDPResult(upper, lam, best * scale**2, "layer", "nelder-mead", math.sqrt(best) * scale,
                         time.perf_counter() - t0)
 
@@ -341,7 +348,7 @@ def lipsdp(
         margin = (1e-4 if attempt == 0 else 1e-2) * float(np.median(np.abs(lam_val))) + 1e-12
     if not math.isfinite(rho_cert):
         raise LipSDPError(f"could not certify the multipliers returned by SCS (status {prob.status})")
-    upper = round_up(math.sqrt(rho_cert) * scale, 8)
+    upper = certified_upper(rho_cert, scale)
     solver_value = math.sqrt(max(float(rho.value), 0.0)) * scale if rho.value is not None else math.nan
     return LipSDPResult(upper, lam_val, rho_cert * scale**2, variant, str(prob.status), solver_value,
                         time.perf_counter() - t0)
@@ -625,5 +632,5 @@ def lipsdp_first_order(
     if not math.isfinite(rho):
         raise LipSDPError("could not certify the first-order LipSDP multipliers")
     lam = np.concatenate(best_lams)
-    return LipSDPResult(round_up(math.sqrt(rho) * scale, 8), lam, rho * scale**2, "neuron-fo",
+    return LipSDPResult(certified_upper(rho, scale), lam, rho * scale**2, "neuron-fo",
                         f"adam {iters} iterations", math.sqrt(best) * scale, time.perf_counter() - t0)

@@ -1,0 +1,425 @@
+"""Tests that kill the mutants of the interval facet and of the interval certificates (``make mutate
+SHARD=interval_rules`` / ``SHARD=interval_certify``, bench/mutation_scope.py).
+
+Every box is checked against values computed independently of the code under test: exact rationals
+(:class:`fractions.Fraction`) for affine and piecewise-linear layers, 60-digit mpmath for the layers with
+square roots and exponentials.  Where a rule's documented outward rounding is the only thing between a
+float64 result and the exact one, the width is also checked against that documented term (so a smaller
+widening, which would rest on luck, fails)."""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+import mpmath
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import lipkit
+from lipkit.bounds import UnsupportedModuleError
+from lipkit.bounds.interval import interval_forward
+from lipkit.nn import intervals  # noqa: F401  (registers lipkit's rules)
+
+mpmath.mp.dps = 60
+EPS = torch.finfo(torch.float64).eps
+_vfrac = np.vectorize(lambda v: Fraction(float(v)), otypes=[object])
+
+
+def _frac(t: torch.Tensor) -> np.ndarray:
+    return _vfrac(t.detach().double().numpy())
+
+
+def _contains(lo: torch.Tensor, hi: torch.Tensor, exact) -> bool:
+    """Every exact value (Fractions or mpmath numbers, same shape) lies in its box, compared exactly."""
+    flo, fhi = lo.detach().double().reshape(-1).tolist(), hi.detach().double().reshape(-1).tolist()
+    ex = np.asarray(exact, dtype=object).reshape(-1)
+    assert len(ex) == len(flo)
+    if isinstance(ex[0], Fraction):
+        return all(Fraction(a) <= v <= Fraction(b) for a, b, v in zip(flo, fhi, ex, strict=True))
+    return all(mpmath.mpf(a) <= v <= mpmath.mpf(b) for a, b, v in zip(flo, fhi, ex, strict=True))
+
+
+def _wider_than(lo: torch.Tensor, hi: torch.Tensor, width: torch.Tensor) -> bool:
+    """``hi - lo >= width`` up to the float64 rounding of the two ends and of their difference (a few ulps
+    of the ends)."""
+    ends = torch.maximum(lo.abs(), hi.abs())
+    return bool(((hi - lo) >= width - 4 * EPS * ends).all())
+
+
+def _refuses(module: nn.Module, message: str, box: torch.Tensor) -> None:
+    """The rule raises UnsupportedModuleError with exactly ``message`` and the module attached."""
+    with pytest.raises(UnsupportedModuleError, match=f"^{re.escape(message)}$") as info:
+        interval_forward(module, box, box)
+    assert info.value.module is module
+
+
+# --------------------------------------------------------------------------- refusals, by message and module
+
+
+def test_every_interval_rule_refusal_names_the_layer_and_carries_the_module():
+    box = torch.zeros(1, 2, 5, 5, dtype=torch.float64)
+    _refuses(nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect"),
+             "interval rule for Conv2d: padding_mode 'reflect' (only 'zeros')", box)
+    _refuses(nn.BatchNorm2d(2), "interval rule for BatchNorm2d: only eval mode with running statistics "
+             "(training mode mixes the batch)", box)
+    _refuses(nn.BatchNorm2d(2, track_running_stats=False).eval(),
+             "interval rule for BatchNorm2d: only eval mode with running statistics "
+             "(training mode mixes the batch)", box)
+    _refuses(nn.MaxPool2d(2, return_indices=True), "interval rule for MaxPool2d: return_indices=True", box)
+    flat = torch.zeros(1, 4, dtype=torch.float64)
+    bad = nn.Hardtanh(-1.0, 1.0)
+    bad.min_val, bad.max_val = 1.0, -1.0
+    _refuses(bad, "interval rule for Hardtanh: min_val > max_val", flat)
+    _refuses(nn.Dropout(0.5), "interval rule for Dropout: training mode is random", flat)
+    _refuses(nn.LeakyReLU(-0.5), "interval propagation needs a monotone LeakyReLU (negative_slope >= 0)",
+             flat)
+    _refuses(nn.ELU(-0.5), "interval propagation needs ELU with alpha >= 0", flat)
+    dist = lipkit.LinfDistLinear(4, 2)  # training mode, mean shift on
+    _refuses(dist, "interval rule for LinfDistLinear: training mode with mean shift mixes the batch", flat)
+    dist = lipkit.LinfDistLinear(4, 2).eval()
+    dist.p = 8.0
+    _refuses(dist, "interval rule for LinfDistLinear: only p = inf (got p = 8.0)", flat)
+
+
+def test_boundary_parameters_are_accepted_and_exact():
+    """The refusals are strict: slope 0, alpha 0 and min_val == max_val are monotone and bounded."""
+    x = torch.tensor([[-2.0, -0.5, 0.0, 3.0]], dtype=torch.float64)
+    lo, hi = interval_forward(nn.LeakyReLU(0.0), x, x + 1)
+    assert _contains(lo, hi, [Fraction(0), Fraction(0), Fraction(1), Fraction(4)])
+    assert float((hi - lo).max()) <= 1 + 1e-12  # the widening is a few ulps, not more
+    lo, hi = interval_forward(nn.ELU(0.0), x, x)
+    assert _contains(lo, hi, [Fraction(0), Fraction(0), Fraction(0), Fraction(3)])
+    flat = nn.Hardtanh(-1.0, 1.0)
+    flat.min_val = flat.max_val = 0.25
+    lo, hi = interval_forward(flat, x, x + 1)
+    assert torch.equal(lo, torch.full_like(x, 0.25)) and torch.equal(hi, torch.full_like(x, 0.25))
+    train_free = lipkit.LinfDistLinear(4, 2, mean_shift=False)  # training mode without mean shift: fine
+    lo, hi = interval_forward(train_free, x, x)
+    assert lo.shape == (1, 2) and bool((lo <= hi).all())
+
+
+# --------------------------------------------------------------------------- affine layers, exactly
+
+
+def _affine_exact(w: np.ndarray, b: np.ndarray | None, x: np.ndarray) -> np.ndarray:
+    y = w.dot(x)
+    return y + b if b is not None else y
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_point_box_with_a_large_bias_contains_the_exact_value(bias):
+    """A bias of 1e6 against products of order 1: the float64 sum rounds on the bias's scale, which only the
+    ``|b|`` part of the error term covers."""
+    torch.manual_seed(4)
+    lin = nn.Linear(6, 5, bias=bias).double()
+    with torch.no_grad():
+        if bias:
+            lin.bias.copy_(torch.tensor([1e6, -3e6, 7e5, 1e6 / 3, -2e6 / 7], dtype=torch.float64))
+    x = torch.randn(4, 6, dtype=torch.float64) / 3
+    lo, hi = interval_forward(lin, x, x)
+    w, b = _frac(lin.weight), (_frac(lin.bias) if bias else None)
+    exact = np.stack([_affine_exact(w, b, _frac(x[s])) for s in range(4)])
+    assert _contains(lo, hi, exact)
+    acc = nn.functional.linear(x.abs(), lin.weight.abs(), lin.bias.abs() if bias else None)
+    # the documented widening 2 (n + 2) EPS64 (|W||x| + |b|) on each side, at least
+    assert _wider_than(lo, hi, 4 * 8 * EPS * acc)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_point_box_with_one_output_channel_and_a_large_bias_is_exact(bias):
+    torch.manual_seed(5)
+    conv = nn.Conv2d(2, 1, 3, padding=1, bias=bias).double()
+    with torch.no_grad():
+        if bias:
+            conv.bias.fill_(1e6 / 3)
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+    lo, hi = interval_forward(conv, x, x)
+    basis = torch.eye(32, dtype=torch.float64).reshape(32, 2, 4, 4)
+    with torch.no_grad():
+        mat = conv._conv_forward(basis, conv.weight, None).reshape(32, -1).T  # one product each: exact
+    b = _frac(conv.bias.expand(16)) if bias else None
+    exact = _affine_exact(_frac(mat), b, _frac(x.reshape(-1)))
+    assert _contains(lo, hi, exact)
+    with torch.no_grad():
+        acc = conv._conv_forward(x.abs(), conv.weight.abs(), conv.bias.abs() if bias else None)
+    assert _wider_than(lo, hi, 4 * 20 * EPS * acc)  # fan 18: 2 (18 + 2) EPS64 per side
+
+
+def test_affine_error_term_grows_with_the_box_radius():
+    """``|W| r`` enters the error term (on each side ``2 (n + 2) EPS64 (|W||c| + |W| r + |b|)``), so a box
+    far wider than its centre is widened on the scale of the radius, not less."""
+    lin = nn.Linear(3, 2).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, -2.0, 0.5], [3.0, 1.0, -1.0]], dtype=torch.float64))
+        lin.bias.zero_()
+    c = torch.full((1, 3), 1e-3, dtype=torch.float64)
+    r = torch.full((1, 3), 1e3, dtype=torch.float64)
+    lo, hi = interval_forward(lin, c - r, c + r)
+    wa = lin.weight.abs()
+    mid = nn.functional.linear(c, lin.weight, None)
+    rad = nn.functional.linear(r, wa, None)
+    err = 2 * 5 * EPS * (nn.functional.linear(c.abs(), wa, None) + rad)
+    assert bool((hi >= mid + rad + err * (1 - 1e-9)).all() and (lo <= mid - rad - err * (1 - 1e-9)).all())
+    assert bool((hi - lo <= 2 * (rad + 2 * err)).all())
+
+
+def test_underflowing_products_are_covered_by_the_absolute_term():
+    """Products of 1e-170 and 1e-170 underflow to 0 in float64; the exact value 1e-340 is nonzero, so only the
+    absolute term (1e-300) puts it inside the box."""
+    lin = nn.Linear(2, 1, bias=False).double()
+    with torch.no_grad():
+        lin.weight.fill_(1e-170)
+    x = torch.full((1, 2), 1e-170, dtype=torch.float64)
+    lo, hi = interval_forward(lin, x, x)
+    exact = 2 * Fraction(1e-170) * Fraction(1e-170)
+    assert _contains(lo, hi, [exact])
+    conv = nn.Conv1d(1, 1, 2, bias=False).double()
+    with torch.no_grad():
+        conv.weight.fill_(1e-170)
+    lo, hi = interval_forward(conv, x[:, None], x[:, None])
+    assert _contains(lo, hi, [exact])
+
+
+def test_avg_pool_with_one_channel_contains_the_exact_mean():
+    y = torch.tensor([[[[0.1, 0.7, 1e8 / 3], [0.3, -0.2, 5.0], [1 / 3, 2.0, -1e-3]]]], dtype=torch.float64)
+    lo, hi = interval_forward(nn.AvgPool2d(2, stride=1), y, y)
+    f = _frac(y[0, 0])
+    exact = [[sum(f[i + a, j + b] for a in range(2) for b in range(2)) / 4 for j in range(2)]
+             for i in range(2)]
+    assert _contains(lo, hi, exact)
+    lo, hi = interval_forward(nn.AdaptiveAvgPool2d(1), y, y)
+    assert _contains(lo, hi, [sum(f.reshape(-1)) / 9])
+
+
+# ------------------------------------------------------------------ batch norm, in 60-digit arithmetic
+
+
+def _bn(affine: bool, dims: int) -> nn.Module:
+    torch.manual_seed(6)
+    bn = (nn.BatchNorm1d(3, affine=affine) if dims == 1 else nn.BatchNorm2d(3, affine=affine)).double()
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([1e4 / 3, -2.5, 0.7], dtype=torch.float64))
+        bn.running_var.copy_(torch.tensor([0.3, 4.0, 1e-2], dtype=torch.float64))
+        if affine:
+            bn.weight.copy_(torch.tensor([-3.0, 0.25, 7.0], dtype=torch.float64))
+            bn.bias.copy_(torch.tensor([1e3 / 7, -0.6, 2.0], dtype=torch.float64))
+    return bn.eval()
+
+
+def _bn_exact(bn: nn.Module, x: torch.Tensor) -> list:
+    """60-digit ``(x - mean) / sqrt(var + eps) * weight + bias`` on the module's float64 parameters."""
+    out = []
+    xs = x.detach().double()
+    for idx in np.ndindex(*xs.shape):
+        c = idx[1]
+        v = (mpmath.mpf(float(xs[idx])) - mpmath.mpf(float(bn.running_mean[c]))) / mpmath.sqrt(
+            mpmath.mpf(float(bn.running_var[c])) + mpmath.mpf(bn.eps))
+        if bn.affine:
+            v = v * mpmath.mpf(float(bn.weight[c])) + mpmath.mpf(float(bn.bias[c]))
+        out.append(v)
+    return out
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dims", [1, 2])
+def test_batch_norm_boxes_contain_the_exact_image_of_every_corner(affine, dims):
+    bn = _bn(affine, dims)
+    torch.manual_seed(7)
+    shape = (2, 3) if dims == 1 else (2, 3, 2, 2)
+    centre = torch.randn(*shape, dtype=torch.float64) + bn.running_mean.reshape(1, 3, *[1] * (2 * dims - 2))
+    rad = torch.rand(*shape, dtype=torch.float64)
+    lo, hi = interval_forward(bn, centre - rad, centre + rad)
+    # the map is affine per coordinate: its extremes over the box are at the two ends
+    ends = [_bn_exact(bn, centre - rad), _bn_exact(bn, centre + rad)]
+    exact_lo = [min(a, b) for a, b in zip(*ends, strict=True)]
+    exact_hi = [max(a, b) for a, b in zip(*ends, strict=True)]
+    assert _contains(lo, hi, exact_lo) and _contains(lo, hi, exact_hi)
+    # and not loose: within the documented rounding of the exact extremes
+    flo, fhi = lo.reshape(-1).tolist(), hi.reshape(-1).tolist()
+    for a, b, el, eh in zip(flo, fhi, exact_lo, exact_hi, strict=True):
+        assert mpmath.mpf(a) >= el - 1e-9 * (1 + abs(el)) and mpmath.mpf(b) <= eh + 1e-9 * (1 + abs(eh))
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_point_box_covers_the_cancellation_of_a_large_mean(affine):
+    """x close to a running mean of 3333.3: ``x - mean`` cancels, and the error term must carry
+    ``|mean| |s|`` (and ``|bias|``) for the exact value to stay inside."""
+    bn = _bn(affine, 1)
+    x = bn.running_mean.reshape(1, 3).clone() + torch.tensor([[1e-9, 1e-7, -1e-8]], dtype=torch.float64)
+    x = torch.cat([x, x + 1 / 3])
+    lo, hi = interval_forward(bn, x, x)
+    assert _contains(lo, hi, _bn_exact(bn, x))
+    s = (bn.running_var + bn.eps).rsqrt() * (bn.weight if affine else 1.0)
+    extra = bn.running_mean.abs() * s.abs() + (bn.bias.abs() if affine else 0.0)
+    acc = x.abs() * s.abs() + extra
+    # documented: fan 4, 2 (4 + 2) EPS64 (|s||x| + |mean||s| + |b|) on each side
+    assert _wider_than(lo, hi, 4 * 6 * EPS * acc)
+
+
+# --------------------------------------------------------------------------- monotone activations
+
+
+def _mp_apply(name: str, v: float, param: float = 1.0):
+    x = mpmath.mpf(v)
+    if name == "tanh":
+        return mpmath.tanh(x)
+    if name == "sigmoid":
+        return 1 / (1 + mpmath.exp(-x))
+    if name == "leaky":
+        return x if x >= 0 else param * x
+    if name == "elu":
+        return x if x > 0 else param * mpmath.expm1(x)
+    if name == "softplus":  # lipkit.SmoothSoftplus(beta): log(1 + e^{beta x}) / beta
+        return mpmath.log1p(mpmath.exp(param * x)) / param
+    raise AssertionError(name)
+
+
+_MONO = [("tanh", nn.Tanh(), 1.0, 1.0), ("sigmoid", nn.Sigmoid(), 1.0, 1.0),
+         ("leaky", nn.LeakyReLU(0.3), 0.3, 1.0), ("elu", nn.ELU(1e6), 1e6, 1.0 + 1e6),
+         ("elu", nn.ELU(0.5), 0.5, 1.5), ("softplus", lipkit.SmoothSoftplus(4.0), 4.0, 0.25),
+         ("softplus", lipkit.SmoothSoftplus(0.01), 0.01, 100.0),
+         # a scale of 1e-290: the relative term is subnormal there, the absolute 1e-300 keeps the box
+         ("softplus", lipkit.SmoothSoftplus(1e290), 1e290, 1e-290)]
+
+
+@pytest.mark.parametrize("name,module,param,scale", _MONO,
+                         ids=[f"{n}-{p:g}" for n, _, p, _ in _MONO])
+def test_monotone_point_boxes_contain_the_exact_value_with_the_documented_widening(name, module, param,
+                                                                                   scale):
+    x = torch.tensor([[-30.0, -1.0, -1e-9, 0.0, 1e-12, 0.7, 2.5, 40.0]], dtype=torch.float64)
+    lo, hi = interval_forward(module, x, x)
+    exact = [_mp_apply(name, v, param) for v in x.reshape(-1).tolist()]
+    assert _contains(lo, hi, exact)
+    with torch.no_grad():
+        y = module(x)
+    # 8 EPS64 (|phi(x)| + scale) on each side: the scale is the rule's (1 + alpha for ELU, 1 / beta for the
+    # smooth softplus), so a rule that forgets it fails here
+    assert _wider_than(lo, hi, 16 * EPS * (y.abs() + scale))
+    assert bool(((hi - lo) <= 16 * EPS * (y.abs() + scale) + 4 * EPS * torch.maximum(lo.abs(), hi.abs())
+                  + 1e-290).all())
+
+
+def test_elu_with_a_large_alpha_is_sound_where_the_value_is_large():
+    elu = nn.ELU(1e6)
+    x = torch.tensor([[-1.0, -3.0, -1e-3, -20.0]], dtype=torch.float64)
+    lo, hi = interval_forward(elu, x, x + 0.5)
+    exact_lo = [_mp_apply("elu", v, 1e6) for v in x.reshape(-1).tolist()]
+    exact_hi = [_mp_apply("elu", v + 0.5, 1e6) for v in x.reshape(-1).tolist()]
+    assert _contains(lo, hi, exact_lo) and _contains(lo, hi, exact_hi)
+
+
+# --------------------------------------------------------------------------- lipkit's distance layers
+
+
+def test_float32_sortnet_layer_box_is_computed_in_float64_and_exact():
+    """The rule reads a float32 layer's weights and coefficients exactly (cast to float64)."""
+    torch.manual_seed(8)
+    m = lipkit.SortNeuronLinear(5, 3, q=0.3, init="normal").eval()
+    assert m.coefficients.dtype == torch.float32 or m.weight.dtype == torch.float32
+    x = torch.rand(2, 5, dtype=torch.float64) * 2 + 1 / 3
+    lo, hi = interval_forward(m, x, x)
+    assert lo.dtype == torch.float64
+    w, coef = _frac(m._weight2d()), [Fraction(float(c)) for c in m.coefficients]
+    assert w.shape == (3, 5) and len(coef) >= 1
+    assert _contains(lo, hi, _distance_exact(m, x))
+
+
+def _distance_exact(m: nn.Module, rows: torch.Tensor) -> np.ndarray:
+    """Exact ``sum_k c_k d_(k) - mu + b`` (``c = (1,)`` for an l_inf-distance layer) of every row."""
+    w = _frac(m._weight2d())
+    coef = [Fraction(float(c)) for c in m.coefficients] if hasattr(m, "coefficients") else [Fraction(1)]
+    mu = _frac(m.running_mean) if m.running_mean is not None else None
+    b = _frac(m.bias) if m.bias is not None else None
+    rf = _frac(rows)
+    out = np.empty((rows.shape[0], w.shape[0]), dtype=object)
+    for r in range(rows.shape[0]):
+        for o in range(w.shape[0]):
+            d = sorted((abs(rf[r, i] - w[o, i]) for i in range(w.shape[1])), reverse=True)
+            v = sum(c * di for c, di in zip(coef, d, strict=False))
+            out[r, o] = v - (mu[o] if mu is not None else 0) + (b[o] if b is not None else 0)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["linf", "sortnet"])
+def test_distance_box_error_term_carries_the_largest_distance_and_the_bias(kind):
+    """One coordinate 1e6 away from its weight, the others within 1: the sum rounds on the scale of the
+    largest distance D, and the shift by a bias of 1e6 / 3 on the bias's scale; the error term
+    ``2 (K + 3) EPS64 (D + |b|)`` must carry both."""
+    torch.manual_seed(9)
+    m = (lipkit.LinfDistLinear(5, 3, mean_shift=False) if kind == "linf"
+         else lipkit.SortNeuronLinear(5, 3, q=0.3, init="normal", mean_shift=False)).double().eval()
+    with torch.no_grad():
+        m.bias.copy_(torch.tensor([1e6 / 3, -1e6 / 7, 0.1], dtype=torch.float64))
+    x = torch.rand(3, 5, dtype=torch.float64) / 3
+    x[:, 2] = 1e6 / 9
+    lo, hi = interval_forward(m, x, x)
+    assert _contains(lo, hi, _distance_exact(m, x))
+    k = len(m.coefficients) if kind == "sortnet" else 1
+    d_max = (x[:, None, :] - m._weight2d()[None]).abs().amax(dim=-1)
+    assert _wider_than(lo, hi, 4 * (k + 3) * EPS * (d_max + m.bias.abs()))
+
+
+def test_distance_box_of_tiny_values_keeps_the_absolute_term():
+    """Distances of 1e-300 make the relative term subnormal: the absolute 1e-300 keeps the box around the
+    exact value (and its ends in order)."""
+    m = lipkit.LinfDistLinear(3, 2, mean_shift=False).double().eval()
+    with torch.no_grad():
+        m.weight.zero_()
+        m.bias.zero_()
+    x = torch.tensor([[1e-300, -3e-300, 2e-300]], dtype=torch.float64)
+    lo, hi = interval_forward(m, x, x)
+    assert bool((lo <= hi).all()) and _contains(lo, hi, _distance_exact(m, x))
+
+
+def test_distance_box_in_blocks_covers_every_row(monkeypatch):
+    """With a working-memory budget of one row per block, a batch longer than the layer's input width is
+    still boxed row by row, each row exactly as alone."""
+    torch.manual_seed(10)
+    m = lipkit.SortNeuronLinear(3, 2, q=0.5, init="normal").double().eval()
+    x = torch.rand(7, 3, dtype=torch.float64)
+    whole = interval_forward(m, x - 0.1, x + 0.1)
+    monkeypatch.setattr(intervals, "_BLOCK_BYTES", 8 * 2 * 3)
+    lo, hi = interval_forward(m, x - 0.1, x + 0.1)
+    assert lo.shape == (7, 2) and torch.equal(lo, whole[0]) and torch.equal(hi, whole[1])
+    pts = x[:, None, :] + 0.1 * (2 * torch.rand(7, 200, 3, dtype=torch.float64) - 1)
+    with torch.no_grad():
+        out = m(pts.reshape(-1, 3)).reshape(7, 200, 2)
+    assert bool((out >= lo[:, None]).all() and (out <= hi[:, None]).all())
+
+
+def test_distance_boxes_keep_leading_dimensions_and_non_square_maps():
+    torch.manual_seed(11)
+    m = lipkit.LinfDistLinear(4, 3).double().eval()
+    x = torch.rand(2, 5, 4, dtype=torch.float64)  # (batch, positions, features)
+    lo, hi = interval_forward(m, x, x)
+    assert lo.shape == (2, 5, 3)
+    assert _contains(lo, hi, _distance_exact(m, x.reshape(-1, 4)).reshape(2, 5, 3))
+    conv = lipkit.LinfDistConv2d(1, 2, 3, padding=1).double().eval()
+    img = torch.rand(1, 1, 3, 5, dtype=torch.float64)
+    lo, hi = interval_forward(conv, img, img)
+    assert lo.shape == (1, 2, 3, 5)
+    exact = _distance_exact(conv, conv._patch_rows(img, 3, 5))  # (15, 2): rows are positions
+    assert _contains(lo, hi, exact.T.reshape(1, 2, 3, 5))
+
+
+def test_float32_boxes_are_cast_to_float64_before_the_rule():
+    """interval_forward takes float32 boxes (the deployed inputs) and bounds the exact map of them."""
+    torch.manual_seed(12)
+    lin = nn.Linear(4, 3).double()
+    lo32 = torch.rand(2, 4) / 3
+    hi32 = lo32 + 0.25
+    lo, hi = interval_forward(lin, lo32, hi32)
+    assert lo.dtype == torch.float64 and hi.dtype == torch.float64
+    w, b = _frac(lin.weight), _frac(lin.bias)
+    for s in range(2):
+        c = (_frac(lo32[s]) + _frac(hi32[s])) / 2
+        r = (_frac(hi32[s]) - _frac(lo32[s])) / 2
+        mid, rad = _affine_exact(w, b, c), np.abs(w).dot(r)
+        exact_lo, exact_hi = mid - rad, mid + rad  # the exact image of the box, coordinate-wise
+        assert _contains(lo[s], hi[s], exact_lo) and _contains(lo[s], hi[s], exact_hi)
+        for o in range(3):  # and not wider than it by more than the documented rounding
+            assert Fraction(float(lo[s, o])) >= exact_lo[o] - Fraction(1, 10**12)
+            assert Fraction(float(hi[s, o])) <= exact_hi[o] + Fraction(1, 10**12)
