@@ -577,3 +577,45 @@ def test_local_upper_is_the_smallest_candidate_and_sound(monkeypatch):
         with torch.no_grad():
             q = (net(a) - net(b)).abs().squeeze(1) / torch.linalg.vector_norm(a - b, ord=p, dim=1)
         assert float(q.max()) <= up
+
+
+def test_estimate_refuses_bad_arguments_by_name():
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    with pytest.raises(ValueError, match=r"^unknown estimation method 'lipsdp-network'; available: naive, "
+                                         r"lipsdp, lipsdp-layer, lipopt, lipopt2, local$"):
+        estimate(net, 2, method="lipsdp-network")
+    with pytest.raises(ValueError, match=r"^unknown estimation method 3"):
+        estimate(net, 2, method=3)
+    with pytest.raises(ValueError, match=r"^method 'lipsdp' does not support p=inf; for this norm use one of "
+                                         r"\['naive', 'lipopt', 'lipopt2', 'local'\]$"):
+        estimate(net, "inf", method="lipsdp")
+    with pytest.raises(ValueError,
+                       match=r"^method 'local' needs input_domain=\(lo, hi\) or \(center, radius, p\)$"):
+        estimate(net, 2, method="local")
+    with pytest.raises(ValueError, match=r"^input_domain is only used by method='local', not 'naive'$"):
+        estimate(net, 2, method="naive", input_domain=(torch.zeros(3), torch.ones(3)))
+    assert estimate(net, 2, method="NAIVE", lower=False).method == "naive"
+
+
+def test_estimate_falls_back_along_the_chain_and_keeps_the_loaded_input_shape(monkeypatch):
+    torch.manual_seed(10)
+    net = nn.Sequential(nn.Conv2d(1, 1, 2), nn.ReLU(), nn.Flatten(), nn.Linear(4, 1))
+    net.input_shape = (1, 3, 3)  # as load_model sets it: the convolution is lowered with it
+    est = estimate(net, INF, method="lipopt", lower=False)
+    assert est.method == "lipopt" and est.details["naive"] == naive_upper(net, INF, input_shape=(1, 3, 3))
+    assert est.upper <= est.details["naive"]
+    gelu = nn.Sequential(nn.Linear(4, 5), nn.GELU(), nn.Linear(5, 1))
+    est = estimate(gelu, 2, method="lipsdp-layer", lower=False)
+    assert est.method == "naive" and est.upper == naive_upper(gelu, 2)
+    assert est.details["fallback"].startswith("lipsdp-layer failed (TypeError: module GELU is not supported")
+    assert est.details["fallback"].endswith("; used naive")
+
+
+def test_estimate_local_uses_the_domain_and_its_shape():
+    torch.manual_seed(11)
+    net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)).double()
+    lo, hi = torch.tensor([0.2, 0.3], dtype=torch.float64), torch.tensor([0.4, 0.5], dtype=torch.float64)
+    est = estimate(net, INF, method="local", input_domain=(lo, hi), lower=False)
+    up, info = local_upper(net, INF, (lo, hi))
+    assert est.method == "local" and est.upper == min(up, naive_upper(net, INF))
+    assert est.details["candidates"] == info["candidates"]

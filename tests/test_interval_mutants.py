@@ -9,6 +9,7 @@ widening, which would rest on luck, fails)."""
 
 from __future__ import annotations
 
+import math
 import re
 from fractions import Fraction
 
@@ -423,3 +424,220 @@ def test_float32_boxes_are_cast_to_float64_before_the_rule():
         for o in range(3):  # and not wider than it by more than the documented rounding
             assert Fraction(float(lo[s, o])) >= exact_lo[o] - Fraction(1, 10**12)
             assert Fraction(float(hi[s, o])) <= exact_hi[o] + Fraction(1, 10**12)
+
+
+# --------------------------------------------------------------------------- interval certificates
+
+
+def _mean_model(n: int = 16) -> nn.Sequential:
+    """logit 0 = mean(x), logit 1 = 0: the l_inf ball of radius eps moves logit 0 by exactly eps, the l2 ball
+    by eps / sqrt(n), so an l2 radius is not an l_inf radius here."""
+    lin = nn.Linear(n, 2)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.weight[0].fill_(1.0 / n)
+        lin.bias.zero_()
+    return nn.Sequential(lin).eval()
+
+
+def test_interval_certificates_use_the_l_inf_margin_radius_not_the_l2_one():
+    from lipkit.certify.interval import interval_certified, interval_certified_accuracy
+    from lipkit.certify.margin import compute_certificates
+
+    model = _mean_model()
+    x = torch.full((3, 16), 0.1)
+    x[1] = 0.3
+    r_inf = compute_certificates(model, x, math.inf).radius
+    r_2 = compute_certificates(model, x, 2).radius
+    assert float(r_inf[0]) < 0.1 and float(r_2[0]) > 0.3  # the l2 radius would certify eps = 0.2
+    cert, pred = interval_certified(model, x, 0.2)
+    assert cert.tolist() == [False, True, False] and pred.tolist() == [0, 0, 0]
+    cert, _ = interval_certified(model, x, 0.05)
+    assert cert.tolist() == [True, True, True]
+    y = torch.zeros(3, dtype=torch.long)
+    assert interval_certified_accuracy(model, x, y, 0.2) == pytest.approx(1 / 3, abs=0)
+    assert interval_certified_accuracy(model, x, y, 0.05) == 1.0
+    y1 = torch.tensor([1, 0, 1])  # only the point that is certified is correct
+    assert interval_certified_accuracy(model, x, y1, 0.2) == pytest.approx(1 / 3, abs=0)
+    assert interval_certified_accuracy(model, x, torch.ones(3, dtype=torch.long), 0.05) == 0.0
+    y2 = torch.tensor([0, 1, 1])  # exactly one correct point, and it is not certified at 0.2
+    assert interval_certified_accuracy(model, x, y2, 0.2) == 0.0
+    assert interval_certified_accuracy(model, x, y2, 0.05) == pytest.approx(1 / 3, abs=0)
+
+
+def test_interval_bounds_of_a_cancelling_linear_layer_contain_the_exact_logits():
+    """Products of 1e8 that cancel: the float64 reference ``W x`` is off by ~1e-9, far beyond the 1e-12
+    padding, so only the interval rule's own error term keeps the exact value inside; a Lipschitz
+    intersection around the float64 value would cut it off (it is only applied after distance layers,
+    whose reference error is bounded)."""
+    from lipkit.certify.interval import interval_bounds
+
+    lin = nn.Linear(2, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1e8, -1e8 + 8.0], [3.0, 1.0]]))
+        lin.bias.zero_()
+    model = nn.Sequential(lin, nn.ReLU(), nn.Linear(2, 2)).eval()
+    x = torch.tensor([[1 / 3, 1 / 3 + 1e-7], [0.7, 0.1]])
+    lo, hi = interval_bounds(model, x, 0.0)
+    w1, w2, b2 = _frac(lin.weight), _frac(model[2].weight), _frac(model[2].bias)
+    for s in range(2):
+        h = [max(v, Fraction(0)) for v in _affine_exact(w1, None, _frac(x[s]))]
+        exact = _affine_exact(w2, b2, np.array(h, dtype=object))
+        assert _contains(lo[s], hi[s], exact)
+
+
+def test_interval_input_box_is_padded_for_the_rounding_of_x_plus_eps():
+    """``x -/+ eps`` rounds in float64: the input box is padded by ``1e-12 (1 + |x| + eps)`` (the
+    documented slack), which holds the exact ends."""
+    from lipkit.certify.interval import interval_bounds
+
+    x = torch.tensor([[1e6 / 3, -2.5, 0.1]])
+    for eps in (1e-3 / 3, 0.5):
+        lo, hi = interval_bounds(nn.Sequential(nn.Identity()), x, eps)
+        for i in range(3):
+            xe = F_(x[0, i])
+            assert Fraction(float(lo[0, i])) <= xe - F_(eps) and Fraction(float(hi[0, i])) >= xe + F_(eps)
+            pad = 1e-12 * (1 + abs(float(x[0, i])) + eps)
+            assert float(hi[0, i]) - (float(x[0, i]) + eps) >= 0.99 * pad
+            assert (float(x[0, i]) - eps) - float(lo[0, i]) >= 0.99 * pad
+    lo, hi = interval_bounds(nn.Sequential(nn.Identity()), torch.zeros(1, 3), 0.5, input_domain=(0.0, 1.0))
+    assert torch.equal(lo, torch.zeros(1, 3, dtype=torch.float64))  # clipped to the domain
+    assert bool((hi >= 0.5).all())
+
+
+def F_(v) -> Fraction:
+    return Fraction(float(v))
+
+
+def test_interval_certified_checks_its_arguments_by_name():
+    from lipkit.certify.interval import interval_certified, interval_certified_accuracy
+    from lipkit.certify.margin import compute_certificates
+
+    model = _mean_model(4)
+    x = torch.rand(3, 4)
+    with pytest.raises(TypeError, match=r"^model must be a torch.nn.Module, got str$"):
+        interval_certified("net", x, 0.1)
+    for bad in (0, 1.5, True, "2"):
+        with pytest.raises(ValueError,
+                           match=rf"^batch_size must be a positive int, got {re.escape(repr(bad))}$"):
+            interval_certified(model, x, 0.1, batch_size=bad)
+    assert interval_certified(model, x, 0.1, batch_size=1)[0].shape == (3,)
+    msg = (r"^certificates must be the l_inf CertificateResult of this batch "
+           r"\(compute_certificates\(model, x, 'inf'\)\)$")
+    for wrong in (compute_certificates(model, x, 2), compute_certificates(model, x[:2], math.inf), "cert"):
+        with pytest.raises(ValueError, match=msg):
+            interval_certified(model, x, 0.1, certificates=wrong)
+    good = compute_certificates(model, x, math.inf)
+    a, pa = interval_certified(model, x, 0.3, certificates=good)
+    b, pb = interval_certified(model, x, 0.3)
+    assert torch.equal(a, b) and torch.equal(pa, pb)
+    for y in (torch.zeros(3), torch.zeros(3, 1, dtype=torch.long), torch.zeros(3, dtype=torch.bool),
+              [0, 0, 0]):
+        with pytest.raises(ValueError, match=r"^y must be a 1-D integer tensor of class labels$"):
+            interval_certified_accuracy(model, x, y, 0.1)
+    with pytest.raises(ValueError, match=r"^y has 2 labels for a batch of 3 inputs$"):
+        interval_certified_accuracy(model, x, torch.zeros(2, dtype=torch.long), 0.1)
+
+
+def test_interval_union_runs_every_remaining_input_in_batches():
+    """The interval test runs on every input the margin does not certify, batch by batch; the union equals
+    margin-or-interval computed input by input."""
+    from lipkit.certify.interval import interval_certified, interval_only
+    from lipkit.certify.margin import compute_certificates
+
+    # logit 0 = relu(x_1) + relu(x_2 - 10), logit 1 = 0: the dead second neuron halves the margin
+    # certificate's radius (its Lipschitz bound counts both), the interval rules see it is dead
+    first, second = nn.Linear(2, 2), nn.Linear(2, 2)
+    with torch.no_grad():
+        first.weight.copy_(torch.eye(2))
+        first.bias.copy_(torch.tensor([0.0, -10.0]))
+        second.weight.copy_(torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+        second.bias.zero_()
+    model = nn.Sequential(first, nn.ReLU(), second).eval()
+    x = torch.stack([torch.linspace(0.05, 0.5, 9), torch.full((9,), 0.5)], dim=1)
+    radius = compute_certificates(model, x, math.inf).radius
+    eps = 0.2
+    expected = []
+    for b in range(9):
+        ok, _ = interval_only(model, x[b:b + 1], eps, None)
+        expected.append(bool(radius[b] >= eps) or bool(ok[0]))
+    assert sum(expected) > int((radius >= eps).sum())  # the interval test certifies some of the rest
+    for bs in (1, 2, 4, 256):
+        cert, _ = interval_certified(model, x, eps, batch_size=bs)
+        assert cert.tolist() == expected, bs
+    cert, _ = interval_certified(model, x, 0.0)
+    assert bool(cert.all())  # every radius is >= 0
+
+
+def test_interval_test_hands_the_documented_quantities_to_the_allowance(monkeypatch):
+    """The allowance is computed from the a-priori bound over the whole ball of radius eps (float64, exactly
+    eps), the logit scale ``max |f(x)| + eps L_inf`` and the round-off observed at x."""
+    import lipkit.certify.interval as ci
+    from lipkit.certify.roundoff import chain_of, forward_error_bound
+    from lipkit.certify.twin import float64_copy, run_logits
+
+    torch.manual_seed(14)
+    model = nn.Sequential(lipkit.LinfDistLinear(4, 6), nn.Linear(6, 3)).eval()
+    x = torch.rand(2, 4)
+    eps = 0.1  # not a float32 number: an eps rounded to float32 would be a different ball
+    seen = []
+    real = ci.margin_allowance
+
+    def spy(bound, scale, observed):
+        seen.append((bound.clone(), scale.clone(), observed.clone()))
+        return real(bound, scale, observed)
+
+    monkeypatch.setattr(ci, "margin_allowance", spy)
+    ci.interval_only(model, x, eps, None)
+    (bound, scale, observed), = seen
+    twin = float64_copy(model)
+    chain = chain_of(twin)
+    x64 = x.double()
+    with torch.no_grad():
+        logits64 = run_logits(twin, x64)
+        logits32 = model(x)
+    r = torch.full((2,), eps, dtype=torch.float64)
+    assert torch.equal(bound, forward_error_bound(chain, x64, math.inf, r, None))
+    assert torch.equal(scale, logits64.abs().max(dim=1).values + eps * lipschitz_bound_inf(model))
+    assert torch.equal(observed, (logits32.double() - logits64).abs().max(dim=1).values)
+
+
+def lipschitz_bound_inf(model: nn.Module) -> float:
+    from lipkit.bounds import lipschitz_bound
+    from lipkit.certify.roundoff import chain_of
+    from lipkit.certify.twin import float64_copy
+
+    return lipschitz_bound(nn.Sequential(*chain_of(float64_copy(model))), math.inf)
+
+
+def test_interval_test_refuses_without_a_rigorous_round_off_bound(monkeypatch):
+    import lipkit.certify.interval as ci
+
+    model = _mean_model(4)
+    x = torch.rand(2, 4)
+    monkeypatch.setattr(ci, "forward_error_bound", lambda *a, **k: None)
+    with pytest.raises(UnsupportedModuleError,
+                       match=r"^no a-priori round-off bound for this model; interval certificates need one$"):
+        ci.interval_only(model, x, 0.1, None)
+    monkeypatch.undo()
+    monkeypatch.setattr(ci, "margin_allowance", lambda b, s, o: (torch.zeros_like(s), False))
+    msg = (r"^the round-off observed at x exceeds the a-priori bound \(arithmetic outside the analysis\?\); "
+           r"interval certificates need a rigorous bound$")
+    with pytest.raises(UnsupportedModuleError, match=msg):
+        ci.interval_only(model, x, 0.1, None)
+
+
+def test_interval_test_is_strict_at_the_allowance(monkeypatch):
+    """Certified means ``low_c - max_j high_j > allowance``: equality is not enough."""
+    import lipkit.certify.interval as ci
+
+    model = _mean_model(4)
+    x = torch.full((1, 4), 0.25)
+    lo, hi = ci.interval_bounds(model, x, 0.1)
+    gap = lo[:, 0] - hi[:, 1]
+    assert float(gap) > 0
+    monkeypatch.setattr(ci, "margin_allowance", lambda b, s, o: (gap.clone(), True))
+    ok, pred = ci.interval_only(model, x, 0.1, None)
+    assert pred.tolist() == [0] and ok.tolist() == [False]
+    monkeypatch.setattr(ci, "margin_allowance", lambda b, s, o: (gap * (1 - 1e-9), True))
+    assert ci.interval_only(model, x, 0.1, None)[0].tolist() == [True]
