@@ -641,3 +641,126 @@ def test_interval_test_is_strict_at_the_allowance(monkeypatch):
     assert pred.tolist() == [0] and ok.tolist() == [False]
     monkeypatch.setattr(ci, "margin_allowance", lambda b, s, o: (gap * (1 - 1e-9), True))
     assert ci.interval_only(model, x, 0.1, None)[0].tolist() == [True]
+
+
+def _cancelling(kind: str, n_out: int = 3) -> nn.Sequential:
+    """A float64 distance layer whose weights sit 1e5 away from the inputs and whose running mean cancels
+    the distance: its float64 output rounds on the scale of 1e5 while being of order 1, so only the bounded
+    reference error (not the 1e-12 padding) covers the Lipschitz intersection around it."""
+    torch.manual_seed(15)
+    m = (lipkit.LinfDistLinear(4, n_out) if kind == "linf"
+         else lipkit.SortNeuronLinear(4, n_out, q=0.4, init="normal")).double()
+    with torch.no_grad():
+        m.weight.copy_(1e5 / 3 + torch.rand_like(m.weight) / 7)
+        m.bias.copy_(torch.rand_like(m.bias) / 3)
+    x = torch.rand(6, 4, dtype=torch.float64) / 3
+    m.eval()
+    with torch.no_grad():
+        m.running_mean.zero_()
+        m.running_mean.copy_((m(x) - m.bias).mean(0) + 1 / 7)  # y = d - mu + b is of order 1
+    return nn.Sequential(m).eval()
+
+
+@pytest.mark.parametrize("kind", ["linf", "sortnet"])
+@pytest.mark.parametrize("n_out", [3, 1])
+def test_lipschitz_intersection_keeps_the_exact_outputs_of_a_cancelling_distance_layer(kind, n_out):
+    from lipkit.certify.interval import interval_bounds
+
+    model = _cancelling(kind, n_out)
+    x = torch.rand(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) / 3
+    lo, hi = interval_bounds(model, x, 0.0)
+    exact = _distance_exact(model[0], x)
+    assert _contains(lo, hi, exact)
+    with torch.no_grad():
+        y = model(x)
+    assert float((y.abs()).max()) < 10.0  # cancelled: outputs of order 1 from distances of 1e5
+    # the box is the Lipschitz intersection h +- (reference error + 1e-12 (1 + |h|)), narrower than the
+    # interval rule's own 2 (K + 3) EPS64 (D + |mu| + |b|)
+    from lipkit.certify.interval import reference_error
+
+    ref = reference_error(model[0], y) * (1 + 1e-9)
+    assert bool(((hi - lo) <= 2 * (ref[:, None] + 1e-12 * (1 + y.abs())) * (1 + 1e-6)).all())
+
+
+def test_boxes_at_zero_radius_of_large_outputs_contain_the_exact_outputs():
+    from lipkit.certify.interval import interval_bounds
+
+    torch.manual_seed(16)
+    m = lipkit.SortNeuronLinear(4, 3, q=0.4, init="normal", mean_shift=False).double()
+    with torch.no_grad():
+        m.weight.copy_(1e3 / 3 + torch.rand_like(m.weight) / 7)
+        m.bias.copy_(torch.rand_like(m.bias) * 1e3)
+    model = nn.Sequential(m, lipkit.Negate()).eval()
+    x = torch.rand(5, 4, dtype=torch.float64) / 3
+    lo, hi = interval_bounds(model, x, 0.0)
+    assert _contains(lo, hi, -_distance_exact(m, x))
+    assert bool((lo <= hi).all())
+
+
+def test_lipschitz_intersection_is_sound_for_radii_above_one():
+    from lipkit.certify.interval import interval_bounds
+
+    torch.manual_seed(17)
+    model = nn.Sequential(lipkit.LinfDistLinear(3, 4), lipkit.LinfDistLinear(4, 2, mean_shift=False)).eval()
+    with torch.no_grad():
+        model[0].running_mean.uniform_(0.5, 1.5)
+    x = torch.rand(3, 3)
+    eps = 2.0
+    lo, hi = interval_bounds(model, x, eps)
+    g = torch.Generator().manual_seed(1)
+    pts = x.double()[:, None, :] + eps * (2 * torch.rand(3, 4000, 3, generator=g, dtype=torch.float64) - 1)
+    corners = torch.tensor([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)],
+                           dtype=torch.float64)
+    pts = torch.cat([pts, x.double()[:, None, :] + eps * corners[None]], dim=1)
+    twin = nn.Sequential(*[copy_double(m) for m in model]).eval()
+    with torch.no_grad():
+        out = twin(pts.reshape(-1, 3)).reshape(3, -1, 2)
+    assert bool((out >= lo[:, None]).all() and (out <= hi[:, None]).all())
+    assert float((out.amax(1) - out.amin(1)).max()) > 2.0  # the outputs really spread beyond +-1
+
+
+def copy_double(m: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(m).double()
+
+
+def test_interval_chain_refusals_name_the_model_and_the_layer():
+    from lipkit.certify.interval import interval_bounds
+
+    class Own(nn.Sequential):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x)
+
+    x = torch.rand(1, 4)
+    msg = (r"^interval certificates need an nn.Sequential chain of layers \(nested Sequentials are fine\); "
+           r"got Own with its own forward$")
+    with pytest.raises(ValueError, match=msg):
+        interval_bounds(Own(nn.Linear(4, 2)), x, 0.1)
+    msg = (r"^interval certificates do not support AvgPool1d \(supported: LinfDistLinear and LinfDistConv2d "
+           r"at p=inf, SortNeuronLinear, SortNeuronConv2d, Negate, Linear, Flatten, Unflatten and monotone "
+           r"element-wise activations\)$")
+    with pytest.raises(UnsupportedModuleError, match=msg):
+        interval_bounds(nn.Sequential(nn.Linear(4, 4), nn.Unflatten(1, (1, 4)), nn.AvgPool1d(2)), x, 0.1)
+
+
+def test_reference_error_is_the_a_priori_float64_error_of_the_layer():
+    """reference_error is the layer's own a-priori analysis (SortNet: sortnet_error, l_inf-distance:
+    linf_distance_error) at the point, with the float64 unit round-off 2^-53."""
+    from lipkit.certify.interval import reference_error
+    from lipkit.certify.roundoff import U64, linf_distance_error, sortnet_error
+
+    for kind, fn in (("linf", linf_distance_error), ("sortnet", sortnet_error)):
+        for n_out in (3, 1):
+            m = _cancelling(kind, n_out)[0]
+            x = torch.rand(4, 4, dtype=torch.float64) / 3
+            with torch.no_grad():
+                out = m(x)
+            got = reference_error(m, out)
+            assert torch.equal(got, fn(m, out, torch.zeros(4, dtype=torch.float64), math.inf, u=U64))
+            assert got.shape == (4,)
+    sort = _cancelling("sortnet", 3)[0]
+    with torch.no_grad():
+        out = sort(torch.rand(2, 4, dtype=torch.float64))
+    assert bool((reference_error(sort, out) > linf_distance_error(sort, out, torch.zeros(2), math.inf,
+                                                                 u=U64)).all())
