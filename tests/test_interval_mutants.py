@@ -764,3 +764,18 @@ def test_reference_error_is_the_a_priori_float64_error_of_the_layer():
         out = sort(torch.rand(2, 4, dtype=torch.float64))
     assert bool((reference_error(sort, out) > linf_distance_error(sort, out, torch.zeros(2), math.inf,
                                                                  u=U64)).all())
+
+
+def test_interval_radius_and_domain_are_checked_by_name():
+    from lipkit.certify.interval import interval_bounds
+
+    model = _mean_model(4)
+    x = torch.full((1, 4), 0.5)
+    with pytest.raises(ValueError, match=r"^eps must be a number, got 'abc'$"):
+        interval_bounds(model, x, "abc")
+    with pytest.raises(ValueError, match=r"^eps must be finite and >= 0, got -0.1$"):
+        interval_bounds(model, x, -0.1)
+    with pytest.raises(ValueError, match=r"^input_domain must have lo < hi, got \(0.5, 0.5\)$"):
+        interval_bounds(model, x, 0.1, input_domain=(0.5, 0.5))
+    lo, hi = interval_bounds(model, x, 0, input_domain=(0.0, 1.0))  # eps = 0 and x on the domain: fine
+    assert torch.equal(lo, hi) or float((hi - lo).max()) < 1e-9
