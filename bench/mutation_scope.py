@@ -93,8 +93,9 @@ SHARD_TESTS: dict[str, list[str]] = {
                        "tests/test_interval_mutants.py"],
     # test_interval.py without the two tests that train a network first (2.5 s each time)
     "interval_certify": ["tests/test_interval_mutants.py"] + [f"tests/test_interval.py::test_{t}" for t in (
-        "boxes_contain_every_sampled_output", "one_distance_layer_box_is_exact", "bad_inputs_raise_clear_errors",
-        "forward_error_bound_covers_float64_round_off_exactly_computed", "conv_boxes_contain_every_sampled_output",
+        "boxes_contain_every_sampled_output", "one_distance_layer_box_is_exact",
+        "bad_inputs_raise_clear_errors", "forward_error_bound_covers_float64_round_off_exactly_computed",
+        "conv_boxes_contain_every_sampled_output",
         "conv_distance_box_equals_the_dense_box_of_each_patch",
         "conv_net_interval_certificate_is_never_looser_than_the_margin")],
     "roundoff_checks": ["tests/test_roundoff_checks.py", "tests/test_roundoff.py", "tests/test_certify.py",
