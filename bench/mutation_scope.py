@@ -256,7 +256,6 @@ _TRIAGE += [
      [_MG + "x_compute_certificates__mutmut_154"]),
 ]
 
-SURVIVORS: dict[str, tuple[str, str]] = {m: (kind, why) for kind, why, ms in _TRIAGE for m in ms}
 
 
 def mangled(module: str, function: str) -> str:
@@ -265,3 +264,104 @@ def mangled(module: str, function: str) -> str:
         cls, meth = function.split(".")
         return f"{module}.x\u01c1{cls}\u01c1{meth}__mutmut_"
     return f"{module}.x_{function}__mutmut_"
+
+_IB = "lipkit.bounds.interval."
+_NI = "lipkit.nn.intervals."
+_CI = "lipkit.certify.interval."
+
+_TRIAGE += [
+    # ---------------------------------------------------------------- interval_rules
+    ("conservative", "a radius four times the half-width: a wider box around the same centre",
+     [_IB + "x__centre_radius__mutmut_5"]),
+    ("equivalent", "apply(c, None): every apply tests `absolute` for truth, and None is falsy like False",
+     [_IB + "x__affine__mutmut_8"]),
+    ("equivalent", "Linear and Conv layers always have a `bias` attribute (None without bias), so the "
+     "getattr "
+     "default is never used", [_IB + "x__weight_and_bias__mutmut_11"]),
+    ("equivalent", "F.linear's bias defaults to None", [_IB + "x__linear__mutmut_9"]),
+    ("equivalent", "Tensor.to(None) keeps the dtype; a float32 statistic or parameter is promoted to float64 "
+     "exactly by the float64 operand it meets", [_IB + f"x__batch_norm__mutmut_{i}" for i in (21, 28, 35)]),
+    ("conservative", "a larger error term (fan 5 instead of 4)", [_IB + "x__batch_norm__mutmut_71"]),
+    ("conservative", "a larger widening of monotone activations (scale 2 by default, factor 9 or 8 / EPS64)",
+     [_IB + f"x_monotone_rounded__mutmut_{i}" for i in (1, 13, 14)]),
+    ("conservative", "a larger widening scale (2 + alpha, 2 / beta)",
+     [_IB + "x__elu__mutmut_20", _NI + "x__softplus__mutmut_10"]),
+    ("equivalent", "Tensor.to(None) keeps the dtype: float32 weights, means and biases are promoted to "
+     "float64 "
+     "exactly by the float64 box they are subtracted from or added to; the SortNet coefficients are float64 "
+     "already", [_NI + f"x__dense_distance_box__mutmut_{i}" for i in (2, 17, 112, 118)]),
+    ("equivalent", "the block size only splits the rows into chunks, each boxed independently",
+     [_NI + "x__dense_distance_box__mutmut_9", _NI + "x__dense_distance_box__mutmut_13"]),
+    ("conservative", "K = 2 for an l_inf-distance layer: a larger error term",
+     [_NI + "x__dense_distance_box__mutmut_21"]),
+    ("conservative", "a larger error term (3 instead of 2, K + 4 instead of K + 3)",
+     [_NI + "x__dense_distance_box__mutmut_127", _NI + "x__dense_distance_box__mutmut_129"]),
+    ("equivalent", "a float32 zero (dtype None / default) is promoted exactly by the float64 operand",
+     [_NI + f"x__dense_distance_box__mutmut_{i}" for i in (54, 56, 95, 98)]),
+    ("equivalent", "topk's dim defaults to -1", [_NI + "x__dense_distance_box__mutmut_73",
+                                                 _NI + "x__dense_distance_box__mutmut_85"]),
+    ("equivalent", "device=None is the CPU, the device of every tensor here (as in the roundoff shard)",
+     [_NI + "x__dense_distance_box__mutmut_96", _NI + "x__dense_distance_box__mutmut_99"]),
+    ("equivalent", "a distance layer registers running_mean exactly when mean_shift is on (None otherwise, "
+     "nn/distance/layers.py), so `and`/`or` agree and the getattr default is never used",
+     [_NI + "x__dense_distance_box__mutmut_102", _NI + "x__dense_distance_box__mutmut_107"]),
+    # ---------------------------------------------------------------- interval_certify
+    ("conservative", "a larger input padding (2 + scale)", [_CI + "x__pad__mutmut_4"]),
+    ("equivalent", "a float32 zero reference error (dtype None / default) is promoted exactly by the first "
+     "float64 error added, or stays an exact zero",
+     [_CI + "x__propagate__mutmut_20", _CI + "x__propagate__mutmut_23"]),
+    ("equivalent", "device=None is the CPU, the device of every tensor here",
+     [_CI + f"x__propagate__mutmut_{i}" for i in (21, 24)] + [_CI + f"x__interval_test__mutmut_{i}"
+                                                                for i in (21, 25)]),
+    ("conservative", "the Lipschitz intersection is skipped (for every layer, or for some distance, SortNet, "
+     "Negate or shape layers): the boxes are the interval rules' own, each sound",
+     [_CI + f"x__propagate__mutmut_{i}" for i in (26, 27, 37, 38, 39, 40, 41, 42, 43)]),
+    ("equivalent", "None is falsy like False",
+     [_CI + "x__propagate__mutmut_47", _CI + "x__propagate__mutmut_76"]),
+    ("conservative", "the l2 bound of the prefix (lipschitz_bound's default norm) instead of the l_inf one: "
+     "for "
+     "the distance, SortNet, Negate and shape layers of the intersection phase it is >= 1, their exact l_inf "
+     "constant, so the intersection is wider", [_CI + "x__propagate__mutmut_73"]),
+    ("sound-margin", "the bound of one layer fewer: every prefix of distance, SortNet, Negate and shape "
+     "layers is exactly 1-Lipschitz for l_inf and lipschitz_bound returns 1 rounded up (>= 1) for any of "
+     "them, so the shorter prefix's bound is still a valid one", [_CI + "x__propagate__mutmut_74"]),
+    ("conservative", "the bound of one layer more (a longer prefix, >= the right one)",
+     [_CI + "x__propagate__mutmut_75"]),
+    ("equivalent", "unreachable: every layer of the intersection phase (distance at p = inf, SortNet, "
+     "Negate, "
+     "shape layers) has a registered l_inf bound, so lipschitz_bound does not raise there (and a prefix "
+     "without a bound stays without one, so `intersect` would not matter either)",
+     [_CI + "x__propagate__mutmut_77", _CI + "x__propagate__mutmut_78"]),
+    ("conservative", "a larger Lipschitz or reference-error slack (2 or 2 + 1e-9 instead of 1 + 1e-9)",
+     [_CI + f"x__propagate__mutmut_{i}" for i in (87, 88, 91, 92)]),
+    ("sound-margin", "the reference error 4u (d + |mu| + |b|) (2 (K + 3) u (D + ...) for SortNet) already "
+     "has "
+     "u (d + |mu| + |b|) to spare over the 3u (1 + u)^2 (...) it bounds (roundoff.linf_distance_error, "
+     "sortnet_error); 1e-9 relative less stays above that",
+     [_CI + "x__propagate__mutmut_89", _CI + "x__propagate__mutmut_90"]),
+    ("sound-margin", "the 1e-12 (1 + |h|) padding of the intersection shrinks to 1e-12 / (1 + |h|): the "
+     "reference error's spare u |h| (see above) and the (1 + 1e-9) factors still cover the half-ulp rounding "
+     "of h -/+ slack", [_CI + "x__propagate__mutmut_101"]),
+    ("conservative", "a larger padding (2 + |h|)", [_CI + "x__propagate__mutmut_103"]),
+    ("equivalent", "batch_size only splits the interval test into chunks, each computed independently (a "
+     "different default, or the default instead of the caller's)",
+     [_CI + "x_interval_certified__mutmut_1", _CI + "x_interval_certified__mutmut_47",
+      _CI + "x_interval_certified_accuracy__mutmut_1", _CI + "x_interval_certified_accuracy__mutmut_59",
+      _CI + "x__union_with_margin__mutmut_1"]),
+    ("equivalent", "Tensor.to(None) keeps y where it is (the CPU, with the predictions)",
+     [_CI + "x_interval_certified_accuracy__mutmut_40"]),
+    ("conservative", "an input whose margin radius is exactly eps is not certified by the margin; it faces "
+     "the "
+     "interval test instead", [_CI + "x__union_with_margin__mutmut_3"]),
+    ("equivalent", "overlapping chunks (step 1, or a slice from 0 or to the end) recompute the same "
+     "deterministic answers for the inputs they share",
+     [_CI + f"x__union_with_margin__mutmut_{i}" for i in (23, 26, 27, 28)]),
+    ("equivalent", "forward_error_bound's input_shape defaults to None",
+     [_CI + "x__interval_test__mutmut_36"]),
+    ("equivalent", "float32 deployed logits minus the float64 twin's: the float32 operand is promoted "
+     "exactly",
+     [_CI + "x__interval_test__mutmut_58"]),
+]
+
+#: mutant name -> (kind, reason)
+SURVIVORS: dict[str, tuple[str, str]] = {m: (kind, why) for kind, why, ms in _TRIAGE for m in ms}
