@@ -68,8 +68,8 @@ SHARDS: dict[str, dict[str, list[str]]] = {
     },
     "lipsdp_cert": {
         "lipkit.estimation.lipsdp": ["certified_upper", "_structure", "_lmi", "certify_multipliers",
-                                     "_certify_singular", "_dense_from_blocks", "_verify_blocks",
-                                     "_certify_blocks"],
+                                     "_certify_singular", "_dense_from_blocks", "_negated_blocks",
+                                     "_verify_blocks", "_certify_blocks"],
     },
     "lipopt_cert": {
         "lipkit.estimation.lipopt": ["_certify", "_certify_const", "coefficient_errors", "_substitute",

@@ -46,6 +46,7 @@ from lipkit.estimation.lipsdp import (
     _dense_from_blocks,
     _init_layerwise,
     _lmi,
+    _negated_blocks,
     _structure,
     _verify_blocks,
     certified_upper,
@@ -633,3 +634,31 @@ def test_estimate_local_uses_the_domain_and_its_shape():
     up, info = local_upper(net, INF, (lo, hi))
     assert est.method == "local" and est.upper == min(up, naive_upper(net, INF))
     assert est.details["candidates"] == info["candidates"]
+
+
+@pytest.mark.parametrize("which", [0, 1, 2, 3])
+def test_negated_blocks_are_the_exact_blocks_of_minus_m_and_their_magnitudes(which):
+    net = _nets()[which]
+    mlp = parse_mlp(net)
+    blk = _blocks(mlp, 1.0)
+    lam = np.concatenate(_init_layerwise(blk, 2.0)) * np.linspace(1.0, 1.9, _n_hidden(mlp))
+    rho = 0.41
+    Ad, Adabs, Ao, Aoabs = _negated_blocks(blk, lam, rho)
+    sizes = blk["sizes"]
+    offs = np.concatenate([[0], np.cumsum(sizes)])
+    A = np.zeros((offs[-1], offs[-1]))
+    Aabs = np.zeros_like(A)
+    for b in range(len(sizes)):
+        A[offs[b]:offs[b + 1], offs[b]:offs[b + 1]] = Ad[b]
+        Aabs[offs[b]:offs[b + 1], offs[b]:offs[b + 1]] = Adabs[b]
+        if b == 0:
+            assert Ao[0] is None and Aoabs[0] is None
+            continue
+        A[offs[b]:offs[b + 1], offs[b - 1]:offs[b]] = Ao[b]
+        A[offs[b - 1]:offs[b], offs[b]:offs[b + 1]] = Ao[b].T
+        Aabs[offs[b]:offs[b + 1], offs[b - 1]:offs[b]] = Aoabs[b]
+        Aabs[offs[b - 1]:offs[b], offs[b]:offs[b + 1]] = Aoabs[b].T
+    exact = -np.array([[float(v) for v in row] for row in _exact_lmi(net, lam, rho)])
+    comp = np.array([[float(v) for v in row] for row in _exact_lmi(net, lam, rho, absolute="blocks")])
+    assert np.abs(A - exact).max() <= 1e-13 * float(np.abs(exact).max())
+    assert np.abs(Aabs - comp).max() <= 1e-13 * float(comp.max())

@@ -473,16 +473,10 @@ def _dense_from_blocks(blk: dict, lam: np.ndarray, rho: float) -> tuple[np.ndarr
     return 0.5 * (M + M.T), Mabs
 
 
-def _verify_blocks(blk: dict, lam: np.ndarray, rho: float) -> bool:
-    """Prove ``M(rho, diag(lam)) <= 0`` for the block-tridiagonal LipSDP matrix, in O(sum n_k^3).
-
-    With ``A = -M`` and a small shift ``eta``, a floating-point block factorisation
-    ``A - eta I = L D L^T + E`` is computed (``D`` block diagonal, ``L`` unit block lower bidiagonal); the
-    residual ``E`` is block tridiagonal and is formed explicitly, with a bound of its own round-off and of the
-    round-off of forming ``A``.  If every ``D_k`` is positive semidefinite (its smallest computed eigenvalue
-    exceeds the eigen-solver's error bound) and ``||E||_2 <= eta`` (``||E||_2`` is at most the largest
-    block-row sum of the blocks' Frobenius norms), then ``A - eta I >= -||E|| I``, i.e. ``M <= 0``.
-    """
+def _negated_blocks(blk: dict, lam: np.ndarray, rho: float) -> tuple[list, list, list, list]:
+    """The blocks of ``A = -M(rho, diag(lam))``: the diagonal blocks ``Ad[b]``, the sub-diagonal blocks
+    ``Ao[b] = A_{b, b-1}`` (``Ao[0]`` is None), and their magnitude companions ``Adabs``, ``Aoabs`` (each
+    entry the sum of the absolute values of the terms that form it: they bound its float64 round-off)."""
     Ws, WL, ab, apb, sizes = blk["Ws"], blk["WL"], blk["ab"], blk["apb"], blk["sizes"]
     nb = len(sizes)
     offs = np.concatenate([[0], np.cumsum(sizes[1:])])
@@ -503,6 +497,22 @@ def _verify_blocks(blk: dict, lam: np.ndarray, rho: float) -> bool:
     Adabs[-1] += np.abs(WL).T @ np.abs(WL)
     Ad[0][np.diag_indices(sizes[0])] += rho
     Adabs[0][np.diag_indices(sizes[0])] += rho
+    return Ad, Adabs, Ao, Aoabs
+
+
+def _verify_blocks(blk: dict, lam: np.ndarray, rho: float) -> bool:
+    """Prove ``M(rho, diag(lam)) <= 0`` for the block-tridiagonal LipSDP matrix, in O(sum n_k^3).
+
+    With ``A = -M`` and a small shift ``eta``, a floating-point block factorisation
+    ``A - eta I = L D L^T + E`` is computed (``D`` block diagonal, ``L`` unit block lower bidiagonal); the
+    residual ``E`` is block tridiagonal and is formed explicitly, with a bound of its own round-off and of the
+    round-off of forming ``A``.  If every ``D_k`` is positive semidefinite (its smallest computed eigenvalue
+    exceeds the eigen-solver's error bound) and ``||E||_2 <= eta`` (``||E||_2`` is at most the largest
+    block-row sum of the blocks' Frobenius norms), then ``A - eta I >= -||E|| I``, i.e. ``M <= 0``.
+    """
+    sizes = blk["sizes"]
+    nb = len(sizes)
+    Ad, Adabs, Ao, Aoabs = _negated_blocks(blk, lam, rho)
     nmax = max(sizes) + 4
     gam = 4.0 * nmax * EPS64
     ref = max(float(np.linalg.norm(a)) for a in Ad)
