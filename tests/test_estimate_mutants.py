@@ -16,6 +16,7 @@ certified value is checked against an independent exact computation.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import math
 from fractions import Fraction
@@ -693,3 +694,23 @@ def test_certificates_never_accept_a_rho_just_below_the_exact_minimum(which):
     assert not _verify_blocks(blk, lam, lo)
     assert _certify_blocks(blk, lams) >= hi * (1 - 1e-12)
     assert certify_multipliers(_structure(mlp, 1.0), lam) >= lo
+
+
+@pytest.mark.parametrize("which", [0, 3])
+def test_dense_fallback_of_the_block_certificate_is_exact_and_tight(which, monkeypatch):
+    """When the structured proof fails at every inflation, the dense eigenvalue check certifies: its rho is
+    feasible in exact arithmetic and within 1e-5 of the smallest feasible one; unusable multipliers give
+    inf."""
+    ls = importlib.import_module("lipkit.estimation.lipsdp")  # the module (the package exports a function)
+
+    net = _nets()[which]
+    mlp = parse_mlp(net)
+    blk = _blocks(mlp, 1.0)
+    lams = _init_layerwise(blk, 1.5)
+    lam = np.concatenate(lams)
+    monkeypatch.setattr(ls, "_verify_blocks", lambda *a: False)
+    rho = _certify_blocks(blk, lams)
+    assert math.isfinite(rho)
+    assert _definiteness(_neg(_exact_lmi(net, lam, rho))) == "pd"
+    assert _definiteness(_neg(_exact_lmi(net, lam, _scaled(rho, 1 + 1e-5)))) == "not psd"
+    assert _certify_blocks(blk, [0.01 * x for x in lams]) == math.inf
