@@ -108,21 +108,15 @@ SHARD_TESTS: dict[str, list[str]] = {
         "conv_net_interval_certificate_is_never_looser_than_the_margin")],
     "roundoff_checks": ["tests/test_roundoff_checks.py", "tests/test_roundoff.py", "tests/test_certify.py",
                         "tests/test_roundoff_mutants.py", "tests/test_interval.py"],
-    # the estimators: the fast tests that reach the re-certification (the slow end-to-end ones, with lower
-    # bounds and larger SDPs, add minutes per surviving mutant and nothing the exact checks do not)
+    # the estimators: the exact tests of tests/test_estimate_mutants.py and a few fast end-to-end ones (the
+    # SCS solves and lower bounds of the others add seconds per mutant and nothing the exact checks do not)
     "lipsdp_cert": ["tests/test_estimate_mutants.py"] + [f"tests/test_estimate.py::test_{t}" for t in (
-        "lipsdp_recertification_is_sound_for_bad_multipliers", "certified_rho_is_verified_and_tight",
-        "singular_certificate_pays_for_the_null_directions", "lipsdp_neuron_is_nearly_exact",
-        "lipsdp_on_deep_groupsort_chains_is_certified_and_sound",
-        "first_order_lipsdp_is_sound_and_close_to_scs",
-        "lipsdp_and_lipopt_on_maxmin_bracket_the_exact_constant")],
+        "certified_rho_is_verified_and_tight", "singular_certificate_pays_for_the_null_directions",
+        "lipsdp_on_deep_groupsort_chains_is_certified_and_sound")],
     "lipopt_cert": ["tests/test_estimate_mutants.py"] + [f"tests/test_estimate.py::test_{t}" for t in (
-        "lipopt3_is_exact_on_small_nets",
         "krivine_max_bounds_random_multilinear_polys_and_is_exact_at_full_degree",
-        "lipopt_sparse_cliques_and_time_limit_stay_sound",
-        "lipopt_branch_and_bound_closes_the_gap_of_a_low_degree",
-        "lipopt_with_bias_and_leaky_relu_is_sound", "lipopt_deep_bounds_the_vertex_maximum",
-        "lipsdp_and_lipopt_on_maxmin_bracket_the_exact_constant")],
+        "lipopt_branch_and_bound_closes_the_gap_of_a_low_degree", "lipopt_with_bias_and_leaky_relu_is_sound",
+        "lipopt_deep_bounds_the_vertex_maximum")],
     "estimate_upper": ["tests/test_estimate_mutants.py"] + [f"tests/test_estimate_local.py::test_{t}" for t in
                                                             (
         "local_is_exact_where_no_relu_can_switch_and_tighter_than_global",
