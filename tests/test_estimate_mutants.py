@@ -714,3 +714,34 @@ def test_dense_fallback_of_the_block_certificate_is_exact_and_tight(which, monke
     assert _definiteness(_neg(_exact_lmi(net, lam, rho))) == "pd"
     assert _definiteness(_neg(_exact_lmi(net, lam, _scaled(rho, 1 + 1e-5)))) == "not psd"
     assert _certify_blocks(blk, [0.01 * x for x in lams]) == math.inf
+
+
+def test_singular_certificate_pays_mu_for_a_coupling_that_no_rho_removes():
+    """Multipliers (1, 1) with output weights (1, 1) make P = 2 diag(lam) - v v^T singular along (1, 1), while
+    the input couples into that direction: M(rho) has a positive eigenvalue for every rho, so the certificate
+    must add mu (1 + K^2) with mu >= lambda_max(M(rho)) to stay above the exact constant."""
+    from lipkit.estimation.lipsdp import _certify_singular
+
+    net = nn.Sequential(nn.Linear(2, 2, bias=False), nn.ReLU(), nn.Linear(2, 1, bias=False)).double()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 0.5], [0.25, 1.0]], dtype=torch.float64))
+        net[2].weight.copy_(torch.tensor([[1.0, 1.0]], dtype=torch.float64))
+    s = _structure(parse_mlp(net), 1.0)
+    lam = np.array([1.0, 1.0])
+    M0 = _lmi(s, lam, 0.0)[0]
+    assert abs(np.linalg.eigvalsh(-M0[2:, 2:])[0]) < 1e-12  # P is singular
+    bound = _certify_singular(s, [lam])
+    W = [[F(1.0), F(0.5)], [F(0.25), F(1.0)]]
+    best = Fraction(0)  # exact Lip^2: every ReLU pattern is reachable (W is invertible)
+    for d in itertools.product((0, 1), repeat=2):
+        row = [sum(d[i] * W[i][j] for i in range(2)) for j in range(2)]
+        best = max(best, row[0] ** 2 + row[1] ** 2)
+    assert Fraction(bound) >= best
+    K2 = s["K2"]
+    assert K2 > 1.0
+    rho_free = [0.0, 1.0, 2.0]  # the bound holds for any rho: rho + lambda_max(M(rho)) (1 + K^2) >= Lip^2
+    for rho in rho_free:
+        mu = max(float(np.linalg.eigvalsh(_lmi(s, lam, rho)[0])[-1]), 0.0)
+        assert rho + mu * (1 + K2) >= float(best) * (1 - 1e-12)
+    assert bound <= min(r + max(float(np.linalg.eigvalsh(_lmi(s, lam, r)[0])[-1]), 0.0) * (1 + K2)
+                        for r in (0.0, 1.0, 2.0, 4.0)) * 1.01 + 1.0

@@ -219,7 +219,7 @@ def _bn_exact(bn: nn.Module, x: torch.Tensor) -> list:
         v = (mpmath.mpf(float(xs[idx])) - mpmath.mpf(float(bn.running_mean[c]))) / mpmath.sqrt(
             mpmath.mpf(float(bn.running_var[c])) + mpmath.mpf(bn.eps))
         if bn.affine:
-            v = v * mpmath.mpf(float(bn.weight[c])) + mpmath.mpf(float(bn.bias[c]))
+            v = v * mpmath.mpf(float(bn.weight.detach()[c])) + mpmath.mpf(float(bn.bias.detach()[c]))
         out.append(v)
     return out
 
