@@ -365,5 +365,35 @@ _TRIAGE += [
      [_CI + "x__interval_test__mutmut_58"]),
 ]
 
+
+_LS = "lipkit.estimation.lipsdp."
+_LO = "lipkit.estimation.lipopt."
+_ES = "lipkit.estimation."
+_LC = "lipkit.estimation.local."
+
+_TRIAGE += [
+    # ---------------------------------------------------------------- lipsdp_cert
+    ("equivalent", "each off-diagonal block, and the diagonal of each hidden block, is written once before "
+     "any other term reaches it, so `=` and `+=` agree",
+     [_LS + f"x__dense_from_blocks__mutmut_{i}" for i in (56, 58, 60, 63, 78)]),
+    ("sound-tuning", "the singular certificate rho + mu (1 + K^2), mu >= lambda_max(M(rho)) + tau, holds for "
+     "every rho >= 0 (module docstring): these mutants only change which rho (or which candidate directions "
+     "and multipliers) it is evaluated at, and the minimum is over valid bounds",
+     [_LS + f"x__certify_singular__mutmut_{i}" for i in (21, 33, 34, 37, 38, 41, 43, 44, 45, 48, 49, 57, 58,
+                                                         59, 60, 61, 62, 63, 64, 65, 67, 68, 69, 70, 71, 72)]),
+    ("equivalent", "_structure always sets a finite K2, so `or`/`and` agree; P has at least one eigenvalue, "
+     "so max's initial value is never used",
+     [_LS + "x__certify_singular__mutmut_9", _LS + "x__certify_singular__mutmut_31"]),
+    ("conservative", "a larger margin tau or mu (1001, / EPS64, mu >= 1, 2 + K^2): a larger bound",
+     [_LS + f"x__certify_singular__mutmut_{i}" for i in (82, 84, 97, 106)]),
+    ("margin-unreached", "weakens the eigenvalue round-off margin tau = 1e3 N EPS64 (||Mabs|| + rho) (or "
+     "mu's +tau); the tests' matrices never have an eigenvalue within tau of the decision, so no test can "
+     "tell; not shown harmless", [_LS + f"x__certify_singular__mutmut_{i}" for i in (5, 81, 83, 85, 88)]),
+    ("sound-tuning", "the inflation schedule of rho (deltas, offsets) only chooses the candidates; every "
+     "returned rho is proven by _verify_blocks or the dense eigenvalue check first",
+     [_LS + f"x__certify_blocks__mutmut_{i}" for i in (18, 19, 20, 21, 23, 24, 25, 28, 39, 40, 41, 42, 44, 45,
+                                                       46, 47, 48, 49)]),
+]
+
 #: mutant name -> (kind, reason)
 SURVIVORS: dict[str, tuple[str, str]] = {m: (kind, why) for kind, why, ms in _TRIAGE for m in ms}
