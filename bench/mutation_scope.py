@@ -379,8 +379,9 @@ _TRIAGE += [
     ("sound-tuning", "the singular certificate rho + mu (1 + K^2), mu >= lambda_max(M(rho)) + tau, holds for "
      "every rho >= 0 (module docstring): these mutants only change which rho (or which candidate directions "
      "and multipliers) it is evaluated at, and the minimum is over valid bounds",
-     [_LS + f"x__certify_singular__mutmut_{i}" for i in (
-         21, 33, 34, 37, 38, 41, 43, 44, 45, 48, 49, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 68, 69, 70, 71, 72)]),
+     [_LS + f"x__certify_singular__mutmut_{i}" for i in (21, 33, 34, 37, 38, 41, 43, 44, 45, 48, 49, 57,
+                                                         58, 59, 60, 61, 62, 63, 64, 65, 67, 68, 69, 70, 71,
+                                                         72)]),
     ("equivalent", "_structure always sets a finite K2, so `or`/`and` agree; P has at least one eigenvalue, "
      "so max's initial value is never used",
      [_LS + "x__certify_singular__mutmut_9", _LS + "x__certify_singular__mutmut_31"]),
