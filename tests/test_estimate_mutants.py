@@ -313,6 +313,15 @@ def test_substitute_is_exact_and_bounds_the_error_of_merged_coefficients():
                 continue
             target = tuple(v for v in mono if v != var)
             assert out_err[target] >= e
+    # the errors of every coefficient merged into one monomial add up (plus the rounding of the sum)
+    for var, value in ((0, 1), (1, 1), (2, 1)):
+        errs_in = {(0, 1): 1e-3, (1,): 2e-3, (2,): 4e-3}
+        out, out_err = _substitute({(0, 1): 0.5, (1,): 0.25, (2,): 0.125}, errs_in, var, value)
+        into: dict = {}
+        for mono, e in errs_in.items():
+            into.setdefault(tuple(v for v in mono if v != var), []).append(e)
+        for target, errs in into.items():
+            assert out_err[target] >= sum(errs) and out_err[target] <= sum(errs) + 1e-15
     merged, merged_err = _substitute({(0,): 1e16 / 3, (): 1.0 / 3}, {}, 0, 1)
     exact = F(1e16 / 3) + F(1.0 / 3)
     assert abs(F(merged[()]) - exact) <= F(merged_err[()]) and merged_err[()] > 0
