@@ -754,3 +754,18 @@ def test_singular_certificate_pays_mu_for_a_coupling_that_no_rho_removes():
         assert rho + mu * (1 + K2) >= float(best) * (1 - 1e-12)
     assert bound <= min(r + max(float(np.linalg.eigvalsh(_lmi(s, lam, r)[0])[-1]), 0.0) * (1 + K2)
                         for r in (0.0, 1.0, 2.0, 4.0)) * 1.01 + 1.0
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_branch_and_bound_to_the_leaves_is_exact(seed):
+    """With no gap tolerance (rel_gap < 0) the search fixes every variable: each leaf is a constant, certified
+    by rounding it up, and the largest leaf is the exact vertex maximum (a time limit that is not reached
+    changes nothing)."""
+    n = 3
+    poly = _rand_poly(seed + 10, n, 2)
+    err = {m: 1e-14 * abs(c) for m, c in poly.items()}
+    exact = _vertex_max(poly, n)
+    up, low, info = branch_and_bound_max(poly, err, n, 2, time_limit=600.0, max_nodes=10**4, rel_gap=-1.0)
+    assert info["open"] == 0 and info["nodes"] >= 2 ** n
+    assert Fraction(up) >= exact and up <= float(exact) + 1e-12 * (1 + abs(float(exact)))
+    assert low == pytest.approx(float(exact), rel=1e-12, abs=1e-12)
