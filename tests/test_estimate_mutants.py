@@ -769,3 +769,9 @@ def test_branch_and_bound_to_the_leaves_is_exact(seed):
     assert info["open"] == 0 and info["nodes"] >= 2 ** n
     assert Fraction(up) >= exact and up <= float(exact) + 1e-12 * (1 + abs(float(exact)))
     assert low == pytest.approx(float(exact), rel=1e-12, abs=1e-12)
+
+
+def test_branch_and_bound_of_a_constant_closes_its_only_node():
+    up, low, info = branch_and_bound_max({(): 2.5}, {(): 1e-3}, 2, 2, rel_gap=-1.0)
+    assert Fraction(up) >= Fraction(2.5) + F(1e-3) and up <= 2.5 + 1e-3 + 1e-12
+    assert low == 2.5 and info["open"] == 0 and info["nodes"] == 1
