@@ -396,5 +396,27 @@ _TRIAGE += [
                                                        46, 47, 48, 49)]),
 ]
 
+_TRIAGE += [
+    # ---------------------------------------------------------------- lipopt_cert
+    ("conservative", "a coefficient without a recorded error gets the error 1.0 instead of 0: larger errors",
+     [_LO + "x__substitute__mutmut_8"]),
+    ("sound-tuning", "branch and bound returns the largest certified bound over every open and closed leaf "
+     "at whatever point it stops (docstring), so the time budget, the node budget, the gap test, the "
+     "tie-break counters, the branching variable and the sparse-clique choice passed on only decide when it "
+     "stops and where it branches",
+     [_LO + f"x_branch_and_bound_max__mutmut_{i}" for i in (1, 3, 5, 26, 28, 31, 33, 34, 35, 41, 42, 47, 48,
+                                                           77, 87, 88, 97, 98, 99, 100, 101, 102, 106, 121)]),
+    ("equivalent", "the root bound passed in is the one bound() computes (same polynomial, same LP): "
+     "recomputing it only costs time", [_LO + "x_branch_and_bound_max__mutmut_54"]),
+    ("equivalent", "the marginals and the node count of a constant leaf are never read: a leaf with k = 0 is "
+     "closed at once", [_LO + f"x_branch_and_bound_max__mutmut_{i}" for i in (21, 22, 23, 24, 25)]),
+    ("equivalent", "after a node without free variables the heap is empty (such a node is only the root of "
+     "a constant polynomial: every other constant leaf is closed when created), so `break` and `continue` "
+     "agree",
+     [_LO + "x_branch_and_bound_max__mutmut_118"]),
+    ("conservative", "at the time limit the search returns None, so its caller fails (estimate then falls "
+     "back to the next sound method): no bound is made smaller", [_LO + "x_branch_and_bound_max__mutmut_107"]),
+]
+
 #: mutant name -> (kind, reason)
 SURVIVORS: dict[str, tuple[str, str]] = {m: (kind, why) for kind, why, ms in _TRIAGE for m in ms}
