@@ -405,7 +405,8 @@ _TRIAGE += [
      "tie-break counters, the branching variable and the sparse-clique choice passed on only decide when it "
      "stops and where it branches",
      [_LO + f"x_branch_and_bound_max__mutmut_{i}" for i in (1, 3, 5, 26, 28, 31, 33, 34, 35, 41, 42, 47, 48,
-                                                           77, 87, 88, 97, 98, 99, 100, 101, 102, 106, 121)]),
+                                                           77, 87, 88, 97, 98, 99, 100, 101, 102, 106, 121,
+                                                           123, 126, 127)]),
     ("equivalent", "the root bound passed in is the one bound() computes (same polynomial, same LP): "
      "recomputing it only costs time", [_LO + "x_branch_and_bound_max__mutmut_54"]),
     ("equivalent", "the marginals and the node count of a constant leaf are never read: a leaf with k = 0 is "
@@ -415,7 +416,10 @@ _TRIAGE += [
      "agree",
      [_LO + "x_branch_and_bound_max__mutmut_118"]),
     ("conservative", "at the time limit the search returns None, so its caller fails (estimate then falls "
-     "back to the next sound method): no bound is made smaller", [_LO + "x_branch_and_bound_max__mutmut_107"]),
+     "back to the next sound method): no bound is made smaller",
+     [_LO + "x_branch_and_bound_max__mutmut_107"]),
+    ("equivalent", "_substitute treats every value other than 0 as 1, so branching on (0, 2) is branching on "
+     "(0, 1)", [_LO + "x_branch_and_bound_max__mutmut_129"]),
 ]
 
 #: mutant name -> (kind, reason)
