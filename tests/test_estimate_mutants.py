@@ -766,9 +766,13 @@ def test_branch_and_bound_to_the_leaves_is_exact(seed):
     err = {m: 1e-14 * abs(c) for m, c in poly.items()}
     exact = _vertex_max(poly, n)
     up, low, info = branch_and_bound_max(poly, err, n, 2, time_limit=600.0, max_nodes=10**4, rel_gap=-1.0)
-    assert info["open"] == 0 and info["nodes"] >= 2 ** n
+    assert info["open"] == 0 and info["nodes"] >= 2 ** n and info["closed"] is True
     assert Fraction(up) >= exact and up <= float(exact) + 1e-12 * (1 + abs(float(exact)))
     assert low == pytest.approx(float(exact), rel=1e-12, abs=1e-12)
+    for nodes in (2, 3, 4, 5, 6):  # stopped early: the open leaves' bounds still cover the maximum
+        up, low, info = branch_and_bound_max(poly, err, n, 2, max_nodes=nodes, rel_gap=-1.0)
+        assert Fraction(up) >= exact, nodes
+        assert info["open"] > 0 and info["closed"] is False and info["nodes"] >= nodes
 
 
 def test_branch_and_bound_of_a_constant_closes_its_only_node():
