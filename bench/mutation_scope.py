@@ -420,10 +420,24 @@ _TRIAGE += [
      [_LO + "x_branch_and_bound_max__mutmut_107"]),
     ("sound-tuning", "closing a node records its certified bound in closed_max, keeping it open keeps it in "
      "the heap: the returned upper covers it either way, so which nodes are closed (leaf test, gap test) only "
-     "decides the work done", [_LO + f"x_branch_and_bound_max__mutmut_{i}" for i in
-                               (144, 146, 154, 162, 164, 165, 166, 167, 168, 169, 181, 182, 183)]),
+     "decides the work done",
+     [_LO + f"x_branch_and_bound_max__mutmut_{i}" for i in (144, 146, 154, 162, 164, 165, 166, 167, 168, 169,
+                                                           181, 182, 183)]),
     ("equivalent", "_substitute treats every value other than 0 as 1, so branching on (0, 2) is branching on "
      "(0, 1)", [_LO + "x_branch_and_bound_max__mutmut_129"]),
+]
+
+_TRIAGE += [
+    ("conservative", "the constant of |2u - 1| becomes 2: a larger absolute polynomial, larger error terms",
+     [_LO + "x__gradient_poly__mutmut_12"]),
+    ("equivalent", "sgn is 1 or -1, so -1 / sgn = -1 * sgn",
+     [_LO + "x__gradient_poly__mutmut_25", _LO + "x__gradient_poly__mutmut_79"]),
+    ("equivalent", "zip's strict flag: the zipped lists have equal lengths by construction (one entry per "
+     "output / per neuron)", [_LO + f"x__gradient_poly__mutmut_{i}" for i in (86, 89, 90)]
+     + [_LO + f"x__lincomb__mutmut_{i}" for i in (4, 7, 8)]),
+    ("equivalent", "every monomial of q maps to a distinct monomial (var is new to all of them), so nothing "
+     "accumulates and out.get(...) is 0 either way",
+     [_LO + "x__times_slope__mutmut_6", _LO + "x__times_slope__mutmut_19"]),
 ]
 
 #: mutant name -> (kind, reason)

@@ -371,10 +371,15 @@ def _pattern_norms(mlp, p: float, r: int) -> Fraction:
 
 
 @pytest.mark.parametrize("p", [INF, 1.0])
-@pytest.mark.parametrize("act", [nn.ReLU(), nn.LeakyReLU(0.25), nn.Tanh()])
+@pytest.mark.parametrize("act", [nn.ReLU(), nn.LeakyReLU(0.25), nn.Tanh(), nn.LeakyReLU(-0.5)],
+                         ids=["relu", "leaky", "tanh", "negative-slope"])
 def test_gradient_polynomial_maximum_is_the_largest_pattern_norm(p, act):
     torch.manual_seed(3)
     net = nn.Sequential(nn.Linear(3, 3), act, nn.Linear(3, 2), act, nn.Linear(2, 2)).double()
+    with torch.no_grad():  # weights of exactly 1 and 0 (as in lowered sorts) are terms like any other
+        net[0].weight[0, 0] = 1.0
+        net[0].weight[1, 1] = 0.0
+        net[2].weight[1, 0] = 1.0
     mlp = parse_mlp(net)
     for r in range(2):
         poly, n = _gradient_poly(mlp, p, r, absolute=False)
