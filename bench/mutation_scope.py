@@ -419,8 +419,8 @@ _TRIAGE += [
      "back to the next sound method): no bound is made smaller",
      [_LO + "x_branch_and_bound_max__mutmut_107"]),
     ("sound-tuning", "closing a node records its certified bound in closed_max, keeping it open keeps it in "
-     "the heap: the returned upper covers it either way, so which nodes are closed (leaf test, gap test) only "
-     "decides the work done",
+     "the heap: the returned upper covers it either way, so which nodes are closed (leaf test, gap test) "
+     "only decides the work done",
      [_LO + f"x_branch_and_bound_max__mutmut_{i}" for i in (144, 146, 154, 162, 164, 165, 166, 167, 168, 169,
                                                            181, 182, 183)]),
     ("equivalent", "_substitute treats every value other than 0 as 1, so branching on (0, 2) is branching on "
