@@ -271,6 +271,14 @@ def test_certify_adds_every_residual_and_the_coefficient_errors():
     exact = F(lam) + sum(abs(r) for r in resid) + sum(F(e) for e in e_vec)
     assert Fraction(got) >= exact
     assert got <= float(exact) * (1 + 1e-12)
+    # and the documented round-off terms on top: gamma_k (k = entries + 2) times each row's absolute sum for
+    # the residuals, then round_up over 2 m + 2 operations (m rows); 5e-16 covers the float64 evaluation
+    absum = [sum(abs(F(Ad[i, j])) * F(c[j]) for j in range(9)) + abs(F(p_vec[i]))
+             + (F(lam) if i == const else 0) for i in range(6)]
+    k = [int(v) + 2 for v in np.diff(A.tocsr().indptr)]
+    err = sum(k[i] * F(EPS64) / (1 - k[i] * F(EPS64)) * absum[i] for i in range(6))
+    documented = (exact + err) * (1 + 4 * (2 * 6 + 2) * F(EPS64))
+    assert Fraction(got) >= documented * (1 - Fraction(5, 10**16))
 
 
 def test_certify_const_rounds_up_the_constant_and_its_error():
