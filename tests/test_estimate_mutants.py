@@ -603,11 +603,12 @@ def test_local_upper_is_the_smallest_candidate_and_sound(monkeypatch):
     torch.manual_seed(9)
     net = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 1)).double()
     lo, hi = torch.tensor([0.1, -0.2], dtype=torch.float64), torch.tensor([0.3, 0.1], dtype=torch.float64)
-    for p in (2.0, INF):
+    for p in (2.0, INF, 1.0):
         up, info = local_upper(net, p, (lo, hi))
         cands = info["candidates"]
         assert up == min(cands.values()) and info["local_method"] == min(cands, key=cands.get)
-        assert "naive-local" in cands and len(cands) >= 2
+        solver = "lipsdp-local" if p == 2 else "lipopt-local"
+        assert set(cands) == {"naive-local", solver}
         # sound: no sampled pair of the box has a larger quotient
         g = torch.Generator().manual_seed(0)
         a = lo + (hi - lo) * torch.rand(3000, 2, generator=g, dtype=torch.float64)
@@ -792,3 +793,23 @@ def test_branch_and_bound_of_a_constant_closes_its_only_node():
     up, low, info = branch_and_bound_max({(): 2.5}, {(): 1e-3}, 2, 2, rel_gap=-1.0)
     assert Fraction(up) >= Fraction(2.5) + F(1e-3) and up <= 2.5 + 1e-3 + 1e-12
     assert low == 2.5 and info["open"] == 0 and info["nodes"] == 1
+
+
+def test_local_upper_in_l1_uses_the_l1_norm():
+    """Three outputs from one input: the l_1 constant (largest column sum of |J|) is three times the l_inf
+    one (largest row sum), so an l_inf bound would be wrong here; the l_1 candidates are not."""
+    net = nn.Sequential(nn.Linear(1, 3), nn.ReLU(), nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 3)).double()
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+        net[0].bias.zero_()  # the first layer switches on the domain: a LiPopt candidate is computed
+        net[2].weight.copy_(torch.eye(3))
+        net[2].bias.fill_(1.0)
+        net[4].weight.copy_(torch.eye(3))
+        net[4].bias.zero_()
+    lo, hi = torch.tensor([-0.5], dtype=torch.float64), torch.tensor([0.5], dtype=torch.float64)
+    up, info = local_upper(net, 1.0, (lo, hi))
+    # f(x) = (relu(x) + 1) (1, 1, 1): its slope on x > 0 is (1, 1, 1), whose l_1 norm is 3 (l_inf: 1)
+    assert up >= 3.0 and up <= 3.0 * (1 + 1e-6)
+    assert set(info["candidates"]) == {"naive-local", "lipopt-local"}
+    for name, value in info["candidates"].items():
+        assert value >= 3.0, name
