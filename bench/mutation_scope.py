@@ -444,12 +444,28 @@ _TRIAGE += [
     ("conservative", "a larger error or rounding term (k + 3, 3 m + 2, 2 m + 3, or the number of products, "
      "which is at least the number of monomials: every monomial is a product of its own literals)",
      [_LO + f"x__certify__mutmut_{i}" for i in (15, 36, 37, 38)]),
-    ("equivalent", "gamma_k written as k u (1 - k u) or k u / (1 + k u) instead of k u / (1 - k u): a relative "
-     "change of (k u)^2 of a term that is itself ~1e-15 of the total, lost in the float64 sum",
+    ("equivalent", "gamma_k written as k u (1 - k u) or k u / (1 + k u) instead of k u / (1 - k u): a "
+     "relative change of (k u)^2 of a term that is itself ~1e-15 of the total, lost in the float64 sum",
      [_LO + "x__certify__mutmut_19", _LO + "x__certify__mutmut_21"]),
-    ("margin-unreached", "drops or flips |lambda| in the constant row's absolute sum: the error term moves by "
-     "gamma |lambda|, below what the exact test can resolve; not shown harmless",
+    ("margin-unreached", "drops or flips |lambda| in the constant row's absolute sum: the error term moves "
+     "by gamma |lambda|, below what the exact test can resolve; not shown harmless",
      [_LO + "x__certify__mutmut_9", _LO + "x__certify__mutmut_10"]),
+]
+
+_TRIAGE += [
+    # ---------------------------------------------------------------- estimate_upper
+    ("sound-tuning", "which solver candidates local_upper computes (depth and fixed-neuron tests, LiPopt's "
+     "degree, iteration and time budgets): every candidate is a sound bound of the local constant and the "
+     "result is their minimum", [_ES + f"x_local_upper__mutmut_{i}" for i in
+                                 (28, 29, 30, 33, 43, 48, 49, 50, 51, 53, 60, 65, 73)]),
+    ("conservative", "the solver candidate is computed without the domain's slope ranges (the global bound, "
+     "which is also valid on the domain) or without the input shape (a CNN then fails over to the naive "
+     "bound)", [_ES + f"x_local_upper__mutmut_{i}" for i in (45, 61, 62, 67, 68)]),
+    ("margin-unreached", "weakens the round-off term of the affine / folded-norm bound (gamma (n + L + 2) "
+     "EPS64 ||J_abs||, 4 EPS64 ||W||), which the final round_up's slack and operator_norm's own rounding "
+     "mask in every test; not shown harmless",
+     [_LC + f"x_affine_local_upper__mutmut_{i}" for i in (7, 27, 31, 36)]),
+    ("conservative", "a larger round-off term (3 instead of 2)", [_LC + "x_affine_local_upper__mutmut_37"]),
 ]
 
 #: mutant name -> (kind, reason)

@@ -813,3 +813,20 @@ def test_local_upper_in_l1_uses_the_l1_norm():
     assert set(info["candidates"]) == {"naive-local", "lipopt-local"}
     for name, value in info["candidates"].items():
         assert value >= 3.0, name
+
+
+def test_local_upper_reports_its_domain_and_a_failing_solver(monkeypatch):
+    from lipkit.estimation.local import as_domain
+
+    torch.manual_seed(12)
+    net = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1)).double()
+    lo, hi = torch.tensor([-1.0, -1.5], dtype=torch.float64), torch.tensor([1.0, 2.0], dtype=torch.float64)
+
+    def failing(*a, **k):
+        raise lipkit.estimation.LipSDPError("boom")
+
+    monkeypatch.setattr(lipkit.estimation, "lipsdp", failing)
+    up, info = local_upper(net, 2.0, (lo, hi))
+    assert info["local_solver_error"] == "LipSDPError: boom"
+    assert set(info["candidates"]) == {"naive-local"} and up == info["candidates"]["naive-local"]
+    assert info["domain"] == as_domain((lo, hi)).describe()
