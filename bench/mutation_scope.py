@@ -468,5 +468,18 @@ _TRIAGE += [
     ("conservative", "a larger round-off term (3 instead of 2)", [_LC + "x_affine_local_upper__mutmut_37"]),
 ]
 
+_TRIAGE += [
+    ("equivalent", "the method name is lower-cased before use, so a default of 'NAIVE' is 'naive'",
+     [_ES + "x_estimate__mutmut_3"]),
+    ("equivalent", "initial values overwritten before use: the loop sets upper and used on the first method "
+     "that succeeds (naive raises rather than fail silently), and an empty hints string is falsy like None",
+     [_ES + f"x_estimate__mutmut_{i}" for i in (50, 51, 53)]),
+    ("equivalent", "with a domain, lower_bound takes the shape from the domain itself (as local_upper does)",
+     [_ES + "x_estimate__mutmut_44"]),
+    ("sound-tuning", "a non-None domain for the global methods only stops LiPopt's hint points from reaching "
+     "the lower-bound search (still a valid lower bound); the upper bound is unchanged",
+     [_ES + "x_estimate__mutmut_31"]),
+]
+
 #: mutant name -> (kind, reason)
 SURVIVORS: dict[str, tuple[str, str]] = {m: (kind, why) for kind, why, ms in _TRIAGE for m in ms}

@@ -643,6 +643,11 @@ def test_estimate_falls_back_along_the_chain_and_keeps_the_loaded_input_shape(mo
     est = estimate(net, INF, method="lipopt", lower=False)
     assert est.method == "lipopt" and est.details["naive"] == naive_upper(net, INF, input_shape=(1, 3, 3))
     assert est.upper <= est.details["naive"]
+    # the l2 bound of a convolution depends on the input size: the remembered shape is the one used
+    assert naive_upper(net, 2, input_shape=(1, 3, 3)) < naive_upper(net, 2)
+    est = estimate(net, method="naive", lower=False)  # p = 2 by default
+    assert est.p == 2 and est.upper == naive_upper(net, 2, input_shape=(1, 3, 3))
+    assert naive_upper(net, input_shape=(1, 3, 3)) == est.upper
     gelu = nn.Sequential(nn.Linear(4, 5), nn.GELU(), nn.Linear(5, 1))
     est = estimate(gelu, 2, method="lipsdp-layer", lower=False)
     assert est.method == "naive" and est.upper == naive_upper(gelu, 2)
