@@ -835,3 +835,26 @@ def test_local_upper_reports_its_domain_and_a_failing_solver(monkeypatch):
     assert info["local_solver_error"] == "LipSDPError: boom"
     assert set(info["candidates"]) == {"naive-local"} and up == info["candidates"]["naive-local"]
     assert info["domain"] == as_domain((lo, hi)).describe()
+
+
+def test_estimate_without_a_naive_bound_keeps_the_method_and_says_why(monkeypatch):
+    torch.manual_seed(13)
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    monkeypatch.setattr(lipkit.estimation, "lipsdp", lambda *a, **k: _Fake(1.25))
+
+    def no_bound(*a, **k):
+        raise TypeError("no rule for Thing")
+
+    monkeypatch.setattr(lipkit.estimation, "naive_upper", no_bound)
+    est = estimate(net, 2, "lipsdp", lower=False)
+    assert est.upper == 1.25 and est.method == "lipsdp"
+    assert est.details["naive"] == math.inf and est.details["naive_error"] == "no rule for Thing"
+    with pytest.raises(TypeError, match="^no rule for Thing$"):  # naive itself failing is an error
+        estimate(net, 2, "naive", lower=False)
+
+
+def test_estimate_naive_bound_beside_a_solver_uses_the_input_shape():
+    torch.manual_seed(10)
+    net = nn.Sequential(nn.Conv2d(1, 1, 2), nn.ReLU(), nn.Flatten(), nn.Linear(4, 1))
+    est = estimate(net, 2, "lipsdp", lower=False, input_shape=(1, 3, 3))
+    assert est.method == "lipsdp" and est.details["naive"] == naive_upper(net, 2, input_shape=(1, 3, 3))
