@@ -485,7 +485,8 @@ _TRIAGE += [
     ("sound-tuning", "the solver's time budget, and the LiPopt hint points handed to the lower-bound search "
      "(the lower bound stays a value attained by a real point or pair)",
      [_ES + f"x_estimate__mutmut_{i}" for i in (59, 68, 69, 72, 73)]),
-    ("equivalent", "the naive bound is recomputed instead of reused when the method was naive: the same value",
+    ("equivalent", "the naive bound is recomputed instead of reused when the method was naive: the same "
+     "value",
      [_ES + f"x_estimate__mutmut_{i}" for i in (91, 94, 95)]),
 ]
 
