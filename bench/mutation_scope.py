@@ -490,5 +490,20 @@ _TRIAGE += [
      [_ES + f"x_estimate__mutmut_{i}" for i in (91, 94, 95)]),
 ]
 
+_TRIAGE += [
+    ("equivalent", "when the method's bound equals the naive one the reported upper is the same; only "
+     "details['method_upper'] is added", [_ES + "x_estimate__mutmut_110"]),
+    ("sound-tuning", "the hints and input shape handed to the lower-bound search: the lower bound stays a "
+     "value attained by a real point or pair, whatever it is given",
+     [_ES + f"x_estimate__mutmut_{i}" for i in (121, 122, 123, 124, 125, 126, 127, 131, 135)]),
+    ("report-only", "a reported detail (the lower bound's witness, the seconds), not a bound",
+     [_ES + f"x_estimate__mutmut_{i}" for i in (145, 148, 149, 155, 164)]),
+    ("equivalent", "the intervals arrive as float64 arrays (Python floats become float64 too), and "
+     "np.ones_like(None) broadcasts like the ones it replaces",
+     [_LC + f"x_activation_slope_range__mutmut_{i}" for i in (3, 5, 8, 10, 12)]),
+    ("equivalent", "nn.ReLU6 is an nn.Hardtanh with min_val 0 and max_val 6",
+     [_LC + "x_activation_slope_range__mutmut_86", _LC + "x_activation_slope_range__mutmut_91"]),
+]
+
 #: mutant name -> (kind, reason)
 SURVIVORS: dict[str, tuple[str, str]] = {m: (kind, why) for kind, why, ms in _TRIAGE for m in ms}

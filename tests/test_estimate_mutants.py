@@ -524,6 +524,12 @@ def test_piecewise_linear_slope_ranges_are_exact():
     check(nn.Hardtanh(-1.0, 2.0), [0, 1, 1, 0, 0, 0, 0, 1], [0, 1, 1, 1, 1, 0, 0, 1])
     comp = Comparators(np.array([True, False, True, False, True, False, True, False]))
     check(comp, [0, 1, 1, 1, 0, 1, 1, 1], [0, 1, 1, 1, 1, 1, 1, 1])
+    # a kink inside an interval whose upper end is below 1 / above ReLU6's 6: both slopes, or the flat one
+    a, b = activation_slope_range(nn.LeakyReLU(3.0), np.array([-1.0]), np.array([0.5]))
+    assert abs(a[0] - 1) < 1e-11 and abs(b[0] - 3) < 1e-11 and a[0] <= 1 and b[0] >= 3
+    a, b = activation_slope_range(nn.ReLU6(), np.array([6.2, 5.0]), np.array([6.8, 6.5]))
+    assert np.allclose(a, [0.0, 0.0], atol=1e-11) and np.allclose(b, [0.0, 1.0], atol=1e-11)
+    assert bool((a <= 0).all())
     with pytest.raises(TypeError, match="no slope range for activation Softsign"):
         activation_slope_range(nn.Softsign(), lo, hi)
 
