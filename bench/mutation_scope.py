@@ -524,5 +524,31 @@ _TRIAGE += [
      [_LC + "x_activation_slope_range__mutmut_158", _LC + "x_activation_slope_range__mutmut_102"]),
 ]
 
+_TRIAGE += [
+    ("equivalent", "the multipliers arrive as float64 arrays (np.asarray keeps them)",
+     [_LS + "x_certify_multipliers__mutmut_7", _LS + "x_certify_multipliers__mutmut_9"]),
+    ("equivalent", "unreachable: lam has at least one entry (every network here has a free neuron), so the "
+     "empty-array branch of `top` never runs", [_LS + "x_certify_multipliers__mutmut_18",
+                                                _LS + "x_certify_multipliers__mutmut_20"]),
+    ("sound-tuning", "the repair candidates (scaled, lifted and tilted multipliers) and the positivity "
+     "threshold on P only choose which multipliers are tried; each rho returned is proven by the eigenvalue "
+     "check M(rho, T) <= -tau I (or by the singular certificate)",
+     [_LS + f"x_certify_multipliers__mutmut_{i}" for i in (17, 22, 24, 25, 26, 27, 28, 31, 32, 33, 34, 35, 36,
+                                                          37, 38, 39, 40, 41, 44, 47, 53, 59, 60, 63, 64, 80,
+                                                          81, 87)]),
+    ("margin-unreached", "the eigenvalue margin tau counts the hidden size n instead of N = n0 + n: a "
+     "smaller tau, which no test's eigenvalues come near; not shown harmless",
+     [_LS + "x_certify_multipliers__mutmut_15"]),
+    ("margin-unreached", "weakens a round-off term of the block LDL^T proof (nmax, gam, eta's absolute part, "
+     "the residual and formation error terms): the tests' factorisations are far from that margin (a rho "
+     "1e-12 below the exact minimum is still refused); not shown harmless",
+     [_LS + f"x__verify_blocks__mutmut_{i}" for i in (13, 18, 25, 47, 85, 88, 90, 91, 96, 98, 99, 105, 106)]),
+    ("conservative", "a larger round-off term (nmax + 5, 5 nmax EPS64, 3 ||Aoabs||)",
+     [_LS + f"x__verify_blocks__mutmut_{i}" for i in (15, 19, 92)]),
+    ("equivalent", "unreachable: D[b - 1] was appended only after its smallest eigenvalue passed the "
+     "positivity test, so its Cholesky factorisation does not fail", [_LS + "x__verify_blocks__mutmut_54"]),
+    ("equivalent", "F is never read after it is filled", [_LS + "x__verify_blocks__mutmut_64"]),
+]
+
 #: mutant name -> (kind, reason)
 SURVIVORS: dict[str, tuple[str, str]] = {m: (kind, why) for kind, why, ms in _TRIAGE for m in ms}
