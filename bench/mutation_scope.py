@@ -550,5 +550,20 @@ _TRIAGE += [
     ("equivalent", "F is never read after it is filled", [_LS + "x__verify_blocks__mutmut_64"]),
 ]
 
+_TRIAGE += [
+    ("equivalent", "the diagonal of each hidden block is written once before any other term reaches it, so "
+     "`=` and `+=` agree", [_LS + "x__negated_blocks__mutmut_47", _LS + "x__negated_blocks__mutmut_56"]),
+    ("sound-tuning", "the test that rejects a clearly indefinite P (second instead of smallest eigenvalue) "
+     "only skips candidates: the bound rho + mu (1 + K^2) holds for every candidate it keeps",
+     [_LS + "x__certify_singular__mutmut_36"]),
+    ("margin-unreached", "weakens the positivity threshold of the D blocks or the residual test of the block "
+     "LDL^T proof; the tests' factorisations are far from both margins; not shown harmless",
+     [_LS + f"x__verify_blocks__mutmut_{i}" for i in (109, 118, 119, 121, 126, 127, 128, 130, 133, 138)]),
+    ("conservative", "a larger positivity threshold (101 instead of 100)", [_LS + "x__verify_blocks__mutmut_122"]),
+    ("margin-unreached", "weakens the eigenvalue margin tau of the dense fallback check; not shown harmless",
+     [_LS + f"x__certify_blocks__mutmut_{i}" for i in (58, 60, 62, 68)]),
+    ("conservative", "a larger eigenvalue margin (1001)", [_LS + "x__certify_blocks__mutmut_61"]),
+]
+
 #: mutant name -> (kind, reason)
 SURVIVORS: dict[str, tuple[str, str]] = {m: (kind, why) for kind, why, ms in _TRIAGE for m in ms}

@@ -74,7 +74,8 @@ def _nets() -> list[nn.Sequential]:
     sig = nn.Sequential(nn.Linear(2, 3), nn.Sigmoid(), nn.Linear(3, 2)).double()
     deep = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2), nn.Tanh(), nn.Linear(2, 3),
                          nn.LeakyReLU(0.5), nn.Linear(3, 1)).double()
-    return [one, two, sig, deep]
+    grow = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    return [one, two, sig, deep, grow]
 
 
 def _exact_lmi(net: nn.Sequential, lam, rho, scale: float = 1.0, absolute: str = "") -> list[list[Fraction]]:
@@ -671,7 +672,7 @@ def test_estimate_local_uses_the_domain_and_its_shape():
     assert est.details["candidates"] == info["candidates"]
 
 
-@pytest.mark.parametrize("which", [0, 1, 2, 3])
+@pytest.mark.parametrize("which", [0, 1, 2, 3, 4])
 def test_negated_blocks_are_the_exact_blocks_of_minus_m_and_their_magnitudes(which):
     net = _nets()[which]
     mlp = parse_mlp(net)
@@ -748,6 +749,13 @@ def test_dense_fallback_of_the_block_certificate_is_exact_and_tight(which, monke
     assert _definiteness(_neg(_exact_lmi(net, lam, rho))) == "pd"
     assert _definiteness(_neg(_exact_lmi(net, lam, _scaled(rho, 1 + 1e-5)))) == "not psd"
     assert _certify_blocks(blk, [0.01 * x for x in lams]) == math.inf
+    # a Schur value far too small: every inflated candidate is infeasible and the eigenvalue check refuses
+    # each of them (the largest eigenvalue, against -tau)
+    real = ls._schur_rho
+    monkeypatch.setattr(ls, "_schur_rho", lambda b, l: 0.5 * real(b, l))
+    got = _certify_blocks(blk, lams)
+    assert got == math.inf or _definiteness(_neg(_exact_lmi(net, lam, got))) == "pd"
+    assert got == math.inf
 
 
 def test_singular_certificate_pays_mu_for_a_coupling_that_no_rho_removes():
