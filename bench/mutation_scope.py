@@ -559,7 +559,8 @@ _TRIAGE += [
     ("margin-unreached", "weakens the positivity threshold of the D blocks or the residual test of the block "
      "LDL^T proof; the tests' factorisations are far from both margins; not shown harmless",
      [_LS + f"x__verify_blocks__mutmut_{i}" for i in (109, 118, 119, 121, 126, 127, 128, 130, 133, 138)]),
-    ("conservative", "a larger positivity threshold (101 instead of 100)", [_LS + "x__verify_blocks__mutmut_122"]),
+    ("conservative", "a larger positivity threshold (101 instead of 100)",
+     [_LS + "x__verify_blocks__mutmut_122"]),
     ("margin-unreached", "weakens the eigenvalue margin tau of the dense fallback check; not shown harmless",
      [_LS + f"x__certify_blocks__mutmut_{i}" for i in (58, 60, 62, 68)]),
     ("conservative", "a larger eigenvalue margin (1001)", [_LS + "x__certify_blocks__mutmut_61"]),
