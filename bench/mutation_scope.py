@@ -284,7 +284,8 @@ _TRIAGE += [
     ("equivalent", "F.linear's bias defaults to None", [_IB + "x__linear__mutmut_9"]),
     ("equivalent", "Tensor.to(None) keeps the dtype; a float32 statistic or parameter is promoted to float64 "
      "exactly by the float64 operand it meets", [_IB + f"x__batch_norm__mutmut_{i}" for i in (21, 28, 35)]),
-    ("conservative", "a larger error term (fan 5 instead of 4)", [_IB + "x__batch_norm__mutmut_71"]),
+    ("conservative", "a larger error term (fan 5 instead of 4; |b| = 1 instead of 0 without affine)",
+     [_IB + "x__batch_norm__mutmut_71", _IB + "x__batch_norm__mutmut_60"]),
     ("conservative", "a larger widening of monotone activations (scale 2 by default, factor 9 or 8 / EPS64)",
      [_IB + f"x_monotone_rounded__mutmut_{i}" for i in (1, 13, 14)]),
     ("conservative", "a larger widening scale (2 + alpha, 2 / beta)",
