@@ -779,3 +779,15 @@ def test_interval_radius_and_domain_are_checked_by_name():
         interval_bounds(model, x, 0.1, input_domain=(0.5, 0.5))
     lo, hi = interval_bounds(model, x, 0, input_domain=(0.0, 1.0))  # eps = 0 and x on the domain: fine
     assert torch.equal(lo, hi) or float((hi - lo).max()) < 1e-9
+
+
+@pytest.mark.parametrize("module", [nn.Tanh(), nn.Sigmoid(), nn.ELU(0.7)], ids=["tanh", "sigmoid", "elu"])
+def test_float32_boxes_through_library_activations_are_evaluated_in_float64(module):
+    """A float32 box is cast to float64 before the rule: the activation is evaluated in float64, whose
+    few-ulp error the widening covers (a float32 evaluation would be off by ~1e-8)."""
+    x32 = torch.tensor([[-1.7, -0.3, 0.2, 0.9, 2.3]]) / 3
+    lo, hi = interval_forward(module, x32, x32)
+    name = {"Tanh": "tanh", "Sigmoid": "sigmoid", "ELU": "elu"}[type(module).__name__]
+    exact = [_mp_apply(name, v, 0.7) for v in x32.double().reshape(-1).tolist()]
+    assert lo.dtype == torch.float64 and hi.dtype == torch.float64
+    assert _contains(lo, hi, exact)
