@@ -569,8 +569,8 @@ _TRIAGE += [
 #: survivors of a recorded run that a test added after that run kills (checked by hand on the mutated code;
 #: the next `make mutate SHARD=...` records them as killed)
 _TRIAGE += [
-    ("killed-after-run", "a float32 box not cast to float64 makes tanh / sigmoid / ELU run in float32, off by "
-     "~1e-8, outside the float64 widening: killed by tests/test_interval_mutants.py::test_float32_boxes_"
+    ("killed-after-run", "a float32 box not cast to float64 makes tanh / sigmoid / ELU run in float32, off "
+     "by ~1e-8, outside the float64 widening: killed by tests/test_interval_mutants.py::test_float32_boxes_"
      "through_library_activations_are_evaluated_in_float64 (added after the interval_rules run)",
      [_IB + "x_interval_forward__mutmut_10", _IB + "x_interval_forward__mutmut_11"]),
 ]
