@@ -472,12 +472,12 @@ def test_interval_bounds_of_a_cancelling_linear_layer_contain_the_exact_logits()
     whose reference error is bounded)."""
     from lipkit.certify.interval import interval_bounds
 
-    lin = nn.Linear(2, 2)
+    lin = nn.Linear(2, 2).double()  # float64 weights and inputs: the products round in float64
     with torch.no_grad():
-        lin.weight.copy_(torch.tensor([[1e8, -1e8 + 8.0], [3.0, 1.0]]))
+        lin.weight.copy_(torch.tensor([[1e8 / 3, -1e8 / 3 + 8.0 / 7], [3.0, 1.0]], dtype=torch.float64))
         lin.bias.zero_()
-    model = nn.Sequential(lin, nn.ReLU(), nn.Linear(2, 2)).eval()
-    x = torch.tensor([[1 / 3, 1 / 3 + 1e-7], [0.7, 0.1]])
+    model = nn.Sequential(lin, nn.ReLU(), nn.Linear(2, 2).double()).eval()
+    x = torch.tensor([[1 / 3 + 1e-7, 1 / 3], [0.7, 0.1]], dtype=torch.float64)  # positive after cancelling
     lo, hi = interval_bounds(model, x, 0.0)
     w1, w2, b2 = _frac(lin.weight), _frac(model[2].weight), _frac(model[2].bias)
     for s in range(2):
