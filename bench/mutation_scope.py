@@ -582,8 +582,8 @@ _TRIAGE += [
                                              _CI + "x_interval_certified_accuracy__mutmut_51",
                                              _CI + "x__union_with_margin__mutmut_37",
                                              _CI + "x__interval_test__mutmut_12"]),
-    ("conservative", "inputs are skipped by the interval test (exactly one left, or a loop from 1): they stay "
-     "uncertified", [_CI + "x__union_with_margin__mutmut_9", _CI + "x__union_with_margin__mutmut_24"]),
+    ("conservative", "inputs are skipped by the interval test (exactly one left, or a loop from 1): they "
+     "stay uncertified", [_CI + "x__union_with_margin__mutmut_9", _CI + "x__union_with_margin__mutmut_24"]),
     ("killed-after-run", "keeps intersecting after a hybrid head, around a float64 reference whose round-off "
      "is not bounded: killed by tests/test_interval_mutants.py::test_interval_bounds_of_a_cancelling_linear_"
      "layer_contain_the_exact_logits once its products round (float64 weights, fixed after the "
