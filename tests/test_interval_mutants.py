@@ -778,6 +778,8 @@ def test_interval_radius_and_domain_are_checked_by_name():
     with pytest.raises(ValueError, match=r"^input_domain must have lo < hi, got \(0.5, 0.5\)$"):
         interval_bounds(model, x, 0.1, input_domain=(0.5, 0.5))
     lo, hi = interval_bounds(model, x, 0, input_domain=(0.0, 1.0))  # eps = 0 and x on the domain: fine
+    edge = torch.tensor([[0.0, 1.0, 1.0, 0.0]])  # inputs on the domain's boundary are inside it
+    assert interval_bounds(model, edge, 0.1, input_domain=(0.0, 1.0))[0].shape == (1, 2)
     assert torch.equal(lo, hi) or float((hi - lo).max()) < 1e-9
 
 
