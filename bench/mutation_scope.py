@@ -591,8 +591,9 @@ _TRIAGE += [
 ]
 
 _TRIAGE += [
-    ("killed-after-run", "refusing an input equal to the domain's upper end (a pixel of 1.0) is an error, not "
-     "a bound; killed by tests/test_interval_mutants.py::test_interval_radius_and_domain_are_checked_by_name "
+    ("killed-after-run", "refusing an input equal to the domain's upper end (a pixel of 1.0) is an error, "
+     "not a bound; killed by tests/test_interval_mutants.py::test_interval_radius_and_domain_are_checked_by_"
+     "name "
      "(the boundary case added after the interval_certify run)", [_CI + "x__check_domain__mutmut_10"]),
 ]
 
