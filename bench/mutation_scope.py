@@ -535,7 +535,7 @@ _TRIAGE += [
      "check M(rho, T) <= -tau I (or by the singular certificate)",
      [_LS + f"x_certify_multipliers__mutmut_{i}" for i in (17, 22, 24, 25, 26, 27, 28, 31, 32, 33, 34, 35, 36,
                                                           37, 38, 39, 40, 41, 44, 47, 53, 59, 60, 63, 64, 80,
-                                                          81, 87)]),
+                                                          81, 87, 111, 112, 113)]),
     ("margin-unreached", "the eigenvalue margin tau counts the hidden size n instead of N = n0 + n: a "
      "smaller tau, which no test's eigenvalues come near; not shown harmless",
      [_LS + "x_certify_multipliers__mutmut_15"]),
@@ -555,7 +555,7 @@ _TRIAGE += [
      "`=` and `+=` agree", [_LS + "x__negated_blocks__mutmut_47", _LS + "x__negated_blocks__mutmut_56"]),
     ("sound-tuning", "the test that rejects a clearly indefinite P (second instead of smallest eigenvalue) "
      "only skips candidates: the bound rho + mu (1 + K^2) holds for every candidate it keeps",
-     [_LS + "x__certify_singular__mutmut_36"]),
+     [_LS + "x__certify_singular__mutmut_36", _LS + "x__certify_singular__mutmut_40"]),
     ("margin-unreached", "weakens the positivity threshold of the D blocks or the residual test of the block "
      "LDL^T proof; the tests' factorisations are far from both margins; not shown harmless",
      [_LS + f"x__verify_blocks__mutmut_{i}" for i in (109, 118, 119, 121, 126, 127, 128, 130, 133, 138)]),
