@@ -535,10 +535,16 @@ _TRIAGE += [
      "check M(rho, T) <= -tau I (or by the singular certificate)",
      [_LS + f"x_certify_multipliers__mutmut_{i}" for i in (17, 22, 24, 25, 26, 27, 28, 31, 32, 33, 34, 35, 36,
                                                           37, 38, 39, 40, 41, 44, 47, 53, 59, 60, 63, 64, 80,
-                                                          81, 87, 111, 112, 113)]),
+                                                          81, 87, 111, 112, 113, 43, 52, 54, 55, 56, 57, 58,
+                                                          90, 114, 116)]),
     ("margin-unreached", "the eigenvalue margin tau counts the hidden size n instead of N = n0 + n: a "
      "smaller tau, which no test's eigenvalues come near; not shown harmless",
      [_LS + "x_certify_multipliers__mutmut_15"]),
+    ("margin-unreached", "weakens the eigenvalue check M(rho, T) <= -tau I by its margin (tau's form, `<`, "
+     "+tau): only eigenvalues within tau of zero are decided differently, and no test's are; not shown "
+     "harmless (a check on the wrong eigenvalue is killed)",
+     [_LS + f"x_certify_multipliers__mutmut_{i}" for i in (130, 132, 134, 140, 141)]),
+    ("conservative", "a larger eigenvalue margin (1001)", [_LS + "x_certify_multipliers__mutmut_133"]),
     ("margin-unreached", "weakens a round-off term of the block LDL^T proof (nmax, gam, eta's absolute part, "
      "the residual and formation error terms): the tests' factorisations are far from that margin (a rho "
      "1e-12 below the exact minimum is still refused); not shown harmless",

@@ -871,3 +871,34 @@ def test_estimate_naive_bound_beside_a_solver_uses_the_input_shape():
     net = nn.Sequential(nn.Conv2d(1, 1, 2), nn.ReLU(), nn.Flatten(), nn.Linear(4, 1))
     est = estimate(net, 2, "lipsdp", lower=False, input_shape=(1, 3, 3))
     assert est.method == "lipsdp" and est.details["naive"] == naive_upper(net, 2, input_shape=(1, 3, 3))
+
+
+class _NoSolve:
+    """numpy, except that linalg.solve returns zero (the Schur value then misses its whole coupling term)."""
+
+    def __init__(self) -> None:
+        self.linalg = type("linalg", (), {"solve": staticmethod(lambda a, b: 0.0 * np.linalg.solve(a, b)),
+                                          "eigvalsh": staticmethod(np.linalg.eigvalsh),
+                                          "eigh": staticmethod(np.linalg.eigh),
+                                          "norm": staticmethod(np.linalg.norm)})()
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+def test_certify_multipliers_refuses_rho_values_its_eigenvalue_check_does_not_prove(monkeypatch):
+    """With the Schur value made too small, the inflated candidates are infeasible: the eigenvalue check
+    M(rho, T) <= -tau I must refuse them, so the certified rho still dominates every attained slope."""
+    ls = importlib.import_module("lipkit.estimation.lipsdp")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    mlp = parse_mlp(net)
+    s = _structure(mlp, 1.0)
+    lam = np.concatenate(_init_layerwise(_blocks(mlp, 1.0), 1.5))
+    x = torch.randn(2000, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    jac = torch.func.vmap(torch.func.jacrev(net))(x)
+    slope2 = float(torch.linalg.matrix_norm(jac.detach(), ord=2).max()) ** 2  # attained: <= Lip^2
+    monkeypatch.setattr(ls, "np", _NoSolve())
+    rho = certify_multipliers(s, lam)
+    assert rho >= slope2
+    assert certify_multipliers(s, np.zeros_like(lam)) == math.inf  # no certificate from zero multipliers
