@@ -604,7 +604,8 @@ _TRIAGE += [
 ]
 
 _TRIAGE += [
-    ("killed-after-run", "the eigenvalue check on another eigenvalue than the largest accepts infeasible rho: "
+    ("killed-after-run", "the eigenvalue check on another eigenvalue than the largest accepts infeasible "
+     "rho: "
      "killed by tests/test_estimate_mutants.py::test_certify_multipliers_refuses_rho_values_its_eigenvalue_"
      "check_does_not_prove (added after the lipsdp_cert run)",
      [_LS + "x_certify_multipliers__mutmut_138", _LS + "x_certify_multipliers__mutmut_139"]),
