@@ -611,5 +611,31 @@ _TRIAGE += [
      [_LS + "x_certify_multipliers__mutmut_138", _LS + "x_certify_multipliers__mutmut_139"]),
 ]
 
+_TRIAGE += [
+    ("equivalent", "c is only used for neurons with a fixed slope (alpha == beta), so alpha or beta agree",
+     [_LS + "x__structure__mutmut_41"]),
+    ("equivalent", "n = 0 (every slope fixed): concatenating the empty per-layer arrays gives the same empty "
+     "array, and lipsdp refuses such a network right after _structure; zip's strict flag: equal lengths by "
+     "construction; the slopes are never empty, so max's initial value is unused",
+     [_LS + f"x__structure__mutmut_{i}" for i in (80, 84, 87, 88, 89, 90, 93, 97, 100, 101, 102, 103, 106,
+                                                  113, 114, 115, 116, 117, 132)]),
+    ("equivalent", "K^2 + 1e-300 or - 1e-300: lost in the float64 sum with any K^2 > 1e-284",
+     [_LS + "x__structure__mutmut_140"]),
+    ("conservative", "a larger K^2 (the gain's max slope at least 1, a larger inflation or offset)",
+     [_LS + f"x__structure__mutmut_{i}" for i in (135, 146, 147)]),
+    ("killed-after-run", "the magnitude companion with the output scale multiplied instead of divided, c1 "
+     "with a / b, and every smaller K^2 (fewer layers, one layer's gain, K^2 set not summed, a deflation): killed "
+     "by tests/test_estimate_mutants.py::test_lmi_matrices_equal_the_exact_ones_and_bound_their_magnitude "
+     "(scale 2, slopes [1, 3]) and ::test_structure_k2_is_the_documented_sum_of_layer_gains (added after the "
+     "lipsdp_cert run)", [_LS + f"x__structure__mutmut_{i}" for i in (72, 119, 122, 124, 126, 136, 141, 142,
+                                                                       145)] + [_LS + "x__lmi__mutmut_12"]),
+    ("killed-after-run", "the singular fallback called without its arguments: killed by the zero-multiplier "
+     "case of tests/test_estimate_mutants.py::test_certify_multipliers_refuses_rho_values_its_eigenvalue_"
+     "check_does_not_prove (added after the lipsdp_cert run)",
+     [_LS + f"x_certify_multipliers__mutmut_{i}" for i in (142, 143, 144, 145)]),
+    ("margin-unreached", "the dense fallback's eigenvalue check with +tau: only eigenvalues within tau of "
+     "zero are decided differently; not shown harmless", [_LS + "x__certify_blocks__mutmut_69"]),
+]
+
 #: mutant name -> (kind, reason)
 SURVIVORS: dict[str, tuple[str, str]] = {m: (kind, why) for kind, why, ms in _TRIAGE for m in ms}

@@ -75,7 +75,8 @@ def _nets() -> list[nn.Sequential]:
     deep = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2), nn.Tanh(), nn.Linear(2, 3),
                          nn.LeakyReLU(0.5), nn.Linear(3, 1)).double()
     grow = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
-    return [one, two, sig, deep, grow]
+    steep = nn.Sequential(nn.Linear(2, 3), nn.LeakyReLU(3.0), nn.Linear(3, 2)).double()  # slopes [1, 3]
+    return [one, two, sig, deep, grow, steep]
 
 
 def _exact_lmi(net: nn.Sequential, lam, rho, scale: float = 1.0, absolute: str = "") -> list[list[Fraction]]:
@@ -192,20 +193,21 @@ def test_block_verification_accepts_only_feasible_rho(which):
     assert not _verify_blocks(blk, np.concatenate(tiny), 1e6)
 
 
-@pytest.mark.parametrize("which", [0, 1, 2, 3])
-def test_lmi_matrices_equal_the_exact_ones_and_bound_their_magnitude(which):
+@pytest.mark.parametrize("which,scale", [(0, 1.0), (1, 1.0), (2, 1.0), (3, 1.0), (5, 1.0), (1, 2.0)])
+def test_lmi_matrices_equal_the_exact_ones_and_bound_their_magnitude(which, scale):
     net = _nets()[which]
     mlp = parse_mlp(net)
-    lam = np.concatenate(_init_layerwise(_blocks(mlp, 1.0), 2.0)) * np.linspace(1.0, 1.7, _n_hidden(mlp))
+    lam = np.concatenate(_init_layerwise(_blocks(mlp, scale), 2.0)) * np.linspace(1.0, 1.7, _n_hidden(mlp))
     rho = 0.37
-    exact = np.array([[float(v) for v in row] for row in _exact_lmi(net, lam, rho)])
+    exact = np.array([[float(v) for v in row] for row in _exact_lmi(net, lam, rho, scale)])
     big = float(np.abs(exact).max())
-    for layout, (M, Mabs) in (("lmi", _lmi(_structure(mlp, 1.0), lam, rho)),
-                              ("blocks", _dense_from_blocks(_blocks(mlp, 1.0), lam, rho))):
+    for layout, (M, Mabs) in (("lmi", _lmi(_structure(mlp, scale), lam, rho)),
+                              ("blocks", _dense_from_blocks(_blocks(mlp, scale), lam, rho))):
         assert np.abs(M - exact).max() <= 1e-13 * big
         assert np.abs(M - M.T).max() == 0.0
         # the magnitude companion (its Frobenius norm sizes the round-off margin): every term's |.|
-        comp = np.array([[float(v) for v in row] for row in _exact_lmi(net, lam, rho, absolute=layout)])
+        comp = np.array([[float(v) for v in row]
+                         for row in _exact_lmi(net, lam, rho, scale, absolute=layout)])
         assert np.abs(Mabs - comp).max() <= 1e-13 * float(comp.max())
 
 
@@ -902,3 +904,18 @@ def test_certify_multipliers_refuses_rho_values_its_eigenvalue_check_does_not_pr
     rho = certify_multipliers(s, lam)
     assert rho >= slope2
     assert certify_multipliers(s, np.zeros_like(lam)) == math.inf  # no certificate from zero multipliers
+
+
+@pytest.mark.parametrize("which", [0, 3, 5])
+def test_structure_k2_is_the_documented_sum_of_layer_gains(which):
+    """K^2 >= ||dphi||^2 / ||dx||^2 is sum_k prod_{j <= k} (||W_j||_F max |slope_j|)^2, inflated by
+    1 + 1e3 N EPS64 (the singular certificate multiplies its eigenvalue margin by 1 + K^2)."""
+    mlp = parse_mlp(_nets()[which])
+    s = _structure(mlp, 1.0)
+    k2, gain = 0.0, 1.0
+    for k, w in enumerate(mlp.weights[:-1]):
+        a, b = mlp.layer_slopes(k)
+        gain *= float(torch.linalg.matrix_norm(w)) * float(max(np.abs(a).max(), np.abs(b).max()))
+        k2 += gain * gain
+    documented = k2 * (1 + 1e3 * s["N"] * EPS64)
+    assert documented * (1 - 1e-15) <= s["K2"] <= documented * (1 + 1e-12)
