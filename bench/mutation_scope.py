@@ -624,7 +624,8 @@ _TRIAGE += [
     ("conservative", "a larger K^2 (the gain's max slope at least 1, a larger inflation or offset)",
      [_LS + f"x__structure__mutmut_{i}" for i in (135, 146, 147)]),
     ("killed-after-run", "the magnitude companion with the output scale multiplied instead of divided, c1 "
-     "with a / b, and every smaller K^2 (fewer layers, one layer's gain, K^2 set not summed, a deflation): killed "
+     "with a / b, and every smaller K^2 (fewer layers, one layer's gain, K^2 set not summed, a deflation): "
+     "killed "
      "by tests/test_estimate_mutants.py::test_lmi_matrices_equal_the_exact_ones_and_bound_their_magnitude "
      "(scale 2, slopes [1, 3]) and ::test_structure_k2_is_the_documented_sum_of_layer_gains (added after the "
      "lipsdp_cert run)", [_LS + f"x__structure__mutmut_{i}" for i in (72, 119, 122, 124, 126, 136, 141, 142,
