@@ -639,8 +639,8 @@ _TRIAGE += [
 ]
 
 _TRIAGE += [
-    ("report-only", "the search's info dict: the root value under another key, or the 'closed' flag's gap test "
-     "(reported as details['gap_closed']); the returned upper bound is unchanged",
+    ("report-only", "the search's info dict: the root value under another key, or the 'closed' flag's gap "
+     "test (reported as details['gap_closed']); the returned upper bound is unchanged",
      [_LO + f"x_branch_and_bound_max__mutmut_{i}" for i in (193, 194, 201, 203)]),
 ]
 
