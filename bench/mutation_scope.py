@@ -12,8 +12,9 @@ shard only, to :data:`SHARD_TESTS`), and a shard here, e.g. ``"dp": {"lipkit.dp.
 loosens a bound; ``equivalent``: it computes the same thing, with a one-line argument; ``sound-tuning``:
 it changes a tuning knob that only selects among candidates each proven sound; ``sound-margin``: a smaller
 slack that the proof does not need, with the argument; ``report-only``: it changes a reported detail, not a
-bound; ``margin-unreached``: it weakens a round-off margin inside a proof and no test builds an input whose
-float64 error reaches that margin -- not shown harmless, an open item).  A mutant that
+bound; ``killed-after-run``: a survivor of the recorded run that a test added after it kills (checked by
+hand on the mutated code); ``margin-unreached``: it weakens a round-off margin inside a proof and no test
+builds an input whose float64 error reaches that margin -- not shown harmless, an open item).  A mutant that
 tightens a bound must never be listed: kill it with a test (tests/test_bounds_mutants.py).  Mutant
 numbers are mutmut's, stable while the function's source is unchanged; a survivor missing here is
 reported with ``"reason": null`` (to triage).
