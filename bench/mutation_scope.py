@@ -645,5 +645,20 @@ _TRIAGE += [
      [_LO + f"x_branch_and_bound_max__mutmut_{i}" for i in (193, 194, 201, 203)]),
 ]
 
+_MP = "lipkit.estimation._mlp."
+
+_TRIAGE += [
+    ("conservative", "a larger final rounding (5 operations)", [_LC + "x_affine_local_upper__mutmut_64"]),
+    ("equivalent", "ones is all ones, so dividing by it is multiplying by it",
+     [_LC + "x_activation_slope_range__mutmut_200"]),
+    ("margin-unreached", "the 1e-12 relative widening of a slope range becomes 1e-12 / max|slope|: smaller for "
+     "slopes above 1 (ELU with alpha > 1, LeakyReLU with slope > 1); not shown harmless",
+     [_LC + "x_activation_slope_range__mutmut_229"]),
+    ("conservative", "ELU with alpha = 0 is refused (the estimators then fall back to the naive bound)",
+     [_MP + "x_activation_slopes__mutmut_19"]),
+    ("report-only", "the text of the unsupported-module error (the error is still raised)",
+     [_MP + f"x_activation_slopes__mutmut_{i}" for i in (30, 31, 32)]),
+]
+
 #: mutant name -> (kind, reason)
 SURVIVORS: dict[str, tuple[str, str]] = {m: (kind, why) for kind, why, ms in _TRIAGE for m in ms}
