@@ -651,8 +651,8 @@ _TRIAGE += [
     ("conservative", "a larger final rounding (5 operations)", [_LC + "x_affine_local_upper__mutmut_64"]),
     ("equivalent", "ones is all ones, so dividing by it is multiplying by it",
      [_LC + "x_activation_slope_range__mutmut_200"]),
-    ("margin-unreached", "the 1e-12 relative widening of a slope range becomes 1e-12 / max|slope|: smaller for "
-     "slopes above 1 (ELU with alpha > 1, LeakyReLU with slope > 1); not shown harmless",
+    ("margin-unreached", "the 1e-12 relative widening of a slope range becomes 1e-12 / max|slope|: smaller "
+     "for slopes above 1 (ELU with alpha > 1, LeakyReLU with slope > 1); not shown harmless",
      [_LC + "x_activation_slope_range__mutmut_229"]),
     ("conservative", "ELU with alpha = 0 is refused (the estimators then fall back to the naive bound)",
      [_MP + "x_activation_slopes__mutmut_19"]),
