@@ -657,7 +657,9 @@ _TRIAGE += [
     ("conservative", "ELU with alpha = 0 is refused (the estimators then fall back to the naive bound)",
      [_MP + "x_activation_slopes__mutmut_19"]),
     ("report-only", "the text of the unsupported-module error (the error is still raised)",
-     [_MP + f"x_activation_slopes__mutmut_{i}" for i in (30, 31, 32)]),
+     [_MP + f"x_activation_slopes__mutmut_{i}" for i in (30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41)]),
+    ("conservative", "a default method name that does not exist: estimate(model) without a method raises "
+     "instead of returning a bound", [_ES + "x_estimate__mutmut_2"]),
 ]
 
 #: mutant name -> (kind, reason)
