@@ -460,7 +460,7 @@ _TRIAGE += [
     ("sound-tuning", "which solver candidates local_upper computes (depth and fixed-neuron tests, LiPopt's "
      "degree, iteration and time budgets): every candidate is a sound bound of the local constant and the "
      "result is their minimum", [_ES + f"x_local_upper__mutmut_{i}" for i in
-                                 (28, 29, 30, 33, 43, 48, 49, 50, 51, 53, 60, 65, 73)]),
+                                 (28, 29, 30, 33, 43, 48, 49, 50, 51, 53, 60, 65, 66, 73)]),
     ("conservative", "the solver candidate is computed without the domain's slope ranges (the global bound, "
      "which is also valid on the domain) or without the input shape (a CNN then fails over to the naive "
      "bound)", [_ES + f"x_local_upper__mutmut_{i}" for i in (45, 61, 62, 67, 68)]),
