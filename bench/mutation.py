@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from mutation_scope import NOT_MUTATED, SHARD_TESTS, SHARDS, SURVIVORS, mangled  # noqa: E402
+from mutation_scope import NOT_MUTATED, PENDING, SHARD_TESTS, SHARDS, SURVIVORS, mangled  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "mutation.json"
 MUTANTS = ROOT / "mutants"
@@ -39,7 +39,9 @@ def _status(code: int | None) -> str:
 
 
 def _module_file(module: str) -> Path:
-    return MUTANTS / "src" / (module.replace(".", "/") + ".py")
+    """mutmut's mutated copy of ``module`` (a package's ``__init__.py`` for a package)."""
+    path = MUTANTS / "src" / (module.replace(".", "/") + ".py")
+    return path if path.exists() else MUTANTS / "src" / module.replace(".", "/") / "__init__.py"
 
 
 def _diffs(module: str) -> dict[str, str]:
@@ -162,6 +164,7 @@ def main() -> None:
         tests=_test_selection(None),
         not_mutated={"reason": "mutmut skips decorated functions (registered rules)",
                      "functions": NOT_MUTATED},
+        pending_scope=PENDING,
         how_to_extend="list the functions in bench/mutation_scope.py SHARDS (and the file in [tool.mutmut] "
         "only_mutate, its tests in pytest_add_cli_args_test_selection or, per shard, in SHARD_TESTS)",
     )

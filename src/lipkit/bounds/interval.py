@@ -98,7 +98,6 @@ def _weight_and_bias(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     return w, b
 
 
-@register_interval(nn.Linear, subclasses=True)
 def _linear(m: nn.Linear, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     w, b = _weight_and_bias(m)
 
@@ -108,7 +107,9 @@ def _linear(m: nn.Linear, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Ten
     return _affine(apply, lo, hi, None if b is None else b.abs(), w.shape[1])
 
 
-@register_interval(nn.Conv1d, nn.Conv2d, subclasses=True)
+register_interval(nn.Linear, subclasses=True)(_linear)
+
+
 def _conv(m: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     w, b = _weight_and_bias(m)
     if m.padding_mode != "zeros":
@@ -121,14 +122,18 @@ def _conv(m: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tenso
     return _affine(apply, lo, hi, None if b is None else b.abs(), int(w[0].numel()))
 
 
-@register_interval(nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+register_interval(nn.Conv1d, nn.Conv2d, subclasses=True)(_conv)
+
+
 def _avg_pool(m: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # a linear map with non-negative weights (1 / divisor): |A| = A; a window sums at most the whole
     # input plane (a sound fan-in for every kernel, stride and adaptive window)
     return _affine(lambda x, absolute: m(x), lo, hi, None, int(lo[0, 0].numel()))
 
 
-@register_interval(nn.BatchNorm1d, nn.BatchNorm2d)
+register_interval(nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)(_avg_pool)
+
+
 def _batch_norm(m: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if m.training or m.running_mean is None:
         raise UnsupportedModuleError(f"interval rule for {type(m).__name__}: only eval mode with running "
@@ -153,6 +158,9 @@ def _batch_norm(m: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch
     return _affine(apply, lo, hi, bias_abs, 4)
 
 
+register_interval(nn.BatchNorm1d, nn.BatchNorm2d)(_batch_norm)
+
+
 # --------------------------------------------------------------------------- monotone and shape layers
 
 
@@ -171,33 +179,40 @@ def monotone_rounded(m: nn.Module, lo: torch.Tensor, hi: torch.Tensor,
 register_interval(nn.ReLU, nn.ReLU6, nn.Flatten, nn.Unflatten, nn.Identity)(_exact_monotone)
 
 
-@register_interval(nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
 def _max_pool(m: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if m.return_indices:
         raise UnsupportedModuleError(f"interval rule for {type(m).__name__}: return_indices=True", m)
     return m(lo), m(hi)
 
 
-@register_interval(nn.Hardtanh)
+register_interval(nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)(_max_pool)
+
+
 def _hardtanh(m: nn.Hardtanh, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if m.min_val > m.max_val:
         raise UnsupportedModuleError("interval rule for Hardtanh: min_val > max_val", m)
     return m(lo), m(hi)
 
 
-@register_interval(nn.Dropout)
+register_interval(nn.Hardtanh)(_hardtanh)
+
+
 def _dropout(m: nn.Dropout, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if m.training:
         raise UnsupportedModuleError("interval rule for Dropout: training mode is random", m)
     return lo, hi
 
 
-@register_interval(nn.Tanh, nn.Sigmoid)
+register_interval(nn.Dropout)(_dropout)
+
+
 def _tanh_sigmoid(m: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return monotone_rounded(m, lo, hi)
 
 
-@register_interval(nn.LeakyReLU)
+register_interval(nn.Tanh, nn.Sigmoid)(_tanh_sigmoid)
+
+
 def _leaky_relu(m: nn.LeakyReLU, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if float(m.negative_slope) < 0:
         raise UnsupportedModuleError("interval propagation needs a monotone LeakyReLU "
@@ -205,8 +220,13 @@ def _leaky_relu(m: nn.LeakyReLU, lo: torch.Tensor, hi: torch.Tensor) -> tuple[to
     return monotone_rounded(m, lo, hi)
 
 
-@register_interval(nn.ELU)
+register_interval(nn.LeakyReLU)(_leaky_relu)
+
+
 def _elu(m: nn.ELU, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if float(m.alpha) < 0:
         raise UnsupportedModuleError("interval propagation needs ELU with alpha >= 0", m)
     return monotone_rounded(m, lo, hi, scale=1.0 + float(m.alpha))
+
+
+register_interval(nn.ELU)(_elu)

@@ -305,16 +305,17 @@ def _substitute(poly: Poly, err: dict, var: int, value: int) -> tuple[Poly, dict
     out: Poly = {}
     out_err: dict = {}
     for mono, c in poly.items():
+        e = err.get(mono, 0.0)  # the error of this coefficient, carried to the monomial it becomes
         if var in mono:
             if value == 0:
                 continue
             mono = tuple(v for v in mono if v != var)
         if mono in out:
-            out_err[mono] = out_err.get(mono, 0.0) + err.get(mono, 0.0) + EPS64 * (abs(out[mono]) + abs(c))
+            out_err[mono] = out_err[mono] + e + EPS64 * (abs(out[mono]) + abs(c))
             out[mono] += c
         else:
             out[mono] = c
-            out_err[mono] = out_err.get(mono, 0.0) + err.get(mono, 0.0)
+            out_err[mono] = e
     return out, out_err
 
 
@@ -748,6 +749,16 @@ def _gradient_poly(mlp, p: float, r: int, absolute: bool) -> tuple[Poly, int]:
     return out, offset
 
 
+def coefficient_errors(mlp, pabs: Poly) -> dict[tuple[int, ...], float]:
+    """Bound of the float64 error of each coefficient of the gradient polynomial: a coefficient is a sum of
+    products along paths through the network, at most ``k_ops`` roundings per term, so its error is at most
+    ``gamma = 2 k_ops EPS64 / (1 - k_ops EPS64)`` times the same sum of absolute values (``pabs``, the
+    polynomial of :func:`_gradient_poly` with ``absolute=True``; Higham 2002, Lemma 3.1)."""
+    k_ops = sum(w.shape[1] + 2 for w in mlp.weights) + 4
+    gamma = 2.0 * k_ops * EPS64 / (1.0 - k_ops * EPS64)
+    return {m: gamma * v for m, v in pabs.items()}
+
+
 def lipopt(
     model: nn.Module,
     p: float | int | str = math.inf,
@@ -795,15 +806,12 @@ def lipopt(
     infos: list[dict] = []
     deadline = None if time_limit is None else t0 + float(time_limit)
     n_rows = mlp.weights[-1].shape[0] if p == math.inf else mlp.input_dim
-    # float64 error of each coefficient of the polynomial: a chain of at most k_ops roundings per term
-    k_ops = sum(w.shape[1] + 2 for w in mlp.weights) + 4
-    gamma = 2.0 * k_ops * EPS64 / (1.0 - k_ops * EPS64)
     for r in range(n_rows):
         poly, n_vars = _gradient_poly(mlp, p, r, absolute=False)
         pabs, _ = _gradient_poly(mlp, p, r, absolute=True)
         # share what is left of the time limit evenly between the rows still to do
         remaining = None if deadline is None else max((deadline - time.perf_counter()) / (n_rows - r), 1e-3)
-        err = {m: gamma * v for m, v in pabs.items()}
+        err = coefficient_errors(mlp, pabs)
         val, info = krivine_max(poly, err, n_vars, degree, remaining, sparse_cliques=sparse_cliques)
         info["root"] = val
         nodes = max_nodes if max_nodes is not None else (32 if n_vars <= 64 else 1)

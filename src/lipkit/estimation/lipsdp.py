@@ -126,6 +126,13 @@ def _structure(mlp: MLP, scale: float) -> dict:
                 layer_of=layer_of, n_layers=len(hid), K2=K2)
 
 
+def certified_upper(rho: float, scale: float) -> float:
+    """The reported bound ``sqrt(rho) * scale`` rounded up, for a verified ``rho`` of the network whose
+    output was divided by ``scale`` (``Lip(f) = scale Lip(f / scale)``); the square root and the product
+    round twice, ``round_up`` with 8 operations covers them with room to spare."""
+    return round_up(math.sqrt(rho) * scale, 8)
+
+
 def _lmi(s: dict, lam: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray]:
     """``M(rho, T)`` and the same expression with absolute values (for the round-off bound)."""
     A, B, a, b = s["A"], s["B"], s["alpha"], s["beta"]
@@ -234,7 +241,7 @@ def _lipsdp_layer(s: dict, scale: float, t0: float, time_limit: float | None) ->
     minimize(obj, best_x, method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9 * best,
                                                          "maxfev": 200 * (n_layers + 1)})
     lam = G @ np.exp(np.clip(best_x, -60.0, 60.0))
-    upper = round_up(math.sqrt(best) * scale, 8)
+    upper = certified_upper(best, scale)
     return LipSDPResult(upper, lam, best * scale**2, "layer", "nelder-mead", math.sqrt(best) * scale,
                         time.perf_counter() - t0)
 
@@ -341,7 +348,7 @@ def lipsdp(
         margin = (1e-4 if attempt == 0 else 1e-2) * float(np.median(np.abs(lam_val))) + 1e-12
     if not math.isfinite(rho_cert):
         raise LipSDPError(f"could not certify the multipliers returned by SCS (status {prob.status})")
-    upper = round_up(math.sqrt(rho_cert) * scale, 8)
+    upper = certified_upper(rho_cert, scale)
     solver_value = math.sqrt(max(float(rho.value), 0.0)) * scale if rho.value is not None else math.nan
     return LipSDPResult(upper, lam_val, rho_cert * scale**2, variant, str(prob.status), solver_value,
                         time.perf_counter() - t0)
@@ -466,16 +473,10 @@ def _dense_from_blocks(blk: dict, lam: np.ndarray, rho: float) -> tuple[np.ndarr
     return 0.5 * (M + M.T), Mabs
 
 
-def _verify_blocks(blk: dict, lam: np.ndarray, rho: float) -> bool:
-    """Prove ``M(rho, diag(lam)) <= 0`` for the block-tridiagonal LipSDP matrix, in O(sum n_k^3).
-
-    With ``A = -M`` and a small shift ``eta``, a floating-point block factorisation
-    ``A - eta I = L D L^T + E`` is computed (``D`` block diagonal, ``L`` unit block lower bidiagonal); the
-    residual ``E`` is block tridiagonal and is formed explicitly, with a bound of its own round-off and of the
-    round-off of forming ``A``.  If every ``D_k`` is positive semidefinite (its smallest computed eigenvalue
-    exceeds the eigen-solver's error bound) and ``||E||_2 <= eta`` (``||E||_2`` is at most the largest
-    block-row sum of the blocks' Frobenius norms), then ``A - eta I >= -||E|| I``, i.e. ``M <= 0``.
-    """
+def _negated_blocks(blk: dict, lam: np.ndarray, rho: float) -> tuple[list, list, list, list]:
+    """The blocks of ``A = -M(rho, diag(lam))``: the diagonal blocks ``Ad[b]``, the sub-diagonal blocks
+    ``Ao[b] = A_{b, b-1}`` (``Ao[0]`` is None), and their magnitude companions ``Adabs``, ``Aoabs`` (each
+    entry the sum of the absolute values of the terms that form it: they bound its float64 round-off)."""
     Ws, WL, ab, apb, sizes = blk["Ws"], blk["WL"], blk["ab"], blk["apb"], blk["sizes"]
     nb = len(sizes)
     offs = np.concatenate([[0], np.cumsum(sizes[1:])])
@@ -496,6 +497,22 @@ def _verify_blocks(blk: dict, lam: np.ndarray, rho: float) -> bool:
     Adabs[-1] += np.abs(WL).T @ np.abs(WL)
     Ad[0][np.diag_indices(sizes[0])] += rho
     Adabs[0][np.diag_indices(sizes[0])] += rho
+    return Ad, Adabs, Ao, Aoabs
+
+
+def _verify_blocks(blk: dict, lam: np.ndarray, rho: float) -> bool:
+    """Prove ``M(rho, diag(lam)) <= 0`` for the block-tridiagonal LipSDP matrix, in O(sum n_k^3).
+
+    With ``A = -M`` and a small shift ``eta``, a floating-point block factorisation
+    ``A - eta I = L D L^T + E`` is computed (``D`` block diagonal, ``L`` unit block lower bidiagonal); the
+    residual ``E`` is block tridiagonal and is formed explicitly, with a bound of its own round-off and of the
+    round-off of forming ``A``.  If every ``D_k`` is positive semidefinite (its smallest computed eigenvalue
+    exceeds the eigen-solver's error bound) and ``||E||_2 <= eta`` (``||E||_2`` is at most the largest
+    block-row sum of the blocks' Frobenius norms), then ``A - eta I >= -||E|| I``, i.e. ``M <= 0``.
+    """
+    sizes = blk["sizes"]
+    nb = len(sizes)
+    Ad, Adabs, Ao, Aoabs = _negated_blocks(blk, lam, rho)
     nmax = max(sizes) + 4
     gam = 4.0 * nmax * EPS64
     ref = max(float(np.linalg.norm(a)) for a in Ad)
@@ -625,5 +642,5 @@ def lipsdp_first_order(
     if not math.isfinite(rho):
         raise LipSDPError("could not certify the first-order LipSDP multipliers")
     lam = np.concatenate(best_lams)
-    return LipSDPResult(round_up(math.sqrt(rho) * scale, 8), lam, rho * scale**2, "neuron-fo",
+    return LipSDPResult(certified_upper(rho, scale), lam, rho * scale**2, "neuron-fo",
                         f"adam {iters} iterations", math.sqrt(best) * scale, time.perf_counter() - t0)

@@ -178,11 +178,13 @@ _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.ELU, SmoothSoftpl
                 Comparators)
 
 
-@register_interval(Comparators)
 def _comparators_box(m: Comparators, lo: torch.Tensor,
                      hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A lowered sort's comparator round: ReLU or identity per neuron, monotone and exact."""
     return m(lo), m(hi)
+
+
+register_interval(Comparators)(_comparators_box)
 
 
 def preactivation_bounds(model: nn.Module,

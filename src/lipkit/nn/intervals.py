@@ -98,16 +98,22 @@ def distance_layer_box(m: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> tupl
 register_interval(LinfDistLinear, LinfDistConv2d, SortNeuronLinear, SortNeuronConv2d)(distance_layer_box)
 
 
-@register_interval(Negate)
 def _negate(m: Negate, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return -hi, -lo
 
 
-@register_interval(GroupSort, MaxMin)
+register_interval(Negate)(_negate)
+
+
 def _sort(m: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return m(lo), m(hi)
 
 
-@register_interval(SmoothSoftplus)
+register_interval(GroupSort, MaxMin)(_sort)
+
+
 def _softplus(m: SmoothSoftplus, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return monotone_rounded(m, lo, hi, scale=1.0 / m.beta)
+
+
+register_interval(SmoothSoftplus)(_softplus)
