@@ -172,6 +172,28 @@ def test_residual_blocks_and_householder_bound_true_gradients():
     assert any(k.endswith("theta") for k in report.per_tensor)
 
 
+@pytest.mark.parametrize("constraint", ["clamp", "project"])
+def test_spline_nets_bound_true_gradients(constraint):
+    """LinearSpline coefficients get their bound from the spline's own sensitivity rule (nn/spline.py); the
+    composition must hold on trained-like coefficients whose raw slopes leave the slope range."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        lipkit.LipLinear(10, 12),
+        lipkit.LinearSpline(12, num_knots=7, knot_range=2.0, init="absolute_value", constraint=constraint),
+        lipkit.LipLinear(12, 12, constraint="aol"),
+        lipkit.LinearSpline(12, num_knots=5, knot_range=1.0, constraint=constraint),
+        lipkit.LipLinear(12, 4),
+    )
+    model = _prepare(net, (10,), seed=7)
+    with torch.no_grad():  # raw slopes up to ~2: the slope map is active in the forward
+        for m in model.modules():
+            if isinstance(m, lipkit.LinearSpline):
+                m.coefficients.add_(0.6 * torch.randn(m.coefficients.shape,
+                                                      generator=torch.Generator().manual_seed(8)))
+    report, _, _ = _check_sound(model, lipkit.LipschitzCrossEntropyLoss(4.0), (10,), 4, seed=9)
+    assert any(k.endswith("coefficients") for k in report.per_tensor)
+
+
 def test_offsets_matter_biases_are_counted():
     """With large biases the input norm of a deep layer exceeds Lip * R; the bound must include the offset."""
     net = nn.Sequential(lipkit.LipLinear(4, 8), lipkit.MaxMin(), lipkit.LipLinear(8, 3))
