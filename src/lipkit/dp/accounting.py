@@ -37,9 +37,21 @@ def _check(name: str, value: float, *, upper: float | None = None) -> float:
 def _create(mechanism: str) -> Any:
     if mechanism not in ACCOUNTANTS:
         raise ValueError(f"unknown accountant {mechanism!r}; valid: {list(ACCOUNTANTS)}")
+    _require_opacus()
     from opacus.accountants import create_accountant
 
     return create_accountant(mechanism=mechanism)
+
+
+def _require_opacus() -> None:
+    """The accountants are opacus'; say how to install it instead of failing deep inside an import."""
+    try:
+        import opacus  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            "lipkit.dp accounts privacy with opacus' accountants; install it with: pip install 'lipkit[dp]' "
+            "(or pip install opacus==1.6.0)"
+        ) from exc
 
 
 def noise_for_target(
@@ -65,6 +77,7 @@ def noise_for_target(
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"the number of steps must be an int >= 1, got {steps!r}")
     _create(mechanism)
+    _require_opacus()
     from opacus.accountants.utils import get_noise_multiplier
 
     try:
