@@ -15,6 +15,7 @@ The package is layered; each layer imports only the ones below it (checked by im
 The names below are the public API; everything else is reachable through its subpackage.
 """
 
+from lipkit import dp  # the subpackage: lipkit.dp.make_private after `import lipkit`
 from lipkit.bounds import (
     UnsupportedModuleError,
     conv_module_norm,
@@ -94,7 +95,7 @@ __all__ = [
     "MulticlassHingeLoss", "HKRLoss", "LipschitzCrossEntropyLoss", "LogitMSELoss",
     # certify
     "CertificateResult", "compute_certificates", "certified_radius", "certified_accuracy", "interval_bounds",
-    "interval_certified", "interval_certified_accuracy", "attacks",
+    "interval_certified", "interval_certified_accuracy", "attacks", "dp",
     # estimate, export, data
     "estimate", "Estimate", "export", "ExportError", "load_dataset",
     # monotonic
