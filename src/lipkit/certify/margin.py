@@ -88,7 +88,9 @@ from lipkit.certify.roundoff import (
 )
 from lipkit.certify.twin import (
     check_float_mode,
+    deployed_dtype,
     deployed_logits_and_twin,
+    deployed_mode,
     float64_copy,
     run_logits,
     validate_x,
@@ -234,18 +236,11 @@ def compute_certificates(model: nn.Module, x: torch.Tensor, p: float | int | str
 
 def _single_output(model: nn.Module, x: torch.Tensor) -> bool:
     """Whether ``model`` maps the first input of ``x`` to one output (eval mode; its mode restored)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            param = next(model.parameters(), None)
-            dtype = param.dtype if param is not None and param.is_floating_point() else x.dtype
-            try:
-                out = model(x[:1].to(dtype))
-            except RuntimeError:
-                return False  # the logits path runs the whole batch and reports the error
-    finally:
-        model.train(was_training)
+    with deployed_mode(model):
+        try:
+            out = model(x[:1].to(deployed_dtype(model, x)))
+        except RuntimeError:
+            return False  # the logits path runs the whole batch and reports the error
     return isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape == (1, 1)
 
 
@@ -310,16 +305,9 @@ def _error_bound(model: nn.Module, twin: nn.Module, x64: torch.Tensor, p: float,
 def _binary_certificates(model: nn.Module, x: torch.Tensor, p: float, lip: float,
                          input_shape: tuple[int, ...] | None) -> CertificateResult:
     """Certificates of a single-logit binary model (decision ``sign f``; module docstring)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            param = next(model.parameters(), None)
-            dtype = param.dtype if param is not None and param.is_floating_point() else x.dtype
-            out32 = model(x.to(dtype))
-            twin = float64_copy(model)
-    finally:
-        model.train(was_training)
+    with deployed_mode(model):
+        out32 = model(x.to(deployed_dtype(model, x)))
+        twin = float64_copy(model)
     x64 = x.detach().to(torch.float64)
     with torch.no_grad():
         out64 = twin(x64)

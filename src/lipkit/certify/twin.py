@@ -11,6 +11,8 @@ Used by :mod:`lipkit.certify.margin` and :mod:`lipkit.certify.interval`.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -18,7 +20,8 @@ from torch.nn.utils import parametrize
 
 from lipkit.nn.parametrize.utils import materialize_in_place
 
-__all__ = ["check_float_mode", "deployed_logits_and_twin", "float64_copy", "run_logits", "validate_x"]
+__all__ = ["check_float_mode", "deployed_dtype", "deployed_logits_and_twin", "deployed_mode", "float64_copy",
+           "run_logits", "validate_x"]
 
 
 def float64_copy(model: nn.Module) -> nn.Module:
@@ -76,17 +79,28 @@ def run_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def deployed_logits_and_twin(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
-    """The deployed model's logits at ``x`` (eval mode, in the model's own dtype; its mode is restored)
-    and its float64 twin (:func:`float64_copy`)."""
+@contextmanager
+def deployed_mode(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` as deployed: eval mode and no autograd; its mode is restored on exit."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            param = next(model.parameters(), None)
-            dtype = param.dtype if param is not None and param.is_floating_point() else x.dtype
-            logits32 = run_logits(model, x.to(dtype))
-            twin = float64_copy(model)
+            yield
     finally:
         model.train(was_training)
+
+
+def deployed_dtype(model: nn.Module, x: torch.Tensor) -> torch.dtype:
+    """The dtype the deployed model computes in: its first floating parameter's, else the input's."""
+    param = next(model.parameters(), None)
+    return param.dtype if param is not None and param.is_floating_point() else x.dtype
+
+
+def deployed_logits_and_twin(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
+    """The deployed model's logits at ``x`` (:func:`deployed_mode`, in :func:`deployed_dtype`) and its
+    float64 twin (:func:`float64_copy`)."""
+    with deployed_mode(model):
+        logits32 = run_logits(model, x.to(deployed_dtype(model, x)))
+        twin = float64_copy(model)
     return logits32, twin
