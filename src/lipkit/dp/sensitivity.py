@@ -227,6 +227,14 @@ class _Walker:
         return out_r
 
 
+def _wide(a: torch.Tensor) -> torch.Tensor:
+    """``a`` as a matrix (output rows, flattened inputs), transposed if needed so that rows <= columns:
+    the shorter side, whose Gram matrix is the smaller one with the same largest eigenvalue."""
+    if a.dim() != 2:
+        a = a.reshape(a.shape[0], -1)
+    return a.T if a.shape[0] > a.shape[1] else a
+
+
 def gram_bound(weight: torch.Tensor) -> float:
     """A guaranteed upper bound of ``||W||_2`` from the Gram matrix (Gershgorin), in float64.
 
@@ -237,11 +245,7 @@ def gram_bound(weight: torch.Tensor) -> float:
     rounding) for matrices with orthonormal rows or columns, the case of the orthogonal constraint, where
     it costs one ``m x m`` product instead of an SVD.
     """
-    a = weight.detach().to(torch.float64)
-    if a.dim() != 2:
-        a = a.reshape(a.shape[0], -1)
-    if a.shape[0] > a.shape[1]:
-        a = a.T
+    a = _wide(weight.detach().to(torch.float64))
     if a.numel() == 0:
         return 0.0
     if not torch.isfinite(a).all():
@@ -285,11 +289,7 @@ def gram_bound_fp32(weight: torch.Tensor, block: int = 64) -> float:
     """
     if weight.dtype != torch.float32 or not _fp32_matmul_is_ieee():
         return gram_bound(weight)
-    a = weight.detach()
-    if a.dim() != 2:
-        a = a.reshape(a.shape[0], -1)
-    if a.shape[0] > a.shape[1]:
-        a = a.T
+    a = _wide(weight.detach())
     if a.numel() == 0:
         return 0.0
     m, k = a.shape
