@@ -70,7 +70,8 @@ SHARDS: dict[str, dict[str, list[str]]] = {
                                     "is_linf_distance", "is_sortnet", "_abs_operator_norm"],
     },
     "lipsdp_cert": {
-        "lipkit.estimation.lipsdp": ["certified_upper", "_structure", "_lmi", "certify_multipliers",
+        "lipkit.estimation.lipsdp": ["certified_upper", "_structure", "_lmi", "_eig_margin", "_proves_nsd",
+                                     "_singular_mu", "certify_multipliers",
                                      "_certify_singular", "_dense_from_blocks", "_negated_blocks",
                                      "_verify_blocks", "_certify_blocks"],
     },
@@ -113,7 +114,7 @@ SHARD_TESTS: dict[str, list[str]] = {
                         "tests/test_roundoff_mutants.py", "tests/test_interval.py"],
     # the estimators: the exact tests of tests/test_estimate_mutants.py and a few fast end-to-end ones (the
     # SCS solves and lower bounds of the others add seconds per mutant and nothing the exact checks do not)
-    "lipsdp_cert": ["tests/test_estimate_mutants.py",
+    "lipsdp_cert": ["tests/test_estimate_mutants.py", "tests/test_lipsdp_margin_mutants.py",
                     "tests/test_estimate.py::test_certified_rho_is_verified_and_tight"],
     "lipopt_cert": ["tests/test_estimate_mutants.py"] + [f"tests/test_estimate.py::test_{t}" for t in (
         "krivine_max_bounds_random_multilinear_polys_and_is_exact_at_full_degree",
