@@ -83,7 +83,8 @@ SHARDS: dict[str, dict[str, list[str]]] = {
     "estimate_upper": {
         "lipkit.estimation": ["estimate", "local_upper"],
         "lipkit.estimation.naive": ["naive_upper"],
-        "lipkit.estimation.local": ["naive_local_upper", "affine_local_upper", "activation_slope_range",
+        "lipkit.estimation.local": ["_folded_norm", "naive_local_upper", "affine_local_upper",
+                                    "activation_slope_range",
                                     "_comparators_box"],
         "lipkit.estimation._mlp": ["activation_slopes"],
     },
@@ -120,7 +121,7 @@ SHARD_TESTS: dict[str, list[str]] = {
         "krivine_max_bounds_random_multilinear_polys_and_is_exact_at_full_degree",
         "lipopt_branch_and_bound_closes_the_gap_of_a_low_degree", "lipopt_with_bias_and_leaky_relu_is_sound",
         "lipopt_deep_bounds_the_vertex_maximum")],
-    "estimate_upper": ["tests/test_estimate_mutants.py"] + [f"tests/test_estimate_local.py::test_{t}" for t in
+    "estimate_upper": ["tests/test_estimate_mutants.py", "tests/test_local_margin_mutants.py"] + [f"tests/test_estimate_local.py::test_{t}" for t in
                                                             (
         "local_is_exact_where_no_relu_can_switch_and_tighter_than_global",
         "dead_network_on_the_domain_has_constant_zero", "preactivation_bounds_enclose_every_preactivation",
