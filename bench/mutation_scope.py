@@ -117,7 +117,7 @@ SHARD_TESTS: dict[str, list[str]] = {
     # SCS solves and lower bounds of the others add seconds per mutant and nothing the exact checks do not)
     "lipsdp_cert": ["tests/test_estimate_mutants.py", "tests/test_lipsdp_margin_mutants.py",
                     "tests/test_estimate.py::test_certified_rho_is_verified_and_tight"],
-    "lipopt_cert": ["tests/test_estimate_mutants.py"] + [f"tests/test_estimate.py::test_{t}" for t in (
+    "lipopt_cert": ["tests/test_estimate_mutants.py", "tests/test_lipopt_margin_mutants.py"] + [f"tests/test_estimate.py::test_{t}" for t in (
         "krivine_max_bounds_random_multilinear_polys_and_is_exact_at_full_degree",
         "lipopt_branch_and_bound_closes_the_gap_of_a_low_degree", "lipopt_with_bias_and_leaky_relu_is_sound",
         "lipopt_deep_bounds_the_vertex_maximum")],
