@@ -78,7 +78,8 @@ def _blk(ws, ab, apb, wl, sizes):
 @pytest.mark.parametrize("f,accept", [(0.5, True), (2.0, False)])
 def test_block_proof_counts_the_formation_error_of_the_first_block(f, accept):
     """Block 0 = rho - c w^2 with c w^2 = m: the computed block is ~1 (ref = 1, eta = 1e-11) while its
-    magnitude companion is rho + m ~ 2m; the documented bound gam (rho + m), gam = 4 (1 + 4) EPS64, decides."""
+    magnitude companion is rho + m ~ 2m; the documented bound gam (rho + m), gam = 4 (1 + 4) EPS64,
+    decides."""
     gam = GAM * 5
     m = f * 1e-11 / (2.0 * gam)  # gam * (rho + m) = f * eta (up to the block's value 1)
     blk = _blk([[1.0]], [-m], [0.0], [[0.0]], [1, 1])  # c1 = 2 ab lam = -m (lam = 0.5, w = 1)
@@ -110,3 +111,18 @@ def test_block_proof_refuses_a_d_block_within_the_eigen_solvers_error(s_over_eps
     d = L - w * w - eta
     assert bool(d > 400 * EPS64 * L) is accept  # the computed block is on the intended side of the threshold
     assert bool(_verify_blocks(blk, np.array([0.5]), L)) is accept
+
+
+@pytest.mark.parametrize("f,accept", [(1.0 - 1e-5, True), (1.0 + 1e-5, False)])
+def test_block_proof_decides_at_its_documented_bound_to_five_digits(f, accept):
+    """The later-block case at the decision boundary: the bound gam (|Adabs_1| + |D_1| + eta), with
+    D_1 = A_1 - eta ~ 1, is set to f * eta; a term of the bound as small as gam |D_1| (~1e-3 eta) decides."""
+    gam = GAM * 5
+    eta = 1e-11  # ref = max(rho, A_1) = 1
+    d1 = 1.0 - eta
+    m = (f * eta / gam - d1 - eta - 1.0) / 2.0  # |Adabs_1| = 2 lam + wl^2 = 1 + 2 m
+    wl = np.sqrt(m)
+    lam = 0.5 * (1.0 + wl * wl)
+    blk = _blk([[0.0]], [0.0], [0.0], [[wl]], [1, 1])
+    assert abs((2.0 * lam - wl * wl) - 1.0) < 1e-12  # the computed block is 1 to 12 digits
+    assert bool(_verify_blocks(blk, np.array([lam]), 1.0)) is accept

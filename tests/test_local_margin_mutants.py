@@ -18,7 +18,12 @@ from torch import nn
 
 from lipkit.bounds import EPS64, operator_norm
 from lipkit.estimation._mlp import parse_mlp
-from lipkit.estimation.local import _folded_norm, activation_slope_range, affine_local_upper, naive_local_upper
+from lipkit.estimation.local import (
+    _folded_norm,
+    activation_slope_range,
+    affine_local_upper,
+    naive_local_upper,
+)
 
 U = Fraction(EPS64)
 INF = math.inf
@@ -83,7 +88,8 @@ def _exact_norm(rows: list[list[Fraction]], p: float) -> Fraction:
 @pytest.mark.parametrize("p", [2.0, INF, 1.0])
 def test_affine_local_upper_of_a_cancelling_net_is_its_documented_round_off_term(p):
     """W2 subtracts equal rows of W1: the exact Jacobian is 0 (the computed one is round-off), so the bound is
-    the round-off term gamma ||J_abs||_p, gamma = 2 (inner + L + 2) EPS64, inner = sum over layers k >= 1 of (fan-in + 1)."""
+    the round-off term gamma ||J_abs||_p, gamma = 2 (inner + L + 2) EPS64, inner = sum over layers k >= 1
+    of (fan-in + 1)."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2), nn.ReLU(), nn.Linear(2, 2)).double()
     r = torch.randn(2, 3, dtype=torch.float64)
