@@ -675,7 +675,8 @@ _TRIAGE += [
 
 #: mutant numbers of certify_multipliers, _certify_singular and _certify_blocks before the behaviour-
 #: preserving extraction of _eig_margin / _proves_nsd / _singular_mu (the triage above uses them) -> after
-#: it (matched by their diff, which is unchanged); the margin mutants of those lines moved into the helpers and are killed
+#: it (matched by their diff, which is unchanged); the margin mutants of those lines moved into the helpers
+#: and are killed there
 _RENUMBERED: dict[str, str] = {_LS + f"{f}__mutmut_{a}": _LS + f"{f}__mutmut_{b}" for f, pairs in {
     "x_certify_multipliers": {
         17: 15, 18: 16, 20: 18, 22: 20, 24: 22, 25: 23, 26: 24, 27: 25, 28: 26, 31: 29, 32: 30, 33: 31, 34:

@@ -301,7 +301,8 @@ def local_slopes(model: nn.Module, domain: Domain) -> tuple[MLP, list[tuple[np.n
 
 def _folded_norm(mat: np.ndarray, p: float) -> float:
     """``||mat||_p`` rounded up (:func:`operator_norm`) plus the error of forming ``mat`` in float64: at
-    most 2 roundings per entry, so ``||E|| <= 4 EPS64 ||mat||_F`` (l2) or ``4 EPS64 ||(|mat|)||_p`` (l_inf, l_1)."""
+    most 2 roundings per entry, so ``||E|| <= 4 EPS64 ||mat||_F`` (l2) or ``4 EPS64 ||(|mat|)||_p``
+    (l_inf, l_1)."""
     err = 4 * EPS64 * (float(np.linalg.norm(mat)) if p == 2 else operator_norm(torch.from_numpy(mat), p))
     return operator_norm(torch.from_numpy(mat), p) + err
 
