@@ -469,8 +469,8 @@ _TRIAGE += [
     ("killed-after-run", "the round-off term gamma ||J_abs|| with the operator norm for p = 2 (not the "
      "Frobenius norm), or with inner counted from 1: killed by tests/test_local_margin_mutants.py::"
      "test_affine_local_upper_of_a_cancelling_net_is_its_documented_round_off_term once its weights are "
-     "dyadic (exact Jacobian 0 also in float64, so the bound is the round-off term alone; fixed after the estimate_upper "
-     "run, checked by hand on the mutated function)",
+     "dyadic (exact Jacobian 0 also in float64, so the bound is the round-off term alone; fixed after the "
+     "estimate_upper run, checked by hand on the mutated function)",
      [_LC + "x_affine_local_upper__mutmut_7", _LC + "x_affine_local_upper__mutmut_42"]),
     ("sound-margin", "the final round_up with its default 1 operation (slack 8 u) instead of 4: after the "
      "documented terms are formed only two roundings remain (gamma times the norm, then the sum), and "
