@@ -122,7 +122,12 @@ def main() -> None:
     parser.add_argument("--shard", choices=sorted(SHARDS), action="append",
                         help="run only this shard (repeatable); default: all, from scratch")
     parser.add_argument("--report-only", action="store_true", help="re-read mutmut's results, run nothing")
+    parser.add_argument("--retriage", action="store_true",
+                        help="re-apply SURVIVORS (kinds and reasons) to the recorded survivors, run nothing")
     args = parser.parse_args()
+    if args.retriage:
+        _retriage()
+        return
     shards = args.shard or list(SHARDS)
     keep = OUT.exists() and (args.shard or args.report_only)
     data = json.loads(OUT.read_text()) if keep else {}
@@ -171,6 +176,20 @@ def main() -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {OUT.relative_to(ROOT)}")
+
+
+def _retriage() -> None:
+    """Re-apply :data:`SURVIVORS` to the survivors recorded in the JSON (after a triage edit; mutmut's own
+    results of earlier shards are reset by later runs, so ``--report-only`` cannot re-read them)."""
+    data = json.loads(OUT.read_text())
+    for s in data["shards"].values():
+        for f in s["functions"].values():
+            for m in f["survivors"]:
+                m["kind"], m["reason"] = SURVIVORS.get(m["mutant"], (None, None))
+    data["survivors_by_kind"] = dict(Counter(str(m["kind"]) for s in data["shards"].values()
+                                             for f in s["functions"].values() for m in f["survivors"]))
+    OUT.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    print(f"re-triaged {OUT.relative_to(ROOT)}: {data['survivors_by_kind']}")
 
 
 def _test_selection(shard: str | None) -> list[str]:

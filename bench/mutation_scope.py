@@ -70,7 +70,8 @@ SHARDS: dict[str, dict[str, list[str]]] = {
                                     "is_linf_distance", "is_sortnet", "_abs_operator_norm"],
     },
     "lipsdp_cert": {
-        "lipkit.estimation.lipsdp": ["certified_upper", "_structure", "_lmi", "certify_multipliers",
+        "lipkit.estimation.lipsdp": ["certified_upper", "_structure", "_lmi", "_eig_margin", "_proves_nsd",
+                                     "_singular_mu", "certify_multipliers",
                                      "_certify_singular", "_dense_from_blocks", "_negated_blocks",
                                      "_verify_blocks", "_certify_blocks"],
     },
@@ -82,7 +83,8 @@ SHARDS: dict[str, dict[str, list[str]]] = {
     "estimate_upper": {
         "lipkit.estimation": ["estimate", "local_upper"],
         "lipkit.estimation.naive": ["naive_upper"],
-        "lipkit.estimation.local": ["naive_local_upper", "affine_local_upper", "activation_slope_range",
+        "lipkit.estimation.local": ["_folded_norm", "naive_local_upper", "affine_local_upper",
+                                    "activation_slope_range",
                                     "_comparators_box"],
         "lipkit.estimation._mlp": ["activation_slopes"],
     },
@@ -113,14 +115,15 @@ SHARD_TESTS: dict[str, list[str]] = {
                         "tests/test_roundoff_mutants.py", "tests/test_interval.py"],
     # the estimators: the exact tests of tests/test_estimate_mutants.py and a few fast end-to-end ones (the
     # SCS solves and lower bounds of the others add seconds per mutant and nothing the exact checks do not)
-    "lipsdp_cert": ["tests/test_estimate_mutants.py",
+    "lipsdp_cert": ["tests/test_estimate_mutants.py", "tests/test_lipsdp_margin_mutants.py",
                     "tests/test_estimate.py::test_certified_rho_is_verified_and_tight"],
-    "lipopt_cert": ["tests/test_estimate_mutants.py"] + [f"tests/test_estimate.py::test_{t}" for t in (
+    "lipopt_cert": ["tests/test_estimate_mutants.py", "tests/test_lipopt_margin_mutants.py"] + [
+        f"tests/test_estimate.py::test_{t}" for t in (
         "krivine_max_bounds_random_multilinear_polys_and_is_exact_at_full_degree",
         "lipopt_branch_and_bound_closes_the_gap_of_a_low_degree", "lipopt_with_bias_and_leaky_relu_is_sound",
         "lipopt_deep_bounds_the_vertex_maximum")],
-    "estimate_upper": ["tests/test_estimate_mutants.py"] + [f"tests/test_estimate_local.py::test_{t}" for t in
-                                                            (
+    "estimate_upper": ["tests/test_estimate_mutants.py", "tests/test_local_margin_mutants.py"] + [
+        f"tests/test_estimate_local.py::test_{t}" for t in (
         "local_is_exact_where_no_relu_can_switch_and_tighter_than_global",
         "dead_network_on_the_domain_has_constant_zero", "preactivation_bounds_enclose_every_preactivation",
         "local_domain_errors", "local_on_groupsort_nets_is_sound_and_exact_where_no_comparator_switches")],
@@ -388,11 +391,8 @@ _TRIAGE += [
     ("equivalent", "_structure always sets a finite K2, so `or`/`and` agree; P has at least one eigenvalue, "
      "so max's initial value is never used",
      [_LS + "x__certify_singular__mutmut_9", _LS + "x__certify_singular__mutmut_31"]),
-    ("conservative", "a larger margin tau or mu (1001, / EPS64, mu >= 1, 2 + K^2): a larger bound",
-     [_LS + f"x__certify_singular__mutmut_{i}" for i in (82, 84, 97, 106)]),
-    ("margin-unreached", "weakens the eigenvalue round-off margin tau = 1e3 N EPS64 (||Mabs|| + rho) (or "
-     "mu's +tau); the tests' matrices never have an eigenvalue within tau of the decision, so no test can "
-     "tell; not shown harmless", [_LS + f"x__certify_singular__mutmut_{i}" for i in (5, 81, 83, 85, 88)]),
+    ("conservative", "a larger margin tau or mu (/ EPS64, 2 + K^2): a larger bound",
+     [_LS + f"x__certify_singular__mutmut_{i}" for i in (82, 106)]),
     ("sound-tuning", "the inflation schedule of rho (deltas, offsets) only chooses the candidates; every "
      "returned rho is proven by _verify_blocks or the dense eigenvalue check first",
      [_LS + f"x__certify_blocks__mutmut_{i}" for i in (18, 19, 20, 21, 23, 24, 25, 28, 39, 40, 41, 42, 44, 45,
@@ -450,8 +450,10 @@ _TRIAGE += [
     ("equivalent", "gamma_k written as k u (1 - k u) or k u / (1 + k u) instead of k u / (1 - k u): a "
      "relative change of (k u)^2 of a term that is itself ~1e-15 of the total, lost in the float64 sum",
      [_LO + "x__certify__mutmut_19", _LO + "x__certify__mutmut_21"]),
-    ("margin-unreached", "drops or flips |lambda| in the constant row's absolute sum: the error term moves "
-     "by gamma |lambda|, below what the exact test can resolve; not shown harmless",
+    ("killed-after-run", "drops the row's other terms or flips |lambda| in the constant row's absolute sum: "
+     "killed by tests/test_lipopt_margin_mutants.py::test_certify_counts_the_whole_absolute_sum_of_a_dense_"
+     "constant_row (a 60-entry constant row, where the dropped terms move the bound by ~400 EPS64; added "
+     "after the lipopt_cert run, checked by hand on both mutated functions)",
      [_LO + "x__certify__mutmut_9", _LO + "x__certify__mutmut_10"]),
 ]
 
@@ -464,10 +466,15 @@ _TRIAGE += [
     ("conservative", "the solver candidate is computed without the domain's slope ranges (the global bound, "
      "which is also valid on the domain) or without the input shape (a CNN then fails over to the naive "
      "bound)", [_ES + f"x_local_upper__mutmut_{i}" for i in (45, 61, 62, 67, 68)]),
-    ("margin-unreached", "weakens the round-off term of the affine / folded-norm bound (gamma (n + L + 2) "
-     "EPS64 ||J_abs||, 4 EPS64 ||W||), which the final round_up's slack and operator_norm's own rounding "
-     "mask in every test; not shown harmless",
-     [_LC + f"x_affine_local_upper__mutmut_{i}" for i in (7, 27, 29, 31, 36, 38, 39, 41, 42, 48, 52, 57)]),
+    ("killed-after-run", "the round-off term gamma ||J_abs|| with the operator norm for p = 2 (not the "
+     "Frobenius norm), or with inner counted from 1: killed by tests/test_local_margin_mutants.py::"
+     "test_affine_local_upper_of_a_cancelling_net_is_its_documented_round_off_term once its weights are "
+     "dyadic (exact Jacobian 0 also in float64, so the bound is the round-off term alone; fixed after the "
+     "estimate_upper run, checked by hand on the mutated function)",
+     [_LC + "x_affine_local_upper__mutmut_7", _LC + "x_affine_local_upper__mutmut_42"]),
+    ("sound-margin", "the final round_up with its default 1 operation (slack 8 u) instead of 4: after the "
+     "documented terms are formed only two roundings remain (gamma times the norm, then the sum), and "
+     "gamma_2 < 8 u", [_LC + "x_affine_local_upper__mutmut_57"]),
     ("conservative", "a larger round-off term (3 instead of 2, one more operation per layer or in all)",
      [_LC + f"x_affine_local_upper__mutmut_{i}" for i in (33, 37, 40)]),
 ]
@@ -510,13 +517,6 @@ _TRIAGE += [
 ]
 
 _TRIAGE += [
-    ("margin-unreached", "weakens the round-off term of the folded-norm product (4 EPS64 times the "
-     "Frobenius or operator norm of each factor) or its final round_up: operator_norm already rounds every "
-     "factor up by "
-     "more, which masks it in every test; not shown harmless",
-     [_LC + f"x_naive_local_upper__mutmut_{i}" for i in (56, 57, 60, 61, 65, 69, 81, 82)]),
-    ("conservative", "a larger round-off term (5 EPS64, 5 L operations)",
-     [_LC + "x_naive_local_upper__mutmut_55", _LC + "x_naive_local_upper__mutmut_83"]),
     ("equivalent", "has_neg means lo < 0, where min(lo, 1) = min(lo, 0); s_hi is only read when hi <= 0, "
      "where min(hi, 1) = min(hi, 0)", [_LC + "x_activation_slope_range__mutmut_151",
                                  _LC + "x_activation_slope_range__mutmut_156"]),
@@ -538,18 +538,24 @@ _TRIAGE += [
                                                           37, 38, 39, 40, 41, 44, 47, 53, 59, 60, 63, 64, 80,
                                                           81, 87, 111, 112, 113, 43, 52, 54, 55, 56, 57, 58,
                                                           90, 114, 116)]),
-    ("margin-unreached", "the eigenvalue margin tau counts the hidden size n instead of N = n0 + n: a "
-     "smaller tau, which no test's eigenvalues come near; not shown harmless",
-     [_LS + "x_certify_multipliers__mutmut_15"]),
-    ("margin-unreached", "weakens the eigenvalue check M(rho, T) <= -tau I by its margin (tau's form, `<`, "
-     "+tau): only eigenvalues within tau of zero are decided differently, and no test's are; not shown "
-     "harmless (a check on the wrong eigenvalue is killed)",
-     [_LS + f"x_certify_multipliers__mutmut_{i}" for i in (130, 132, 134, 140, 141)]),
-    ("conservative", "a larger eigenvalue margin (1001)", [_LS + "x_certify_multipliers__mutmut_133"]),
-    ("margin-unreached", "weakens a round-off term of the block LDL^T proof (nmax, gam, eta's absolute part, "
-     "the residual and formation error terms): the tests' factorisations are far from that margin (a rho "
-     "1e-12 below the exact minimum is still refused); not shown harmless",
-     [_LS + f"x__verify_blocks__mutmut_{i}" for i in (13, 18, 25, 47, 85, 88, 90, 91, 96, 98, 99, 105, 106)]),
+    ("sound-tuning", "eta is a free shift of the block proof: A - eta I = L D L^T + E with D >= 0 and "
+     "||E|| <= eta gives A >= 0 for every eta (the check is made with the eta used), so eta's absolute part "
+     "1e-300 or -1e-300 only chooses the shift", [_LS + "x__verify_blocks__mutmut_25"]),
+    ("killed-after-run", "the diagonal error term with gam (||Adabs|| - ||D||): killed by tests/test_lipsdp_"
+     "margin_mutants.py::test_block_proof_decides_at_its_documented_bound_to_five_digits (the bound set to "
+     "1 +- 1e-5 of eta, where gam ||D|| is 1e-3 of it; added after the lipsdp_cert run, checked by hand on "
+     "the mutated function)", [_LS + "x__verify_blocks__mutmut_99"]),
+    ("margin-unreached", "weakens the coupling terms of the block LDL^T proof (the off-diagonal residual "
+     "e_off: its sign, 2 ||Aoabs|| - ||F D||, its place in the row sums; the Schur term ||F D F^T|| of the "
+     "diagonal error): every block that passes positivity has |A_(b,b-1)| <= sqrt(||A_bb|| ||A_(b-1,b-1)||) "
+     "<= ref, so these terms are at most ~3 gam ref = 12 (n + 4) EPS64 ref, below 1e-3 of eta = 1e-11 ref "
+     "unless a block has thousands of neurons (or D is very ill-conditioned, where |F| |D| exceeds |F D|); "
+     "no test input of test size reaches them, not shown harmless for wide layers",
+     [_LS + f"x__verify_blocks__mutmut_{i}" for i in (85, 90, 98, 126, 127, 128, 130, 133)]),
+    ("margin-unreached", "weakens the rounding allowance of subtracting eta I, gam eta sqrt(n) (its sign, "
+     "sqrt(n) divided): a term ~1e-14 of eta, so only a row sum within 1e-14 relative of eta is decided "
+     "differently, finer than a test can place it; for n = 1 (the tests' blocks) / sqrt(n) is the same",
+     [_LS + "x__verify_blocks__mutmut_105", _LS + "x__verify_blocks__mutmut_109"]),
     ("conservative", "a larger round-off term (nmax + 5, 5 nmax EPS64, 3 ||Aoabs||)",
      [_LS + f"x__verify_blocks__mutmut_{i}" for i in (15, 19, 92)]),
     ("equivalent", "unreachable: D[b - 1] was appended only after its smallest eigenvalue passed the "
@@ -563,14 +569,14 @@ _TRIAGE += [
     ("sound-tuning", "the test that rejects a clearly indefinite P (second instead of smallest eigenvalue) "
      "only skips candidates: the bound rho + mu (1 + K^2) holds for every candidate it keeps",
      [_LS + "x__certify_singular__mutmut_36", _LS + "x__certify_singular__mutmut_40"]),
-    ("margin-unreached", "weakens the positivity threshold of the D blocks or the residual test of the block "
-     "LDL^T proof; the tests' factorisations are far from both margins; not shown harmless",
-     [_LS + f"x__verify_blocks__mutmut_{i}" for i in (109, 118, 119, 121, 126, 127, 128, 130, 133, 138)]),
+    ("sound-margin", "the positivity test with `<`: a D block whose smallest computed eigenvalue equals "
+     "the eigen-solver's error bound 100 n EPS64 ||D|| has an exact smallest eigenvalue >= 0, and the proof "
+     "needs D >= 0 only (a singular D_(b-1) makes the next Cholesky fail, which refuses)",
+     [_LS + "x__verify_blocks__mutmut_118"]),
+    ("conservative", "the residual test with `<` instead of `<=`: stricter",
+     [_LS + "x__verify_blocks__mutmut_138"]),
     ("conservative", "a larger positivity threshold (101 instead of 100)",
      [_LS + "x__verify_blocks__mutmut_122"]),
-    ("margin-unreached", "weakens the eigenvalue margin tau of the dense fallback check; not shown harmless",
-     [_LS + f"x__certify_blocks__mutmut_{i}" for i in (58, 60, 62, 68)]),
-    ("conservative", "a larger eigenvalue margin (1001)", [_LS + "x__certify_blocks__mutmut_61"]),
 ]
 
 #: survivors of a recorded run that a test added after that run kills (checked by hand on the mutated code;
@@ -605,11 +611,6 @@ _TRIAGE += [
 ]
 
 _TRIAGE += [
-    ("killed-after-run", "the eigenvalue check on another eigenvalue than the largest accepts infeasible "
-     "rho: "
-     "killed by tests/test_estimate_mutants.py::test_certify_multipliers_refuses_rho_values_its_eigenvalue_"
-     "check_does_not_prove (added after the lipsdp_cert run)",
-     [_LS + "x_certify_multipliers__mutmut_138", _LS + "x_certify_multipliers__mutmut_139"]),
 ]
 
 _TRIAGE += [
@@ -631,12 +632,6 @@ _TRIAGE += [
      "(scale 2, slopes [1, 3]) and ::test_structure_k2_is_the_documented_sum_of_layer_gains (added after the "
      "lipsdp_cert run)", [_LS + f"x__structure__mutmut_{i}" for i in (72, 119, 122, 124, 126, 136, 141, 142,
                                                                        145)] + [_LS + "x__lmi__mutmut_12"]),
-    ("killed-after-run", "the singular fallback called without its arguments: killed by the zero-multiplier "
-     "case of tests/test_estimate_mutants.py::test_certify_multipliers_refuses_rho_values_its_eigenvalue_"
-     "check_does_not_prove (added after the lipsdp_cert run)",
-     [_LS + f"x_certify_multipliers__mutmut_{i}" for i in (142, 143, 144, 145)]),
-    ("margin-unreached", "the dense fallback's eigenvalue check with +tau: only eigenvalues within tau of "
-     "zero are decided differently; not shown harmless", [_LS + "x__certify_blocks__mutmut_69"]),
 ]
 
 _TRIAGE += [
@@ -651,9 +646,6 @@ _TRIAGE += [
     ("conservative", "a larger final rounding (5 operations)", [_LC + "x_affine_local_upper__mutmut_64"]),
     ("equivalent", "ones is all ones, so dividing by it is multiplying by it",
      [_LC + "x_activation_slope_range__mutmut_200"]),
-    ("margin-unreached", "the 1e-12 relative widening of a slope range becomes 1e-12 / max|slope|: smaller "
-     "for slopes above 1 (ELU with alpha > 1, LeakyReLU with slope > 1); not shown harmless",
-     [_LC + "x_activation_slope_range__mutmut_229"]),
     ("conservative", "ELU with alpha = 0 is refused (the estimators then fall back to the naive bound)",
      [_MP + "x_activation_slopes__mutmut_19"]),
     ("report-only", "the text of the unsupported-module error (the error is still raised)",
@@ -669,5 +661,31 @@ _TRIAGE += [
      "the estimate_upper run)", [_LC + "x_activation_slope_range__mutmut_228"]),
 ]
 
+_TRIAGE += [
+    ("equivalent", "the LMI matrix and its magnitude companion are square (N x N), so shape[1] is N",
+     [_LS + "x__eig_margin__mutmut_5"]),
+    ("conservative", "the eigenvalue check with `<` instead of `<=`: stricter",
+     [_LS + "x__proves_nsd__mutmut_5"]),
+]
+
+#: mutant numbers of certify_multipliers, _certify_singular and _certify_blocks before the behaviour-
+#: preserving extraction of _eig_margin / _proves_nsd / _singular_mu (the triage above uses them) -> after
+#: it (matched by their diff, which is unchanged); the margin mutants of those lines moved into the helpers
+#: and are killed there
+_RENUMBERED: dict[str, str] = {_LS + f"{f}__mutmut_{a}": _LS + f"{f}__mutmut_{b}" for f, pairs in {
+    "x_certify_multipliers": {
+        17: 15, 18: 16, 20: 18, 22: 20, 24: 22, 25: 23, 26: 24, 27: 25, 28: 26, 31: 29, 32: 30, 33: 31, 34:
+        32, 35: 33, 36: 34, 37: 35, 38: 36, 39: 37, 40: 38, 41: 39, 43: 41, 44: 42, 47: 45, 52: 50, 53: 51,
+        54: 52, 55: 53, 56: 54, 57: 55, 58: 56, 59: 57, 60: 58, 63: 61, 64: 62, 80: 78, 81: 79, 87: 85, 90:
+        88, 111: 109, 112: 110, 113: 111, 114: 112, 116: 114},
+    "x__certify_singular": {
+        9: 7, 21: 19, 31: 29, 33: 31, 34: 32, 36: 34, 37: 35, 38: 36, 41: 39, 43: 41, 44: 42, 45: 43, 48:
+        46, 49: 47, 58: 56, 59: 57, 60: 58, 61: 59, 62: 60, 63: 61, 64: 62, 65: 63, 67: 65, 68: 66, 69: 67,
+        70: 68, 71: 69, 72: 70},
+    "x__certify_blocks": {
+        44: 40},
+}.items() for a, b in pairs.items()}
+
 #: mutant name -> (kind, reason)
-SURVIVORS: dict[str, tuple[str, str]] = {m: (kind, why) for kind, why, ms in _TRIAGE for m in ms}
+SURVIVORS: dict[str, tuple[str, str]] = {_RENUMBERED.get(m, m): (kind, why) for kind, why, ms in _TRIAGE
+                                          for m in ms}

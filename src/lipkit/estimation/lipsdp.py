@@ -154,10 +154,29 @@ def _free_neurons(mlp: MLP) -> int:
     return int(sum((a != b).sum() for a, b in (mlp.layer_slopes(k) for k in range(mlp.depth - 1))))
 
 
+def _eig_margin(Mabs: np.ndarray, rho: float) -> float:
+    """The eigenvalue round-off margin ``tau = 1e3 N EPS64 (||Mabs||_F + rho)`` of an ``N x N`` LMI matrix
+    ``M(rho, T)`` with magnitude companion ``Mabs``: the allowance for the float64 error of forming ``M`` and
+    of its symmetric eigen-decomposition (module docstring).  ``N`` is read from the matrix itself."""
+    return 1e3 * Mabs.shape[0] * EPS64 * (np.linalg.norm(Mabs) + rho)
+
+
+def _proves_nsd(M: np.ndarray, Mabs: np.ndarray, rho: float) -> bool:
+    """True when the computed largest eigenvalue of ``M`` is at most ``-tau`` (:func:`_eig_margin`), which
+    proves that the exact ``M(rho, T)`` is negative semidefinite."""
+    return float(np.linalg.eigvalsh(M)[-1]) <= -_eig_margin(Mabs, rho)
+
+
+def _singular_mu(M: np.ndarray, Mabs: np.ndarray, rho: float) -> float:
+    """``mu = max(lambda_max(M), 0) + tau`` (:func:`_eig_margin`): an upper bound of the exact
+    ``max(lambda_max(M(rho, T)), 0)``, the shift of the singular certificate (module docstring)."""
+    return max(float(np.linalg.eigvalsh(M)[-1]), 0.0) + _eig_margin(Mabs, rho)
+
+
 def certify_multipliers(s: dict, lam: np.ndarray) -> float:
     """Smallest verified ``rho`` with ``M(rho, diag(lam)) <= 0`` (see module docstring); ``inf`` if none."""
     lam = np.maximum(np.asarray(lam, dtype=np.float64), 0.0)
-    n0, N = s["n0"], s["N"]
+    n0 = s["n0"]
     top = float(lam.max()) if lam.size else 0.0
     # repairs for inaccurate multipliers: scale them up, or lift the small ones
     candidates = [lam * g for g in (1.0, 1.001, 1.01, 1.1, 2.0, 10.0)]
@@ -177,8 +196,7 @@ def certify_multipliers(s: dict, lam: np.ndarray) -> float:
         for delta in (1e-9, 1e-7, 1e-5, 1e-3, 1e-1):
             rho = rho_star * (1.0 + delta) + delta * 1e-6
             M, Mabs = _lmi(s, lam_g, rho)
-            tau = 1e3 * N * EPS64 * (np.linalg.norm(Mabs) + rho)
-            if float(np.linalg.eigvalsh(M)[-1]) <= -tau:
+            if _proves_nsd(M, Mabs, rho):
                 return rho
     return _certify_singular(s, candidates)
 
@@ -186,7 +204,7 @@ def certify_multipliers(s: dict, lam: np.ndarray) -> float:
 def _certify_singular(s: dict, candidates: list[np.ndarray]) -> float:
     """:func:`certify_multipliers` when ``P`` is singular (module docstring): the smallest
     ``rho_hat + mu (1 + K^2)`` over the candidate multipliers, ``inf`` if ``P`` is clearly indefinite."""
-    n0, N, K2 = s["n0"], s["N"], s.get("K2")
+    n0, K2 = s["n0"], s.get("K2")
     if K2 is None or not math.isfinite(K2):
         return math.inf
     best = math.inf
@@ -203,8 +221,7 @@ def _certify_singular(s: dict, candidates: list[np.ndarray]) -> float:
         for delta in (1e-9, 1e-6, 1e-3):
             rho = rho_star * (1.0 + delta) + delta * 1e-6
             M, Mabs = _lmi(s, lam_g, rho)
-            tau = 1e3 * N * EPS64 * (np.linalg.norm(Mabs) + rho)
-            mu = max(float(np.linalg.eigvalsh(M)[-1]), 0.0) + tau
+            mu = _singular_mu(M, Mabs, rho)
             best = min(best, rho + mu * (1.0 + K2))
     return best
 
@@ -569,12 +586,10 @@ def _certify_blocks(blk: dict, lams: list[np.ndarray]) -> float:
         rho = rho_star * (1.0 + delta) + delta * 1e-6
         if _verify_blocks(blk, lam, rho):
             return rho
-    N = sum(blk["sizes"])
     for delta in (1e-7, 1e-5, 1e-3, 1e-1):
         rho = rho_star * (1.0 + delta) + delta * 1e-6
         M, Mabs = _dense_from_blocks(blk, lam, rho)
-        tau = 1e3 * N * EPS64 * (np.linalg.norm(Mabs) + rho)
-        if float(np.linalg.eigvalsh(M)[-1]) <= -tau:
+        if _proves_nsd(M, Mabs, rho):
             return rho
     return math.inf
 

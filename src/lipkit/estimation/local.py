@@ -299,6 +299,14 @@ def local_slopes(model: nn.Module, domain: Domain) -> tuple[MLP, list[tuple[np.n
     return mlp, slopes, {"neurons": total, "fixed": fixed, "dead": dead}
 
 
+def _folded_norm(mat: np.ndarray, p: float) -> float:
+    """``||mat||_p`` rounded up (:func:`operator_norm`) plus the error of forming ``mat`` in float64: at
+    most 2 roundings per entry, so ``||E|| <= 4 EPS64 ||mat||_F`` (l2) or ``4 EPS64 ||(|mat|)||_p``
+    (l_inf, l_1)."""
+    err = 4 * EPS64 * (float(np.linalg.norm(mat)) if p == 2 else operator_norm(torch.from_numpy(mat), p))
+    return operator_norm(torch.from_numpy(mat), p) + err
+
+
 def naive_local_upper(mlp: MLP, p: float) -> float:
     """Product of norms with the per-neuron slope bounds folded into the weights (module docstring, 3.)."""
     L = mlp.depth
@@ -313,9 +321,7 @@ def naive_local_upper(mlp: MLP, p: float) -> float:
         else:
             right = m[k - 1] if k > 0 else np.ones(w.shape[1])
             mat = w * right[None, :]
-        # forming mat costs <= 2 roundings per entry: ||E|| <= 4 eps ||mat||_F (l2) or ||(|mat|)|| (inf, 1)
-        err = 4 * EPS64 * (float(np.linalg.norm(mat)) if p == 2 else operator_norm(torch.from_numpy(mat), p))
-        total *= operator_norm(torch.from_numpy(mat), p) + err
+        total *= _folded_norm(mat, p)
         if total == 0.0:
             return 0.0
     return round_up(total, 4 * L)
