@@ -530,7 +530,8 @@ def _verify_blocks(blk: dict, lam: np.ndarray, rho: float) -> bool:
     sizes = blk["sizes"]
     nb = len(sizes)
     Ad, Adabs, Ao, Aoabs = _negated_blocks(blk, lam, rho)
-    nmax = max(sizes) + 4
+    # the longest inner product that forms an entry: a block's width, or the output dimension of WL^T WL
+    nmax = max(*sizes, blk["WL"].shape[0]) + 4
     gam = 4.0 * nmax * EPS64
     ref = max(float(np.linalg.norm(a)) for a in Ad)
     eta = 1e-11 * ref + 1e-300
