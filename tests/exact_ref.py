@@ -89,3 +89,20 @@ def l2_norm_sq_lower(w: torch.Tensor) -> Fraction:
     num = sum((sum((a * b for a, b in zip(r, vf, strict=True)), Fraction(0)) ** 2 for r in rows), Fraction(0))
     den = sum((x * x for x in vf), Fraction(0))
     return num / den
+
+
+def exact_matrix_norm(mat: list[list[Fraction]], p: float):
+    """The l_p operator norm of an exact rational matrix: a Fraction for p = 1 and inf, and for p = 2 the
+    square root of the largest eigenvalue of ``M^T M`` in mpmath at the working precision."""
+    if p == math.inf:
+        return max(sum(abs(v) for v in row) for row in mat)
+    if p == 1:
+        return max(sum(abs(row[j]) for row in mat) for j in range(len(mat[0])))
+    m = mpmath.matrix([[mpmath.mpf(v.numerator) / v.denominator for v in row] for row in mat])
+    ev = mpmath.eigsy(m.T * m)[0]
+    return mpmath.sqrt(max(ev[i] for i in range(ev.rows)))
+
+
+def at_least(value: float, exact) -> bool:
+    """``value >= exact`` compared exactly (``exact`` a Fraction or an mpmath number)."""
+    return Fraction(value) >= exact if isinstance(exact, Fraction) else mpmath.mpf(value) >= exact

@@ -26,6 +26,7 @@ import mpmath
 import numpy as np
 import pytest
 import torch
+from exact_ref import at_least, exact_matrix_norm
 from torch import nn
 
 import lipkit
@@ -415,19 +416,6 @@ def test_naive_upper_is_the_registered_product_bound_for_every_spelling_of_p():
     assert naive_upper(conv, 2, input_shape=(1, 4, 4)) == lipschitz_bound(conv, 2.0, input_shape=(1, 4, 4))
 
 
-def _exact_norm(mat: list[list[Fraction]], p: float):
-    if p == INF:
-        return max(sum(abs(v) for v in row) for row in mat)
-    if p == 1:
-        return max(sum(abs(row[j]) for row in mat) for j in range(len(mat[0])))
-    m = mpmath.matrix([[mpmath.mpf(v.numerator) / v.denominator for v in row] for row in mat])
-    ev = mpmath.eigsy(m.T * m)[0]
-    return mpmath.sqrt(max(ev[i] for i in range(ev.rows)))
-
-
-def _ge(value: float, exact) -> bool:
-    return Fraction(value) >= exact if isinstance(exact, Fraction) else mpmath.mpf(value) >= exact
-
 
 @pytest.mark.parametrize("p", [2.0, INF, 1.0])
 def test_naive_local_upper_is_the_product_of_the_exact_folded_norms(p):
@@ -450,7 +438,8 @@ def test_naive_local_upper_is_the_product_of_the_exact_folded_norms(p):
             total *= mpmath.sqrt(max(ev[i] for i in range(ev.rows)))
         else:
             right = m[k - 1] if k > 0 else [Fraction(1)] * len(w[0])
-            norm = _exact_norm([[w[i][j] * right[j] for j in range(len(w[0]))] for i in range(len(w))], p)
+            scaled = [[w[i][j] * right[j] for j in range(len(w[0]))] for i in range(len(w))]
+            norm = exact_matrix_norm(scaled, p)
             total *= mpmath.mpf(norm.numerator) / norm.denominator
     assert mpmath.mpf(got) >= total
     assert got <= float(total) * (1 + 1e-12)
@@ -470,8 +459,8 @@ def test_affine_local_upper_is_the_exact_jacobian_norm_when_no_neuron_switches(p
         d = [F(v) for v in fixed[k - 1]]
         J = [[sum(ws[k][o][i] * d[i] * J[i][j] for i in range(len(d))) for j in range(3)]
              for o in range(len(ws[k]))]
-    exact = _exact_norm(J, p)
-    assert _ge(got, exact)
+    exact = exact_matrix_norm(J, p)
+    assert at_least(got, exact)
     assert got <= float(exact) * (1 + 1e-12)
     mlp.neuron_slopes = [(fixed[0], fixed[0] + 1e-9), (fixed[1], fixed[1].copy())]
     assert affine_local_upper(mlp, p) is None  # one neuron can switch

@@ -12,6 +12,7 @@ from fractions import Fraction
 import mpmath
 import pytest
 import torch
+from exact_ref import at_least, exact_matrix_norm
 from torch import nn
 
 import lipkit
@@ -112,19 +113,6 @@ def test_distance_layer_checks_accept_only_lipkit_layers_at_p_inf():
     assert not is_linf_distance(nn.Linear(2, 2))
 
 
-def _exact_norm(mat: list[list[Fraction]], p: float):
-    if p == math.inf:
-        return max(sum(abs(v) for v in row) for row in mat)
-    if p == 1:
-        return max(sum(abs(row[j]) for row in mat) for j in range(len(mat[0])))
-    m = mpmath.matrix([[mpmath.mpf(v.numerator) / v.denominator for v in row] for row in mat])
-    ev = mpmath.eigsy(m.T * m)[0]
-    return mpmath.sqrt(max(ev[i] for i in range(ev.rows)))
-
-
-def _ge(value: float, exact) -> bool:
-    return Fraction(value) >= exact if isinstance(exact, Fraction) else mpmath.mpf(value) >= exact
-
 
 @pytest.mark.parametrize("p", [2.0, math.inf])
 def test_abs_operator_norm_of_linear_and_conv_bounds_the_exact_norm_of_abs_w(p):
@@ -132,8 +120,8 @@ def test_abs_operator_norm_of_linear_and_conv_bounds_the_exact_norm_of_abs_w(p):
     lin = nn.Linear(4, 3).double()
     w0 = lin.weight.detach().clone()
     got = _abs_operator_norm(lin, p)
-    exact = _exact_norm([[Fraction(abs(float(v))) for v in row] for row in lin.weight.tolist()], p)
-    assert _ge(got, exact) and got <= float(exact) * (1 + 1e-9)
+    exact = exact_matrix_norm([[Fraction(abs(float(v))) for v in row] for row in lin.weight.tolist()], p)
+    assert at_least(got, exact) and got <= float(exact) * (1 + 1e-9)
     # |W| has no cancellation: for p = inf its norm is the largest absolute row sum, above ||W||
     assert torch.equal(lin.weight, w0)
     conv = nn.Conv2d(1, 2, 2, padding=1).double()
@@ -142,7 +130,7 @@ def test_abs_operator_norm_of_linear_and_conv_bounds_the_exact_norm_of_abs_w(p):
     basis = torch.eye(9, dtype=torch.float64).reshape(9, 1, 3, 3)
     with torch.no_grad():  # the |W| convolution's matrix: every entry one |weight| or 0, exact
         mat = nn.functional.conv2d(basis, conv.weight.abs(), None, padding=1).reshape(9, -1).T
-    exact = _exact_norm([[Fraction(float(v)) for v in row] for row in mat.tolist()], p)
-    assert _ge(got, exact) and got <= float(exact) * 1.5
+    exact = exact_matrix_norm([[Fraction(float(v)) for v in row] for row in mat.tolist()], p)
+    assert at_least(got, exact) and got <= float(exact) * 1.5
     # the layer itself is not touched (the norm is taken on a copy with |W| and no bias)
     assert torch.equal(conv.weight, cw) and torch.equal(conv.bias, cb)
