@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, default_collate
 
-__all__ = ["PrivateLoader", "secure_uniform", "SAMPLINGS"]
+__all__ = ["PrivateLoader", "poisson_indices", "secure_uniform", "SAMPLINGS"]
 
 SAMPLINGS = ("poisson", "shuffle")
 
@@ -37,6 +37,14 @@ def secure_uniform(n: int) -> torch.Tensor:
     raw = torch.frombuffer(bytearray(os.urandom(8 * max(n, 1))), dtype=torch.int64)[:n]
     bits = (raw >> 11) & ((1 << 53) - 1)  # 53 uniform bits
     return (bits.to(torch.float64) + 0.5) * 2.0**-53
+
+
+def poisson_indices(n: int, sample_rate: float, generator: torch.Generator | None,
+                    secure_mode: bool = False) -> torch.Tensor:
+    """One Poisson sample of ``range(n)``: each index independently with probability ``sample_rate``
+    (uniforms from ``generator``, or from ``os.urandom`` in secure mode)."""
+    u = secure_uniform(n) if secure_mode else torch.rand(n, generator=generator, dtype=torch.float64)
+    return torch.nonzero(u < sample_rate).flatten()
 
 
 class PrivateLoader:
@@ -127,7 +135,7 @@ class PrivateLoader:
         """The index sets of one epoch's logical batches."""
         if self.sampling == "poisson":
             for _ in range(self.steps_per_epoch):
-                yield torch.nonzero(self._uniform(self.n) < self.sample_rate).flatten()
+                yield poisson_indices(self.n, self.sample_rate, self.generator, self.secure_mode)
         else:
             perm = torch.argsort(self._uniform(self.n))
             for start in range(0, self.n, self.expected_batch_size):

@@ -43,7 +43,7 @@ from lipkit.dp import (
 )
 from lipkit.dp.losses import ScaledLoss
 from lipkit.dp.projection import constraint_maps
-from lipkit.dp.sampling import secure_uniform
+from lipkit.dp.sampling import poisson_indices
 from lipkit.training.config import ConfigError
 from lipkit.training.strategy import StepState, TrainingStrategy
 
@@ -155,11 +155,7 @@ class DPStrategy(TrainingStrategy):
         self.noiser.generator = torch.Generator().manual_seed(base + 2)
 
     def before_step(self, trainer: Trainer, state: StepState) -> None:
-        if self.cfg.secure_mode:
-            u = secure_uniform(self.n)
-        else:
-            u = torch.rand(self.n, generator=self.sampler, dtype=torch.float64)
-        idx = torch.nonzero(u < self.sample_rate).flatten()
+        idx = poisson_indices(self.n, self.sample_rate, self.sampler, self.cfg.secure_mode)
         split = trainer.split
         state.idx, state.x, state.y = idx, split.x_train[idx], split.y_train[idx]
 
