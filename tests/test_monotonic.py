@@ -82,6 +82,19 @@ def test_monotone_on_random_and_shaken_bodies(name, body):
         assert model.slope() >= lipkit.lipschitz_bound(model.body, 1, "inf")
 
 
+def test_eval_cache_notices_edits_through_data():
+    """``p.data`` edits do not bump the version counter; the cached slope must still follow them."""
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
+    model = MonotonicNetwork(body, [1, 0, -1, 0], in_features=4).eval()
+    before = model.slope()
+    version = body[0].weight._version
+    body[0].weight.data.mul_(50.0)
+    assert body[0].weight._version == version  # the case a version-keyed cache misses
+    assert model.slope() >= lipkit.lipschitz_bound(body, 1, "inf") > before
+    assert check_monotonic(model, _extreme_points(4)).violations == 0
+
+
 def test_unconstrained_model_is_caught():
     """check_monotonic finds violations in a plain MLP and in a wrapper whose slope is set too small."""
     torch.manual_seed(1)

@@ -11,9 +11,9 @@ has ``c_ij d f_j / d x_i = c_ij d g_j / d x_i + lam >= lam - L >= 0`` wherever `
 ``c_ij = +1`` and non-increasing when ``c_ij = -1``.
 
 Here ``L`` is read from the weights the forward pass uses, with
-``lipkit.lipschitz_bound(body, p=1, q="inf")``, at every training-mode forward (and cached in eval mode,
-keyed on the versions of the body's tensors), so ``lam`` can neither be set inconsistently by hand nor go
-stale while the body trains.
+``lipkit.lipschitz_bound(body, p=1, q="inf")``, at every training-mode forward (and cached in eval mode
+while the body's tensors equal a snapshot of them), so ``lam`` can neither be set inconsistently by hand
+nor go stale while the body trains.
 """
 
 from __future__ import annotations
@@ -174,19 +174,29 @@ class MonotonicNetwork(nn.Module):
                 f"slope can be derived: {exc}", getattr(exc, "module", None)) from exc
 
     # ---------------------------------------------------------------- the slope
-    def _tensor_key(self) -> tuple:
-        return tuple((id(t), t._version, t.data_ptr(), t.dtype)
-                     for t in [*self.body.parameters(), *self.body.buffers()])
+    def _tensors(self) -> list[torch.Tensor]:
+        return [*self.body.parameters(), *self.body.buffers()]
+
+    def _cache_holds(self) -> bool:
+        """Whether the cached bound was computed from exactly the current tensors.  The values themselves
+        are compared with a snapshot: version counters miss in-place edits through ``.data``."""
+        if self._cache is None:
+            return False
+        snapshot = self._cache[0]
+        tensors = self._tensors()
+        return len(tensors) == len(snapshot) and all(
+            t.dtype == s.dtype and t.shape == s.shape and torch.equal(t.detach(), s)
+            for t, s in zip(tensors, snapshot, strict=True)
+        )
 
     def body_bound(self) -> float:
         """``L = lipschitz_bound(body, p=1, q="inf")`` of the current weights (cached in eval mode), computed
         by :func:`lipkit.monotonic.fastbound.body_bound_1_inf` (the same value, fewer registry calls)."""
         if not self.training and not self.body.training:
-            key = self._tensor_key()
-            if self._cache is not None and self._cache[0] == key:
+            if self._cache_holds():
                 return self._cache[1]
             value = body_bound_1_inf(self.body)
-            self._cache = (key, value)
+            self._cache = ([t.detach().clone() for t in self._tensors()], value)
             return value
         return body_bound_1_inf(self.body)
 
