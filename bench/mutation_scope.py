@@ -4,7 +4,7 @@ One shard per entry of :data:`SHARDS` (``make mutate SHARD=<name>`` runs one); e
 the functions whose mutants are run (``Class.method`` for a method).  mutmut generates mutants for the
 files matched by ``[tool.mutmut] only_mutate`` in pyproject.toml; only the scoped functions are run.
 
-To add code later (the DP sensitivities and the monotonic slope, :data:`PENDING`): add its file to
+To add code later (:data:`PENDING`): add its file to
 ``only_mutate`` in pyproject.toml, its tests to ``pytest_add_cli_args_test_selection`` (or, for this
 shard only, to :data:`SHARD_TESTS`), and a shard here, e.g. ``"dp": {"lipkit.dp.sensitivity": [...]}``.
 
@@ -73,7 +73,8 @@ SHARDS: dict[str, dict[str, list[str]]] = {
         "lipkit.estimation.lipsdp": ["certified_upper", "_structure", "_lmi", "_eig_margin", "_proves_nsd",
                                      "_singular_mu", "certify_multipliers",
                                      "_certify_singular", "_dense_from_blocks", "_negated_blocks",
-                                     "_verify_blocks", "_certify_blocks"],
+                                     "_verify_blocks", "_coupling_error", "_diagonal_error",
+                                     "_residual_norm_bound", "_certify_blocks"],
     },
     "lipopt_cert": {
         "lipkit.estimation.lipopt": ["_certify", "_certify_const", "coefficient_errors", "_substitute",
@@ -88,15 +89,31 @@ SHARDS: dict[str, dict[str, list[str]]] = {
                                     "_comparators_box"],
         "lipkit.estimation._mlp": ["activation_slopes"],
     },
+    # the per-example gradient bounds DP-SGD's noise is calibrated to (lipkit.dp, issue 18)
+    "dp_sensitivity": {
+        "lipkit.bounds.sensitivity": ["_linear_sensitivity", "_conv_sensitivity"],
+        "lipkit.nn.linear": ["_lip_linear_sensitivity"],
+        "lipkit.nn.conv": ["_lip_conv_sensitivity"],
+        "lipkit.nn.spline": ["_spline_sensitivity", "constraint_jacobian_norms"],
+        "lipkit.dp.sensitivity": ["_norm_up", "_wide", "gram_bound", "gram_bound_fp32", "fast_lipschitz",
+                                  "_Walker.offset", "_Walker.walk", "_Walker.walk_chain", "_Walker.record",
+                                  "network_sensitivity"],
+        "lipkit.losses": ["MulticlassHingeLoss.logit_lipschitz", "HKRLoss.logit_lipschitz",
+                          "LipschitzCrossEntropyLoss.logit_lipschitz", "LogitMSELoss.logit_lipschitz"],
+    },
+    # the slope lam of a monotonic network and the wrapper's own bound (lipkit.monotonic, issue 19)
+    "monotonic_slope": {
+        "lipkit.monotonic.network": ["_float_up", "slope_for", "MonotonicNetwork._cache_holds",
+                                     "MonotonicNetwork.body_bound", "MonotonicNetwork.slope",
+                                     "MonotonicNetwork.deployed_slope", "MonotonicNetwork.freeze",
+                                     "MonotonicNetwork.verify_slope", "MonotonicNetwork.forward",
+                                     "MonotonicNetwork.lipkit_skip_form", "_monotonic_rule"],
+        "lipkit.monotonic.fastbound": ["_fast", "body_bound_1_inf"],
+    },
 }
 
-#: code that joins the scope when it lands (being built on other branches; not mutated yet)
-PENDING: dict[str, str] = {
-    "lipkit.dp": "the DP sensitivities (per-sample gradient / parameter sensitivity bounds the privacy "
-                 "accounting rests on) get a shard when lipkit.dp is merged",
-    "lipkit.monotonic": "the monotonic slope (the slope bounds a monotonic network guarantees) gets a shard "
-                        "when lipkit.monotonic is merged",
-}
+#: code that joins the scope when it lands (none pending: the DP and monotonic shards are above)
+PENDING: dict[str, str] = {}
 
 #: the tests each shard runs against (mutmut's ``pytest_add_cli_args_test_selection`` for that shard);
 #: a shard not listed uses the selection of ``[tool.mutmut]`` in pyproject.toml (the bounds/ tests)
@@ -122,6 +139,10 @@ SHARD_TESTS: dict[str, list[str]] = {
         "krivine_max_bounds_random_multilinear_polys_and_is_exact_at_full_degree",
         "lipopt_branch_and_bound_closes_the_gap_of_a_low_degree", "lipopt_with_bias_and_leaky_relu_is_sound",
         "lipopt_deep_bounds_the_vertex_maximum")],
+    "dp_sensitivity": ["tests/test_dp_sensitivity.py", "tests/test_dp_mutants.py",
+                       "tests/test_spline.py::test_sensitivity_rule_against_per_example_gradients"],
+    "monotonic_slope": ["tests/test_monotonic.py", "tests/test_monotonic_certify.py",
+                        "tests/test_monotonic_export.py", "tests/test_monotonic_mutants.py"],
     "estimate_upper": ["tests/test_estimate_mutants.py", "tests/test_local_margin_mutants.py"] + [
         f"tests/test_estimate_local.py::test_{t}" for t in (
         "local_is_exact_where_no_relu_can_switch_and_tighter_than_global",
@@ -130,12 +151,9 @@ SHARD_TESTS: dict[str, list[str]] = {
 }
 
 #: mutmut 3.8 skips decorated functions (a decorator runs at import time), so a rule registered with the
-#: decorator syntax gets no mutants: the Lipschitz rules of torch_rules.py and conv.py are registered with
-#: ``register_bound(...)(rule)`` after their definition instead (same behaviour); the sensitivity rules
-#: below still use ``@register_sensitivity`` and are listed so that the report says so.
-NOT_MUTATED: dict[str, list[str]] = {
-    "lipkit.bounds.sensitivity": ["_linear_sensitivity", "_conv_sensitivity"],
-}
+#: decorator syntax gets no mutants: the rules in scope are registered with ``register_bound(...)(rule)`` or
+#: ``register_sensitivity(...)(rule)`` after their definition instead (same behaviour).  None is left out.
+NOT_MUTATED: dict[str, list[str]] = {}
 
 _N = "lipkit.bounds.numerics."
 _R = "lipkit.bounds.registry."
@@ -540,27 +558,26 @@ _TRIAGE += [
                                                           90, 114, 116)]),
     ("sound-tuning", "eta is a free shift of the block proof: A - eta I = L D L^T + E with D >= 0 and "
      "||E|| <= eta gives A >= 0 for every eta (the check is made with the eta used), so eta's absolute part "
-     "1e-300 or -1e-300 only chooses the shift", [_LS + "x__verify_blocks__mutmut_25"]),
-    ("killed-after-run", "the diagonal error term with gam (||Adabs|| - ||D||): killed by tests/test_lipsdp_"
-     "margin_mutants.py::test_block_proof_decides_at_its_documented_bound_to_five_digits (the bound set to "
-     "1 +- 1e-5 of eta, where gam ||D|| is 1e-3 of it; added after the lipsdp_cert run, checked by hand on "
-     "the mutated function)", [_LS + "x__verify_blocks__mutmut_99"]),
-    ("margin-unreached", "weakens the coupling terms of the block LDL^T proof (the off-diagonal residual "
-     "e_off: its sign, 2 ||Aoabs|| - ||F D||, its place in the row sums; the Schur term ||F D F^T|| of the "
-     "diagonal error): every block that passes positivity has |A_(b,b-1)| <= sqrt(||A_bb|| ||A_(b-1,b-1)||) "
-     "<= ref, so these terms are at most ~3 gam ref = 12 (n + 4) EPS64 ref, below 1e-3 of eta = 1e-11 ref "
-     "unless a block has thousands of neurons (or D is very ill-conditioned, where |F| |D| exceeds |F D|); "
-     "no test input of test size reaches them, not shown harmless for wide layers",
-     [_LS + f"x__verify_blocks__mutmut_{i}" for i in (85, 90, 98, 126, 127, 128, 130, 133)]),
-    ("margin-unreached", "weakens the rounding allowance of subtracting eta I, gam eta sqrt(n) (its sign, "
-     "sqrt(n) divided): a term ~1e-14 of eta, so only a row sum within 1e-14 relative of eta is decided "
-     "differently, finer than a test can place it; for n = 1 (the tests' blocks) / sqrt(n) is the same",
-     [_LS + "x__verify_blocks__mutmut_105", _LS + "x__verify_blocks__mutmut_109"]),
-    ("conservative", "a larger round-off term (nmax + 5, 5 nmax EPS64, 3 ||Aoabs||)",
-     [_LS + f"x__verify_blocks__mutmut_{i}" for i in (15, 19, 92)]),
+     "1e-300 or -1e-300 only chooses the shift", [_LS + "x__verify_blocks__mutmut_30"]),
+    ("killed-after-run", "the rounding factor without the output dimension of WL^T WL (dropped, or WL's "
+     "column "
+     "count instead): killed by tests/test_"
+     "lipsdp_margin_mutants.py::test_block_proof_counts_the_output_dimension_in_its_rounding_factor (a WL of "
+     "200 rows; added after the lipsdp_cert run, checked by hand on the mutated function)",
+     [_LS + "x__verify_blocks__mutmut_16", _LS + "x__verify_blocks__mutmut_19"]),
+    ("conservative", "the first block's D and Schur terms set to 1 instead of 0: a larger error bound",
+     [_LS + "x__verify_blocks__mutmut_50"]),
+    ("conservative", "a larger round_up count (5, 9, 3 operations)",
+     [_LS + "x__coupling_error__mutmut_10", _LS + "x__diagonal_error__mutmut_13",
+      _LS + "x__residual_norm_bound__mutmut_20"]),
+    ("sound-margin", "round_up with its default count 1 instead of 4 / 8 / 2: it still inflates by 8 u "
+     "(u = 2^-53) plus one step, above the relative error of the expression's own roundings (at most 3, 6 "
+     "and 2 roundings of nonnegative terms: <= 3 u, 6 u, 2 u to first order), and these sums are themselves "
+     "bounds with a gam = 4 (n + 4) EPS64 factor", [_LS + "x__coupling_error__mutmut_4",
+                                                     _LS + "x__diagonal_error__mutmut_4",
+                                                     _LS + "x__residual_norm_bound__mutmut_17"]),
     ("equivalent", "unreachable: D[b - 1] was appended only after its smallest eigenvalue passed the "
-     "positivity test, so its Cholesky factorisation does not fail", [_LS + "x__verify_blocks__mutmut_54"]),
-    ("equivalent", "F is never read after it is filled", [_LS + "x__verify_blocks__mutmut_64"]),
+     "positivity test, so its Cholesky factorisation does not fail", [_LS + "x__verify_blocks__mutmut_55"]),
 ]
 
 _TRIAGE += [
@@ -572,11 +589,11 @@ _TRIAGE += [
     ("sound-margin", "the positivity test with `<`: a D block whose smallest computed eigenvalue equals "
      "the eigen-solver's error bound 100 n EPS64 ||D|| has an exact smallest eigenvalue >= 0, and the proof "
      "needs D >= 0 only (a singular D_(b-1) makes the next Cholesky fail, which refuses)",
-     [_LS + "x__verify_blocks__mutmut_118"]),
+     [_LS + "x__verify_blocks__mutmut_130"]),
     ("conservative", "the residual test with `<` instead of `<=`: stricter",
-     [_LS + "x__verify_blocks__mutmut_138"]),
+     [_LS + "x__verify_blocks__mutmut_141"]),
     ("conservative", "a larger positivity threshold (101 instead of 100)",
-     [_LS + "x__verify_blocks__mutmut_122"]),
+     [_LS + "x__verify_blocks__mutmut_134"]),
 ]
 
 #: survivors of a recorded run that a test added after that run kills (checked by hand on the mutated code;

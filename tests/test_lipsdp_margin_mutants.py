@@ -99,6 +99,20 @@ def test_block_proof_counts_the_formation_error_of_a_later_block(f, accept):
     assert bool(_verify_blocks(blk, np.array([lam]), 1.0)) is accept
 
 
+@pytest.mark.parametrize("f,accept", [(0.5, True), (2.0, False)])
+def test_block_proof_counts_the_output_dimension_in_its_rounding_factor(f, accept):
+    """The later-block case with ``WL`` of 200 rows (one column): ``WL^T WL`` sums 200 products, so the
+    rounding factor is gam = 4 (200 + 4) EPS64, not 4 (1 + 4) EPS64 (the block widths); at f = 2 the bound
+    with the widths' factor alone would be 40x too small and accept."""
+    rows = 200
+    gam = GAM * (rows + 4)
+    m = (f * 1e-11 / gam - 2.0) / 2.0
+    wl = np.sqrt(m / rows)
+    lam = 0.5 * (1.0 + rows * wl * wl)
+    blk = _blk([[0.0]], [0.0], [0.0], np.full((rows, 1), wl), [1, 1])
+    assert bool(_verify_blocks(blk, np.array([lam]), 1.0)) is accept
+
+
 @pytest.mark.parametrize("s_over_eps,accept", [(100.0, False), (800.0, True)])
 def test_block_proof_refuses_a_d_block_within_the_eigen_solvers_error(s_over_eps, accept):
     """A 2 x 2 first block diag(10, s) (after the shift eta = 1e-10): positive definite only if its
@@ -126,3 +140,92 @@ def test_block_proof_decides_at_its_documented_bound_to_five_digits(f, accept):
     blk = _blk([[0.0]], [0.0], [0.0], [[wl]], [1, 1])
     assert abs((2.0 * lam - wl * wl) - 1.0) < 1e-12  # the computed block is 1 to 12 digits
     assert bool(_verify_blocks(blk, np.array([lam]), 1.0)) is accept
+
+
+# ----------------------------------------------------------------------------- the block proof's residual
+
+
+def _exact_sqrt_upper(n: int) -> Fraction:
+    """A rational >= sqrt(n) within 1e-30 (mpmath at 60 digits, rounded up)."""
+    import mpmath
+
+    with mpmath.workdps(60):
+        return Fraction(str(mpmath.sqrt(n))) + Fraction(1, 10**40)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_coupling_error_is_its_documented_formula(seed):
+    """``||Eo|| + gam (2 ||Aoabs|| + || |F||D| ||)``, rounded up: never below the exact value, within 1e-12
+    above it.  gam is set large so that each term moves the value far beyond that tolerance."""
+    from lipkit.estimation.lipsdp import _coupling_error
+
+    rng = np.random.default_rng(seed)
+    eo, aoabs, fdabs = (float(v) for v in rng.uniform(0.1, 3.0, 3))
+    gam = float(rng.uniform(0.05, 0.5))
+    exact = Fraction(eo) + Fraction(gam) * (2 * Fraction(aoabs) + Fraction(fdabs))
+    got = Fraction(_coupling_error(eo, aoabs, fdabs, gam))
+    assert exact <= got <= exact * (1 + Fraction(1, 10**12))
+
+
+@pytest.mark.parametrize("seed,n", [(0, 1), (1, 4), (2, 7), (3, 9), (4, 30), (5, 2)])
+def test_diagonal_error_is_its_documented_formula(seed, n):
+    """``||Eb|| + gam (||Adabs|| + ||D|| + || |F||D||F|^T ||) + gam eta sqrt(n)``, rounded up."""
+    from lipkit.estimation.lipsdp import _diagonal_error
+
+    rng = np.random.default_rng(100 + seed)
+    eb, adabs, d, schur = (float(v) for v in rng.uniform(0.1, 3.0, 4))
+    gam, eta = float(rng.uniform(0.05, 0.5)), float(rng.uniform(0.5, 2.0))
+    lo = (Fraction(eb) + Fraction(gam) * (Fraction(adabs) + Fraction(d) + Fraction(schur))
+          + Fraction(gam) * Fraction(eta) * (_exact_sqrt_upper(n) - Fraction(2, 10**40)))
+    got = Fraction(_diagonal_error(eb, adabs, d, schur, gam, eta, n))
+    assert lo <= got <= lo * (1 + Fraction(1, 10**12))
+
+
+def _block_tridiagonal(d: list[float], o: list[float], u: np.ndarray) -> np.ndarray:
+    """``T (x) u u^T``: blocks ``d_b u u^T`` on the diagonal and ``o_b u u^T`` beside it (``o[0]`` unused)."""
+    nb, k = len(d), len(u)
+    P = np.outer(u, u)
+    E = np.zeros((nb * k, nb * k))
+    for b in range(nb):
+        E[b * k:(b + 1) * k, b * k:(b + 1) * k] = d[b] * P
+        if b:
+            E[b * k:(b + 1) * k, (b - 1) * k:b * k] = o[b] * P
+            E[(b - 1) * k:b * k, b * k:(b + 1) * k] = o[b] * P
+    return E
+
+
+def _exact_norm(T: list[list[float]]) -> Fraction:
+    """``||T||_2`` of a small symmetric matrix, from mpmath's eigenvalues at 60 digits, rounded down."""
+    import mpmath
+
+    with mpmath.workdps(60):
+        ev = mpmath.eigsy(mpmath.matrix(T))[0]
+        top = max(abs(ev[i]) for i in range(len(T)))
+        return Fraction(str(top)) - Fraction(1, 10**40)
+
+
+@pytest.mark.parametrize("d,o", [
+    ([0.0, 0.0, 0.0], [0.0, 1.0, 1.0]),        # a path: sqrt(2), only reached with both couplings of row 1
+    ([1.0, 1.0], [0.0, 1.0]),                  # eigenvalue 2 = the row sum exactly
+    ([0.0, 2.0, 0.0, 0.0], [0.0, 0.5, 3.0, 0.25]),
+    ([0.5, 0.0, 0.0, 0.0, 0.5], [0.0, 1.0, 1.0, 1.0, 1.0]),
+])
+def test_residual_norm_bound_covers_the_exact_spectral_norm(d, o):
+    """The row-sum bound of the block residual is >= ``||E||_2`` for block-tridiagonal matrices whose blocks
+    are aligned rank-one (``||E||_2 = ||T||_2``, the worst case for given block norms), exactly computed."""
+    from lipkit.estimation.lipsdp import _residual_norm_bound
+
+    u = np.array([0.6, 0.8])  # unit vector: every block d u u^T has Frobenius norm |d|
+    E = _block_tridiagonal(d, o, u)
+    nb = len(d)
+    T = [[d[i] if i == j else (o[max(i, j)] if abs(i - j) == 1 else 0.0) for j in range(nb)]
+         for i in range(nb)]
+    exact = _exact_norm(T)
+    fro_d = [float(np.linalg.norm(E[b * 2:(b + 1) * 2, b * 2:(b + 1) * 2])) for b in range(nb)]
+    fro_o = [0.0] + [float(np.linalg.norm(E[b * 2:(b + 1) * 2, (b - 1) * 2:b * 2])) for b in range(1, nb)]
+    bound = Fraction(_residual_norm_bound(np.array(fro_d), np.array(fro_o)))
+    assert bound >= exact
+    # and it is the row sum (not a looser constant): within 1e-12 of max_b d_b + o_b + o_(b+1)
+    rows = [Fraction(fro_d[b]) + Fraction(fro_o[b]) + (Fraction(fro_o[b + 1]) if b + 1 < nb else 0)
+            for b in range(nb)]
+    assert bound <= max(rows) * (1 + Fraction(1, 10**12))

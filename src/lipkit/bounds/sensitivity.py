@@ -76,7 +76,6 @@ def parameter_sensitivity(module: nn.Module, input_norm: float, grad_norm: float
     return {k: float(v) for k, v in rule.fn(module, float(input_norm), float(grad_norm), _shapes).items()}
 
 
-@register_sensitivity(nn.Linear, subclasses=True)
 def _linear_sensitivity(module: nn.Linear, r: float, g: float, shapes: dict) -> dict[str, float]:
     out = {"weight": round_up(r * g)}
     if module.bias is not None:
@@ -84,7 +83,10 @@ def _linear_sensitivity(module: nn.Linear, r: float, g: float, shapes: dict) -> 
     return out
 
 
-@register_sensitivity(nn.Conv1d, nn.Conv2d, subclasses=True)
+# registered without the decorator syntax: mutmut (make mutate) skips decorated functions
+register_sensitivity(nn.Linear, subclasses=True)(_linear_sensitivity)
+
+
 def _conv_sensitivity(module: nn.Module, r: float, g: float, shapes: dict) -> dict[str, float]:
     if module.padding_mode != "zeros":
         raise UnsupportedModuleError(
@@ -111,3 +113,7 @@ def _conv_sensitivity(module: nn.Module, r: float, g: float, shapes: dict) -> di
         positions = math.prod(out_size)
         out["bias"] = round_up(math.sqrt(positions) * g, 4)
     return out
+
+
+# registered without the decorator syntax: mutmut (make mutate) skips decorated functions
+register_sensitivity(nn.Conv1d, nn.Conv2d, subclasses=True)(_conv_sensitivity)

@@ -121,7 +121,7 @@ class _Walker:
     def offset(self, module: nn.Module) -> float:
         """``||module(0)||`` (current weights, current mode), inflated for round-off."""
         with torch.no_grad():
-            value = float(torch.linalg.vector_norm(module(self.zeros_for(module))))
+            value = _norm_up(module(self.zeros_for(module)))
         return value * (1 + REL_ALLOWANCE) + _ABS_ALLOWANCE
 
     def walk(self, module: nn.Module, r: float, g: float, path: str) -> None:
@@ -188,7 +188,7 @@ class _Walker:
         anchor_r, anchor_lip = r, 1.0
         z: torch.Tensor | None = self.zeros_for(owner)
         for i, c in enumerate(children):
-            zn = float(torch.linalg.vector_norm(z)) if z is not None else math.inf
+            zn = _norm_up(z) if z is not None else math.inf
             radii.append(
                 round_up(anchor_lip * anchor_r, 2) * (1 + REL_ALLOWANCE)
                 + zn * (1 + REL_ALLOWANCE)
@@ -206,7 +206,7 @@ class _Walker:
                 except Exception as exc:  # noqa: BLE001  (reported, not raised: the validator lists all)
                     self.problem(f"{path}.{i}", c, f"the forward pass on zeros failed ({exc})")
                     z = None
-        zn = float(torch.linalg.vector_norm(z)) if z is not None else math.inf
+        zn = _norm_up(z) if z is not None else math.inf
         out_r = (
             round_up(anchor_lip * anchor_r, 2) * (1 + REL_ALLOWANCE)
             + zn * (1 + REL_ALLOWANCE)
@@ -225,6 +225,13 @@ class _Walker:
                 self.walk(c, radii[i], grads[i], f"{path}.{i}")
         self.output_radius = out_r
         return out_r
+
+
+def _norm_up(z: torch.Tensor) -> float:
+    """``||z||_2`` of the computed tensor, in float64 and rounded up (the tensor's own float32 round-off is
+    left to the allowance)."""
+    z = z.detach().to(torch.float64)
+    return round_up(float(torch.linalg.vector_norm(z)), z.numel() + 2)
 
 
 def _wide(a: torch.Tensor) -> torch.Tensor:

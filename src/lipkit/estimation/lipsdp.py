@@ -517,6 +517,48 @@ def _negated_blocks(blk: dict, lam: np.ndarray, rho: float) -> tuple[list, list,
     return Ad, Adabs, Ao, Aoabs
 
 
+def _coupling_error(eo_norm: float, aoabs_norm: float, fdabs_norm: float, gam: float) -> float:
+    """Bound of ``||E_(b,b-1)||_F``, the exact off-diagonal residual ``A_(b,b-1) - F_b D_(b-1)`` of the block
+    LDL^T factorisation in :func:`_verify_blocks`.
+
+    ``E_(b,b-1) = (A_(b,b-1) - Ao) + (Ao - fl(F D)) + (fl(F D) - F D)`` where ``Ao`` is the computed block
+    (its formation error is at most ``gam |A_(b,b-1)|`` entrywise, and ``|A| <= (1 + gam) Aoabs``) and
+    ``fl(F D)`` the computed product (error ``<= gam |F| |D|``).  The computed residual ``Eo = fl(Ao -
+    fl(F D))`` differs from ``Ao - fl(F D)`` by at most ``u |Ao - fl(F D)|``, covered by the second ``gam
+    ||Aoabs||``.  Hence ``||E_(b,b-1)||_F <= ||Eo||_F + gam (2 ||Aoabs||_F + || |F| |D| ||_F)``.
+    """
+    return round_up(eo_norm + gam * (2.0 * aoabs_norm + fdabs_norm), 4)
+
+
+def _diagonal_error(eb_norm: float, adabs_norm: float, d_norm: float, schur_abs_norm: float, gam: float,
+                    eta: float, n: int) -> float:
+    """Bound of ``||E_bb||_F``, the exact diagonal residual ``A_bb - eta I - D_b - F_b D_(b-1) F_b^T`` of
+    :func:`_verify_blocks` (``F_0 = 0``: pass ``d_norm = schur_abs_norm = 0`` for the first block).
+
+    The computed residual ``Eb`` misses: the formation error of ``A_bb`` (``gam ||Adabs||``), the rounding of
+    the Schur update ``fl(F D F^T)`` (``gam || |F| |D| |F|^T ||``), the rounding of forming and symmetrising
+    ``D_b`` (``gam ||D_b||``) and of subtracting ``eta I`` (``gam eta sqrt(n)``, the Frobenius norm of
+    ``gam eta I_n``).  Hence
+    ``||E_bb||_F <= ||Eb||_F + gam (||Adabs|| + ||D_b|| + || |F||D||F|^T ||) + gam eta sqrt(n)``.
+    """
+    return round_up(eb_norm + gam * (adabs_norm + d_norm + schur_abs_norm) + gam * eta * math.sqrt(n), 8)
+
+
+def _residual_norm_bound(e_diag: np.ndarray, e_off: np.ndarray) -> float:
+    """``||E||_2`` of a symmetric block-tridiagonal ``E`` whose diagonal blocks have Frobenius norms at most
+    ``e_diag[b]`` and whose sub-diagonal blocks ``E_(b,b-1)`` (and their transposes) at most ``e_off[b]``
+    (``e_off[0]`` unused, 0).
+
+    ``||E||_2 <= ||E||_inf`` of the matrix of block norms (the spectral norm is at most that of the
+    nonnegative matrix of the blocks' spectral norms, itself at most its largest row sum for a symmetric
+    matrix): ``max_b e_diag[b] + e_off[b] + e_off[b + 1]``, block row ``b`` meeting ``E_(b,b-1)`` and
+    ``E_(b+1,b)^T``.  Each sum is rounded up (:func:`~lipkit.bounds.round_up`), as are the two error terms.
+    """
+    nb = len(e_diag)
+    rows = [e_diag[b] + e_off[b] + (e_off[b + 1] if b + 1 < nb else 0.0) for b in range(nb)]
+    return round_up(float(max(rows)), 2)
+
+
 def _verify_blocks(blk: dict, lam: np.ndarray, rho: float) -> bool:
     """Prove ``M(rho, diag(lam)) <= 0`` for the block-tridiagonal LipSDP matrix, in O(sum n_k^3).
 
@@ -536,7 +578,6 @@ def _verify_blocks(blk: dict, lam: np.ndarray, rho: float) -> bool:
     ref = max(float(np.linalg.norm(a)) for a in Ad)
     eta = 1e-11 * ref + 1e-300
     D: list[np.ndarray] = []
-    F: list[np.ndarray | None] = [None] * nb
     e_diag = np.zeros(nb)
     e_off = np.zeros(nb)
     for b in range(nb):
@@ -544,7 +585,7 @@ def _verify_blocks(blk: dict, lam: np.ndarray, rho: float) -> bool:
         if b == 0:
             Db = Ab.copy()
             Eb = Ab - Db
-            err = gam * float(np.linalg.norm(Adabs[b]))
+            d_norm = schur_abs = 0.0  # D_0 = A_00 - eta I is formed exactly (the copy)
         else:
             try:
                 Lc = np.linalg.cholesky(D[b - 1])
@@ -552,26 +593,22 @@ def _verify_blocks(blk: dict, lam: np.ndarray, rho: float) -> bool:
                 return False
             # F_b = A_{b,b-1} D_{b-1}^{-1}
             Fb = np.linalg.solve(Lc.T, np.linalg.solve(Lc, Ao[b].T)).T
-            F[b] = Fb
             FD = Fb @ D[b - 1]
             Db = Ab - FD @ Fb.T
             Db = 0.5 * (Db + Db.T)
             Eb = Ab - Db - FD @ Fb.T
             Eo = Ao[b] - FD
             FDabs = np.abs(Fb) @ np.abs(D[b - 1])
-            # forming A_{b,b-1} (counted twice: its own error and the residual's) and F D
-            e_off[b] = float(np.linalg.norm(Eo)) + gam * float(2.0 * np.linalg.norm(Aoabs[b])
-                                                               + np.linalg.norm(FDabs))
-            err = gam * float(np.linalg.norm(Adabs[b]) + np.linalg.norm(Db)
-                              + np.linalg.norm(FDabs @ np.abs(Fb).T))
-        # (+ the rounding of subtracting eta I, bounded by the same factor)
-        e_diag[b] = float(np.linalg.norm(Eb)) + err + gam * eta * math.sqrt(sizes[b])
+            e_off[b] = _coupling_error(float(np.linalg.norm(Eo)), float(np.linalg.norm(Aoabs[b])),
+                                       float(np.linalg.norm(FDabs)), gam)
+            d_norm, schur_abs = float(np.linalg.norm(Db)), float(np.linalg.norm(FDabs @ np.abs(Fb).T))
+        e_diag[b] = _diagonal_error(float(np.linalg.norm(Eb)), float(np.linalg.norm(Adabs[b])), d_norm,
+                                    schur_abs, gam, eta, sizes[b])
         dnorm = float(np.linalg.norm(Db))
         if float(np.linalg.eigvalsh(Db)[0]) <= 100.0 * sizes[b] * EPS64 * dnorm:
             return False
         D.append(Db)
-    rows = [e_diag[b] + e_off[b] + (e_off[b + 1] if b + 1 < nb else 0.0) for b in range(nb)]
-    return max(rows) <= eta
+    return _residual_norm_bound(e_diag, e_off) <= eta
 
 
 def _certify_blocks(blk: dict, lams: list[np.ndarray]) -> float:

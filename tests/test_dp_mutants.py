@@ -1,0 +1,294 @@
+"""The DP sensitivities against exact values (issue 17's mutation scope for lipkit.dp, issue 18).
+
+Each test computes a bound of :mod:`lipkit.dp.sensitivity` / the layers' sensitivity rules / the losses'
+logit constants independently, in exact rationals (``Fraction``) or by brute force, and requires the code's
+value to be at least that (no tolerance in the bound's favour) and within a relative ``1e-9`` above it (so
+that a documented formula cannot silently change).  The derivations are in the docstrings of
+:mod:`lipkit.dp.sensitivity`; the attacks on the bounds with true per-example gradients are in
+tests/test_dp_sensitivity.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+from torch import nn
+
+import lipkit
+from lipkit import dp
+from lipkit.bounds import UnsupportedModuleError
+from lipkit.dp.sensitivity import _ABS_ALLOWANCE, REL_ALLOWANCE
+
+TIGHT = Fraction(1, 10**9)
+#: for composed bounds: the registry's rounded-up norms and round_up of each product (<= 1e-8 relative), far
+#: below the 1e-3 allowance the composition adds
+LOOSE = Fraction(1, 10**8)
+
+
+def _between(value: float, exact: Fraction, rel: Fraction = TIGHT) -> bool:
+    v = Fraction(value)
+    return exact <= v <= exact * (1 + rel) + Fraction(1, 10**300)
+
+
+def _sqrt_up(q: Fraction) -> Fraction:
+    """A rational >= sqrt(q) within 1e-30 relative (integer square root at 100 digits)."""
+    scale = 10**100
+    root = math.isqrt(q.numerator * scale * scale // q.denominator) + 1
+    return Fraction(root, scale)
+
+
+def _sqrt_down(q: Fraction) -> Fraction:
+    scale = 10**100
+    return Fraction(math.isqrt(q.numerator * scale * scale // q.denominator), scale)
+
+
+# ----------------------------------------------------------------------------- layer rules
+
+
+@pytest.mark.parametrize("cls", ["linear", "liplinear"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_rules_are_r_times_g(cls, bias):
+    """``||g x^T||_F = ||g|| ||x|| <= G R`` (attained), ``||dl/db|| = ||g|| <= G``."""
+    if cls == "linear":
+        layer = nn.Linear(4, 3, bias=bias)
+    else:
+        layer = lipkit.LipLinear(4, 3, bias=bias)
+        dp.materialize_constraints(layer, lipkit.record_input_shapes(layer, (4,)))
+    for r, g in [(1.5, 0.7), (3.0, 1.0 / 3.0), (1e-3, 12.5)]:
+        out = lipkit.parameter_sensitivity(layer, r, g, input_shape=(4,))
+        assert _between(out["weight"], Fraction(r) * Fraction(g))
+        if bias:
+            assert out["bias"] == g
+        else:
+            assert set(out) == {"weight"}
+
+
+def test_parametrised_liplinear_and_lipconv_are_refused():
+    with pytest.raises(UnsupportedModuleError, match="parametrised weight"):
+        lipkit.parameter_sensitivity(lipkit.LipLinear(4, 3), 1.0, 1.0, input_shape=(4,))
+    with pytest.raises(UnsupportedModuleError, match="parametrised kernel"):
+        lipkit.parameter_sensitivity(lipkit.LipConv2d(2, 2, 3, padding=1), 1.0, 1.0, input_shape=(2, 6, 6))
+
+
+def _brute_cover(conv: nn.Module, shape: tuple[int, ...]) -> tuple[int, int]:
+    """(largest number of output positions reading one input entry, number of output positions), by running
+    the convolution on each input entry's indicator with an all-ones kernel."""
+    c, *spatial = shape
+    ones = torch.ones((1, 1, *conv.kernel_size), dtype=torch.float64)
+    worst = 0
+    out_positions = None
+    for idx in itertools.product(*(range(n) for n in spatial)):
+        x = torch.zeros((1, 1, *spatial), dtype=torch.float64)
+        x[(0, 0, *idx)] = 1.0
+        y = _ones_conv(conv, x, ones)
+        worst = max(worst, int((y != 0).sum()))
+        out_positions = int(y[0, 0].numel())
+    return worst, out_positions
+
+
+def _ones_conv(conv: nn.Module, x: torch.Tensor, ones: torch.Tensor) -> torch.Tensor:
+    fn = torch.nn.functional.conv1d if x.dim() == 3 else torch.nn.functional.conv2d
+    return fn(x, ones, None, conv.stride, conv.padding, conv.dilation)
+
+
+@pytest.mark.parametrize("kind,kwargs,shape", [
+    ("2d", dict(kernel_size=3, padding=1), (2, 7, 6)),
+    ("2d", dict(kernel_size=3, stride=2, padding=1), (2, 8, 8)),
+    ("2d", dict(kernel_size=(2, 3), stride=(2, 1), dilation=(1, 2), padding=(0, 2)), (1, 6, 9)),
+    ("2d", dict(kernel_size=4, stride=3), (3, 10, 10)),
+    ("1d", dict(kernel_size=5, stride=2, padding=2), (2, 11)),
+    ("2d", dict(kernel_size=3, padding="same"), (1, 5, 5)),
+])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_rule_is_sqrt_cover_r_g(kind, kwargs, shape, bias):
+    """``||dl/dK||_F <= sqrt(m) G R`` with ``m`` the largest number of windows reading one input entry and
+    ``||dl/db|| <= sqrt(P) G`` with ``P`` the output positions, both counted by brute force here."""
+    cls = nn.Conv1d if kind == "1d" else nn.Conv2d
+    conv = cls(shape[0], 3, bias=bias, **kwargs)
+    cover, positions = _brute_cover(conv, shape)
+    r, g = 1.25, 0.8
+    out = lipkit.parameter_sensitivity(conv, r, g, input_shape=shape)
+    assert _between(out["weight"], _sqrt_up(Fraction(cover)) * Fraction(r) * Fraction(g))
+    if bias:
+        assert _between(out["bias"], _sqrt_up(Fraction(positions)) * Fraction(g))
+    else:
+        assert set(out) == {"weight"}
+
+
+def test_conv_rule_refusals():
+    conv = nn.Conv2d(1, 1, 3, padding=1, padding_mode="circular")
+    with pytest.raises(UnsupportedModuleError, match="padding_mode='circular'"):
+        lipkit.parameter_sensitivity(conv, 1.0, 1.0, input_shape=(1, 5, 5))
+    with pytest.raises(UnsupportedModuleError, match="output positions"):
+        lipkit.parameter_sensitivity(nn.Conv2d(1, 1, 3), 1.0, 1.0)
+    # without a bias the kernel bound needs no shape (a cover valid for every size)
+    out = lipkit.parameter_sensitivity(nn.Conv2d(1, 1, 3, bias=False), 1.0, 1.0)
+    assert _between(out["weight"], _sqrt_up(Fraction(9)))
+
+
+def test_lipconv_rule_is_the_conv_rule():
+    conv = lipkit.LipConv2d(2, 3, 3, padding=1)
+    dp.materialize_constraints(conv, lipkit.record_input_shapes(conv, (2, 6, 6)))
+    plain = nn.Conv2d(2, 3, 3, padding=1)
+    a = lipkit.parameter_sensitivity(conv, 2.0, 0.5, input_shape=(2, 6, 6))
+    b = lipkit.parameter_sensitivity(plain, 2.0, 0.5, input_shape=(2, 6, 6))
+    assert a == b and _between(a["weight"], Fraction(3) * Fraction(2.0) * Fraction(0.5))
+
+
+# ----------------------------------------------------------------------------- loss constants
+
+
+@pytest.mark.parametrize("t", [1.0, 8.0, 0.3])
+def test_cross_entropy_constant_is_sqrt2_t(t):
+    loss = lipkit.LipschitzCrossEntropyLoss(temperature=t)
+    assert _between(loss.logit_lipschitz(10), _sqrt_up(Fraction(2)) * Fraction(t))
+
+
+def test_hinge_constant_is_sqrt2():
+    value = lipkit.MulticlassHingeLoss().logit_lipschitz(5)
+    assert _between(value, _sqrt_up(Fraction(2)))
+
+
+@pytest.mark.parametrize("alpha,priors", [(10.0, None), (0.5, None), (2.0, [0.1, 0.2, 0.3, 0.4]),
+                                          (0.05, [0.7, 0.1, 0.1, 0.1])])
+def test_hkr_constant_is_the_worst_gradient_over_labels_and_runner_ups(alpha, priors):
+    """``max_y max(||v_y||, max_{j != y} ||alpha (e_j - e_y) - v_y||)``, enumerated in exact rationals from
+    the KR coefficients ``v_y`` (1 / (C pi_k) on the label, -1 / (C (1 - pi_k)) elsewhere)."""
+    c = 4
+    loss = lipkit.HKRLoss(alpha=alpha, class_priors=priors)
+    pi = [Fraction(1, c)] * c if priors is None else [Fraction(p) for p in priors]
+    a = Fraction(alpha)
+    worst = Fraction(0)
+    for y in range(c):
+        v = [1 / (c * pi[k]) if k == y else -1 / (c * (1 - pi[k])) for k in range(c)]
+        worst = max(worst, sum(x * x for x in v))
+        for j in range(c):
+            if j != y:
+                grad = [a * ((k == j) - (k == y)) - v[k] for k in range(c)]
+                worst = max(worst, sum(x * x for x in grad))
+    # the priors are floats: their float64 reciprocals are within 1e-15 of the exact ones
+    assert _between(loss.logit_lipschitz(c), _sqrt_down(worst) * (1 - Fraction(1, 10**13)),
+                    rel=Fraction(1, 10**8))
+    assert Fraction(loss.logit_lipschitz(c)) >= _sqrt_up(worst) * (1 - Fraction(1, 10**14))
+
+
+def test_mse_constant_is_radius_plus_target():
+    loss = lipkit.LogitMSELoss(target_value=2.0)
+    assert _between(loss.logit_lipschitz(3, 5.5), Fraction(7.5))
+    for bad in (None, math.inf, -1.0):
+        with pytest.raises(ValueError, match="output_radius"):
+            loss.logit_lipschitz(3, bad)
+
+
+# ----------------------------------------------------------------------------- the composition
+
+
+def _diag_linear(d_in: int, scales: list[float], bias: list[float] | None) -> nn.Linear:
+    layer = nn.Linear(d_in, len(scales), bias=bias is not None)
+    with torch.no_grad():
+        layer.weight.zero_()
+        for i, s in enumerate(scales):
+            layer.weight[i, i] = s
+        if bias is not None:
+            layer.bias.copy_(torch.tensor(bias))
+    return layer
+
+
+def _lip(scales: list[float]) -> Fraction:
+    return max(Fraction(abs(s)) for s in scales)
+
+
+def test_chain_bounds_are_the_documented_formula():
+    """A 3-layer chain with diagonal weights (exact spectral norms) and non-zero biases.  Per the module
+    docstring, with ``a = REL_ALLOWANCE``, ``c = _ABS_ALLOWANCE``:
+
+    * ``R_i = Lip(h_i) R (1 + a) + ||h_i(0)|| (1 + a) + c`` (``h_i`` the prefix before layer ``i``),
+    * ``G_i = Lip(loss) prod_{j > i} Lip(f_j) (1 + a)``,
+    * ``S_W = R_i G_i`` and ``S_b = G_i`` for a dense layer, and ``Delta = sqrt(sum S^2)``.
+
+    ReLU keeps the offsets: ``h(0)`` is computed by running the prefix on zeros."""
+    s1, b1 = [0.5, 2.0, 1.25], [0.5, -1.0, 0.25]
+    s2, b2 = [1.5, 0.75, 1.0], [-0.25, 0.5, 1.0]
+    s3, b3 = [1.0, 0.5], [0.125, -0.5]
+    model = nn.Sequential(_diag_linear(3, s1, b1), nn.ReLU(), _diag_linear(3, s2, b2), nn.ReLU(),
+                          _diag_linear(3, s3, b3))
+    r = 2.0
+    loss = lipkit.MulticlassHingeLoss()
+    rep = dp.network_sensitivity(model, r, loss, input_shape=(3,))
+    a, c, R = Fraction(REL_ALLOWANCE), Fraction(_ABS_ALLOWANCE), Fraction(r)
+    L = [_lip(s1), Fraction(1), _lip(s2), Fraction(1), _lip(s3)]
+    # offsets ||h_i(0)|| of the prefixes, exactly (the weights are diagonal, the biases dyadic)
+    z0 = [Fraction(0)] * 3
+    h = [z0]
+    x = z0
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            w = [[Fraction(float(v)) for v in row] for row in layer.weight.tolist()]
+            bb = [Fraction(float(v)) for v in layer.bias.tolist()]
+            x = [sum(w[i][j] * x[j] for j in range(len(x))) + bb[i] for i in range(len(w))]
+        else:
+            x = [max(v, Fraction(0)) for v in x]
+        h.append(x)
+    radii = []
+    lip_prefix = Fraction(1)
+    for i in range(5):
+        zn = _sqrt_down(sum(v * v for v in h[i]))
+        radii.append(lip_prefix * R * (1 + a) + zn * (1 + a) + c)
+        lip_prefix *= L[i]
+    G = _sqrt_down(Fraction(2))
+    grads = []
+    for i in range(5):
+        suffix = Fraction(1)
+        for j in range(i + 1, 5):
+            suffix *= L[j]
+        grads.append(G * suffix * (1 + a))
+    expect = {}
+    for i, name in ((0, "0"), (2, "2"), (4, "4")):
+        expect[f"{name}.weight"] = radii[i] * grads[i]
+        expect[f"{name}.bias"] = grads[i]
+    assert set(rep.per_tensor) == set(expect)
+    for k, v in expect.items():
+        assert _between(rep.per_tensor[k], v, rel=LOOSE), (k, rep.per_tensor[k], float(v))
+    total = _sqrt_down(sum(v * v for v in expect.values()))
+    assert _between(rep.total, total, rel=LOOSE)
+    out_r = lip_prefix * R * (1 + a) + _sqrt_down(sum(v * v for v in h[5])) * (1 + a) + c
+    assert _between(rep.output_radius, out_r, rel=LOOSE)
+
+
+def test_projection_restarts_the_radius_and_residuals_pass_bounds():
+    """An ``L2BallProjection`` of radius rho caps the next radius at min(rho, R_i); ``Residual(f)`` passes R
+    and G to ``f``; ``ConvexResidual`` scales G by ``a`` and bounds its logit by ``a (1-a) G (Lip(f) R +
+    ||f(0)|| + R)``."""
+    inner = _diag_linear(3, [0.5, 0.25, 0.5], [0.0, 0.0, 0.0])
+    model = nn.Sequential(_diag_linear(3, [4.0, 4.0, 4.0], None), dp.L2BallProjection(1.0),
+                          lipkit.nn.Residual(inner), _diag_linear(3, [1.0, 1.0, 1.0], None))
+    rep = dp.network_sensitivity(model, 3.0, lipkit.MulticlassHingeLoss(), input_shape=(3,))
+    a, c = Fraction(REL_ALLOWANCE), Fraction(_ABS_ALLOWANCE)
+    G = _sqrt_down(Fraction(2))
+    # layer 0: R_0 = 3 (1 + a) + c, G_0 = G * 1 * 1.5 * 1 (1 + a)  (Lip(residual) = 1 + 0.5)
+    r0 = Fraction(3) * (1 + a) + c
+    assert _between(rep.per_tensor["0.weight"], r0 * G * Fraction(3, 2) * (1 + a), rel=LOOSE)
+    # after the projection the radius restarts at min(1, R) and grows with the residual's Lip 1.5
+    r_inner = 1 * (1 + a) + c  # R into the residual = R into its f
+    g_inner = G * 1 * (1 + a)
+    assert _between(rep.per_tensor["2.f.weight"], r_inner * g_inner, rel=LOOSE)
+    r3 = Fraction(3, 2) * (1 + a) + c
+    assert _between(rep.per_tensor["3.weight"], r3 * G * (1 + a), rel=LOOSE)
+
+
+def test_offset_is_inflated_and_shared_tensors_are_refused():
+    from lipkit.dp.sensitivity import _Walker
+
+    layer = _diag_linear(2, [1.0, 1.0], [3.0, 4.0])
+    shapes = lipkit.record_input_shapes(layer, (2,))
+    w = _Walker(layer, shapes, {})
+    assert _between(w.offset(layer), Fraction(5) * (1 + Fraction(REL_ALLOWANCE)) + Fraction(_ABS_ALLOWANCE),
+                    rel=LOOSE)
+    shared = _diag_linear(2, [1.0, 1.0], [0.0, 0.0])
+    with pytest.raises(ValueError, match="used more than once"):
+        dp.network_sensitivity(nn.Sequential(shared, nn.ReLU(), shared), 1.0, lipkit.MulticlassHingeLoss(),
+                               input_shape=(2,))
