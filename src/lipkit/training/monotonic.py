@@ -92,9 +92,10 @@ def _sign(value: Any, where: str) -> int:
     raise ValueError(f"{where}: the sign must be -1, 0 or +1, got {value!r}")
 
 
-def normalise_monotonic_spec(spec: Any) -> list[int] | dict[str | int, int] | None:
+def normalise_monotonic_spec(spec: Any) -> list[int] | dict[str, int] | None:
     """The config value ``monotonic`` in a canonical form, its signs checked (names are checked against the
-    data set by :func:`resolve_monotonic`).
+    data set by :func:`resolve_monotonic`).  Mapping keys become strings (a position ``3`` is ``"3"``), so
+    the form survives the JSON of ``config.json`` and checkpoints unchanged (a resumed run compares it).
 
     ``None`` (or ``""``, ``"dataset"``): the data set's own constraints.  A list: one sign per encoded
     column.  A mapping ``{name or position: sign}``.  A string: ``"priors_count=1, juv_fel_count=1"`` (a
@@ -107,13 +108,13 @@ def normalise_monotonic_spec(spec: Any) -> list[int] | dict[str | int, int] | No
         if text in ("", "dataset", "default"):
             return None
         if "=" in text or ":" in text:
-            out: dict[str | int, int] = {}
+            out: dict[str, int] = {}
             for part in (p for p in text.split(",") if p.strip()):
                 key, sep, val = part.replace(":", "=").partition("=")
                 key = key.strip()
                 if not sep or not key:
                     raise ValueError(f"{part.strip()!r} is not NAME=SIGN (e.g. priors_count=1)")
-                out[int(key) if key.isdigit() else key] = _sign(val, f"feature {key!r}")
+                out[key] = _sign(val, f"feature {key!r}")
             return out
         spec = [v for v in text.replace(",", " ").split() if v]
     if isinstance(spec, Mapping):
@@ -121,7 +122,7 @@ def normalise_monotonic_spec(spec: Any) -> list[int] | dict[str | int, int] | No
         for key, val in spec.items():
             if isinstance(key, bool) or not isinstance(key, (str, int, np.integer)):
                 raise ValueError(f"keys are feature names or positions, got {key!r}")
-            out[int(key) if isinstance(key, (int, np.integer)) else str(key)] = _sign(val, f"feature {key!r}")
+            out[str(int(key)) if isinstance(key, (int, np.integer)) else key] = _sign(val, f"feature {key!r}")
         if not out:
             raise ValueError("an empty mapping constrains no feature (leave monotonic unset for the data "
                              "set's own constraints)")
@@ -164,7 +165,7 @@ def resolve_monotonic(spec: Any, split: TabularSplit, dataset: str | None = None
         for key, sign in spec.items():
             if isinstance(key, str) and key in names:
                 idx = names.index(key)
-            elif isinstance(key, int) or key.isdigit():
+            elif key.isdigit():
                 idx = int(key)
                 if not 0 <= idx < d:
                     raise ConfigError(f"{label}: position {idx} is outside 0..{d - 1} (data set {ds!r} has "
@@ -232,12 +233,13 @@ class MonotonicStrategy(TrainingStrategy):
         self.mean, self.std = 0.0, 1.0
         self._sq = 0.0
         self._n = 0
+        self._lip: float | None = None
 
     def on_train_start(self, trainer: Trainer) -> None:
         self.mean, self.std = target_scaling(trainer.split)
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
-        self._sq, self._n = 0.0, 0
+        self._sq, self._n, self._lip = 0.0, 0, None
 
     def loss(self, trainer: Trainer, state: StepState) -> torch.Tensor:
         f = state.logits[:, 0]
@@ -254,15 +256,17 @@ class MonotonicStrategy(TrainingStrategy):
 
     def nominal(self, model: nn.Module, logits: torch.Tensor, y: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Binary: correctness of ``sign f`` and ``|f| / Lip_inf(f)`` (the bound read once per call; a
-        training signal, no round-off allowance).  Regression: no decision (zeros; the epoch record gets
-        ``train_mse`` instead)."""
+        """Binary: correctness of ``sign f`` and ``|f| / Lip_inf(f)`` (the bound read at the first batch of
+        each epoch; a training signal, no round-off allowance, never reported as a certificate).
+        Regression: no decision (zeros; the epoch record gets ``train_mse`` instead)."""
         f = logits[:, 0].double()
         if self.task == "regression":
             z = torch.zeros_like(f)
             return z.bool(), z
         correct = (f > 0) == (y > 0.5)
-        lip = lipschitz_bound(model, math.inf)
+        if self._lip is None:
+            self._lip = lipschitz_bound(model, math.inf)
+        lip = self._lip
         r = f.abs() / lip if lip > 0 else torch.full_like(f, math.inf)
         return correct, torch.where(correct, r, torch.zeros_like(r))
 
