@@ -213,6 +213,25 @@ def test_trained_model_is_monotone_and_certificates_hold(runs, capsys):
 
 
 @pytest.mark.slow
+def test_report_command_rewrites_the_report(runs, capsys):
+    out, _ = runs
+    run = out / "m-compas"
+    before = json.loads((run / "metrics.json").read_text())
+    for f in before["partial_dependence"].values():
+        (run / f).unlink()
+    (run / "report.md").unlink()
+    code, stdout, err = _run(capsys, "report", str(run))
+    assert code == 0, err
+    after = json.loads((run / "metrics.json").read_text())
+    assert after["history"] == before["history"] and after["train_seconds"] == before["train_seconds"]
+    assert after["clean_accuracy"] == before["clean_accuracy"]
+    assert after["lipschitz_bound"] == before["lipschitz_bound"]
+    for f in after["partial_dependence"].values():
+        assert (run / f).is_file()
+    assert "priors_count" in (run / "report.md").read_text() and "wrote" in stdout
+
+
+@pytest.mark.slow
 def test_regression_pd_is_decreasing_and_certify_reports_change_bounds(runs, capsys):
     from lipkit.training.monotonic import partial_dependence
 
