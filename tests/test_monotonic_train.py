@@ -302,6 +302,12 @@ def test_export_path_rechecks_monotonicity(tmp_path, capsys, monkeypatch):
 
     side = tmp_path / "m-heart" / "monotonic.json"
     data = json.loads(side.read_text())
+    good = dict(data)
+    data["feature_names"] = data["feature_names"][::-1]
+    side.write_text(json.dumps(data))
+    with pytest.raises(RunError, match="encoded columns"):
+        load_run(tmp_path / "m-heart")
+    data = dict(good)
     data["lam"] = float(torch.tensor(data["body_bound_1_inf"] / 2, dtype=torch.float32))
     side.write_text(json.dumps(data))
     with pytest.raises(RunError, match="below the body's"):

@@ -338,6 +338,9 @@ def load_tabular_run(run_dir: str | Path, cfg: RunConfig, state: dict) -> tuple[
         raise RunError(f"{path} is missing or unreadable: a monotonic run folder keeps its frozen lam there; "
                        "re-run lipkit train") from None
     split = split_for_config(cfg)
+    if side.get("feature_names", list(split.feature_names)) != list(split.feature_names):
+        raise RunError(f"{path}: the run was trained on the encoded columns {side['feature_names']}, but "
+                       f"data set {cfg.dataset!r} now gives {list(split.feature_names)}; re-run lipkit train")
     model = build_monotonic_model(cfg, split, plain=True)
     try:
         model.load_state_dict(state)
