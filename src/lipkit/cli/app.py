@@ -66,6 +66,12 @@ def _parse_radii(text: str) -> list[float]:
 
 def _run_pipeline(cfg: RunConfig, out: Path, progress: bool) -> dict[str, Any]:
     """Train (resuming if possible), export, certify, attack and write the run folder."""
+    if cfg.model == "monotonic-mlp":  # tabular: lipkit.training.monotonic
+        from lipkit.training.monotonic import train_tabular
+
+        run_dir, metrics = train_tabular(cfg, out, progress)
+        _tabular_summary(run_dir, metrics)
+        return metrics
     from lipkit.exporting import export
     from lipkit.training.data import split_for_config
     from lipkit.training.report import certify_run, write_report
@@ -125,6 +131,21 @@ def _summary(run_dir: Path, metrics: dict[str, Any]) -> None:
             f"{priv['neighbouring']} neighbours, inputs in the l2 ball of radius {priv['input_radius']:g})")
 
 
+def _tabular_summary(run_dir: Path, metrics: dict[str, Any]) -> None:
+    """One paragraph for a monotone tabular run (lipkit.training.monotonic)."""
+    checks = metrics.get("monotonic_check", {})
+    viol = sum(c["violations"] for c in checks.values())
+    head = (f"test accuracy {100 * metrics['clean_accuracy']:.2f}%" if metrics["task"] == "binary" else
+            f"test MSE {metrics['mse']:.4g}")
+    typer.echo(f"{run_dir}: {head}, l_inf bound {metrics['lipschitz_bound']:.6g} (lam {metrics['lam']:.6g}); "
+               f"check_monotonic on {len(checks)} features: {viol} violations; certificates broken by PGD: "
+               f"{metrics['certificates_broken']}; report: {run_dir / 'report.md'}")
+    if metrics["task"] == "binary":
+        typer.echo("certified accuracy (l_inf, standardised units): " + ", ".join(
+            f"{k}: {100 * v:.2f}%" for k, v in sorted(metrics["certified_accuracy"].items(),
+                                                    key=lambda kv: float(kv[0]))))
+
+
 @app.command()
 def demo(
     epochs: Annotated[int | None, typer.Option(help="override the number of epochs (e.g. 1 for a smoke run)")]
@@ -145,8 +166,13 @@ def demo(
 def train(
     config: Annotated[Path | None, typer.Option(help="YAML (or JSON) run config")] = None,
     recipe: Annotated[str | None, typer.Option(
-        help="a shipped recipe (linf-digits, linf-fmnist); --config keys and flags override it")] = None,
-    model: Annotated[str | None, typer.Option(help="lipmlp (l2), linf-dist or sortnet (l_inf)")] = None,
+        help="a shipped recipe (linf-digits, linf-fmnist, monotonic-compas, monotonic-heart, "
+             "monotonic-autompg); --config keys and flags override it")] = None,
+    monotonic: Annotated[str | None, typer.Option(
+        help="monotonic-mlp: constraints by name (priors_count=1,age=0) or one sign per column")] = None,
+    data_seed: Annotated[int | None, typer.Option(help="seed of the data split")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="lipmlp (l2), linf-dist or sortnet (l_inf), monotonic-mlp (tabular)")] = None,
     head_width: Annotated[int | None, typer.Option(help="l_inf models: hybrid head width (0: none)")] = None,
     standardised_init: Annotated[bool | None, typer.Option(
         help="l_inf models: initialise as if the inputs were standardised (see the recipe)")] = None,
@@ -196,7 +222,8 @@ def train(
                       standardised_init=standardised_init, augment_shift=augment_shift,
                       ce_weight=ce_weight, p_window=p_window, tv2_weight=tv2_weight, spline_lr=spline_lr,
                       private=dp, epsilon=epsilon, delta=delta,
-                      input_radius=input_radius, noise_multiplier=noise_multiplier, accountant=accountant)
+                      input_radius=input_radius, noise_multiplier=noise_multiplier, accountant=accountant,
+                      monotonic=monotonic, data_seed=data_seed)
     _run_pipeline(cfg, out, progress)
 
 
@@ -224,6 +251,17 @@ def certify(
     if domain is not None and not interval:
         raise CliError("--input-domain needs --interval")
     cfg, model, split = load_run(run_dir)
+    if cfg.model == "monotonic-mlp":  # tabular: per-record l_inf radii (lipkit.training.monotonic)
+        if interval:
+            raise CliError("--interval is for l_inf image runs; a monotonic run is certified by its margin")
+        from lipkit.training.monotonic import certify_tabular
+
+        m = certify_tabular(model, split, radii or cfg.radii, pgd_steps=pgd_steps, seed=cfg.seed)
+        m.pop("radii_sorted", None)
+        typer.echo(json.dumps(m, indent=2, sort_keys=True))
+        if m["certificates_broken"]:
+            raise CliError(f"{m['certificates_broken']} certificates were broken by PGD: the bound is wrong")
+        return
     if interval and cfg.p != math.inf:
         raise CliError(f"--interval certifies l_inf runs; this run is l_{cfg.p:g}")
     if domain is not None and (split.x_test.min() < domain[0] or split.x_test.max() > domain[1]):
@@ -251,7 +289,12 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder (e.g. runs
     from lipkit.training.runs import load_run
 
     cfg, model, split = load_run(run_dir)
-    metrics = certify_run(model, split, cfg.radii, pgd_steps=cfg.pgd_steps, seed=cfg.seed, p=cfg.p)
+    if cfg.model == "monotonic-mlp":
+        from lipkit.training.monotonic import certify_tabular
+
+        metrics = certify_tabular(model, split, cfg.radii, pgd_steps=cfg.pgd_steps, seed=cfg.seed)
+    else:
+        metrics = certify_run(model, split, cfg.radii, pgd_steps=cfg.pgd_steps, seed=cfg.seed, p=cfg.p)
     old = Path(run_dir) / "metrics.json"
     if old.is_file():
         try:
@@ -263,6 +306,13 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder (e.g. runs
             pass
     if cfg.private:
         metrics["privacy"] = _run_privacy(run_dir)
+    if cfg.model == "monotonic-mlp":
+        from lipkit.training.monotonic import write_tabular_report
+
+        paths = write_tabular_report(run_dir, metrics, cfg, model, split)
+        _tabular_summary(Path(run_dir), metrics)
+        typer.echo(f"wrote {paths['report']}")
+        return
     paths = write_report(run_dir, metrics, cfg)
     _summary(Path(run_dir), metrics)
     typer.echo(f"wrote {paths['report']}")

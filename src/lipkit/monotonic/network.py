@@ -231,14 +231,32 @@ class MonotonicNetwork(nn.Module):
         """True after :meth:`freeze`: ``lam`` is a constant, no longer derived at each forward."""
         return self._frozen_slope is not None
 
-    def freeze(self) -> MonotonicNetwork:
-        """Fix ``lam`` to its current float32 value (what :func:`lipkit.export` does to the exported copy).
+    def freeze(self, lam: float | None = None) -> MonotonicNetwork:
+        """Fix ``lam`` to its current float32 value (what :func:`lipkit.export` does to the exported copy), or
+        to the given ``lam`` (a saved model's, e.g. a run folder's), checked against the body's bound.
 
         The frozen wrapper computes a fixed function without calling the bound registry.  Its guarantee
         holds while ``lam >= L`` of the body's weights: :meth:`verify_slope` checks it, and export does.
         The registered bound stays sound whatever the weights (it uses the frozen ``lam``).
+
+        Raises:
+            ValueError: a given ``lam`` that is not a finite float32 number >= the body's l_1 -> l_inf bound
+                (the model would not be monotone); the wrapper is then left as it was.
         """
-        self._frozen_slope = float(_float_up(slope_for(self.body_bound(), self.lip), torch.float32).item())
+        if lam is None:
+            lam32 = _float_up(slope_for(self.body_bound(), self.lip), torch.float32)
+            self._frozen_slope = float(lam32.item())
+            return self
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or \
+                float(torch.tensor(float(lam), dtype=torch.float32).item()) != float(lam):
+            raise ValueError(f"MonotonicNetwork.freeze: lam must be a finite float32 number, got {lam!r}")
+        before = self._frozen_slope
+        self._frozen_slope = float(lam)
+        try:
+            self.verify_slope()
+        except ValueError:
+            self._frozen_slope = before
+            raise
         return self
 
     def verify_slope(self) -> None:

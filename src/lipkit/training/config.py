@@ -25,13 +25,15 @@ __all__ = ["DEMO_CONFIG", "RunConfig", "ConfigError", "load_config", "read_confi
 ACTIVATIONS = ("maxmin", "groupsort", "spline")
 CONSTRAINTS = ("orthogonal",)
 ORTHOGONAL_METHODS = ("cayley", "retraction", "bjorck")
-LOSSES = ("ce", "hinge", "hkr", "mix")
+LOSSES = ("ce", "hinge", "hkr", "mix", "mse")
 OPTIMIZERS = ("adam", "sgd")
-MODELS = ("lipmlp", "linf-dist", "sortnet")
+MODELS = ("lipmlp", "linf-dist", "sortnet", "monotonic-mlp")
 HEAD_ACTIVATIONS = ("relu", "tanh")
 SCHEDULES = ("onecycle", "cosine", "constant")
 DP_ACCOUNTANTS = ("rdp", "prv")
 DP_CALIBRATIONS = ("global", "per-tensor")
+TASKS = ("auto", "classification", "binary", "regression")
+FIRST_LAYERS = ("one-inf", "two-inf", "inf")
 
 
 #: the configuration `lipkit demo` trains (tuned for digits on a 2-core CPU, see report).
@@ -86,6 +88,10 @@ class NetworkConfig:
     standardised_init: bool = False
     spline_knots: int = 21
     spline_range: float = 3.0
+    # model: monotonic-mlp (lipkit.training.monotonic)
+    monotonic: Any = None
+    lip: float = 1.0
+    first_layer: str = "one-inf"
 
 
 @dataclass
@@ -97,6 +103,7 @@ class ObjectiveConfig:
     margin: float = 1.0
     alpha: float = 10.0
     tv2_weight: float = 0.0
+    task: str = "auto"
 
 
 @dataclass
@@ -228,6 +235,15 @@ class RunConfig:
     standardised inputs at learning rate ``lr'``, as in Zhang et al.  ``augment_shift``: translate
     each training image by up to this many pixels per axis, edges repeated
     (:func:`lipkit.training.data.random_shift`; square images only).
+
+    Monotone tabular models (``model: monotonic-mlp`` on ``compas``, ``heart`` or ``autompg``; see
+    :mod:`lipkit.training.monotonic`): a :class:`lipkit.monotonic.MonotonicMLP` of hidden width ``widths[0]``
+    and depth ``len(widths)`` (all widths equal), GroupSort activations, first layer ``first_layer`` with
+    constant ``lip``; ``monotonic`` is ``None`` (the data set's own constraints), a list of one sign per
+    encoded column, a mapping ``{feature name or position: sign}`` or a string (``"priors_count=1,age=0"``
+    or ``"0,0,1,..."``).  ``task`` (``auto``: from the data set) is ``binary`` (one logit, loss ``ce`` =
+    binary cross-entropy) or ``regression`` (loss ``mse`` on the standardised target); certificates are
+    l_inf (``p: inf``).
     """
 
     name: str
@@ -279,7 +295,7 @@ class RunConfig:
                   "head_width", "augment_shift"):
             setattr(self, k, _as_int(k, getattr(self, k)))
         for k in ("name", "dataset", "activation", "constraint", "orthogonal_method", "loss", "optimizer",
-                  "schedule", "model", "head_activation", "accountant", "calibration"):
+                  "schedule", "model", "head_activation", "accountant", "calibration", "task", "first_layer"):
             need(isinstance(getattr(self, k), str), k, "must be a string")
         self.p = _as_p(self.p)
         need(isinstance(self.standardised_init, bool), "standardised_init", "must be true or false")
@@ -344,7 +360,9 @@ class RunConfig:
         need(self.activation == "spline" or (self.tv2_weight == 0 and self.spline_lr == 0),
              "tv2_weight" if self.tv2_weight else "spline_lr", "is for activation: spline only")
         # impossible combinations
-        if self.model == "lipmlp":
+        if self._validate_tabular(need):
+            pass
+        elif self.model == "lipmlp":
             step = 1 if self.activation == "spline" else 2 if self.activation == "maxmin" else self.group_size
             bad = [w for w in self.widths if w % step]
             need(not bad, "widths", f"{self.activation} sorts groups of {step}: every width must be a "
@@ -375,6 +393,47 @@ class RunConfig:
             need(self.margin > 0, "margin", "the mix loss needs margin > 0 (its training radius)")
             need(self.model != "lipmlp", "loss", "the mix loss is for model: linf-dist / sortnet")
 
+    def _validate_tabular(self, need: Any) -> bool:
+        """The checks of ``model: monotonic-mlp`` and of the tabular data sets; True for a monotone run (then
+        the image-model combinations are not checked)."""
+        from lipkit.training.data import TABULAR_DATASETS
+
+        need(self.task in TASKS, "task", f"must be one of {list(TASKS)}")
+        need(self.first_layer in FIRST_LAYERS, "first_layer", f"must be one of {list(FIRST_LAYERS)}")
+        self.lip = _as_float("lip", self.lip)
+        need(self.lip > 0 and math.isfinite(self.lip), "lip", "must be a finite number > 0")
+        tabular = self.dataset in TABULAR_DATASETS
+        if self.model != "monotonic-mlp":
+            need(not tabular, "dataset", f"the tabular data set {self.dataset!r} trains with model: "
+                 "monotonic-mlp (e.g. lipkit train --recipe monotonic-" + f"{self.dataset})")
+            need(self.task in ("auto", "classification"), "task", "binary and regression are for model: "
+                 "monotonic-mlp on a tabular data set")
+            need(self.loss != "mse", "loss", "mse is for regression (model: monotonic-mlp)")
+            need(self.monotonic is None, "monotonic", "is for model: monotonic-mlp")
+            return False
+        from lipkit.training.monotonic import normalise_monotonic_spec, tabular_task
+
+        need(tabular, "dataset",
+             f"model monotonic-mlp trains on a tabular data set: {sorted(TABULAR_DATASETS)}")
+        task = tabular_task(self.dataset)
+        need(self.task in ("auto", task), "task", f"data set {self.dataset!r} is a {task} task")
+        need(self.loss == ("mse" if task == "regression" else "ce"), "loss",
+             "use ce (binary cross-entropy of the single logit) for a binary task and mse for regression")
+        need(self.p == math.inf, "p", "monotone tabular models are certified in l_inf: use p=inf")
+        need(self.activation == "groupsort" and self.group_size == 2, "activation",
+             "model monotonic-mlp uses GroupSort of size 2: set activation: groupsort (group_size 2)")
+        need(len(set(self.widths)) == 1 and self.widths[0] % 2 == 0, "widths",
+             "model monotonic-mlp has len(widths) hidden layers of one even width, e.g. [128, 128]")
+        need(not self.private, "private", "private training is not available for model monotonic-mlp")
+        need(self.augment_shift == 0, "augment_shift", "is for images")
+        need(not self.standardised_init, "standardised_init", "is for model: linf-dist / sortnet")
+        need(self.head_width == 0, "head_width", "is for model: linf-dist / sortnet")
+        try:
+            self.monotonic = normalise_monotonic_spec(self.monotonic)
+        except ValueError as exc:
+            raise ConfigError(f"config key {_label('monotonic')}: {exc}") from None
+        return True
+
     # ----------------------------------------------------------------- I/O
     def to_dict(self, sections: bool = False) -> dict[str, Any]:
         """The config as plain data: flat keys (default; the form of ``config.json`` and checkpoints) or,
@@ -397,7 +456,7 @@ class RunConfig:
     @property
     def is_linf_model(self) -> bool:
         """True for the l_inf-distance / SortNet models."""
-        return self.model != "lipmlp"
+        return self.model in ("linf-dist", "sortnet")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:

@@ -233,10 +233,14 @@ def load_dataset(name: str, **kwargs: object) -> Any:
 
 def split_for_config(cfg: Any) -> Split:
     """The data split a run config trains and certifies on: ``load_dataset(cfg.dataset, ...)`` with the
-    config's ``test_size`` and ``data_seed`` (Fashion-MNIST has a fixed split and takes neither)."""
-    if cfg.dataset in TABULAR_DATASETS:
-        raise ValueError(f"the tabular data set {cfg.dataset!r} has no image-classifier recipe; train it "
-                         "with lipkit.monotonic (see bench/monotonic.py)")
+    config's ``test_size`` and ``data_seed`` (Fashion-MNIST has a fixed split and takes neither; a tabular
+    set, for ``model: monotonic-mlp`` only, is a :class:`TabularSplit` of ``seed=data_seed``)."""
+    if cfg.dataset in TABULAR_DATASETS:  # a random 60/20/20 split from data_seed (test_size is not used)
+        if getattr(cfg, "model", None) != "monotonic-mlp":
+            raise ValueError(f"the tabular data set {cfg.dataset!r} has no image-classifier recipe; train it "
+                             "with model: monotonic-mlp (lipkit train --recipe monotonic-"
+                             f"{cfg.dataset})")
+        return load_dataset(cfg.dataset, seed=cfg.data_seed)
     if cfg.dataset == "fashion-mnist":
         return load_dataset(cfg.dataset)
     return load_dataset(cfg.dataset, test_size=cfg.test_size, seed=cfg.data_seed)
@@ -272,6 +276,11 @@ class TabularSplit:
     @property
     def num_features(self) -> int:
         return int(self.x_train.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        """2 for a binary task (one logit decides between the classes), 0 for a regression."""
+        return 2 if self.task == "binary" else 0
 
     def monotonic_vector(self) -> list[int]:
         """``monotonic`` as one entry in {-1, 0, +1} per column."""

@@ -115,6 +115,9 @@ def load_run_model(run_dir: str | Path) -> nn.Sequential:
 
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
+    if cfg.model == "monotonic-mlp":
+        raise RunError(f"{str(run_dir)!r} is a monotonic run (g(x) + lam x C, not a chain of layers); its "
+                       f"bound is the wrapper's own rule: lipkit certify {run_dir} prints it")
     path = run_dir / WEIGHTS_FILE
     state = _read_weights(path)
     in_features, num_classes = _sizes(state, path)
@@ -126,10 +129,16 @@ def load_run_model(run_dir: str | Path) -> nn.Sequential:
 def load_run(run_dir: str | Path) -> tuple[RunConfig, nn.Sequential, Split]:
     """``(config, exported plain model in eval mode, data split)`` of a run folder.
 
-    The model is built for the split's sizes; weights of other sizes raise :class:`RunError`."""
+    The model is built for the split's sizes; weights of other sizes raise :class:`RunError`.  A
+    ``monotonic-mlp`` run gives its exported :class:`lipkit.MonotonicNetwork` (``lam`` frozen to the saved
+    value, checked against the body's bound) and its :class:`~lipkit.training.data.TabularSplit`."""
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
     path = run_dir / WEIGHTS_FILE
     state = _read_weights(path)
+    if cfg.model == "monotonic-mlp":  # the exported MonotonicNetwork, lam frozen (lipkit.training.monotonic)
+        from lipkit.training.monotonic import load_tabular_run
+
+        return (cfg, *load_tabular_run(run_dir, cfg, state))
     split = split_for_config(cfg)
     return cfg, _build_and_load(cfg, state, split.num_features, split.num_classes, path), split

@@ -19,6 +19,8 @@ hook                        called
 ``nominal``                 correctness and nominal radius of logits (``None``: the next one's)
 ``on_epoch_end``            with the epoch's metric record, before it is checkpointed (may add keys)
 ``before_final_eval``       once, after the last epoch and before the test-set evaluation
+``final_metrics``           the test metrics of the last epoch's record (``None``: the next one's, or
+                            :func:`~lipkit.training.trainer.evaluate`'s accuracy and nominal radii)
 ``on_train_end``            always, also after an error or interruption (undo global settings)
 ==========================  ======================================================================
 
@@ -94,12 +96,20 @@ class TrainingStrategy:
     def before_final_eval(self, trainer: Trainer) -> None:
         pass
 
+    def final_metrics(self, trainer: Trainer) -> dict[str, Any] | None:
+        return None
+
     def on_train_end(self, trainer: Trainer) -> None:
         pass
 
 
 def strategies_for(cfg: RunConfig) -> list[TrainingStrategy]:
-    """The strategies a config trains with: the l_inf schedule for l_inf models, DP noise for private runs."""
+    """The strategies a config trains with: the l_inf schedule for l_inf models, DP noise for private runs,
+    the tabular loss and metrics for monotone models."""
+    if cfg.model == "monotonic-mlp":
+        from lipkit.training.monotonic import MonotonicStrategy
+
+        return [MonotonicStrategy(cfg)]
     if cfg.is_linf_model:
         from lipkit.training.linf import LinfScheduleStrategy
 

@@ -94,11 +94,18 @@ def build_model(cfg: RunConfig, in_features: int, num_classes: int) -> nn.Sequen
         return seeded_model(cfg, in_features, num_classes)
 
 
-def seeded_model(cfg: RunConfig, in_features: int, num_classes: int) -> nn.Sequential:
+def seeded_model(cfg: RunConfig, in_features: int, num_classes: int, split: Any = None) -> nn.Sequential:
     """:func:`build_model` without the RNG fork: seeds the *global* torch RNG with ``cfg.seed`` and
     builds the model from it, leaving the RNG where the initialisation left it.  The :class:`Trainer`
-    calls it inside its own fork, so a run's later random draws continue that stream."""
+    calls it inside its own fork, so a run's later random draws continue that stream.  ``model:
+    monotonic-mlp`` needs the ``split`` (its feature names): :mod:`lipkit.training.monotonic`."""
     torch.manual_seed(cfg.seed)
+    if cfg.model == "monotonic-mlp":
+        from lipkit.training.monotonic import build_monotonic_model
+
+        if split is None:
+            raise ValueError("model monotonic-mlp is built for a data split: pass split=")
+        return build_monotonic_model(cfg, split)
     if cfg.is_linf_model:
         from lipkit.training.linf import build_linf_model
 
@@ -305,7 +312,7 @@ class Trainer:
         if cfg.augment_shift and square_side(split.num_features) is None:
             raise ConfigError(f"config key 'augment_shift': needs square images, but {split.name} has "
                               f"{split.num_features} features")
-        self.model = seeded_model(cfg, split.num_features, split.num_classes)
+        self.model = seeded_model(cfg, split.num_features, split.num_classes, split=split)
         if cfg.standardised_init:  # (a resumed run overwrites these weights from its checkpoint)
             from lipkit.training.linf import standardised_init
 
@@ -424,9 +431,13 @@ class Trainer:
         self._call("on_epoch_end", epoch, rec)
         if epoch + 1 == cfg.epochs:
             self._call("before_final_eval")
-            ev = evaluate(self.model, split, cfg.radii, cfg=cfg)
-            rec["test_accuracy"] = ev["clean_accuracy"]
-            rec["test_nominal_certified"] = ev["certified_accuracy"]
+            own = next((m for s in self.strategies if (m := s.final_metrics(self)) is not None), None)
+            if own is not None:
+                rec.update(own)
+            else:
+                ev = evaluate(self.model, split, cfg.radii, cfg=cfg)
+                rec["test_accuracy"] = ev["clean_accuracy"]
+                rec["test_nominal_certified"] = ev["certified_accuracy"]
         return rec
 
     def run(self, stop_after: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
@@ -512,17 +523,20 @@ class _Progress:
             self.task = self.bar.add_task("train", total=total, completed=initial, info="")
             self.bar.start()
 
+    @staticmethod
+    def _info(rec: dict[str, Any], digits: int) -> str:
+        if "train_mse" in rec:  # a regression (lipkit.training.monotonic): no accuracy, no radius
+            return f"loss {rec['loss']:.{digits}f}  train mse {rec['train_mse']:.{digits}f}"
+        cert = next(iter(rec["nominal_certified"].items()))
+        return (f"loss {rec['loss']:.{digits}f}  train acc {rec['train_accuracy']:.{digits}f}  "
+                f"train cert@{cert[0]} {cert[1]:.{digits}f}")
+
     def update(self, rec: dict[str, Any]) -> None:
         if self.bar is not None:
-            cert = next(iter(rec["nominal_certified"].items()))
-            info = (f"loss {rec['loss']:.3f}  train acc {rec['train_accuracy']:.3f}  "
-                    f"train cert@{cert[0]} {cert[1]:.3f}")
-            self.bar.update(self.task, advance=1, info=info)
+            self.bar.update(self.task, advance=1, info=self._info(rec, 3))
         elif self.lines:
             self.done += 1
-            cert = next(iter(rec["nominal_certified"].items()))
-            print(f"train: epoch {self.done}/{self.total}  loss {rec['loss']:.4f}  train acc "
-                  f"{rec['train_accuracy']:.4f}  train cert@{cert[0]} {cert[1]:.4f}  {rec['seconds']:.1f} s",
+            print(f"train: epoch {self.done}/{self.total}  {self._info(rec, 4)}  {rec['seconds']:.1f} s",
                   file=sys.stderr, flush=True)
 
     def close(self) -> None:
