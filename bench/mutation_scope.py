@@ -89,17 +89,20 @@ SHARDS: dict[str, dict[str, list[str]]] = {
                                     "_comparators_box"],
         "lipkit.estimation._mlp": ["activation_slopes"],
     },
-    # the per-example gradient bounds DP-SGD's noise is calibrated to (lipkit.dp, issue 18)
-    "dp_sensitivity": {
+    # the per-example gradient bounds DP-SGD's noise is calibrated to (lipkit.dp, issue 18): the layers'
+    # rules and the losses' logit constants, then their composition through the network
+    "dp_rules": {
         "lipkit.bounds.sensitivity": ["_linear_sensitivity", "_conv_sensitivity"],
         "lipkit.nn.linear": ["_lip_linear_sensitivity"],
         "lipkit.nn.conv": ["_lip_conv_sensitivity"],
         "lipkit.nn.spline": ["_spline_sensitivity", "constraint_jacobian_norms"],
+        "lipkit.losses": ["MulticlassHingeLoss.logit_lipschitz", "HKRLoss.logit_lipschitz",
+                          "LipschitzCrossEntropyLoss.logit_lipschitz", "LogitMSELoss.logit_lipschitz"],
+    },
+    "dp_sensitivity": {
         "lipkit.dp.sensitivity": ["_norm_up", "_wide", "gram_bound", "gram_bound_fp32", "fast_lipschitz",
                                   "_Walker.offset", "_Walker.walk", "_Walker.walk_chain", "_Walker.record",
                                   "network_sensitivity"],
-        "lipkit.losses": ["MulticlassHingeLoss.logit_lipschitz", "HKRLoss.logit_lipschitz",
-                          "LipschitzCrossEntropyLoss.logit_lipschitz", "LogitMSELoss.logit_lipschitz"],
     },
     # the slope lam of a monotonic network and the wrapper's own bound (lipkit.monotonic, issue 19)
     "monotonic_slope": {
@@ -139,8 +142,9 @@ SHARD_TESTS: dict[str, list[str]] = {
         "krivine_max_bounds_random_multilinear_polys_and_is_exact_at_full_degree",
         "lipopt_branch_and_bound_closes_the_gap_of_a_low_degree", "lipopt_with_bias_and_leaky_relu_is_sound",
         "lipopt_deep_bounds_the_vertex_maximum")],
-    "dp_sensitivity": ["tests/test_dp_sensitivity.py", "tests/test_dp_mutants.py",
-                       "tests/test_spline.py::test_sensitivity_rule_against_per_example_gradients"],
+    "dp_rules": ["tests/test_dp_mutants.py", "tests/test_dp_sensitivity.py",
+                 "tests/test_spline.py::test_sensitivity_rule_against_per_example_gradients"],
+    "dp_sensitivity": ["tests/test_dp_mutants.py", "tests/test_dp_sensitivity.py"],
     "monotonic_slope": ["tests/test_monotonic.py", "tests/test_monotonic_certify.py",
                         "tests/test_monotonic_export.py", "tests/test_monotonic_mutants.py"],
     "estimate_upper": ["tests/test_estimate_mutants.py", "tests/test_local_margin_mutants.py"] + [

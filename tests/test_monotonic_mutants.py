@@ -145,3 +145,43 @@ def test_verify_slope_accepts_lam_equal_to_the_bound():
     if below < bound:
         with pytest.raises(ValueError, match="below"):
             model.freeze(below)
+
+
+def test_freeze_refuses_bad_lams_and_keeps_the_previous_one():
+    torch.manual_seed(4)
+    body = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    model = MonotonicNetwork(body, [1, 0, -1])
+    model.freeze()
+    lam0 = model.slope()
+    for bad in (math.inf, -math.inf, math.nan, True, "1.0", 1.0 + 2.0**-40):
+        with pytest.raises(ValueError, match="finite float32 number"):
+            model.freeze(bad)
+        assert model.frozen and model.slope() == lam0  # the wrapper is left as it was
+    with pytest.raises(ValueError, match="below"):
+        model.freeze(lam0 / 4)
+    assert model.frozen and model.slope() == lam0
+    # the float32 check does not follow torch's default dtype
+    before = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        with pytest.raises(ValueError, match="finite float32 number"):
+            model.freeze(lam0 * (1 + 2.0**-40))
+    finally:
+        torch.set_default_dtype(before)
+    model.freeze(float(lam0) * 2)  # a float32 value above the bound: accepted
+    assert model.slope() == lam0 * 2
+
+
+def test_one_dimensional_body_outputs_and_mismatched_constraints():
+    torch.manual_seed(5)
+    body = nn.Sequential(nn.Linear(3, 1), nn.Flatten(0))  # returns (batch,)
+    model = MonotonicNetwork(body, [1, 0, 0])
+    x = torch.randn(4, 3)
+    out = model(x)
+    assert out.shape == (4, 1)
+    lam = model.deployed_slope(torch.float32)
+    assert torch.allclose(out, body(x)[:, None] + x[:, :1] * lam)
+    two = MonotonicNetwork(nn.Sequential(nn.Linear(3, 2)), [[1, 0, 0], [0, 1, 0]], lip=1.0)
+    two.body[0] = nn.Linear(3, 3)  # the body changed after construction: the forward checks again
+    with pytest.raises(ValueError, match="output columns"):
+        two(x)
