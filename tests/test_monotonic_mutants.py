@@ -185,3 +185,27 @@ def test_one_dimensional_body_outputs_and_mismatched_constraints():
     two.body[0] = nn.Linear(3, 3)  # the body changed after construction: the forward checks again
     with pytest.raises(ValueError, match="output columns"):
         two(x)
+
+
+@pytest.mark.parametrize("default", [torch.float32, torch.float64])
+def test_deployed_slope_is_rounded_up_in_every_dtype(default):
+    """The forward's lam in float32, float64, float16 and bfloat16 is never below :meth:`slope` and has the
+    requested dtype, whatever torch's default dtype (float64 and float32 get the same float32 value)."""
+    torch.manual_seed(6)
+    model = MonotonicNetwork(nn.Sequential(nn.Linear(3, 7), nn.ReLU(), nn.Linear(7, 1)), [1, -1, 0])
+    exact = model.slope()
+    before = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(default)
+        lams = {dt: model.deployed_slope(dt) for dt in (torch.float32, torch.float64, torch.float16,
+                                                         torch.bfloat16)}
+    finally:
+        torch.set_default_dtype(before)
+    for dt, lam in lams.items():
+        assert lam.dtype == dt
+        assert float(lam.item()) >= exact, (dt, float(lam.item()), exact)
+    assert float(lams[torch.float64].item()) == float(lams[torch.float32].item())
+    # rounded up, not to nearest: within one float32 step of the exact slope
+    lam32 = lams[torch.float32]
+    step = float(torch.nextafter(lam32, torch.tensor(math.inf)).item()) - float(lam32)
+    assert float(lam32.item()) - exact < step
