@@ -34,6 +34,11 @@ parallel processes (``--jobs``).  Each trained critic also records where its act
 
     # 2 pairs in parallel, (10 + 4) runs of 2 x 60 s each, ~29 min:
     OMP_NUM_THREADS=1 python bench/wasserstein.py --seeds 4
+    # 4 more paired test seeds of the chosen configurations (~9 min), the step cost at equal learning
+    # rates (~1 min, one process), the tables of docs/benchmarks.md:
+    OMP_NUM_THREADS=1 python bench/wasserstein.py --more-seeds 4
+    OMP_NUM_THREADS=1 python bench/wasserstein.py --step-cost
+    python bench/wasserstein.py --tables
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import statistics
 import sys
 import time
@@ -72,9 +78,10 @@ def _spline(lr: float, spline_lr: float, knot_range: float, learn_scale: bool = 
 # coefficient lr = weight lr, a learnable input/output scale, and init identity (which starts as the linear
 # critic, whose estimate is ||mean_P - mean_Q||, where |x| starts lower).  TV(2) > 0, init ReLU and 41 knots
 # lost to the baseline in the previous run (at coefficient lr 1e-2) and are not repeated.
-# Knot range: the spline inputs of a trained critic have |pre-activation| quantiles 50/99/99.9% of about
-# 0.3-0.5 / 1.3-1.5 / 1.9-2.0 (measured, see ``coverage`` in the results): on [-3, 3] with 21 knots only
-# about 9 of the 20 pieces see data, on [-1.5, 1.5] all do and about 1% of the inputs fall outside.
+# Knot range: a critic trained 30 s at weight lr 1e-3 had |pre-activation| quantiles 50/99/99.9% of about
+# 0.3-0.5 / 1.3-1.5 / 1.9-2.0, so on [-3, 3] with 21 knots only about 9 of the 20 pieces saw data, on
+# [-1.5, 1.5] all did with about 1% of the inputs outside.  (A larger weight lr spreads them: the
+# ``coverage`` of each trained critic is recorded in the results.)
 SPLINE_GRID = (
     _spline(1e-3, 1e-3, 3.0), _spline(3e-3, 1e-3, 3.0), _spline(1e-2, 1e-3, 3.0),
     _spline(1e-3, 1e-3, 1.5), _spline(3e-3, 1e-3, 1.5), _spline(1e-2, 1e-3, 1.5),
@@ -187,40 +194,40 @@ def train_two(runs: dict, xp, xq, tp, tq, seconds: float, seed: int) -> dict:
     return out
 
 
-def run_pair(pair: tuple[int, int], seconds: float, seeds: int, quick: bool) -> dict:
+def load_pair(pair: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+    """Centred training and test images of the two classes (``xp, xq, tp, tq``)."""
     torch.set_num_threads(1)
     split = lipkit.load_dataset("fashion-mnist")
     p, q = pair
     xp, xq = split.x_train[split.y_train == p], split.x_train[split.y_train == q]
     tp, tq = split.x_test[split.y_test == p], split.x_test[split.y_test == q]
     centre = torch.cat([xp, xq]).mean(0)
-    xp, xq, tp, tq = xp - centre, xq - centre, tp - centre, tq - centre
-    g = torch.Generator().manual_seed(1234)
-    pp, pq = torch.randperm(len(xp), generator=g), torch.randperm(len(xq), generator=g)
-    vp, vq = xp[pp[:VAL_PER_CLASS]], xq[pq[:VAL_PER_CLASS]]
-    fp, fq = xp[pp[VAL_PER_CLASS:]], xq[pq[VAL_PER_CLASS:]]
-    name = f"{CLASSES[p]} vs {CLASSES[q]}"
-    sgrid, mgrid = (SPLINE_GRID[:2], MAXMIN_GRID[:2]) if quick else (SPLINE_GRID, MAXMIN_GRID)
-    validation = {"spline": [], "maxmin": []}
-    for sc, mc in zip(sgrid, mgrid, strict=True):
-        r = train_two({"spline": ("spline", sc), "maxmin": ("maxmin", mc)}, fp, fq, vp, vq, seconds, 0)
-        validation["spline"].append({"config": sc, "val_w1": r["spline"]["w1_lower_bound"],
-                                     "steps": r["spline"]["steps"], "coverage": r["spline"]["coverage"]})
-        validation["maxmin"].append({"config": mc, "val_w1": r["maxmin"]["w1_lower_bound"],
-                                     "steps": r["maxmin"]["steps"]})
-        rs, rm = r["spline"], r["maxmin"]
-        print(f"[{name}] val spline {sc}: {rs['w1_lower_bound']:.4f} ({rs['steps']} steps) | maxmin {mc}: "
-              f"{rm['w1_lower_bound']:.4f} ({rm['steps']} steps)", flush=True)
-    chosen = {k: max(v, key=lambda e: e["val_w1"])["config"] for k, v in validation.items()}
+    return xp - centre, xq - centre, tp - centre, tq - centre
+
+
+def paired_test_runs(name: str, chosen: dict, data: tuple[torch.Tensor, ...], seconds: float,
+               seeds: range) -> list[dict]:
+    """The paired test runs of the chosen configurations for ``seeds``."""
+    xp, xq, tp, tq = data
     per_seed = []
-    for seed in range(seeds):
+    for seed in seeds:
         r = train_two({"spline": ("spline", chosen["spline"]), "maxmin": ("maxmin", chosen["maxmin"])},
                       xp, xq, tp, tq, seconds, seed)
         per_seed.append({"seed": seed, **r})
         print(f"[{name}] test seed {seed}: spline {r['spline']['w1_lower_bound']:.4f} "
               f"({r['spline']['steps']} steps), maxmin {r['maxmin']['w1_lower_bound']:.4f} "
               f"({r['maxmin']['steps']} steps)", flush=True)
-    out: dict = {"chosen": chosen, "validation": validation, "per_seed": per_seed}
+    return per_seed
+
+
+def more_seeds(name: str, pair: tuple[int, int], chosen: dict, seconds: float, start: int,
+               count: int) -> list[dict]:
+    return paired_test_runs(name, chosen, load_pair(pair), seconds, range(start, start + count))
+
+
+def summarise(out: dict) -> dict:
+    """Add the summary keys of one class pair from its ``validation`` and ``per_seed`` runs."""
+    validation, per_seed = out["validation"], out["per_seed"]
     # same wall time in every run: the per-step cost of the spline critic over MaxMin's is the inverse
     # ratio of the steps they took side by side
     ratios = [m["steps"] / s["steps"] for s, m in zip(validation["spline"], validation["maxmin"],
@@ -239,6 +246,73 @@ def run_pair(pair: tuple[int, int], seconds: float, seeds: int, quick: bool) -> 
     out["spline_larger"] = out["spline"]["mean"] > out["maxmin"]["mean"]
     out["ratio_spline_over_maxmin"] = out["spline"]["mean"] / out["maxmin"]["mean"]
     return out
+
+
+def run_pair(pair: tuple[int, int], seconds: float, seeds: int, quick: bool) -> dict:
+    p, q = pair
+    xp, xq, tp, tq = load_pair(pair)
+    g = torch.Generator().manual_seed(1234)
+    pp, pq = torch.randperm(len(xp), generator=g), torch.randperm(len(xq), generator=g)
+    vp, vq = xp[pp[:VAL_PER_CLASS]], xq[pq[:VAL_PER_CLASS]]
+    fp, fq = xp[pp[VAL_PER_CLASS:]], xq[pq[VAL_PER_CLASS:]]
+    name = f"{CLASSES[p]} vs {CLASSES[q]}"
+    sgrid, mgrid = (SPLINE_GRID[:2], MAXMIN_GRID[:2]) if quick else (SPLINE_GRID, MAXMIN_GRID)
+    validation = {"spline": [], "maxmin": []}
+    for sc, mc in zip(sgrid, mgrid, strict=True):
+        r = train_two({"spline": ("spline", sc), "maxmin": ("maxmin", mc)}, fp, fq, vp, vq, seconds, 0)
+        validation["spline"].append({"config": sc, "val_w1": r["spline"]["w1_lower_bound"],
+                                     "steps": r["spline"]["steps"], "coverage": r["spline"]["coverage"]})
+        validation["maxmin"].append({"config": mc, "val_w1": r["maxmin"]["w1_lower_bound"],
+                                     "steps": r["maxmin"]["steps"]})
+        rs, rm = r["spline"], r["maxmin"]
+        print(f"[{name}] val spline {sc}: {rs['w1_lower_bound']:.4f} ({rs['steps']} steps) | maxmin {mc}: "
+              f"{rm['w1_lower_bound']:.4f} ({rm['steps']} steps)", flush=True)
+    chosen = {k: max(v, key=lambda e: e["val_w1"])["config"] for k, v in validation.items()}
+    per_seed = paired_test_runs(name, chosen, (xp, xq, tp, tq), seconds, range(seeds))
+    return summarise({"chosen": chosen, "validation": validation, "per_seed": per_seed})
+
+
+def step_cost(lrs: tuple[float, ...] = (3e-4, 1e-3, 1e-2), rounds: int = 6, steps: int = 10) -> dict:
+    """Seconds per training step of the spline and the MaxMin critic (batches of 256 per class) at the same
+    weight learning rate, for each of ``lrs``, in one process: ``rounds`` alternating blocks of ``steps``
+    steps (A, B, A, B, ...) after a warm-up block each; medians, and the median of the per-round ratios.
+
+    The learning rate matters: the orthogonal ``LipLinear`` retraction falls back to the full float64
+    polar iteration when an optimiser step moved the raw weight far from orthogonal
+    (:mod:`lipkit.nn.parametrize.orthogonal`), so the step cost of *both* critics grows with it."""
+    torch.set_num_threads(1)
+    xp, xq, _, _ = load_pair(PAIRS[0])
+    out = {}
+    for lr in lrs:
+        runs = {"spline": ("spline", _spline(lr, 1e-3, 3.0)),
+                "maxmin": ("maxmin", {"lr": lr, "betas": (0.9, 0.999)})}
+        torch.manual_seed(0)
+        nets = {a: critic(k, c) for a, (k, c) in runs.items()}
+        opts = {a: optimiser(runs[a][0], runs[a][1], nets[a]) for a in nets}
+        g = torch.Generator().manual_seed(0)
+
+        def block(a: str, nets: dict = nets, opts: dict = opts, g: torch.Generator = g) -> float:
+            t = time.perf_counter()
+            for _ in range(steps):
+                ip = torch.randint(len(xp), (256,), generator=g)
+                iq = torch.randint(len(xq), (256,), generator=g)
+                opts[a].zero_grad(set_to_none=True)
+                (nets[a](xq[iq]).mean() - nets[a](xp[ip]).mean()).backward()
+                opts[a].step()
+            return (time.perf_counter() - t) / steps
+
+        for a in nets:
+            block(a)
+        per = {a: [] for a in nets}
+        for _ in range(rounds):
+            for a in nets:
+                per[a].append(block(a))
+        ratios = [s / m for s, m in zip(per["spline"], per["maxmin"], strict=True)]
+        out[_num(lr)] = {"spline_seconds_per_step": statistics.median(per["spline"]),
+                         "maxmin_seconds_per_step": statistics.median(per["maxmin"]),
+                         "ratio_spline_over_maxmin": statistics.median(ratios)}
+    return {"by_weight_lr": out, "rounds": rounds, "steps_per_block": steps,
+            "load_avg": list(os.getloadavg())}
 
 
 def _num(v: float) -> str:
@@ -315,7 +389,47 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="class pairs run in parallel processes")
     ap.add_argument("--quick", action="store_true", help="smoke run (3 s, 2 configs, 2 seeds), no file")
     ap.add_argument("--tables", action="store_true", help="print the tables of wasserstein.json (markdown)")
+    ap.add_argument("--step-cost", action="store_true",
+                    help="time alternating blocks of training steps (spline, MaxMin) and add them to "
+                         "wasserstein.json as 'step_cost'")
+    ap.add_argument("--more-seeds", type=int, default=0,
+                    help="append this many paired test seeds (the chosen configurations of wasserstein.json) "
+                         "to wasserstein.json")
     args = ap.parse_args()
+    if args.more_seeds:
+        import json
+
+        path = Path(__file__).resolve().parent / "results" / "wasserstein.json"
+        res = json.loads(path.read_text())
+        t0 = time.perf_counter()
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as ex:
+            futs = {name: ex.submit(more_seeds, name, pair, res["pairs"][name]["chosen"],
+                                    res["setup"]["train_seconds_each"], len(res["pairs"][name]["per_seed"]),
+                                    args.more_seeds)
+                    for name, pair in zip(res["pairs"], PAIRS, strict=True)}
+            for name, f in futs.items():
+                res["pairs"][name]["per_seed"] += f.result()
+                summarise(res["pairs"][name])
+        res["spline_larger_on_all"] = all(r["spline_larger"] for r in res["pairs"].values())
+        res["setup"]["seeds"] = len(next(iter(res["pairs"].values()))["per_seed"])
+        res["command"] += f"; python bench/wasserstein.py --more-seeds {args.more_seeds}"
+        res["seconds"] = round(res["seconds"] + time.perf_counter() - t0, 1)
+        res.setdefault("load_avg_more_seeds", list(os.getloadavg()))
+        path.write_text(json.dumps(res, indent=2) + "\n")
+        for name, r in res["pairs"].items():
+            d = r["paired_difference"]
+            print(f"{name}: diff {d['mean']:+.4f} +- {d['se']:.4f} over {len(d['values'])} seeds")
+        return
+    if args.step_cost:
+        import json
+
+        path = Path(__file__).resolve().parent / "results" / "wasserstein.json"
+        res = json.loads(path.read_text())
+        res["step_cost"] = {**step_cost(), "command": "python bench/wasserstein.py --step-cost",
+                            "date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())}
+        path.write_text(json.dumps(res, indent=2) + "\n")
+        print(res["step_cost"])
+        return
     if args.tables:
         print(tables(Path(__file__).resolve().parent / "results" / "wasserstein.json"))
         return
