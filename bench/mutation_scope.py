@@ -689,6 +689,39 @@ _TRIAGE += [
      [_LS + "x__proves_nsd__mutmut_5"]),
 ]
 
+_MN = "lipkit.monotonic.network."
+_MC = _MN + "x\u01c1MonotonicNetwork\u01c1"
+
+_TRIAGE += [
+    ("equivalent", "zip's strict flag: the lengths are compared just before, so the pairs are the same",
+     [_MC + f"_cache_holds__mutmut_{i}" for i in (19, 22, 23)]),
+    ("equivalent", "the eval-mode guard of the cache: the cache is keyed on a snapshot of every tensor, so "
+     "it returns the value of the current weights in any mode (the guard only saves the snapshot's cost "
+     "in training)", [_MC + "body_bound__mutmut_1"]),
+    ("equivalent", "deployed_slope(None): the non-float path makes a tensor holding the float32 lam "
+     "(exactly representable in float32 and float64), the same value as deployed_slope(torch.float32)",
+     [_MC + "verify_slope__mutmut_11", _MC + "lipkit_skip_form__mutmut_4", _MC + "forward__mutmut_23",
+      _MN + "x__monotonic_rule__mutmut_16"]),
+    ("equivalent", "`.to(None)` / `device=None`: a no-op on one device (the CPU here); on a mismatch of "
+     "devices the product raises, it never computes another value",
+     [_MC + "lipkit_skip_form__mutmut_3", _MC + "forward__mutmut_22", _MC + "forward__mutmut_26",
+      _MC + "forward__mutmut_28"]),
+    ("equivalent", "`c.to(dtype=None)`: the constraints are a buffer that follows the module's dtype, as the "
+     "body's weights do, so they already have the input's dtype (a mismatch raises in the body first)",
+     [_MC + "forward__mutmut_27", _MC + "forward__mutmut_29"]),
+    ("equivalent", "q = None means q = p downstream (lipschitz_bound and operator_norm read None as p)",
+     [_MN + "x__monotonic_rule__mutmut_2"]),
+    ("conservative", "the body's bound without the recorded shapes: its rules record them again or bound "
+     "for every input size, never below the shape-specific bound", [_MN + "x__monotonic_rule__mutmut_8"]),
+    ("conservative", "verify_slope with `>`: refuses lam equal to the bound, stricter",
+     [_MC + "verify_slope__mutmut_13"]),
+    ("conservative", "a larger round_up count (3 operations)",
+     [_MN + "x__monotonic_rule__mutmut_31", _MN + "x_slope_for__mutmut_9"]),
+    ("sound-margin", "round_up with its default count 1 instead of 2: one float64 operation is rounded "
+     "(the sum lg + la; the product bound (1 + 2^-10), 1 + 2^-10 being exact) and round_up(., 1) inflates "
+     "by 8 u plus one step", [_MN + "x__monotonic_rule__mutmut_29", _MN + "x_slope_for__mutmut_5"]),
+]
+
 #: mutant numbers of certify_multipliers, _certify_singular and _certify_blocks before the behaviour-
 #: preserving extraction of _eig_margin / _proves_nsd / _singular_mu (the triage above uses them) -> after
 #: it (matched by their diff, which is unchanged); the margin mutants of those lines moved into the helpers
