@@ -1,6 +1,7 @@
 """Mutation testing of the soundness-critical code (issue 17): ``make mutate [SHARD=name]``.
 
-Runs mutmut (one worker) on the functions listed in bench/mutation_scope.py and writes
+Runs mutmut (``--jobs`` workers, default 2: the machine's cores) on the functions listed in
+bench/mutation_scope.py and writes
 bench/results/mutation.json: per shard and per function the mutants total / killed / survived / timeout,
 every survivor with its diff and the reason it survives (from ``SURVIVORS``; ``null``: not triaged), the
 command, date, seconds per shard and the machine.  Without ``--shard`` every shard runs (fresh: the
@@ -96,7 +97,7 @@ def _results(shard: str) -> dict:
     return report
 
 
-def _run_shard(shard: str) -> tuple[list[str], float]:
+def _run_shard(shard: str, jobs: int) -> tuple[list[str], float]:
     patterns = [mangled(m, f) + "*" for m, fs in SHARDS[shard].items() for f in fs]
     # mutmut's CLI, in this interpreter, with the shard's test selection (mutmut forks its workers, so the
     # loaded config is theirs too); a changed selection makes mutmut re-collect its stats and reset its
@@ -104,7 +105,7 @@ def _run_shard(shard: str) -> tuple[list[str], float]:
     launcher = ("import sys, mutmut.configuration as c; from mutmut.__main__ import cli; "
                 f"c.config().pytest_add_cli_args_test_selection = {_test_selection(shard)!r}; "
                 "sys.argv = ['mutmut', *sys.argv[1:]]; sys.exit(cli())")
-    cmd = [sys.executable, "-c", launcher, "run", "--max-children", "1", *patterns]
+    cmd = [sys.executable, "-c", launcher, "run", "--max-children", str(jobs), *patterns]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     start = time.monotonic()
     log = ROOT / "mutants" / f"mutmut-{shard}.log"
@@ -121,6 +122,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shard", choices=sorted(SHARDS), action="append",
                         help="run only this shard (repeatable); default: all, from scratch")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="mutmut workers (each runs pytest with one torch thread); default 2")
     parser.add_argument("--report-only", action="store_true", help="re-read mutmut's results, run nothing")
     parser.add_argument("--retriage", action="store_true",
                         help="re-apply SURVIVORS (kinds and reasons) to the recorded survivors, run nothing")
@@ -140,10 +143,10 @@ def main() -> None:
     for shard in shards:
         entry = data["shards"].get(shard, {})
         if not args.report_only:
-            cmd, seconds = _run_shard(shard)
+            cmd, seconds = _run_shard(shard, args.jobs)
             entry.update(command=" ".join(["OMP_NUM_THREADS=1", "MKL_NUM_THREADS=1", "mutmut",
                                            *cmd[3:]]),
-                         tests=_test_selection(shard),
+                         tests=_test_selection(shard), workers=args.jobs,
                          seconds=round(seconds, 1),
                          date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
         entry["functions"] = _results(shard)
@@ -163,7 +166,7 @@ def main() -> None:
                                              for f in s["functions"].values() for m in f["survivors"]))
     data.update(
         seconds=round(sum(s.get("seconds", 0.0) for s in data["shards"].values()), 1),
-        tool=f"mutmut {version('mutmut')}, one worker (--max-children 1)",
+        tool=f"mutmut {version('mutmut')}; per shard `workers` (--max-children; 1 where absent)",
         machine={"platform": platform.platform(), "python": platform.python_version(),
                  "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         tests=_test_selection(None),

@@ -21,23 +21,23 @@ def main() -> None:
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "bench" / "results" / "mutation.json"
     d = json.loads(path.read_text())
     out = [
-        "| shard | scope | mutants | killed | survived (triaged) | seconds |",
-        "|---|---|---:|---:|---:|---:|",
+        "| shard | scope | mutants | killed | survived (triaged) | workers | seconds |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for name in SHARDS:
         s = d["shards"].get(name)
         if s is None:
-            out.append(f"| `{name}` | not run yet | | | | |")
+            out.append(f"| `{name}` | not run yet | | | | | |")
             continue
         t = s["totals"]
         mods = ", ".join(f"`{m.removeprefix('lipkit.')}`" for m in SHARDS[name])
         triaged = sum(1 for f in s["functions"].values() for m in f["survivors"] if m["reason"])
         out.append(f"| `{name}` | {mods} ({len(s['functions'])} functions) | {t['total']} | {t['killed']} | "
-                   f"{t['total'] - t['killed']} ({triaged}) | {s.get('seconds', '-')} |")
+                   f"{t['total'] - t['killed']} ({triaged}) | {s.get('workers', 1)} | {s.get('seconds', '-')} |")
     t = d["totals"]
     triaged = sum(1 for s in d["shards"].values() for f in s["functions"].values() for m in f["survivors"]
                   if m["reason"])
-    out.append(f"| all | | {t['total']} | {t['killed']} | {t['total'] - t['killed']} ({triaged}) | "
+    out.append(f"| all | | {t['total']} | {t['killed']} | {t['total'] - t['killed']} ({triaged}) | | "
                f"{d['seconds']} |")
     kinds = Counter(m["kind"] for s in d["shards"].values() for f in s["functions"].values()
                     for m in f["survivors"])

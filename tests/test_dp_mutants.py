@@ -292,3 +292,39 @@ def test_offset_is_inflated_and_shared_tensors_are_refused():
     with pytest.raises(ValueError, match="used more than once"):
         dp.network_sensitivity(nn.Sequential(shared, nn.ReLU(), shared), 1.0, lipkit.MulticlassHingeLoss(),
                                input_shape=(2,))
+
+
+# ----------------------------------------------------------------------------- splines
+
+
+@pytest.mark.parametrize("cfg", [dict(constraint="clamp"), dict(constraint="project"),
+                                 dict(constraint="clamp", slope_bounds=(-0.5, 0.25), learn_scale=True),
+                                 dict(constraint="project", learn_scale=True)])
+@pytest.mark.parametrize("shape", [(5,), (5, 3, 2)])
+def test_spline_rule_is_its_documented_formula(cfg, shape):
+    """``||dl/dc||_F <= max_c ||J_c||_2 G (sqrt(N) / alpha_min + 2 R / h)`` and, with a learnable scale,
+    ``||dl/dlog_scale|| <= sqrt(N) G max |b|``; ``J_c`` is the Jacobian of the slope map at the current
+    coefficients (its spectral norm from a float64 SVD here), ``N`` the positions per channel."""
+    torch.manual_seed(0)
+    s = lipkit.LinearSpline(5, num_knots=9, knot_range=2.0, init="identity", **cfg).double()
+    with torch.no_grad():
+        s.coefficients.add_(0.8 * torch.randn_like(s.coefficients))  # some slopes clipped
+        if s.learn_scale:
+            s.log_scale.copy_(torch.linspace(-0.4, 0.6, 5, dtype=torch.float64))
+    r, g = 3.0, 0.75
+    out = lipkit.parameter_sensitivity(s, r, g, input_shape=shape)
+    n_pos = math.prod(shape[1:])
+    c = s.coefficients.detach().double()
+    jac = torch.stack([torch.autograd.functional.jacobian(lambda v: s._constrain(v[None])[0], c[k])
+                       for k in range(5)])
+    j = max(torch.linalg.svdvals(jk)[0].item() for jk in jac)
+    assert j > 0.5  # not a degenerate map
+    alpha_min = torch.exp(s.log_scale.double()).min().item()
+    expect = Fraction(j) * Fraction(g) * (_sqrt_up(Fraction(n_pos)) / Fraction(alpha_min)
+                                          + 2 * Fraction(r) / Fraction(s.step))
+    assert _between(out["coefficients"], expect * (1 - Fraction(1, 10**12)), rel=LOOSE)
+    if s.learn_scale:
+        b = s.pieces()[2].abs().max().item()
+        assert _between(out["log_scale"], _sqrt_up(Fraction(n_pos)) * Fraction(g) * Fraction(b), rel=LOOSE)
+    else:
+        assert set(out) == {"coefficients"}
