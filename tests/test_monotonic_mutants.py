@@ -209,3 +209,19 @@ def test_deployed_slope_is_rounded_up_in_every_dtype(default):
     lam32 = lams[torch.float32]
     step = float(torch.nextafter(lam32, torch.tensor(math.inf)).item()) - float(lam32)
     assert float(lam32.item()) - exact < step
+
+
+@pytest.mark.parametrize("kind", ["groupsort", "relu", "linear"])
+def test_fast_body_bound_takes_the_fast_path_and_equals_the_registry(kind):
+    """A quick check of :func:`lipkit.monotonic.fastbound._fast` on small bodies: the fast path runs (not
+    the fallback) and gives the registry's float, bit for bit (the full sweep is in
+    tests/test_monotonic_export.py)."""
+    from lipkit.monotonic.fastbound import _fast, body_bound_1_inf
+
+    torch.manual_seed(7)
+    act = {"groupsort": lambda: lipkit.GroupSort(2), "relu": nn.ReLU, "linear": nn.Identity}[kind]
+    body = nn.Sequential(lipkit.LipLinear(3, 4, constraint="one-inf"), act(), nn.Linear(4, 4), act(),
+                         nn.Linear(4, 2))
+    fast = _fast(body)
+    assert fast is not None
+    assert fast == lipkit.lipschitz_bound(body, 1, math.inf) == body_bound_1_inf(body)
