@@ -225,3 +225,55 @@ def test_fast_body_bound_takes_the_fast_path_and_equals_the_registry(kind):
     fast = _fast(body)
     assert fast is not None
     assert fast == lipkit.lipschitz_bound(body, 1, math.inf) == body_bound_1_inf(body)
+
+
+def test_fast_body_bound_falls_back_to_the_registry_on_l1_to_linf():
+    """Bodies outside the fast path (an ``nn.Sequential`` subclass, a replaced ``nn.Sequential`` rule) get
+    ``lipschitz_bound(body, 1, inf)`` itself: on a wide last layer it differs from the l_1 -> l_1, l_inf ->
+    l_inf and l_2 -> l_inf values, so a fallback that asked for another norm pair would show."""
+    from lipkit.bounds.registry import LIPSCHITZ
+    from lipkit.monotonic.fastbound import _fast, body_bound_1_inf
+
+    class MySequential(nn.Sequential):
+        pass
+
+    torch.manual_seed(8)
+    layers = [nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 4)]
+    body = MySequential(*layers)
+    assert _fast(body) is None
+    want = lipkit.lipschitz_bound(body, 1, math.inf)
+    assert body_bound_1_inf(body) == want
+    others = {lipkit.lipschitz_bound(body, 1), lipkit.lipschitz_bound(body, math.inf),
+              lipkit.lipschitz_bound(body, 2, math.inf)}
+    assert want not in others
+    # a user's rule for nn.Sequential replaces the registry's: the fast path must not bypass it
+    plain = nn.Sequential(*layers)
+    rule = LIPSCHITZ._rules[nn.Sequential]
+    try:
+        lipkit.register_bound(nn.Sequential, subclasses=True, mixed_norms=True, replace=True)(
+            lambda m, p, shapes, q=None: 123.0)
+        assert _fast(plain) is None
+        assert body_bound_1_inf(plain) == lipkit.lipschitz_bound(plain, 1, math.inf) == 123.0
+    finally:
+        LIPSCHITZ._rules[nn.Sequential] = rule
+
+
+def test_fast_body_bound_refuses_a_negative_rule_as_the_registry_does():
+    """A child rule returning a negative (or NaN) constant: the registry raises ``ValueError``; the fast path
+    must not turn it into a bound."""
+    from lipkit.bounds.registry import LIPSCHITZ
+    from lipkit.monotonic.fastbound import body_bound_1_inf
+
+    class Weird(nn.Module):
+        def forward(self, x):
+            return x
+
+    try:
+        lipkit.register_bound(Weird, mixed_norms=True)(lambda m, p, shapes, q=None: -1.0)
+        body = nn.Sequential(nn.Linear(3, 3), Weird(), nn.Linear(3, 1))
+        with pytest.raises(ValueError):
+            lipkit.lipschitz_bound(body, 1, math.inf)
+        with pytest.raises(ValueError):
+            body_bound_1_inf(body)
+    finally:
+        LIPSCHITZ._rules.pop(Weird, None)
