@@ -8,6 +8,8 @@ bound rule, ``max |slope|``: written in plain torch as a sum of ReLUs, ``sigma(x
 sum_k (s_k - s_(k-1)) relu(x - t_k)``, the same function would only get the bound ``|s_0| + sum_k |s_k -
 s_(k-1)|`` from the registry, which is far larger for a trained spline.  It then checks:
 
+* weights: materialised in eval mode (the weights the deployed model computes with; a spectral
+  ``LipConv2d`` in training mode would step its power iteration while being read);
 * outputs: on ``example_input`` the exported model agrees with the original (max abs difference
   <= ``atol * max(1, max |output|)``, default atol 1e-6: float32 matmuls may sum in another order),
   both in eval mode;
@@ -135,6 +137,9 @@ def export(
             prepare = getattr(sub, "lipkit_export_prepare", None)
             if callable(prepare):
                 prepare()
+        # the deployed weights are the eval-mode ones (a spectral LipConv2d's power iteration steps its
+        # vector in training mode): materialise them so
+        exported.eval()
         exported = _replace_all(exported)
     for sub in exported.modules():
         if parametrize.is_parametrized(sub):
@@ -164,10 +169,13 @@ def export(
         ps = p if isinstance(p, (tuple, list)) else (p,)
         for q in ps:
             q = normalize_p(q)
+            model.eval()  # the bound of the deployed (eval-mode) weights, as exported
             try:
                 orig = lipschitz_bound(model, q)
             except UnsupportedModuleError:
                 continue
+            finally:
+                model.train(was_training)
             new = lipschitz_bound(exported, q)
             if not (new <= orig * (1.0 + 1e-6) or (math.isinf(orig) and math.isinf(new))):
                 raise ExportError(f"exported l{q:g} bound {new!r} exceeds the original's {orig!r}")

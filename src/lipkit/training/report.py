@@ -51,8 +51,8 @@ def certify_run(model: nn.Module, split: Split, radii: list[float], pgd_steps: i
 
     t0 = time.perf_counter()
     model.eval()
-    bound = lipschitz_bound(model, p)
     x, y = split.x_test, split.y_test
+    bound = lipschitz_bound(model, p, input_shape=tuple(x.shape[1:]))  # (conv rules: the known image size)
     correct, radius = margin_radius(model, x, y, bound, p=p)
     cert = {f"{r:g}": (radius >= r).double().mean().item() for r in radii}
     pgd_res: dict[str, Any] = {}
