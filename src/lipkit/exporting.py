@@ -103,6 +103,7 @@ def export(
     p: float | str | tuple = 2,
     atol: float = 1e-6,
     check_bound: bool = True,
+    input_shape: tuple[int, ...] | None = None,
 ) -> nn.Module:
     """Deep copy of ``model`` as plain torch modules (no parametrisation), checked.
 
@@ -117,6 +118,9 @@ def export(
         p: norm(s) for the bound re-check (2, ``"inf"`` or a tuple of them).
         check_bound: re-check ``lipschitz_bound`` on the exported weights (skipped for a norm the
             original has no rule for).
+        input_shape: one input's shape (no batch): both bounds are then ``lipschitz_bound(...,
+            input_shape=input_shape)``, valid for inputs of that shape only (convolutions get the exact
+            size's bound, tighter and faster than the size-free one).  Default: bounds for every input size.
 
     Returns:
         the exported module, in the original's train/eval mode, with ``lipschitz_bounds``
@@ -171,12 +175,12 @@ def export(
             q = normalize_p(q)
             model.eval()  # the bound of the deployed (eval-mode) weights, as exported
             try:
-                orig = lipschitz_bound(model, q)
+                orig = lipschitz_bound(model, q, input_shape=input_shape)
             except UnsupportedModuleError:
                 continue
             finally:
                 model.train(was_training)
-            new = lipschitz_bound(exported, q)
+            new = lipschitz_bound(exported, q, input_shape=input_shape)
             if not (new <= orig * (1.0 + 1e-6) or (math.isinf(orig) and math.isinf(new))):
                 raise ExportError(f"exported l{q:g} bound {new!r} exceeds the original's {orig!r}")
             bounds[q] = new

@@ -391,7 +391,7 @@ class RunConfig:
                  "radius R; e.g. sqrt(784) = 28 bounds 784 pixels in [0, 1])")
             need(self.epsilon > 0 and math.isfinite(self.epsilon), "epsilon", "must be > 0")
             need(0 < self.delta < 1, "delta", "must be in (0, 1)")
-            need(self.model in L2_MODELS, "model", "private training covers the l2 models (lipmlp, lipcnn) only")
+            need(self.model in L2_MODELS, "model", "private training covers the l2 models lipmlp and lipcnn")
             need(self.p == 2.0, "p", "private training covers l2 models only")
         if self.loss == "hkr":
             need(self.margin > 0, "margin", "the hkr loss needs margin > 0")
