@@ -214,6 +214,12 @@ class RunConfig:
     ``activation: spline``: a learnable 1-Lipschitz ``LinearSpline`` per hidden width (``spline_knots``
     knots on ``[-spline_range, spline_range]``), trained with the TV(2) penalty ``tv2_weight * sum tv2``
     and, if ``spline_lr > 0``, its own learning rate (:mod:`lipkit.training.splines`).
+    ``model: lipcnn`` (:mod:`lipkit.training.cnn`): the flat square images are reshaped to (1, side, side)
+    (``nn.Unflatten``, an isometry), then one ``LipConv2d(kernel_size, constraint=conv_constraint)`` stage
+    per entry of ``channels``, each followed by the activation over channels (MaxMin / GroupSort, or one
+    ``LinearSpline`` per channel) and downsampled 2x (``downsample: stride``: the conv has stride 2;
+    ``pool``: ``L2NormPool2d(2)`` after the activation; ``none``), then ``Flatten``, the ``widths`` dense
+    layers (may be ``[]``) and the orthogonal head.
     Loss ``ce``: cross-entropy on ``temperature * (f - margin * sqrt(2) * onehot(y))`` (divided by
     the temperature); ``hinge``: multiclass hinge with ``margin``; ``hkr``: hinge +
     Kantorovich-Rubinstein with weight ``alpha`` (:func:`lipkit.training.trainer.make_loss`).
