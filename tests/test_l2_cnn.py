@@ -251,7 +251,7 @@ def test_dp_cnn_per_example_gradients_below_the_bound(small_split, tmp_path, mon
         worst = max(worst, float(total.max()))
         for k, v in got.items():
             assert float(v.max()) <= report.per_tensor[k], (k, float(v.max()), report.per_tensor[k])
-    assert worst <= report.total and worst > 0.05 * report.total  # sound, and not absurdly loose
+    assert worst <= report.total and worst > 0.1 * report.total  # sound, and not absurdly loose (~0.16)
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -274,6 +274,7 @@ def test_cli_flags_yaml_recipe_train_certify(tmp_path, capsys) -> None:
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["certificates_broken"] == 0 and metrics["clean_accuracy"] > 0.5
     assert metrics["lipschitz_bound"] <= 1.05  # spectral: the power iteration lags a little
+    assert "LipConv2d stages [8, 16]" in (run / "report.md").read_text()
     capsys.readouterr()
     assert main(["certify", str(run), "--eps", "0.1,0.25", "--pgd-steps", "10"]) == 0
     out = json.loads(capsys.readouterr().out)

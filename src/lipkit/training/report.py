@@ -178,6 +178,11 @@ def _norm_name(p: Any) -> str:
 
 
 def _model_line(cfg: RunConfig) -> str:
+    if cfg.model == "lipcnn":
+        return (f"Model: l2 CNN, LipConv2d stages {cfg.channels} ({cfg.kernel_size}x{cfg.kernel_size}, "
+                f"{cfg.conv_constraint}, downsample {cfg.downsample}), dense widths {cfg.widths}, "
+                f"{cfg.activation}, loss `{cfg.loss}` (temperature {cfg.temperature:g}, margin "
+                f"{cfg.margin:g}), {cfg.epochs} epochs.  ")
     if not cfg.is_linf_model:
         return (f"Model: orthogonal dense widths {cfg.widths}, {cfg.activation}, loss `{cfg.loss}` "
                 f"(temperature {cfg.temperature:g}, margin {cfg.margin:g}), {cfg.epochs} epochs.  ")
