@@ -299,3 +299,17 @@ def test_recipes_load_with_every_activation() -> None:
             assert build_model(c.replace(channels=[4, 8], widths=[8]), side * side, 10)(
                 torch.rand(2, side * side)).shape == (2, 10)
     assert math.isfinite(load_recipe("fmnist-cnn").margin)
+
+
+def test_bounds_with_input_shape_keep_every_module_mode() -> None:
+    """``lipschitz_bound(..., input_shape=...)`` records the shapes with a forward pass in eval mode and gives
+    every submodule its own flag back (a fresh container around eval-mode layers used to switch them all
+    to training mode, which a spectral LipConv2d answers by stepping its power iteration)."""
+    conv = lipkit.LipConv2d(1, 4, 3).eval()
+    act = lipkit.MaxMin()  # training mode
+    wrapper = nn.Sequential(nn.Unflatten(1, (1, 6, 6)), conv, act, nn.Flatten())  # training mode
+    conv(torch.rand(2, 1, 6, 6))  # creates the power-iteration vector (eval mode: no further steps)
+    u = conv.parametrizations.weight[0].u.clone()
+    lipkit.lipschitz_bound(wrapper, 2, input_shape=(36,))
+    assert wrapper.training and act.training and not conv.training
+    assert torch.equal(conv.parametrizations.weight[0].u, u)  # (a training-mode read would step it)

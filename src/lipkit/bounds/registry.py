@@ -430,8 +430,9 @@ def record_input_shapes(module: nn.Module, input_shape: tuple[int, ...]) -> dict
             with torch.no_grad():
                 module(torch.zeros((1, *input_shape), device=device, dtype=dtype))
         finally:
-            for sub, mode in modes:
-                sub.training = mode
+            for sub, mode in modes:  # parents first: a child set after its parent keeps its own flag
+                if sub.training != mode:
+                    sub.train(mode)
     finally:
         for h in hooks:
             h.remove()
