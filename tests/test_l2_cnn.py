@@ -57,7 +57,7 @@ def test_config_keys_and_refusals() -> None:
     with pytest.raises(ConfigError, match="square images"):
         build_model(cnn_config(), 10, 3)
     with pytest.raises(ConfigError, match="below one pixel"):
-        build_model(cnn_config(channels=[2, 2, 2, 2, 2]), 64, 3)  # 8 -> 4 -> 2 -> 1 -> below
+        build_model(cnn_config(channels=[2, 2, 2, 2], downsample="pool"), 64, 3)  # 8 -> 4 -> 2 -> 1 -> 0
     assert RunConfig(model="lipcnn", private=True, input_radius=8.0).private
 
 
@@ -313,3 +313,18 @@ def test_bounds_with_input_shape_keep_every_module_mode() -> None:
     lipkit.lipschitz_bound(wrapper, 2, input_shape=(36,))
     assert wrapper.training and act.training and not conv.training
     assert torch.equal(conv.parametrizations.weight[0].u, u)  # (a training-mode read would step it)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+def test_geometry_for_every_kernel_size_and_downsampling() -> None:
+    """The head's input size follows the convolutions as they run, odd and even kernels alike."""
+    from lipkit.training.cnn import cnn_geometry
+
+    for k in (1, 2, 3, 4, 5):
+        for ds in ("stride", "pool", "none"):
+            for side in (5, 8):
+                cfg = cnn_config(channels=[2, 4], kernel_size=k, downsample=ds)
+                model = build_model(cfg, side * side, 3)
+                h = model[:-2](torch.rand(2, side * side))  # up to the flatten
+                assert tuple(h.shape[1:]) == cnn_geometry(cfg, side * side)[-1], (k, ds, side)
+                assert build_plain_model(cfg, side * side, 3)(torch.rand(2, side * side)).shape == (2, 3)

@@ -54,14 +54,16 @@ def cnn_geometry(cfg: RunConfig, in_features: int) -> list[tuple[int, int, int]]
         raise ConfigError(f"config key 'model' in section 'network': model 'lipcnn' needs square images, but "
                           f"the data set {cfg.dataset!r} has {in_features} features per example")
     shapes = [(1, side, side)]
-    h = side
+    h, k = side, cfg.kernel_size
     for c in cfg.channels:
-        if cfg.downsample != "none":
-            if h < 2:
-                raise ConfigError(f"config key 'channels' in section 'network': {len(cfg.channels)} "
-                                  f"downsampling stages shrink the {side}x{side} images below one pixel; "
-                                  "use fewer channels entries or downsample: none")
-            h = h // 2 if cfg.downsample == "pool" else (h - 1) // 2 + 1
+        if cfg.downsample == "stride":  # LipConv2d's padding for stride 2: (k - 1) // 2 on each side
+            h = (h + 2 * ((k - 1) // 2) - k) // 2 + 1
+        elif cfg.downsample == "pool":  # "same" convolution, then 2x2 windows with stride 2
+            h = h // 2
+        if h < 1:
+            raise ConfigError(f"config key 'channels' in section 'network': {len(cfg.channels)} "
+                              f"downsampling stages (kernel {k}) shrink the {side}x{side} images below one "
+                              "pixel; use fewer channels entries or downsample: none")
         shapes.append((c, h, h))
     return shapes
 
