@@ -328,3 +328,23 @@ def test_geometry_for_every_kernel_size_and_downsampling() -> None:
                 h = model[:-2](torch.rand(2, side * side))  # up to the flatten
                 assert tuple(h.shape[1:]) == cnn_geometry(cfg, side * side)[-1], (k, ds, side)
                 assert build_plain_model(cfg, side * side, 3)(torch.rand(2, side * side)).shape == (2, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
+def test_make_private_accepts_the_trainer_cnn(small_split) -> None:
+    """``lipkit.dp.make_private`` (the library path, not the trainer's strategy) takes the CNN too."""
+    model = build_model(cnn_config(), 64, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    m, o, loader = lipkit.dp.make_private(model, opt, (small_split.x_train, small_split.y_train),
+                                          criterion=lipkit.MulticlassHingeLoss(margin=0.5), target_delta=1e-5,
+                                          epochs=1, input_radius=8.0, noise_multiplier=1.0, batch_size=64,
+                                          seed=0, input_shape=(64,))
+    assert isinstance(m[0], lipkit.dp.L2BallProjection)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    xb, yb = next(iter(loader))
+    o.zero_grad()
+    o.criterion(m(xb), yb).backward()
+    o.step()
+    assert o.last_report is not None and math.isfinite(o.last_report.total)
+    assert any(not torch.equal(before[k], v) for k, v in m.state_dict().items())
