@@ -118,7 +118,7 @@ def seeded_model(cfg: RunConfig, in_features: int, num_classes: int) -> nn.Seque
     if cfg.private:  # inputs projected onto the l2 ball; weights trained plain and projected (lipkit.dp)
         from lipkit.training.dp import dp_model
 
-        return dp_model(cfg, layers)
+        return dp_model(cfg, layers, input_shape=(in_features,))
     return nn.Sequential(*layers)
 
 
