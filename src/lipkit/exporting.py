@@ -8,6 +8,8 @@ bound rule, ``max |slope|``: written in plain torch as a sum of ReLUs, ``sigma(x
 sum_k (s_k - s_(k-1)) relu(x - t_k)``, the same function would only get the bound ``|s_0| + sum_k |s_k -
 s_(k-1)|`` from the registry, which is far larger for a trained spline.  It then checks:
 
+* weights: materialised in eval mode (the weights the deployed model computes with; a spectral
+  ``LipConv2d`` in training mode would step its power iteration while being read);
 * outputs: on ``example_input`` the exported model agrees with the original (max abs difference
   <= ``atol * max(1, max |output|)``, default atol 1e-6: float32 matmuls may sum in another order),
   both in eval mode;
@@ -101,6 +103,7 @@ def export(
     p: float | str | tuple = 2,
     atol: float = 1e-6,
     check_bound: bool = True,
+    input_shape: tuple[int, ...] | None = None,
 ) -> nn.Module:
     """Deep copy of ``model`` as plain torch modules (no parametrisation), checked.
 
@@ -115,6 +118,9 @@ def export(
         p: norm(s) for the bound re-check (2, ``"inf"`` or a tuple of them).
         check_bound: re-check ``lipschitz_bound`` on the exported weights (skipped for a norm the
             original has no rule for).
+        input_shape: one input's shape (no batch): both bounds are then ``lipschitz_bound(...,
+            input_shape=input_shape)``, valid for inputs of that shape only (convolutions get the exact
+            size's bound, tighter and faster than the size-free one).  Default: bounds for every input size.
 
     Returns:
         the exported module, in the original's train/eval mode, with ``lipschitz_bounds``
@@ -135,6 +141,9 @@ def export(
             prepare = getattr(sub, "lipkit_export_prepare", None)
             if callable(prepare):
                 prepare()
+        # the deployed weights are the eval-mode ones (a spectral LipConv2d's power iteration steps its
+        # vector in training mode): materialise them so
+        exported.eval()
         exported = _replace_all(exported)
     for sub in exported.modules():
         if parametrize.is_parametrized(sub):
@@ -164,11 +173,14 @@ def export(
         ps = p if isinstance(p, (tuple, list)) else (p,)
         for q in ps:
             q = normalize_p(q)
+            model.eval()  # the bound of the deployed (eval-mode) weights, as exported
             try:
-                orig = lipschitz_bound(model, q)
+                orig = lipschitz_bound(model, q, input_shape=input_shape)
             except UnsupportedModuleError:
                 continue
-            new = lipschitz_bound(exported, q)
+            finally:
+                model.train(was_training)
+            new = lipschitz_bound(exported, q, input_shape=input_shape)
             if not (new <= orig * (1.0 + 1e-6) or (math.isinf(orig) and math.isinf(new))):
                 raise ExportError(f"exported l{q:g} bound {new!r} exceeds the original's {orig!r}")
             bounds[q] = new

@@ -407,8 +407,9 @@ def register_bound(*types: type, subclasses: bool = False, replace: bool = False
 
 
 def record_input_shapes(module: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Module, tuple]:
-    """Run one forward pass on zeros of ``input_shape`` (no batch dimension: one is added)
-    and record the input shape (with batch) of every submodule."""
+    """Run one forward pass on zeros of ``input_shape`` (no batch dimension: one is added), in eval mode,
+    and record the input shape (with batch) of every submodule.  Every submodule gets its own train/eval
+    flag back (a fresh container around eval-mode layers must not switch them to training mode)."""
     shapes: dict[nn.Module, tuple] = {}
     hooks = []
 
@@ -423,13 +424,15 @@ def record_input_shapes(module: nn.Module, input_shape: tuple[int, ...]) -> dict
         param = next(module.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-        was_training = module.training
+        modes = [(sub, sub.training) for sub in module.modules()]  # restored one by one: a tree may mix
         module.eval()
         try:
             with torch.no_grad():
                 module(torch.zeros((1, *input_shape), device=device, dtype=dtype))
         finally:
-            module.train(was_training)
+            for sub, mode in modes:  # parents first: a child set after its parent keeps its own flag
+                if sub.training != mode:
+                    sub.train(mode)
     finally:
         for h in hooks:
             h.remove()

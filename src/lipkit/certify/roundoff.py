@@ -157,19 +157,20 @@ def affine_error(mod: nn.Module, h: torch.Tensor, spread: torch.Tensor | float, 
         mag, n = mod._conv_forward(h.abs(), w, b), int(w[0].numel())
     k = n + 1
     gamma = 2.0 * k * u / (1.0 - k * u)
-    spread_norm = _abs_operator_norm(mod, p) * spread
+    spread_norm = _abs_operator_norm(mod, p, tuple(h.shape[1:])) * spread
     return gamma * (_per_output_norm(mag, p) + spread_norm) + _underflow(mag[0].numel(), k, p)
 
 
-def _abs_operator_norm(mod: nn.Module, p: float) -> float:
-    """Sound bound of the l_p operator norm of ``h -> |W| h`` (the layer with ``|W|``, no bias)."""
+def _abs_operator_norm(mod: nn.Module, p: float, input_shape: tuple[int, ...] | None = None) -> float:
+    """Sound bound of the l_p operator norm of ``h -> |W| h`` (the layer with ``|W|``, no bias), for inputs
+    of ``input_shape`` (one example; None: every size)."""
     if isinstance(mod, nn.Linear):
         return operator_norm(mod.weight.detach().abs(), p)
     twin = copy.deepcopy(mod)
     with torch.no_grad():
         twin.weight.abs_()
     twin.bias = None
-    return lipschitz_bound(twin, p)
+    return lipschitz_bound(twin, p, input_shape=input_shape)
 
 
 def rounded_activation_error(out: torch.Tensor, spread: torch.Tensor | float, p: float,
@@ -297,7 +298,7 @@ def forward_error_bound(chain: list[nn.Module], x64: torch.Tensor, p: float, r_m
         x64: the centres, float64 ``(B, ...)`` (the float32 inputs, cast).
         p: 2 or inf.
         r_max: float64 ``(B,)`` radii (0: the bound at ``x`` itself).
-        input_shape: per-sample input shape, for the convolution bounds.
+        input_shape: per-sample input shape (kept for callers: the bounds use the shapes of ``x64``).
     """
     for m in chain:
         if not (computes_plain(m, AFFINE + ROUNDED) or is_exact(m) or is_linf_distance(m) or is_sortnet(m)
@@ -305,11 +306,21 @@ def forward_error_bound(chain: list[nn.Module], x64: torch.Tensor, p: float, r_m
             return None
         if isinstance(m, nn.Dropout) and m.training:
             return None
+    # each layer's input shape (one example): the ball holds inputs of x's shape only, so the bounds may
+    # use the sizes (convolutions: the exact size's bound, tighter and far cheaper than the size-free one)
+    shapes = []
+    with torch.no_grad():
+        h = x64[:1]
+        for m in chain:
+            shapes.append(tuple(h.shape[1:]))
+            h = m(h)
+    shapes.append(tuple(h.shape[1:]))
     try:
         prefix = [1.0]  # prefix[i] bounds the Lipschitz constant of chain[:i]
         for i in range(1, len(chain) + 1):
-            prefix.append(lipschitz_bound(nn.Sequential(*chain[:i]), p, input_shape=input_shape))
-        suffix = [lipschitz_bound(nn.Sequential(*chain[i + 1:]), p) for i in range(len(chain))]
+            prefix.append(lipschitz_bound(nn.Sequential(*chain[:i]), p, input_shape=shapes[0]))
+        suffix = [lipschitz_bound(nn.Sequential(*chain[i + 1:]), p, input_shape=shapes[i + 1])
+                  for i in range(len(chain))]
     except UnsupportedModuleError:
         return None
     total = torch.zeros(x64.shape[0], dtype=torch.float64, device=x64.device)

@@ -81,7 +81,7 @@ def _run_pipeline(cfg: RunConfig, out: Path, progress: bool) -> dict[str, Any]:
     run_dir = out / cfg.name
     model, hist = fit(cfg, run_dir, progress=progress)
     split = split_for_config(cfg)
-    plain = export(model, split.x_test[:256], p=cfg.p)
+    plain = export(model, split.x_test[:256], p=cfg.p, input_shape=tuple(split.x_test.shape[1:]))
     save_run(run_dir, cfg, plain)
     metrics = certify_run(plain, split, cfg.radii, pgd_steps=cfg.pgd_steps, seed=cfg.seed, p=cfg.p)
     metrics["train_seconds"] = hist["train_seconds"]
@@ -166,13 +166,18 @@ def demo(
 def train(
     config: Annotated[Path | None, typer.Option(help="YAML (or JSON) run config")] = None,
     recipe: Annotated[str | None, typer.Option(
-        help="a shipped recipe (linf-digits, linf-fmnist, monotonic-compas, monotonic-heart, "
-             "monotonic-autompg); --config keys and flags override it")] = None,
+        help="a shipped recipe (linf-digits, linf-fmnist, digits-cnn, fmnist-cnn, monotonic-compas, "
+             "monotonic-heart, monotonic-autompg); --config keys and flags override it")] = None,
     monotonic: Annotated[str | None, typer.Option(
         help="monotonic-mlp: constraints by name (priors_count=1,age=0) or one sign per column")] = None,
     data_seed: Annotated[int | None, typer.Option(help="seed of the data split")] = None,
     model: Annotated[str | None, typer.Option(
-        help="lipmlp (l2), linf-dist or sortnet (l_inf), monotonic-mlp (tabular)")] = None,
+        help="lipmlp or lipcnn (l2), linf-dist or sortnet (l_inf), monotonic-mlp (tabular)")] = None,
+    channels: Annotated[str | None, typer.Option(
+        help="lipcnn: output channels of the conv stages, e.g. 16,32")] = None,
+    kernel_size: Annotated[int | None, typer.Option(help="lipcnn: conv kernel size")] = None,
+    downsample: Annotated[str | None, typer.Option(help="lipcnn: stride, pool or none")] = None,
+    conv_constraint: Annotated[str | None, typer.Option(help="lipcnn: spectral or aol")] = None,
     head_width: Annotated[int | None, typer.Option(help="l_inf models: hybrid head width (0: none)")] = None,
     standardised_init: Annotated[bool | None, typer.Option(
         help="l_inf models: initialise as if the inputs were standardised (see the recipe)")] = None,
@@ -184,7 +189,8 @@ def train(
         help="l_inf models: fractions A,B of the steps over which p grows to p_end, e.g. 0.02,0.3")] = None,
     name: Annotated[str | None, typer.Option()] = None,
     dataset: Annotated[str | None, typer.Option()] = None,
-    widths: Annotated[str | None, typer.Option(help="hidden widths, e.g. 256,256")] = None,
+    widths: Annotated[str | None, typer.Option(
+        help="hidden widths, e.g. 256,256 (lipcnn: dense layers after the convs, '' for none)")] = None,
     activation: Annotated[str | None, typer.Option(help="maxmin, groupsort or spline")] = None,
     tv2_weight: Annotated[float | None, typer.Option(help="spline activations: TV(2) penalty weight")] = None,
     spline_lr: Annotated[float | None, typer.Option(
@@ -218,7 +224,8 @@ def train(
     cfg = load_recipe(recipe).replace(**raw) if recipe is not None else RunConfig.from_dict(raw)
     cfg = cfg.replace(name=name, dataset=dataset, widths=widths, activation=activation, loss=loss,
                       temperature=temperature, margin=margin, lr=lr, epochs=epochs, batch_size=batch_size,
-                      seed=seed, radii=radii, p=p, model=model, head_width=head_width,
+                      seed=seed, radii=radii, p=p, model=model, head_width=head_width, channels=channels,
+                      kernel_size=kernel_size, downsample=downsample, conv_constraint=conv_constraint,
                       standardised_init=standardised_init, augment_shift=augment_shift,
                       ce_weight=ce_weight, p_window=p_window, tv2_weight=tv2_weight, spline_lr=spline_lr,
                       private=dp, epsilon=epsilon, delta=delta,

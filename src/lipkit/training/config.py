@@ -27,7 +27,11 @@ CONSTRAINTS = ("orthogonal",)
 ORTHOGONAL_METHODS = ("cayley", "retraction", "bjorck")
 LOSSES = ("ce", "hinge", "hkr", "mix", "mse")
 OPTIMIZERS = ("adam", "sgd")
-MODELS = ("lipmlp", "linf-dist", "sortnet", "monotonic-mlp")
+MODELS = ("lipmlp", "linf-dist", "sortnet", "monotonic-mlp", "lipcnn")
+#: the l2 models (orthogonal dense layers; ``lipcnn``: 1-Lipschitz convolutions first)
+L2_MODELS = ("lipmlp", "lipcnn")
+DOWNSAMPLING = ("pool", "stride", "none")
+CNN_CONV_CONSTRAINTS = ("spectral", "aol")
 HEAD_ACTIVATIONS = ("relu", "tanh")
 SCHEDULES = ("onecycle", "cosine", "constant")
 DP_ACCOUNTANTS = ("rdp", "prv")
@@ -92,6 +96,10 @@ class NetworkConfig:
     monotonic: Any = None
     lip: float = 1.0
     first_layer: str = "one-inf"
+    channels: list[int] = field(default_factory=lambda: [16, 32])
+    kernel_size: int = 3
+    downsample: str = "stride"
+    conv_constraint: str = "spectral"
 
 
 @dataclass
@@ -213,6 +221,12 @@ class RunConfig:
     ``activation: spline``: a learnable 1-Lipschitz ``LinearSpline`` per hidden width (``spline_knots``
     knots on ``[-spline_range, spline_range]``), trained with the TV(2) penalty ``tv2_weight * sum tv2``
     and, if ``spline_lr > 0``, its own learning rate (:mod:`lipkit.training.splines`).
+    ``model: lipcnn`` (:mod:`lipkit.training.cnn`): the flat square images are reshaped to (1, side, side)
+    (``nn.Unflatten``, an isometry), then one ``LipConv2d(kernel_size, constraint=conv_constraint)`` stage
+    per entry of ``channels``, each followed by the activation over channels (MaxMin / GroupSort, or one
+    ``LinearSpline`` per channel) and downsampled 2x (``downsample: stride``: the conv has stride 2;
+    ``pool``: ``L2NormPool2d(2)`` after the activation; ``none``), then ``Flatten``, the ``widths`` dense
+    layers (may be ``[]``) and the orthogonal head.
     Loss ``ce``: cross-entropy on ``temperature * (f - margin * sqrt(2) * onehot(y))`` (divided by
     the temperature); ``hinge``: multiclass hinge with ``margin``; ``hkr``: hinge +
     Kantorovich-Rubinstein with weight ``alpha`` (:func:`lipkit.training.trainer.make_loss`).
@@ -285,6 +299,8 @@ class RunConfig:
                 raise ConfigError(f"config key {_label(key)}: {msg} (got {getattr(self, key)!r})")
 
         self.widths = [_as_int("widths", w) for w in _as_list("widths", self.widths)]
+        self.channels = [_as_int("channels", c) for c in _as_list("channels", self.channels)]
+        self.kernel_size = _as_int("kernel_size", self.kernel_size)
         self.radii = [_as_float("radii", r) for r in _as_list("radii", self.radii)]
         for k in ("ce_weight", "betas", "p_window", "eps_window"):
             setattr(self, k, [_as_float(k, v) for v in _as_list(k, getattr(self, k))])
@@ -295,7 +311,8 @@ class RunConfig:
                   "head_width", "augment_shift"):
             setattr(self, k, _as_int(k, getattr(self, k)))
         for k in ("name", "dataset", "activation", "constraint", "orthogonal_method", "loss", "optimizer",
-                  "schedule", "model", "head_activation", "accountant", "calibration", "task", "first_layer"):
+                  "schedule", "model", "head_activation", "accountant", "calibration", "task", "first_layer",
+                  "downsample", "conv_constraint"):
             need(isinstance(getattr(self, k), str), k, "must be a string")
         self.p = _as_p(self.p)
         need(isinstance(self.standardised_init, bool), "standardised_init", "must be true or false")
@@ -308,8 +325,8 @@ class RunConfig:
 
         need(self.dataset in DATASETS, "dataset", f"must be one of {sorted(DATASETS)}")
         need(0.0 < self.test_size < 1.0, "test_size", "must be in (0, 1)")
-        need(len(self.widths) >= 1 and all(w >= 1 for w in self.widths), "widths",
-             "must be a non-empty list of positive integers")
+        need((len(self.widths) >= 1 or self.model == "lipcnn") and all(w >= 1 for w in self.widths), "widths",
+             "must be a non-empty list of positive integers (model: lipcnn may have none: [])")
         need(self.activation in ACTIVATIONS, "activation", f"must be one of {list(ACTIVATIONS)}")
         need(self.group_size >= 2, "group_size", "must be >= 2")
         need(self.constraint in CONSTRAINTS, "constraint", f"must be one of {list(CONSTRAINTS)}")
@@ -360,13 +377,26 @@ class RunConfig:
         need(self.activation == "spline" or (self.tv2_weight == 0 and self.spline_lr == 0),
              "tv2_weight" if self.tv2_weight else "spline_lr", "is for activation: spline only")
         # impossible combinations
+        cnn_keys = ("channels", "kernel_size", "downsample", "conv_constraint")
+        if self.model == "lipcnn":
+            need(len(self.channels) >= 1 and all(c >= 1 for c in self.channels), "channels",
+                 "must be a non-empty list of positive integers (output channels of each conv stage)")
+            need(self.kernel_size >= 1, "kernel_size", "must be >= 1")
+            need(self.downsample in DOWNSAMPLING, "downsample", f"must be one of {list(DOWNSAMPLING)}")
+            need(self.conv_constraint in CNN_CONV_CONSTRAINTS, "conv_constraint",
+                 f"must be one of {list(CNN_CONV_CONSTRAINTS)}")
+        else:
+            default = NetworkConfig()
+            for k in cnn_keys:
+                need(getattr(self, k) == getattr(default, k), k, "is for model: lipcnn only")
         if self._validate_tabular(need):
             pass
-        elif self.model == "lipmlp":
+        elif self.model in L2_MODELS:
             step = 1 if self.activation == "spline" else 2 if self.activation == "maxmin" else self.group_size
-            bad = [w for w in self.widths if w % step]
-            need(not bad, "widths", f"{self.activation} sorts groups of {step}: every width must be a "
-                 f"multiple of {step}, not {bad}")
+            for key in ("widths", "channels") if self.model == "lipcnn" else ("widths",):
+                bad = [w for w in getattr(self, key) if w % step]
+                need(not bad, key, f"{self.activation} sorts groups of {step}: every entry must be a "
+                     f"multiple of {step}, not {bad}")
             need(not (self.constraint == "orthogonal" and self.p != 2.0), "p",
                  "orthogonal layers are 1-Lipschitz for l2 only; use p=2 (or model: linf-dist / sortnet "
                  "for l_inf)")
@@ -385,13 +415,13 @@ class RunConfig:
                  "radius R; e.g. sqrt(784) = 28 bounds 784 pixels in [0, 1])")
             need(self.epsilon > 0 and math.isfinite(self.epsilon), "epsilon", "must be > 0")
             need(0 < self.delta < 1, "delta", "must be in (0, 1)")
-            need(self.model == "lipmlp", "model", "private training covers model: lipmlp (l2) only")
+            need(self.model in L2_MODELS, "model", "private training covers the l2 models lipmlp and lipcnn")
             need(self.p == 2.0, "p", "private training covers l2 models only")
         if self.loss == "hkr":
             need(self.margin > 0, "margin", "the hkr loss needs margin > 0")
         if self.loss == "mix":
             need(self.margin > 0, "margin", "the mix loss needs margin > 0 (its training radius)")
-            need(self.model != "lipmlp", "loss", "the mix loss is for model: linf-dist / sortnet")
+            need(self.model not in L2_MODELS, "loss", "the mix loss is for model: linf-dist / sortnet")
 
     def _validate_tabular(self, need: Any) -> bool:
         """The checks of ``model: monotonic-mlp`` and of the tabular data sets; True for a monotone run (then

@@ -54,10 +54,14 @@ if TYPE_CHECKING:
 __all__ = ["DPStrategy", "dp_model", "dp_criterion", "privacy_record"]
 
 
-def dp_model(cfg: RunConfig, layers: list[nn.Module]) -> nn.Sequential:
-    """``Sequential(L2BallProjection(input_radius), *layers)`` , constraints materialised in place."""
+def dp_model(cfg: RunConfig, layers: list[nn.Module],
+             input_shape: tuple[int, ...] | None = None) -> nn.Sequential:
+    """``Sequential(L2BallProjection(input_radius), *layers)`` , constraints materialised in place.
+
+    ``input_shape`` (one example's): the first projection of a convolution uses its bound at the actual
+    image size (exact up to round-off) instead of the size-free one, which would shrink the kernel more."""
     body = nn.Sequential(*layers)
-    materialize_constraints(body)
+    materialize_constraints(body, record_input_shapes(body, input_shape) if input_shape is not None else None)
     return nn.Sequential(L2BallProjection(cfg.input_radius), *body)
 
 

@@ -51,8 +51,8 @@ def certify_run(model: nn.Module, split: Split, radii: list[float], pgd_steps: i
 
     t0 = time.perf_counter()
     model.eval()
-    bound = lipschitz_bound(model, p)
     x, y = split.x_test, split.y_test
+    bound = lipschitz_bound(model, p, input_shape=tuple(x.shape[1:]))  # (conv rules: the known image size)
     correct, radius = margin_radius(model, x, y, bound, p=p)
     cert = {f"{r:g}": (radius >= r).double().mean().item() for r in radii}
     pgd_res: dict[str, Any] = {}
@@ -178,6 +178,11 @@ def _norm_name(p: Any) -> str:
 
 
 def _model_line(cfg: RunConfig) -> str:
+    if cfg.model == "lipcnn":
+        return (f"Model: l2 CNN, LipConv2d stages {cfg.channels} ({cfg.kernel_size}x{cfg.kernel_size}, "
+                f"{cfg.conv_constraint}, downsample {cfg.downsample}), dense widths {cfg.widths}, "
+                f"{cfg.activation}, loss `{cfg.loss}` (temperature {cfg.temperature:g}, margin "
+                f"{cfg.margin:g}), {cfg.epochs} epochs.  ")
     if not cfg.is_linf_model:
         return (f"Model: orthogonal dense widths {cfg.widths}, {cfg.activation}, loss `{cfg.loss}` "
                 f"(temperature {cfg.temperature:g}, margin {cfg.margin:g}), {cfg.epochs} epochs.  ")

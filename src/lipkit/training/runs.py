@@ -106,7 +106,8 @@ def _build_and_load(cfg: RunConfig, state: dict, in_features: int, num_classes: 
 
 
 def load_run_model(run_dir: str | Path) -> nn.Sequential:
-    """The exported plain model of a run folder, in eval mode, without loading any data set.
+    """The exported plain model of a run folder, in eval mode, without loading any data set (except for a
+    ``lipcnn`` run, whose image size is read from its data set).
 
     Returns a :class:`lipkit.estimation.load.LoadedSequential` (an ``nn.Sequential``) whose
     ``input_shape`` is ``(in_features,)``, read from the weights; ready for :mod:`lipkit.estimation`.
@@ -120,7 +121,11 @@ def load_run_model(run_dir: str | Path) -> nn.Sequential:
                        f"bound is the wrapper's own rule: lipkit certify {run_dir} prints it")
     path = run_dir / WEIGHTS_FILE
     state = _read_weights(path)
-    in_features, num_classes = _sizes(state, path)
+    if cfg.model == "lipcnn":  # the image size is not in the weights: read it from the data set
+        split = split_for_config(cfg)
+        in_features, num_classes = split.num_features, split.num_classes
+    else:
+        in_features, num_classes = _sizes(state, path)
     out = LoadedSequential(*_build_and_load(cfg, state, in_features, num_classes, path))
     out.input_shape = (in_features,)
     return out.eval()

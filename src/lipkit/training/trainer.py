@@ -85,7 +85,8 @@ def build_model(cfg: RunConfig, in_features: int, num_classes: int) -> nn.Sequen
     An orthogonal ``W`` (``W W^T = I`` or ``W^T W = I``) has spectral norm 1 and MaxMin/GroupSort
     are 1-Lipschitz permutations of sorted pairs, so the network is 1-Lipschitz in l2
     (Anil, Lucas, Grosse, "Sorting out Lipschitz function approximation", ICML 2019).
-    ``model: linf-dist`` / ``sortnet``: the l_inf models of :func:`lipkit.training.linf.build_linf_model`.
+    ``model: linf-dist`` / ``sortnet``: the l_inf models of :func:`lipkit.training.linf.build_linf_model`;
+    ``model: lipcnn``: the l2 CNN of :func:`lipkit.training.cnn.cnn_layers`.
 
     The initial weights are drawn from a torch RNG seeded with ``cfg.seed`` inside
     :func:`torch.random.fork_rng`: the same weights every time, and the caller's RNG is left untouched.
@@ -110,31 +111,42 @@ def seeded_model(cfg: RunConfig, in_features: int, num_classes: int, split: Any 
         from lipkit.training.linf import build_linf_model
 
         return build_linf_model(cfg, in_features, num_classes)
-    layers: list[nn.Module] = []
-    width_in = in_features
-    for w in cfg.widths:
-        layers += [_lip_linear(width_in, w, cfg), _activation(cfg, w)]
-        width_in = w
-    layers.append(_lip_linear(width_in, num_classes, cfg))
+    if cfg.model == "lipcnn":  # l2 CNN: lipkit.training.cnn
+        from lipkit.training.cnn import cnn_layers
+
+        layers = cnn_layers(cfg, in_features, num_classes)
+    else:
+        layers = []
+        width_in = in_features
+        for w in cfg.widths:
+            layers += [_lip_linear(width_in, w, cfg), _activation(cfg, w)]
+            width_in = w
+        layers.append(_lip_linear(width_in, num_classes, cfg))
     if cfg.private:  # inputs projected onto the l2 ball; weights trained plain and projected (lipkit.dp)
         from lipkit.training.dp import dp_model
 
-        return dp_model(cfg, layers)
+        return dp_model(cfg, layers, input_shape=(in_features,))
     return nn.Sequential(*layers)
 
 
 def build_plain_model(cfg: RunConfig, in_features: int, num_classes: int) -> nn.Sequential:
-    """The exported architecture: plain ``nn.Linear`` layers and the same activations."""
+    """The exported architecture: plain ``nn.Linear`` (``lipcnn``: and ``nn.Conv2d``) layers and the same
+    activations."""
     if cfg.is_linf_model:
         from lipkit.training.linf import build_linf_model
 
         return build_linf_model(cfg, in_features, num_classes, plain=True)
-    layers: list[nn.Module] = []
-    width_in = in_features
-    for w in cfg.widths:
-        layers += [nn.Linear(width_in, w), _activation(cfg, w, plain=True)]
-        width_in = w
-    layers.append(nn.Linear(width_in, num_classes))
+    if cfg.model == "lipcnn":
+        from lipkit.training.cnn import cnn_layers
+
+        layers = cnn_layers(cfg, in_features, num_classes, plain=True)
+    else:
+        layers = []
+        width_in = in_features
+        for w in cfg.widths:
+            layers += [nn.Linear(width_in, w), _activation(cfg, w, plain=True)]
+            width_in = w
+        layers.append(nn.Linear(width_in, num_classes))
     if cfg.private:
         from lipkit.dp import L2BallProjection
 
@@ -197,11 +209,12 @@ def margin_radius(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bound: flo
     The radius is :func:`lipkit.certify`'s: ``min_j (f_c - f_j - delta) / L_cj`` with ``L_cj <=
     sqrt(2) L`` (or the tighter pairwise bound of the last layer) and ``delta`` a float round-off
     allowance (Tsuzuku et al., "Lipschitz-Margin Training", NeurIPS 2018).  ``bound``: an
-    externally known global bound (default: ``lipschitz_bound(model, p)``).
+    externally known global bound (default: ``lipschitz_bound(model, p, input_shape=x.shape[1:])``; the
+    bounds are for inputs of ``x``'s per-example shape, which lets convolution rules use the image size).
     """
     from lipkit.certify.margin import certify
 
-    res = certify(model, x, p, lipschitz=bound)
+    res = certify(model, x, p, lipschitz=bound, input_shape=tuple(x.shape[1:]))  # (conv bounds: exact size)
     correct = res.prediction == y
     return correct, torch.where(correct, res.radius, torch.zeros_like(res.radius))
 
