@@ -722,6 +722,77 @@ _TRIAGE += [
      "by 8 u plus one step", [_MN + "x__monotonic_rule__mutmut_29", _MN + "x_slope_for__mutmut_5"]),
 ]
 
+_SB = "lipkit.bounds.sensitivity."
+_NLS = "lipkit.nn.linear.x__lip_linear_sensitivity__mutmut_"
+_NCS = "lipkit.nn.conv.x__lip_conv_sensitivity__mutmut_"
+_NSP = "lipkit.nn.spline."
+_LSS = "lipkit.losses.x\u01c1"
+
+_TRIAGE += [
+    ("report-only", "the text of an error message (the error is still raised)",
+     [_SB + f"x__conv_sensitivity__mutmut_{i}" for i in (5, 6, 7, 62, 63, 64)]
+     + [_NLS + str(i) for i in (8, 9, 10, 11, 12)] + [_NCS + str(i) for i in (8, 9, 10, 11, 12)]
+     + [_NSP + f"x__spline_sensitivity__mutmut_{i}" for i in (5, 7, 8, 9, 10, 11)]
+     + [_LSS + f"LogitMSELoss\u01c1logit_lipschitz__mutmut_{i}" for i in (9, 10)]),
+    ("conservative", "the input size dropped from the window count: max_window_cover without the size "
+     "counts for every input size, never fewer windows", [_SB + f"x__conv_sensitivity__mutmut_{i}"
+                                                          for i in (15, 40, 46)]),
+    ("equivalent", "the probe that reads the output size: zeros of the default dtype / device or a batch "
+     "of 2 give the same spatial output size (a dtype mismatch raises, never a wrong size)",
+     [_SB + f"x__conv_sensitivity__mutmut_{i}" for i in (25, 26, 28, 29, 30)]),
+    ("conservative", "a larger round_up count", [_SB + "x__conv_sensitivity__mutmut_58",
+                                                 _SB + "x__conv_sensitivity__mutmut_76",
+                                                 _NSP + "x__spline_sensitivity__mutmut_36",
+                                                 _NSP + "x__spline_sensitivity__mutmut_49",
+                                                 _LSS + "HKRLoss\u01c1logit_lipschitz__mutmut_50",
+                                                 _LSS + "HKRLoss\u01c1logit_lipschitz__mutmut_51",
+                                                 _LSS + "LipschitzCrossEntropyLoss\u01c1"
+                                                        "logit_lipschitz__mutmut_6",
+                                                 _LSS + "LogitMSELoss\u01c1logit_lipschitz__mutmut_18"]),
+    ("sound-margin", "round_up with its default count 1: it inflates by 8 u (u = 2^-53) plus one step, "
+     "above the relative error of the expression's own roundings (sqrt(m) r g and sqrt(P) g: 3 and 2; "
+     "sqrt(N) g max|b|: 3; the coefficient bound's 6 operations; sqrt(2) t: 1, with the float sqrt(2) "
+     "above the exact one; R + target: 1)",
+     [_SB + "x__conv_sensitivity__mutmut_54", _SB + "x__conv_sensitivity__mutmut_73",
+      _NSP + "x__spline_sensitivity__mutmut_27", _NSP + "x__spline_sensitivity__mutmut_45",
+      _LSS + "LipschitzCrossEntropyLoss\u01c1logit_lipschitz__mutmut_4",
+      _LSS + "LogitMSELoss\u01c1logit_lipschitz__mutmut_15"]),
+    ("sound-margin", "HKR's round_up count 4 C - 8 or 4 / C + 8 instead of 4 C + 8: still at least 8 "
+     "operations (8 (4 C - 8) u >= 64 u for C >= 4; 0 -> 1 for C = 2, where the evaluation has ~5 "
+     "roundings), above the float64 evaluation's ~(C + 9) / 2 u relative error for the class counts where "
+     "each applies", [_LSS + "HKRLoss\u01c1logit_lipschitz__mutmut_48",
+                      _LSS + "HKRLoss\u01c1logit_lipschitz__mutmut_49"]),
+    ("equivalent", "is_parametrized(module, None) asks for any parametrisation: a LipLinear / LipConv2d "
+     "parametrises only its weight", [_NLS + "2", _NLS + "4", _NCS + "2", _NCS + "4"]),
+    ("equivalent", "n_pos with `/`: the product of the shape divided by batch x channels is an exact "
+     "integer-valued float", [_NSP + "x__spline_sensitivity__mutmut_14"]),
+    ("equivalent", "the coefficients are cast to float64 inside the slope map anyway; the Jacobian of the "
+     "cast is the identity", [_NSP + "x_constraint_jacobian_norms__mutmut_2"]),
+    ("equivalent", "matrix_norm's default order is the Frobenius norm",
+     [_NSP + "x_constraint_jacobian_norms__mutmut_17"]),
+    ("conservative", "a larger Frobenius allowance (2x, or 2 + 1e-12): min() can only grow",
+     [_NSP + "x_constraint_jacobian_norms__mutmut_30", _NSP + "x_constraint_jacobian_norms__mutmut_31"]),
+    ("killed-after-run", "the Frobenius branch inflated down (/ (1 + 1e-12), * (1 - 1e-12)): killed by tests/"
+     "test_dp_mutants.py::test_constraint_jacobian_norm_of_a_rank_one_projection_is_not_below_one (a "
+     "Jacobian 1 1^T / K, where the Frobenius branch is taken; added after the dp_rules run, checked by "
+     "hand)", [_NSP + "x_constraint_jacobian_norms__mutmut_28",
+               _NSP + "x_constraint_jacobian_norms__mutmut_29"]),
+    ("killed-after-run", "the output size not passed to the window count (symmetric padding assumed): "
+     "killed by the asymmetric 'same' padding cases on inputs smaller than the kernel in tests/"
+     "test_dp_mutants.py::test_conv_rule_is_sqrt_cover_r_g (added after the dp_rules run, checked by hand)",
+     [_SB + "x__conv_sensitivity__mutmut_41", _SB + "x__conv_sensitivity__mutmut_47"]),
+    ("killed-after-run", "HKR's round_up count 1: killed by tests/test_dp_mutants.py::test_hkr_constant_"
+     "carries_its_documented_rounding_allowance (30 classes; added after the dp_rules run, checked by hand)",
+     [_LSS + "HKRLoss\u01c1logit_lipschitz__mutmut_46"]),
+    ("equivalent", "the KR coefficients with dtype None / device None: float64 on the CPU either way",
+     [_LSS + "HKRLoss\u01c1logit_lipschitz__mutmut_3", _LSS + "HKRLoss\u01c1logit_lipschitz__mutmut_4"]),
+    ("conservative", "the smallest off-label coefficient over all labels instead of per label: a larger "
+     "worst case", [_LSS + "HKRLoss\u01c1logit_lipschitz__mutmut_17"]),
+    ("conservative", "an output radius 0 (or below 1) refused: an error instead of a constant",
+     [_LSS + "LogitMSELoss\u01c1logit_lipschitz__mutmut_6",
+      _LSS + "LogitMSELoss\u01c1logit_lipschitz__mutmut_7"]),
+]
+
 #: mutant numbers of certify_multipliers, _certify_singular and _certify_blocks before the behaviour-
 #: preserving extraction of _eig_margin / _proves_nsd / _singular_mu (the triage above uses them) -> after
 #: it (matched by their diff, which is unchanged); the margin mutants of those lines moved into the helpers

@@ -102,6 +102,11 @@ def _ones_conv(conv: nn.Module, x: torch.Tensor, ones: torch.Tensor) -> torch.Te
     ("2d", dict(kernel_size=4, stride=3), (3, 10, 10)),
     ("1d", dict(kernel_size=5, stride=2, padding=2), (2, 11)),
     ("2d", dict(kernel_size=3, padding="same"), (1, 5, 5)),
+    ("2d", dict(kernel_size=4, padding="same"), (1, 6, 7)),      # asymmetric "same" padding
+    ("2d", dict(kernel_size=(2, 4), padding="same", dilation=(1, 2)), (2, 5, 9)),
+    ("1d", dict(kernel_size=6, padding="same"), (1, 8)),
+    ("2d", dict(kernel_size=4, padding="same"), (1, 3, 3)),      # inputs smaller than the kernel
+    ("1d", dict(kernel_size=6, padding="same"), (1, 4)),
 ])
 @pytest.mark.parametrize("bias", [True, False])
 def test_conv_rule_is_sqrt_cover_r_g(kind, kwargs, shape, bias):
@@ -174,6 +179,29 @@ def test_hkr_constant_is_the_worst_gradient_over_labels_and_runner_ups(alpha, pr
     assert _between(loss.logit_lipschitz(c), _sqrt_down(worst) * (1 - Fraction(1, 10**13)),
                     rel=Fraction(1, 10**8))
     assert Fraction(loss.logit_lipschitz(c)) >= _sqrt_up(worst) * (1 - Fraction(1, 10**14))
+
+
+def test_hkr_constant_carries_its_documented_rounding_allowance():
+    """30 classes, random priors: the float64 evaluation of the worst gradient norm has a relative error of
+    at most ~(C + 9) / 2 u (u = 2^-53); the documented allowance ``round_up(., 4 C + 8)`` inflates by
+    ``8 (4 C + 8) u`` = 1024 u, so the returned constant is above the exact one by at least 900 u."""
+    c = 30
+    g = torch.Generator().manual_seed(3)
+    priors = torch.rand(c, generator=g, dtype=torch.float64) + 0.2
+    priors = (priors / priors.sum()).tolist()
+    loss = lipkit.HKRLoss(alpha=0.7, class_priors=priors)
+    pi = [Fraction(p) for p in priors]
+    a = Fraction(0.7)
+    worst = Fraction(0)
+    for y in range(c):
+        v = [1 / (c * pi[k]) if k == y else -1 / (c * (1 - pi[k])) for k in range(c)]
+        worst = max(worst, sum(x * x for x in v))
+        for j in range(c):
+            if j != y:
+                worst = max(worst, sum((a * ((k == j) - (k == y)) - v[k]) ** 2 for k in range(c)))
+    u = Fraction(1, 2**53)
+    assert Fraction(loss.logit_lipschitz(c)) >= _sqrt_down(worst) * (1 + 900 * u)
+    assert Fraction(loss.logit_lipschitz(c)) <= _sqrt_up(worst) * (1 + 1200 * u)
 
 
 def test_mse_constant_is_radius_plus_target():
@@ -295,6 +323,20 @@ def test_offset_is_inflated_and_shared_tensors_are_refused():
 
 
 # ----------------------------------------------------------------------------- splines
+
+
+def test_constraint_jacobian_norm_of_a_rank_one_projection_is_not_below_one():
+    """A ``project`` spline whose every slope is clipped: the slope map only shifts the clipped profile by the
+    mean of ``c - cum``, so its Jacobian is ``1 1^T / K`` (spectral and Frobenius norm exactly 1); the
+    bound, the smaller of the two inflated norms, must not fall below 1."""
+    from lipkit.nn.spline import constraint_jacobian_norms
+
+    s = lipkit.LinearSpline(3, num_knots=7, knot_range=1.0, init="identity", constraint="project").double()
+    with torch.no_grad():
+        s.coefficients.copy_(torch.linspace(-30, 30, 7, dtype=torch.float64).expand(3, -1) ** 1)
+    norms = constraint_jacobian_norms(s)
+    assert bool((norms >= 1.0).all()), norms
+    assert bool((norms <= 1.0 + 1e-9).all()), norms
 
 
 @pytest.mark.parametrize("cfg", [dict(constraint="clamp"), dict(constraint="project"),
