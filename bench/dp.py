@@ -69,6 +69,41 @@ def relu_mlp(width: int) -> nn.Sequential:
                          nn.Linear(width, 10))
 
 
+def lip_cnn(channels: int = 16, pool: str = "l2") -> nn.Sequential:
+    """A small l2 1-Lipschitz CNN on 1x28x28: two AOL ``LipConv2d`` 3x3 (``channels``, ``2 channels``) each
+    followed by GroupSort(2) and a 1-Lipschitz 2x2 downsampling (``pool``: ``"l2"`` = L2NormPool2d,
+    ``"avg"`` = ScaledAvgPool2d), then an orthogonal ``LipLinear`` to the 10 logits."""
+    down = lipkit.L2NormPool2d if pool == "l2" else lipkit.ScaledAvgPool2d
+    c = channels
+    return nn.Sequential(nn.Unflatten(1, (1, 28, 28)),
+                         lipkit.LipConv2d(1, c, 3, constraint="aol"), lipkit.GroupSort(2), down(2),
+                         lipkit.LipConv2d(c, 2 * c, 3, constraint="aol"), lipkit.GroupSort(2), down(2),
+                         nn.Flatten(), lipkit.LipLinear(2 * c * 49, 10, constraint="orthogonal"))
+
+
+def relu_cnn(channels: int = 16) -> nn.Sequential:
+    """Opacus' counterpart of :func:`lip_cnn`: the same convolutions and linear layer, plain ``nn.Conv2d`` /
+    ``nn.Linear`` with ReLU and 2x2 average pooling."""
+    c = channels
+    return nn.Sequential(nn.Unflatten(1, (1, 28, 28)),
+                         nn.Conv2d(1, c, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+                         nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+                         nn.Flatten(), nn.Linear(2 * c * 49, 10))
+
+
+def lipkit_net(args) -> nn.Sequential:
+    """lipkit's network of a run: ``arch`` ``"mlp"`` (default) or ``"cnn"``."""
+    if getattr(args, "arch", "mlp") == "cnn":
+        return lip_cnn(getattr(args, "channels", 16), getattr(args, "pool", "l2"))
+    return lip_mlp(args.width, getattr(args, "first", "orthogonal"), getattr(args, "rest", "orthogonal"))
+
+
+def opacus_net(args) -> nn.Sequential:
+    if getattr(args, "arch", "mlp") == "cnn":
+        return relu_cnn(getattr(args, "channels", 16))
+    return relu_mlp(args.width)
+
+
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     model.eval()
     with torch.no_grad():
@@ -76,18 +111,32 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return (out.argmax(1) == y).double().mean().item()
 
 
-def lipkit_loss(temperature: float):
+def lipkit_loss(temperature: float, kind: str = "ce", margin: float = 1.0, alpha: float = 10.0):
+    """lipkit's per-example loss: ``"ce"`` (tempered cross entropy over its temperature), ``"hinge"``
+    (multi-class hinge of margin ``margin``) or ``"hkr"`` (HKR of ``alpha`` and ``margin`` over ``alpha``,
+    uniform class priors)."""
+    if kind == "hinge":
+        return lipkit.MulticlassHingeLoss(margin=margin)
+    if kind == "hkr":
+        return dp.losses.ScaledLoss(lipkit.HKRLoss(alpha=alpha, margin=margin), 1.0 / alpha)
+    if kind != "ce":
+        raise ValueError(f"unknown loss {kind!r}; valid: ce, hinge, hkr")
     return dp.losses.ScaledLoss(lipkit.LipschitzCrossEntropyLoss(temperature=temperature), 1.0 / temperature)
+
+
+def run_loss(args):
+    return lipkit_loss(args.temperature, getattr(args, "loss", "ce"), getattr(args, "margin", 1.0),
+                       getattr(args, "alpha", 10.0))
 
 
 def train_lipkit(train, eps: float, lr: float, args, seed: int = 0):
     torch.manual_seed(seed)
-    net = lip_mlp(args.width, getattr(args, "first", "orthogonal"), getattr(args, "rest", "orthogonal"))
+    net = lipkit_net(args)
     if getattr(args, "optimizer", "adam") == "sgd":
         opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     else:
         opt = torch.optim.Adam(net.parameters(), lr=lr)
-    model, opt, loader = dp.make_private(net, opt, train, criterion=lipkit_loss(args.temperature),
+    model, opt, loader = dp.make_private(net, opt, train, criterion=run_loss(args),
                                          batch_size=args.batch, target_epsilon=eps, target_delta=DELTA,
                                          epochs=args.epochs, input_radius=args.radius, seed=seed,
                                          calibration=getattr(args, "calibration", "global"))
@@ -105,7 +154,7 @@ def train_opacus(train, eps: float, lr: float, args, mode: str = "ghost", seed: 
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.manual_seed(seed)
-    net = relu_mlp(args.width)
+    net = opacus_net(args)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     loader = DataLoader(TensorDataset(*train), batch_size=args.batch)
     engine = PrivacyEngine(accountant="rdp")
@@ -132,9 +181,11 @@ def train_opacus(train, eps: float, lr: float, args, mode: str = "ghost", seed: 
 
 def certified(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     model.eval()
-    res = lipkit.compute_certificates(model, x, p=2, input_shape=(784,))
-    ok = res.prediction == y
-    return {f"{r:g}": ((res.radius >= r) & ok).double().mean().item() for r in RADII}
+    res = [lipkit.compute_certificates(model, x[i:i + 2000], p=2, input_shape=(784,))
+           for i in range(0, len(x), 2000)]
+    radius = torch.cat([r.radius for r in res])
+    ok = torch.cat([r.prediction for r in res]) == y
+    return {f"{r:g}": ((radius >= r) & ok).double().mean().item() for r in RADII}
 
 
 def rss_mb() -> float:
@@ -158,12 +209,14 @@ def step_functions(train, args) -> dict:
 
     x, y = train[0][:args.batch], train[1][:args.batch]
     torch.manual_seed(0)
-    plain = lip_mlp(args.width, getattr(args, "first", "orthogonal"), getattr(args, "rest", "orthogonal"))
+    plain = lipkit_net(args)
     plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3)
     plain_model = nn.Sequential(dp.L2BallProjection(args.radius), plain)
-    dp.materialize_constraints(plain)  # the same deployed layers and the same projection after each step
-    maps = dp.projection.constraint_maps(plain)
-    loss_plain = lipkit_loss(args.temperature)
+    # the same deployed layers and projection after each step, in its cheapest form (the retraction with
+    # bfloat16 products where the CPU has them, no certified norm: nothing needs it without DP)
+    dp.materialize_constraints(plain, certify_norm=False)
+    maps = dp.projection.constraint_maps(plain, certify_norm=False)
+    loss_plain = run_loss(args)
 
     def plain_step():
         plain_opt.zero_grad()
@@ -171,9 +224,9 @@ def step_functions(train, args) -> dict:
         plain_opt.step()
         dp.project_constraints(maps)
 
-    net = lip_mlp(args.width, getattr(args, "first", "orthogonal"), getattr(args, "rest", "orthogonal"))
+    net = lipkit_net(args)
     model, opt, _ = dp.make_private(net, torch.optim.Adam(net.parameters(), lr=1e-3), train,
-                                    criterion=lipkit_loss(args.temperature), batch_size=args.batch,
+                                    criterion=run_loss(args), batch_size=args.batch,
                                     noise_multiplier=1.0, target_delta=DELTA, epochs=1,
                                     input_radius=args.radius)
 
@@ -189,7 +242,7 @@ def step_functions(train, args) -> dict:
                                            dtype=torch.float32, device=torch.device("cpu")),
     }
 
-    relu = relu_mlp(args.width)
+    relu = opacus_net(args)
     relu_opt = torch.optim.Adam(relu.parameters(), lr=1e-3)
     ce = nn.CrossEntropyLoss()
 
@@ -201,7 +254,7 @@ def step_functions(train, args) -> dict:
     steps = {"plain": plain_step, "lipkit": lipkit_step, "plain_relu": relu_step}
     for mode in ("hooks", "ghost"):
         engine = PrivacyEngine()
-        onet = relu_mlp(args.width)
+        onet = opacus_net(args)
         out = engine.make_private(module=onet, optimizer=torch.optim.Adam(onet.parameters(), lr=1e-3),
                                   data_loader=DataLoader(TensorDataset(*train), batch_size=args.batch),
                                   criterion=nn.CrossEntropyLoss(), noise_multiplier=1.0, max_grad_norm=1.0,
@@ -301,16 +354,32 @@ def levers(spec: str, train, val, args) -> None:
         else:
             model, _ = train_opacus(train, a.eps, a.lr, a)
         rec = {"side": a.side, "eps": a.eps, "lr": a.lr, "batch": a.batch, "epochs": a.epochs,
-               "val_accuracy": accuracy(model, *val), "seconds": round(time.perf_counter() - t, 1)}
-        if a.side == "lipkit":
-            rec.update(temperature=a.temperature, radius=a.radius, width=a.width,
-                       optimizer=getattr(a, "optimizer", "adam"),
-                       calibration=getattr(a, "calibration", "global"),
-                       first=getattr(a, "first", "orthogonal"), rest=getattr(a, "rest", "orthogonal"))
+               "val_accuracy": accuracy(model, *val), "seconds": round(time.perf_counter() - t, 1),
+               "arch": a.arch}
+        if a.arch == "cnn":
+            rec.update(channels=a.channels)
         else:
-            rec.update(clip=getattr(a, "clip", 1.0), width=a.width)
-        old = json.loads(LEVERS.read_text()) if LEVERS.exists() else []
-        LEVERS.write_text(json.dumps([*old, rec], indent=1) + "\n")
+            rec.update(width=a.width)
+        if a.side == "lipkit":
+            rec.update(temperature=a.temperature, radius=a.radius, loss=a.loss,
+                       optimizer=getattr(a, "optimizer", "adam"),
+                       calibration=getattr(a, "calibration", "global"))
+            if a.loss != "ce":
+                rec.update(margin=a.margin)
+            if a.loss == "hkr":
+                rec.update(alpha=a.alpha)
+            if a.arch == "cnn":
+                rec.update(pool=a.pool)
+            else:
+                rec.update(first=getattr(a, "first", "orthogonal"), rest=getattr(a, "rest", "orthogonal"))
+        else:
+            rec.update(clip=getattr(a, "clip", 1.0))
+        import fcntl
+
+        with open(LEVERS.with_suffix(".lock"), "w") as lock:  # parallel lever runs append one at a time
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            old = json.loads(LEVERS.read_text()) if LEVERS.exists() else []
+            LEVERS.write_text(json.dumps([*old, rec], indent=1) + "\n")
         print(rec, flush=True)
 
 
@@ -330,6 +399,13 @@ def main() -> None:
     ap.add_argument("--clip", type=float, default=1.0, help="Opacus' per-sample clipping norm")
     ap.add_argument("--first", default="orthogonal", help="constraint of lipkit's first layer")
     ap.add_argument("--rest", default="orthogonal", help="constraint of lipkit's other layers")
+    ap.add_argument("--arch", default="mlp", choices=("mlp", "cnn"), help="the network of both sides")
+    ap.add_argument("--channels", type=int, default=16, help="channels of the CNN's first convolution")
+    ap.add_argument("--pool", default="l2", choices=("l2", "avg"),
+                    help="lipkit CNN's 1-Lipschitz downsampling")
+    ap.add_argument("--loss", default="ce", choices=("ce", "hinge", "hkr"), help="lipkit's loss")
+    ap.add_argument("--margin", type=float, default=1.0, help="margin of the hinge / HKR loss")
+    ap.add_argument("--alpha", type=float, default=10.0, help="HKR's hinge weight")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--quick", action="store_true", help="smoke run: 3000 training images, 1 epoch")
     ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
@@ -435,7 +511,8 @@ def levers_table() -> str:
     from _common import results_dir
 
     runs = json.loads((results_dir() / "dp.json").read_text()).get("levers", [])
-    base = {"temperature": 8.0, "radius": 8.0, "width": 256, "optimizer": "adam", "calibration": "global",
+    base = {"arch": "mlp", "loss": "ce", "temperature": 8.0, "radius": 8.0, "width": 256, "channels": 16,
+            "pool": "l2", "margin": None, "alpha": None, "optimizer": "adam", "calibration": "global",
             "first": "orthogonal", "rest": "orthogonal", "clip": 1.0}
     lines = ["| side | epsilon | batch | lr | epochs | changed from the base settings | validation acc. |",
              "|---|---|---|---|---|---|---|"]
