@@ -376,7 +376,10 @@ def levers(spec: str, train, val, args) -> None:
             rec.update(clip=getattr(a, "clip", 1.0))
         import fcntl
 
-        with open(LEVERS.with_suffix(".lock"), "w") as lock:  # parallel lever runs append one at a time
+        import tempfile
+
+        lock_path = Path(tempfile.gettempdir()) / "lipkit-dp-levers.lock"
+        with open(lock_path, "w") as lock:  # parallel lever runs append one at a time
             fcntl.flock(lock, fcntl.LOCK_EX)
             old = json.loads(LEVERS.read_text()) if LEVERS.exists() else []
             LEVERS.write_text(json.dumps([*old, rec], indent=1) + "\n")
