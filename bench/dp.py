@@ -69,15 +69,20 @@ def relu_mlp(width: int) -> nn.Sequential:
                          nn.Linear(width, 10))
 
 
-def lip_cnn(channels: int = 16, pool: str = "l2") -> nn.Sequential:
+def lip_cnn(channels: int = 16, pool: str = "l2", conv_bias: bool = False) -> nn.Sequential:
     """A small l2 1-Lipschitz CNN on 1x28x28: two AOL ``LipConv2d`` 3x3 (``channels``, ``2 channels``) each
     followed by GroupSort(2) and a 1-Lipschitz 2x2 downsampling (``pool``: ``"l2"`` = L2NormPool2d,
-    ``"avg"`` = ScaledAvgPool2d), then an orthogonal ``LipLinear`` to the 10 logits."""
+    ``"avg"`` = ScaledAvgPool2d), then an orthogonal ``LipLinear`` to the 10 logits.  ``conv_bias``: the
+    convolutions' biases (off by default: a conv bias's per-example gradient bound is ``sqrt(P) G`` over
+    its ``P`` output positions, 28x the gradient bound ``G`` on the first layer, which inflates the global
+    noise of every tensor)."""
     down = lipkit.L2NormPool2d if pool == "l2" else lipkit.ScaledAvgPool2d
     c = channels
     return nn.Sequential(nn.Unflatten(1, (1, 28, 28)),
-                         lipkit.LipConv2d(1, c, 3, constraint="aol"), lipkit.GroupSort(2), down(2),
-                         lipkit.LipConv2d(c, 2 * c, 3, constraint="aol"), lipkit.GroupSort(2), down(2),
+                         lipkit.LipConv2d(1, c, 3, constraint="aol", bias=conv_bias), lipkit.GroupSort(2),
+                         down(2),
+                         lipkit.LipConv2d(c, 2 * c, 3, constraint="aol", bias=conv_bias), lipkit.GroupSort(2),
+                         down(2),
                          nn.Flatten(), lipkit.LipLinear(2 * c * 49, 10, constraint="orthogonal"))
 
 
@@ -94,7 +99,8 @@ def relu_cnn(channels: int = 16) -> nn.Sequential:
 def lipkit_net(args) -> nn.Sequential:
     """lipkit's network of a run: ``arch`` ``"mlp"`` (default) or ``"cnn"``."""
     if getattr(args, "arch", "mlp") == "cnn":
-        return lip_cnn(getattr(args, "channels", 16), getattr(args, "pool", "l2"))
+        return lip_cnn(getattr(args, "channels", 16), getattr(args, "pool", "l2"),
+                       bool(getattr(args, "conv_bias", False)))
     return lip_mlp(args.width, getattr(args, "first", "orthogonal"), getattr(args, "rest", "orthogonal"))
 
 
@@ -369,7 +375,7 @@ def levers(spec: str, train, val, args) -> None:
             if a.loss == "hkr":
                 rec.update(alpha=a.alpha)
             if a.arch == "cnn":
-                rec.update(pool=a.pool)
+                rec.update(pool=a.pool, conv_bias=bool(getattr(a, "conv_bias", False)))
             else:
                 rec.update(first=getattr(a, "first", "orthogonal"), rest=getattr(a, "rest", "orthogonal"))
         else:
@@ -514,8 +520,8 @@ def levers_table() -> str:
 
     runs = json.loads((results_dir() / "dp.json").read_text()).get("levers", [])
     base = {"arch": "mlp", "loss": "ce", "temperature": 8.0, "radius": 8.0, "width": 256, "channels": 16,
-            "pool": "l2", "margin": None, "alpha": None, "optimizer": "adam", "calibration": "global",
-            "first": "orthogonal", "rest": "orthogonal", "clip": 1.0}
+            "pool": "l2", "conv_bias": False, "margin": None, "alpha": None, "optimizer": "adam",
+            "calibration": "global", "first": "orthogonal", "rest": "orthogonal", "clip": 1.0}
     lines = ["| side | epsilon | batch | lr | epochs | changed from the base settings | validation acc. |",
              "|---|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r["side"], r["eps"], -r["val_accuracy"])):

@@ -55,7 +55,8 @@ def test_certified_step_bounds_the_norm_of_what_it_writes():
 def test_certified_step_refuses_what_its_analysis_does_not_cover():
     g = torch.Generator().manual_seed(1)
     q = polar_factor(torch.randn(40, 90, generator=g)).float()
-    assert certified_newton_schulz(2.0 * q) is None  # far from orthogonal (r >= 1/2)
+    assert certified_newton_schulz(2.0 * q) is None  # far from orthogonal (r >= 1)
+    assert certified_newton_schulz(0.6 * q) is None  # a diagonal entry of the Gram outside [0.5, 1.5]
     assert certified_newton_schulz(q.double()) is None  # not float32
     bad = q.clone()
     bad[3, 4] = float("nan")
