@@ -308,7 +308,8 @@ def step_costs(train, args) -> dict:
     for k in steps:
         cmd = [sys.executable, __file__, "--memory-probe", k, "--width", str(args.width), "--batch",
                str(args.batch), "--radius", str(args.radius), "--temperature", str(args.temperature),
-               "--first", args.first, "--rest", args.rest]
+               "--first", args.first, "--rest", args.rest, "--loss", args.loss, "--margin", str(args.margin),
+               "--alpha", str(args.alpha)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         peak[k] = float(out.stdout.strip().splitlines()[-1])
     by_batch = {args.batch: {"plain": med["plain"], "lipkit": med["lipkit"]}}
@@ -604,13 +605,17 @@ def cost_figures(costs: dict) -> dict:
 
 def protocol(args, lrs, batches) -> dict:
     return {
-            "reduced": "MLP only (no CNN), grid of expected batch size x learning rate (the same on both "
-                       "sides), no epoch grid, Opacus ghost mode only for accuracy (hooks computes the "
-                       "same clipped gradients), one seed; lipkit's temperature and input radius and "
-                       "Opacus' clipping norm chosen from the validation-only lever runs (levers)",
+            "reduced": "MLP only in the grid (the small CNNs of both sides were tried as validation-only "
+                       "levers at epsilon 3 and lost to the MLPs on both sides), grid of expected batch "
+                       "size x learning rate (the same on both sides), no epoch grid, Opacus ghost mode "
+                       "only for accuracy (hooks computes the same clipped gradients), one seed; lipkit's "
+                       "loss, margin / temperature and input radius and Opacus' clipping norm chosen from "
+                       "the validation-only lever runs (levers)",
             "epochs": args.epochs, "width": args.width, "batches": batches, "batch": args.batch,
             "lrs": lrs, "clip": args.clip, "first_constraint": args.first, "other_constraints": args.rest,
             "input_radius": args.radius, "temperature": args.temperature, "delta": DELTA,
+            "arch": args.arch, "lipkit_loss": args.loss,
+            "margin": args.margin if args.loss != "ce" else None,
             "validation": "10000 training images, chosen by validation accuracy", "quick": args.quick,
             "shared_machine": "2 cores shared with other jobs; 1 torch thread; interleaved medians",
     }
