@@ -216,12 +216,15 @@ def step_functions(train, args) -> dict:
     x, y = train[0][:args.batch], train[1][:args.batch]
     torch.manual_seed(0)
     plain = lipkit_net(args)
-    plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3)
     plain_model = nn.Sequential(dp.L2BallProjection(args.radius), plain)
     # the same deployed layers and projection after each step, in its cheapest form (the retraction with
     # bfloat16 products where the CPU has them, no certified norm: nothing needs it without DP)
     dp.materialize_constraints(plain, certify_norm=False)
     maps = dp.projection.constraint_maps(plain, certify_norm=False)
+    # the optimiser over the materialised weights (built before, it would hold the replaced parameters and
+    # update the biases only, as the step costs measured before 2026-12-05 did)
+    plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3)
+    assert {id(p) for g in plain_opt.param_groups for p in g["params"]} == {id(p) for p in plain.parameters()}
     loss_plain = run_loss(args)
 
     def plain_step():
