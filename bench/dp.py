@@ -422,6 +422,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run: 3000 training images, 1 epoch")
     ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--levers", default=None, help="JSON list of validation-only configurations to run")
+    ap.add_argument("--refresh-levers", action="store_true",
+                    help="copy the lever runs into the existing results file (nothing re-measured)")
     ap.add_argument("--costs-only", action="store_true",
                     help="re-measure step costs and memory only, into the existing results file")
     args = ap.parse_args()
@@ -431,6 +433,17 @@ def main() -> None:
         return
     if args.memory_probe:
         memory_probe(args.memory_probe, args)
+        return
+    if args.refresh_levers:
+        import json
+
+        from _common import results_dir
+
+        path = results_dir() / "dp.json"
+        res = json.loads(path.read_text())
+        res["levers"] = read_levers()
+        path.write_text(json.dumps(res, indent=2) + "\n")  # the layout of _common.write_result
+        print("levers:", len(res["levers"]))
         return
     t0 = time.perf_counter()
     train, val, test = data()
