@@ -69,6 +69,47 @@ def relu_mlp(width: int) -> nn.Sequential:
                          nn.Linear(width, 10))
 
 
+def lip_cnn(channels: int = 16, pool: str = "l2", conv_bias: bool = False) -> nn.Sequential:
+    """A small l2 1-Lipschitz CNN on 1x28x28: two AOL ``LipConv2d`` 3x3 (``channels``, ``2 channels``) each
+    followed by GroupSort(2) and a 1-Lipschitz 2x2 downsampling (``pool``: ``"l2"`` = L2NormPool2d,
+    ``"avg"`` = ScaledAvgPool2d), then an orthogonal ``LipLinear`` to the 10 logits.  ``conv_bias``: the
+    convolutions' biases (off by default: a conv bias's per-example gradient bound is ``sqrt(P) G`` over
+    its ``P`` output positions, 28x the gradient bound ``G`` on the first layer, which inflates the global
+    noise of every tensor)."""
+    down = lipkit.L2NormPool2d if pool == "l2" else lipkit.ScaledAvgPool2d
+    c = channels
+    return nn.Sequential(nn.Unflatten(1, (1, 28, 28)),
+                         lipkit.LipConv2d(1, c, 3, constraint="aol", bias=conv_bias), lipkit.GroupSort(2),
+                         down(2),
+                         lipkit.LipConv2d(c, 2 * c, 3, constraint="aol", bias=conv_bias), lipkit.GroupSort(2),
+                         down(2),
+                         nn.Flatten(), lipkit.LipLinear(2 * c * 49, 10, constraint="orthogonal"))
+
+
+def relu_cnn(channels: int = 16) -> nn.Sequential:
+    """Opacus' counterpart of :func:`lip_cnn`: the same convolutions and linear layer, plain ``nn.Conv2d`` /
+    ``nn.Linear`` with ReLU and 2x2 average pooling."""
+    c = channels
+    return nn.Sequential(nn.Unflatten(1, (1, 28, 28)),
+                         nn.Conv2d(1, c, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+                         nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+                         nn.Flatten(), nn.Linear(2 * c * 49, 10))
+
+
+def lipkit_net(args) -> nn.Sequential:
+    """lipkit's network of a run: ``arch`` ``"mlp"`` (default) or ``"cnn"``."""
+    if getattr(args, "arch", "mlp") == "cnn":
+        return lip_cnn(getattr(args, "channels", 16), getattr(args, "pool", "l2"),
+                       bool(getattr(args, "conv_bias", False)))
+    return lip_mlp(args.width, getattr(args, "first", "orthogonal"), getattr(args, "rest", "orthogonal"))
+
+
+def opacus_net(args) -> nn.Sequential:
+    if getattr(args, "arch", "mlp") == "cnn":
+        return relu_cnn(getattr(args, "channels", 16))
+    return relu_mlp(args.width)
+
+
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     model.eval()
     with torch.no_grad():
@@ -76,18 +117,32 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return (out.argmax(1) == y).double().mean().item()
 
 
-def lipkit_loss(temperature: float):
+def lipkit_loss(temperature: float, kind: str = "ce", margin: float = 1.0, alpha: float = 10.0):
+    """lipkit's per-example loss: ``"ce"`` (tempered cross entropy over its temperature), ``"hinge"``
+    (multi-class hinge of margin ``margin``) or ``"hkr"`` (HKR of ``alpha`` and ``margin`` over ``alpha``,
+    uniform class priors)."""
+    if kind == "hinge":
+        return lipkit.MulticlassHingeLoss(margin=margin)
+    if kind == "hkr":
+        return dp.losses.ScaledLoss(lipkit.HKRLoss(alpha=alpha, margin=margin), 1.0 / alpha)
+    if kind != "ce":
+        raise ValueError(f"unknown loss {kind!r}; valid: ce, hinge, hkr")
     return dp.losses.ScaledLoss(lipkit.LipschitzCrossEntropyLoss(temperature=temperature), 1.0 / temperature)
+
+
+def run_loss(args):
+    return lipkit_loss(args.temperature, getattr(args, "loss", "ce"), getattr(args, "margin", 1.0),
+                       getattr(args, "alpha", 10.0))
 
 
 def train_lipkit(train, eps: float, lr: float, args, seed: int = 0):
     torch.manual_seed(seed)
-    net = lip_mlp(args.width, getattr(args, "first", "orthogonal"), getattr(args, "rest", "orthogonal"))
+    net = lipkit_net(args)
     if getattr(args, "optimizer", "adam") == "sgd":
         opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     else:
         opt = torch.optim.Adam(net.parameters(), lr=lr)
-    model, opt, loader = dp.make_private(net, opt, train, criterion=lipkit_loss(args.temperature),
+    model, opt, loader = dp.make_private(net, opt, train, criterion=run_loss(args),
                                          batch_size=args.batch, target_epsilon=eps, target_delta=DELTA,
                                          epochs=args.epochs, input_radius=args.radius, seed=seed,
                                          calibration=getattr(args, "calibration", "global"))
@@ -105,7 +160,7 @@ def train_opacus(train, eps: float, lr: float, args, mode: str = "ghost", seed: 
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.manual_seed(seed)
-    net = relu_mlp(args.width)
+    net = opacus_net(args)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     loader = DataLoader(TensorDataset(*train), batch_size=args.batch)
     engine = PrivacyEngine(accountant="rdp")
@@ -132,9 +187,11 @@ def train_opacus(train, eps: float, lr: float, args, mode: str = "ghost", seed: 
 
 def certified(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     model.eval()
-    res = lipkit.compute_certificates(model, x, p=2, input_shape=(784,))
-    ok = res.prediction == y
-    return {f"{r:g}": ((res.radius >= r) & ok).double().mean().item() for r in RADII}
+    res = [lipkit.compute_certificates(model, x[i:i + 2000], p=2, input_shape=(784,))
+           for i in range(0, len(x), 2000)]
+    radius = torch.cat([r.radius for r in res])
+    ok = torch.cat([r.prediction for r in res]) == y
+    return {f"{r:g}": ((radius >= r) & ok).double().mean().item() for r in RADII}
 
 
 def rss_mb() -> float:
@@ -158,12 +215,17 @@ def step_functions(train, args) -> dict:
 
     x, y = train[0][:args.batch], train[1][:args.batch]
     torch.manual_seed(0)
-    plain = lip_mlp(args.width, getattr(args, "first", "orthogonal"), getattr(args, "rest", "orthogonal"))
-    plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3)
+    plain = lipkit_net(args)
     plain_model = nn.Sequential(dp.L2BallProjection(args.radius), plain)
-    dp.materialize_constraints(plain)  # the same deployed layers and the same projection after each step
-    maps = dp.projection.constraint_maps(plain)
-    loss_plain = lipkit_loss(args.temperature)
+    # the same deployed layers and projection after each step, in its cheapest form (the retraction with
+    # bfloat16 products where the CPU has them, no certified norm: nothing needs it without DP)
+    dp.materialize_constraints(plain, certify_norm=False)
+    maps = dp.projection.constraint_maps(plain, certify_norm=False)
+    # the optimiser over the materialised weights (built before, it would hold the replaced parameters and
+    # update the biases only, as the step costs measured before 2026-12-05 did)
+    plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3)
+    assert {id(p) for g in plain_opt.param_groups for p in g["params"]} == {id(p) for p in plain.parameters()}
+    loss_plain = run_loss(args)
 
     def plain_step():
         plain_opt.zero_grad()
@@ -171,9 +233,9 @@ def step_functions(train, args) -> dict:
         plain_opt.step()
         dp.project_constraints(maps)
 
-    net = lip_mlp(args.width, getattr(args, "first", "orthogonal"), getattr(args, "rest", "orthogonal"))
+    net = lipkit_net(args)
     model, opt, _ = dp.make_private(net, torch.optim.Adam(net.parameters(), lr=1e-3), train,
-                                    criterion=lipkit_loss(args.temperature), batch_size=args.batch,
+                                    criterion=run_loss(args), batch_size=args.batch,
                                     noise_multiplier=1.0, target_delta=DELTA, epochs=1,
                                     input_radius=args.radius)
 
@@ -189,7 +251,7 @@ def step_functions(train, args) -> dict:
                                            dtype=torch.float32, device=torch.device("cpu")),
     }
 
-    relu = relu_mlp(args.width)
+    relu = opacus_net(args)
     relu_opt = torch.optim.Adam(relu.parameters(), lr=1e-3)
     ce = nn.CrossEntropyLoss()
 
@@ -201,7 +263,7 @@ def step_functions(train, args) -> dict:
     steps = {"plain": plain_step, "lipkit": lipkit_step, "plain_relu": relu_step}
     for mode in ("hooks", "ghost"):
         engine = PrivacyEngine()
-        onet = relu_mlp(args.width)
+        onet = opacus_net(args)
         out = engine.make_private(module=onet, optimizer=torch.optim.Adam(onet.parameters(), lr=1e-3),
                                   data_loader=DataLoader(TensorDataset(*train), batch_size=args.batch),
                                   criterion=nn.CrossEntropyLoss(), noise_multiplier=1.0, max_grad_norm=1.0,
@@ -249,7 +311,8 @@ def step_costs(train, args) -> dict:
     for k in steps:
         cmd = [sys.executable, __file__, "--memory-probe", k, "--width", str(args.width), "--batch",
                str(args.batch), "--radius", str(args.radius), "--temperature", str(args.temperature),
-               "--first", args.first, "--rest", args.rest]
+               "--first", args.first, "--rest", args.rest, "--loss", args.loss, "--margin", str(args.margin),
+               "--alpha", str(args.alpha)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         peak[k] = float(out.stdout.strip().splitlines()[-1])
     by_batch = {args.batch: {"plain": med["plain"], "lipkit": med["lipkit"]}}
@@ -301,16 +364,34 @@ def levers(spec: str, train, val, args) -> None:
         else:
             model, _ = train_opacus(train, a.eps, a.lr, a)
         rec = {"side": a.side, "eps": a.eps, "lr": a.lr, "batch": a.batch, "epochs": a.epochs,
-               "val_accuracy": accuracy(model, *val), "seconds": round(time.perf_counter() - t, 1)}
-        if a.side == "lipkit":
-            rec.update(temperature=a.temperature, radius=a.radius, width=a.width,
-                       optimizer=getattr(a, "optimizer", "adam"),
-                       calibration=getattr(a, "calibration", "global"),
-                       first=getattr(a, "first", "orthogonal"), rest=getattr(a, "rest", "orthogonal"))
+               "val_accuracy": accuracy(model, *val), "seconds": round(time.perf_counter() - t, 1),
+               "arch": a.arch}
+        if a.arch == "cnn":
+            rec.update(channels=a.channels)
         else:
-            rec.update(clip=getattr(a, "clip", 1.0), width=a.width)
-        old = json.loads(LEVERS.read_text()) if LEVERS.exists() else []
-        LEVERS.write_text(json.dumps([*old, rec], indent=1) + "\n")
+            rec.update(width=a.width)
+        if a.side == "lipkit":
+            rec.update(temperature=a.temperature, radius=a.radius, loss=a.loss,
+                       optimizer=getattr(a, "optimizer", "adam"),
+                       calibration=getattr(a, "calibration", "global"))
+            if a.loss != "ce":
+                rec.update(margin=a.margin)
+            if a.loss == "hkr":
+                rec.update(alpha=a.alpha)
+            if a.arch == "cnn":
+                rec.update(pool=a.pool, conv_bias=bool(getattr(a, "conv_bias", False)))
+            else:
+                rec.update(first=getattr(a, "first", "orthogonal"), rest=getattr(a, "rest", "orthogonal"))
+        else:
+            rec.update(clip=getattr(a, "clip", 1.0))
+        import fcntl
+        import tempfile
+
+        lock_path = Path(tempfile.gettempdir()) / "lipkit-dp-levers.lock"
+        with open(lock_path, "w") as lock:  # parallel lever runs append one at a time
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            old = json.loads(LEVERS.read_text()) if LEVERS.exists() else []
+            LEVERS.write_text(json.dumps([*old, rec], indent=1) + "\n")
         print(rec, flush=True)
 
 
@@ -330,10 +411,19 @@ def main() -> None:
     ap.add_argument("--clip", type=float, default=1.0, help="Opacus' per-sample clipping norm")
     ap.add_argument("--first", default="orthogonal", help="constraint of lipkit's first layer")
     ap.add_argument("--rest", default="orthogonal", help="constraint of lipkit's other layers")
+    ap.add_argument("--arch", default="mlp", choices=("mlp", "cnn"), help="the network of both sides")
+    ap.add_argument("--channels", type=int, default=16, help="channels of the CNN's first convolution")
+    ap.add_argument("--pool", default="l2", choices=("l2", "avg"),
+                    help="lipkit CNN's 1-Lipschitz downsampling")
+    ap.add_argument("--loss", default="ce", choices=("ce", "hinge", "hkr"), help="lipkit's loss")
+    ap.add_argument("--margin", type=float, default=1.0, help="margin of the hinge / HKR loss")
+    ap.add_argument("--alpha", type=float, default=10.0, help="HKR's hinge weight")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--quick", action="store_true", help="smoke run: 3000 training images, 1 epoch")
     ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--levers", default=None, help="JSON list of validation-only configurations to run")
+    ap.add_argument("--refresh-levers", action="store_true",
+                    help="copy the lever runs into the existing results file (nothing re-measured)")
     ap.add_argument("--costs-only", action="store_true",
                     help="re-measure step costs and memory only, into the existing results file")
     args = ap.parse_args()
@@ -343,6 +433,17 @@ def main() -> None:
         return
     if args.memory_probe:
         memory_probe(args.memory_probe, args)
+        return
+    if args.refresh_levers:
+        import json
+
+        from _common import results_dir
+
+        path = results_dir() / "dp.json"
+        res = json.loads(path.read_text())
+        res["levers"] = read_levers()
+        path.write_text(json.dumps(res, indent=2) + "\n")  # the layout of _common.write_result
+        print("levers:", len(res["levers"]))
         return
     t0 = time.perf_counter()
     train, val, test = data()
@@ -435,8 +536,9 @@ def levers_table() -> str:
     from _common import results_dir
 
     runs = json.loads((results_dir() / "dp.json").read_text()).get("levers", [])
-    base = {"temperature": 8.0, "radius": 8.0, "width": 256, "optimizer": "adam", "calibration": "global",
-            "first": "orthogonal", "rest": "orthogonal", "clip": 1.0}
+    base = {"arch": "mlp", "loss": "ce", "temperature": 8.0, "radius": 8.0, "width": 256, "channels": 16,
+            "pool": "l2", "conv_bias": False, "margin": None, "alpha": None, "optimizer": "adam",
+            "calibration": "global", "first": "orthogonal", "rest": "orthogonal", "clip": 1.0}
     lines = ["| side | epsilon | batch | lr | epochs | changed from the base settings | validation acc. |",
              "|---|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r["side"], r["eps"], -r["val_accuracy"])):
@@ -486,19 +588,30 @@ def cost_figures(costs: dict) -> dict:
         "step_repeats": costs["repeats"],
         "step_batch": costs["batch"],
         "step_levers": {
-            "float32 Gram by 64-column blocks with a rigorous rounding allowance (gram_bound_fp32)":
-                "replaces the float64 Gram product (about 10 ms of the step before, on this machine); "
-                "5e-4 looser on a 256-row orthogonal matrix",
-            "memoised structure checks (computes_as) within one bound computation": "kept",
-            "noise drawn in one flat buffer, no separate std scaling pass": "kept",
-            "per-layer bounds once, prefix/suffix products built incrementally": "already so (linear "
-                                                                                 "in depth)",
-            "shape-recording forward skipped": "already so (shapes recorded once by make_private)",
-            "cache of bounds keyed on (data_ptr, _version)": "not built: every weight changes between two "
-                "bound computations (optimiser step, projection), so it could never hit in training, and "
-                "in-place edits through p.data do not bump _version",
-            "remaining DP-only time": "lipkit_bound_only (Gram products, the registry's structure checks, "
-                                      "forward passes on zeros) and lipkit_noise_only in step_median_seconds",
+            "certified projection step (dp/retraction.py)":
+                "the orthogonal LipLinear's projection after each step is one float32 Newton-Schulz step "
+                "whose rounding analysis certifies the norm of the weight it writes (about 1 + 1e-3); "
+                "the next sensitivity reads it while the weight is bit-for-bit unchanged (torch.equal), "
+                "instead of a fresh Gram bound of every layer (gram_bound_fp32, about 2.5 ms of the step "
+                "before); the plain step keeps the cheaper bfloat16 retraction, which certifies nothing",
+            "registry class-patch checks once per bound computation (memoized_class_checks)":
+                "kept (they rebuilt the member table of nn.Module about 45 times per step)",
+            "fused finiteness check and noise add (torch._foreach_norm / _foreach_add_)": "kept",
+            "conv Gram/Schur bound with Collatz-Wielandt weights (conv_gram_bound)":
+                "kept for LipConv2d (the registered rule's explicit bound took about 1.2 s per step on the "
+                "lever CNN); not in the MLP's step",
+            "float32 Gram by blocks with a rigorous rounding allowance (gram_bound_fp32)":
+                "kept as the fallback (first step of each epoch in the trainer, after restarts, other "
+                "constraints)",
+            "bfloat16 products in the certified step": "not built: a rigorous bound would rest on how the "
+                                                       "bfloat16 kernels accumulate, which torch does not "
+                                                       "specify",
+            "cache of bounds keyed on (data_ptr, _version)": "not built: edits through p.data do not bump "
+                                                             "_version; the certificate compares values",
+            "remaining DP-only time": "the noise draw (lipkit_noise_only, one float32 normal per parameter), "
+                                      "the rest of the bound (lipkit_bound_only: structure checks, forward "
+                                      "passes on zeros, the torch.equal checks) and the certified step's "
+                                      "float32 products (vs bfloat16 in the plain step)",
         },
         "step_ratio_vs_plain_by_batch": {str(b): v["lipkit"] / v["plain"]
                                          for b, v in costs["by_batch"].items()},
@@ -508,13 +621,17 @@ def cost_figures(costs: dict) -> dict:
 
 def protocol(args, lrs, batches) -> dict:
     return {
-            "reduced": "MLP only (no CNN), grid of expected batch size x learning rate (the same on both "
-                       "sides), no epoch grid, Opacus ghost mode only for accuracy (hooks computes the "
-                       "same clipped gradients), one seed; lipkit's temperature and input radius and "
-                       "Opacus' clipping norm chosen from the validation-only lever runs (levers)",
+            "reduced": "MLP only in the grid (the small CNNs of both sides were tried as validation-only "
+                       "levers at epsilon 3 and lost to the MLPs on both sides), grid of expected batch "
+                       "size x learning rate (the same on both sides), no epoch grid, Opacus ghost mode "
+                       "only for accuracy (hooks computes the same clipped gradients), one seed; lipkit's "
+                       "loss, margin / temperature and input radius and Opacus' clipping norm chosen from "
+                       "the validation-only lever runs (levers)",
             "epochs": args.epochs, "width": args.width, "batches": batches, "batch": args.batch,
             "lrs": lrs, "clip": args.clip, "first_constraint": args.first, "other_constraints": args.rest,
             "input_radius": args.radius, "temperature": args.temperature, "delta": DELTA,
+            "arch": args.arch, "lipkit_loss": args.loss,
+            "margin": args.margin if args.loss != "ce" else None,
             "validation": "10000 training images, chosen by validation accuracy", "quick": args.quick,
             "shared_machine": "2 cores shared with other jobs; 1 torch thread; interleaved medians",
     }

@@ -31,9 +31,10 @@ module.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,7 +121,8 @@ _SNAPSHOTS: dict[type, dict[str, object]] = {}
 
 def _snapshot(cls: type) -> None:
     for c in cls.__mro__[:-1]:  # not object
-        _SNAPSHOTS.setdefault(c, _class_members(c))
+        if c not in _SNAPSHOTS:  # (setdefault would compute the members every time)
+            _SNAPSHOTS[c] = _class_members(c)
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,46 @@ def global_hook_problem() -> str | None:
     return None
 
 
+#: per-class results of the monkeypatching check while :func:`memoized_class_checks` is active
+_PATCH_MEMO: dict[type, str | None] | None = None
+
+
+def _patch_problem(c: type) -> str | None:
+    """Why class ``c`` was patched after a rule relying on it was registered (None: it was not)."""
+    if _PATCH_MEMO is not None and c in _PATCH_MEMO:
+        return _PATCH_MEMO[c]
+    snap = _SNAPSHOTS.get(c)
+    problem = None
+    if snap is not None:
+        now = _class_members(c)
+        # (torch.compile wraps Module.__init__ / __setstate__ to tag new modules: harmless members)
+        changed = sorted(k for k in now.keys() | snap.keys()
+                         if now.get(k) is not snap.get(k)
+                         and k not in HARMLESS_MEMBERS and k != "__setstate__")
+        if changed:
+            problem = (f"{c.__qualname__}.{', '.join(changed)} was replaced after lipkit registered its rule "
+                       "(monkeypatching)")
+    if _PATCH_MEMO is not None and snap is not None:
+        _PATCH_MEMO[c] = problem
+    return problem
+
+
+@contextlib.contextmanager
+def memoized_class_checks() -> Iterator[None]:
+    """Within the block, check each class for monkeypatching once (for analyses that inspect many modules
+    of the same classes in one go, e.g. the per-step sensitivity of :mod:`lipkit.dp`; classes must not be
+    patched inside the block).  Instance-level checks (hooks, attributes, tensors) still run every time."""
+    global _PATCH_MEMO
+    if _PATCH_MEMO is not None:  # nested: the outer block's memo serves
+        yield
+        return
+    _PATCH_MEMO = {}
+    try:
+        yield
+    finally:
+        _PATCH_MEMO = None
+
+
 def module_problem(module: nn.Module, registered: type, overridable: frozenset[str] = frozenset(),
                    gradients: bool = False) -> str | None:
     """Why ``module`` may not compute what a rule written for ``registered`` assumes (None: it does).
@@ -221,17 +263,9 @@ def module_problem(module: nn.Module, registered: type, overridable: frozenset[s
                         f"not compute what the rule for {registered.__qualname__} assumes")
     # 2. the registered class and its bases were not patched after registration
     for c in registered.__mro__[:-1]:
-        snap = _SNAPSHOTS.get(c)
-        if snap is None:
-            continue
-        now = _class_members(c)
-        # (torch.compile wraps Module.__init__ / __setstate__ to tag new modules: harmless members)
-        changed = sorted(k for k in now.keys() | snap.keys()
-                         if now.get(k) is not snap.get(k)
-                         and k not in HARMLESS_MEMBERS and k != "__setstate__")
-        if changed:
-            return (f"{c.__qualname__}.{', '.join(changed)} was replaced after lipkit registered its rule "
-                    "(monkeypatching)")
+        problem = _patch_problem(c)
+        if problem is not None:
+            return problem
     # 3. instance attributes that shadow methods
     for name in vars(module):
         attr = getattr(type(module), name, None)

@@ -40,7 +40,7 @@ from lipkit.dp.sampling import SAMPLINGS, PrivateLoader
 from lipkit.dp.sensitivity import SensitivityReport, _num_outputs, network_sensitivity
 from lipkit.nn import LipConv2d, LipLinear
 
-__all__ = ["make_private", "validate", "model_problems"]
+__all__ = ["make_private", "private_optimizer", "validate", "model_problems"]
 
 
 def model_problems(model: nn.Module) -> list[str]:
@@ -138,6 +138,72 @@ def _first_shape(dataset: Any) -> tuple[int, ...] | None:
         return tuple(torch.as_tensor(dataset[0][0]).shape)
     except (IndexError, TypeError, KeyError):
         return None
+
+
+def private_optimizer(
+    private_model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    criterion: object,
+    input_radius: float,
+    input_shape: tuple[int, ...],
+    noise_multiplier: float,
+    expected_batch_size: float,
+    sample_rate: float,
+    accountant: PrivacyAccountant,
+    calibration: str = "global",
+    neighbouring: str = "add-remove",
+    account_every: int = 1,
+    after_step: Any = None,
+    secure_mode: bool = False,
+    generator: torch.Generator | None = None,
+    num_classes: int | None = None,
+) -> DPOptimizer:
+    """The :class:`DPOptimizer` of a private model (input projection in front, constraints materialised):
+    its trainable tensors, which must all be in ``optimizer``, and its sensitivity, recomputed from the
+    current weights at every step.  Shared by :func:`make_private` and the trainer's ``DPStrategy``.
+
+    Raises:
+        ValueError: a trainable tensor is not in the optimiser.
+    """
+    shapes = record_input_shapes(private_model, tuple(input_shape))
+    named = {n: p for n, p in private_model.named_parameters() if p.requires_grad}
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    left_out = [n for n, p in named.items() if id(p) not in in_optimizer]
+    if left_out:
+        raise ValueError(
+            f"the trainable tensors {left_out} are not in the optimiser; freeze them "
+            "(requires_grad=False) or add them"
+        )
+    if num_classes is None:
+        num_classes = _num_outputs(private_model, tuple(input_shape))
+
+    def sensitivity() -> SensitivityReport:  # from the current weights, at every step
+        return network_sensitivity(
+            private_model,
+            float(input_radius),
+            criterion,
+            input_shape=tuple(input_shape),
+            num_classes=num_classes,
+            shapes=shapes,
+        )
+
+    return DPOptimizer(
+        optimizer,
+        named,
+        sensitivity=sensitivity,
+        noise_multiplier=float(noise_multiplier),
+        expected_batch_size=float(expected_batch_size),
+        sample_rate=float(sample_rate),
+        accountant=accountant,
+        calibration=calibration,
+        neighbouring=neighbouring,
+        account_every=account_every,
+        after_step=after_step,
+        secure_mode=secure_mode,
+        generator=generator,
+        criterion=PrivateLoss(criterion, float(expected_batch_size)),
+    )
 
 
 def make_private(
@@ -254,44 +320,27 @@ def make_private(
     for old in swapped:
         optimizer.state.pop(old, None)
     private_model = nn.Sequential(L2BallProjection(float(input_radius)), model)
-    shapes = record_input_shapes(private_model, tuple(input_shape))
-    named = {n: p for n, p in private_model.named_parameters() if p.requires_grad}
-    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    left_out = [n for n, p in named.items() if id(p) not in in_optimizer]
-    if left_out:
-        raise ValueError(
-            f"make_private: the trainable tensors {left_out} are not in the optimiser; freeze them "
-            "(requires_grad=False) or add them"
-        )
-    num_classes = _num_outputs(private_model, tuple(input_shape))
-
-    def sensitivity() -> SensitivityReport:  # from the current weights, at every step
-        return network_sensitivity(
-            private_model,
-            float(input_radius),
-            criterion,
-            input_shape=tuple(input_shape),
-            num_classes=num_classes,
-            shapes=shapes,
-        )
-
     expected = float(batch)
-    dp_opt = DPOptimizer(
-        optimizer,
-        named,
-        sensitivity=sensitivity,
-        noise_multiplier=float(sigma),
-        expected_batch_size=expected,
-        sample_rate=loader.sample_rate if sampling == "poisson" else 1.0,
-        accountant=PrivacyAccountant(accountant),
-        calibration=calibration,
-        neighbouring=neighbouring,
-        account_every=1 if sampling == "poisson" else loader.steps_per_epoch,
-        after_step=lambda: project_constraints(projections),
-        secure_mode=secure_mode,
-        generator=torch.Generator().manual_seed(int(seed) + 1) if seed is not None else None,
-        criterion=PrivateLoss(criterion, expected),
-    )
+    try:
+        dp_opt = private_optimizer(
+            private_model,
+            optimizer,
+            criterion=criterion,
+            input_radius=float(input_radius),
+            input_shape=tuple(input_shape),
+            noise_multiplier=float(sigma),
+            expected_batch_size=expected,
+            sample_rate=loader.sample_rate if sampling == "poisson" else 1.0,
+            accountant=PrivacyAccountant(accountant),
+            calibration=calibration,
+            neighbouring=neighbouring,
+            account_every=1 if sampling == "poisson" else loader.steps_per_epoch,
+            after_step=lambda: project_constraints(projections),
+            secure_mode=secure_mode,
+            generator=torch.Generator().manual_seed(int(seed) + 1) if seed is not None else None,
+        )
+    except ValueError as exc:
+        raise ValueError(f"make_private: {exc}") from None
     dp_opt.target_delta = float(target_delta)
     dp_opt.target_epsilon = target_epsilon
     dp_opt.sampling = sampling

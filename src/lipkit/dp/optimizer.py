@@ -195,15 +195,27 @@ class DPOptimizer:
             dtype=ref.dtype,
             device=ref.device,
         )
-        offset = 0
-        for name, p in params:
+        grads = []
+        for _, p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            if not torch.isfinite(p.grad).all():
-                raise FloatingPointError(f"the gradient of {name} is not finite")
-            chunk = flat[offset:offset + p.numel()].view(p.shape).to(dtype=p.dtype, device=p.device)
+            grads.append(p.grad)
+        # one fused pass for the finiteness check (a NaN or inf entry makes its tensor's norm non-finite)
+        norms = torch.stack(torch._foreach_norm(grads))
+        if not bool(torch.isfinite(norms).all()):
+            bad = [name for name, p in params if not torch.isfinite(p.grad).all()] or [params[0][0]]
+            raise FloatingPointError(f"the gradient of {bad[0]} is not finite")
+        chunks, offset = [], 0
+        for _, p in params:
+            chunk = flat[offset:offset + p.numel()].view(p.shape)
+            chunks.append(chunk if chunk.dtype == p.dtype and chunk.device == p.device
+                          else chunk.to(dtype=p.dtype, device=p.device))
             offset += p.numel()
-            p.grad.add_(chunk, alpha=stds[name] / self.expected_batch_size)
+        scales = [stds[name] / self.expected_batch_size for name, _ in params]
+        if len(set(scales)) == 1:  # global calibration: one fused add
+            torch._foreach_add_(grads, chunks, alpha=scales[0])
+        else:
+            torch._foreach_add_(grads, torch._foreach_mul(chunks, scales))
         self.last_report, self.last_noise_std = report, stds
         return report
 

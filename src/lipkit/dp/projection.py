@@ -16,8 +16,9 @@ the next step is read from the weights the forward pass really uses, whatever th
 ==============================  ================================================================
 constraint                      map applied after each step
 ==============================  ================================================================
-LipLinear "orthogonal" (any     ``lip * polar(W)`` (warm-started Newton-Schulz, the retraction of
-method, incl. Cayley)           :class:`lipkit.nn.parametrize.Orthogonal`)
+LipLinear "orthogonal" (any     ``lip * polar(W)`` (one warm-started Newton-Schulz step in float32 that
+method, incl. Cayley)           also certifies the norm of what it writes, :mod:`lipkit.dp.retraction`;
+                                the polar factor in float64 on restart)
 LipLinear "spectral"            ``W min(1, lip / s)``, ``s >= ||W||_2`` a guaranteed bound (Gram
                                 iteration, :func:`lipkit.bounds.gram_spectral_bound`)
 LipLinear "aol"                 columns ``W_j min(1, lip d_j)``, ``d_j = (sum_i |W^T W|_ij)^{-1/2}``
@@ -43,8 +44,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from lipkit.bounds import gram_spectral_bound, lipschitz_bound, register_bound
+from lipkit.bounds import gram_spectral_bound, lipschitz_bound, register_bound, round_up
 from lipkit.bounds.registry import UnsupportedModuleError
+from lipkit.dp.retraction import certified_newton_schulz, certify
 from lipkit.nn import LipConv2d, LipLinear
 from lipkit.nn.parametrize import OperatorNorm, Orthogonal
 from lipkit.nn.parametrize.utils import materialize_in_place
@@ -100,13 +102,32 @@ def _projection_bound(module: L2BallProjection, p: float, shapes: dict) -> float
     return 1.0
 
 
-def _orthogonal_map(lip: float) -> Callable[[nn.Module], None]:
+def _orthogonal_map(lip: float, certify_norm: bool = False) -> Callable[[nn.Module], None]:
+    """``lip * polar(W)`` by one warm-started Newton-Schulz step (the polar factor in float64 on restart).
+
+    ``certify_norm`` (LipLinear in DP mode): the step is :func:`lipkit.dp.retraction.certified_newton_schulz`
+    (float32 products), whose guaranteed bound of the written weight's norm is recorded for the next
+    sensitivity computation; otherwise the retraction of :class:`lipkit.nn.parametrize.Orthogonal`
+    (bfloat16 products where the CPU has them), which certifies nothing.
+    """
     retraction = Orthogonal(method="retraction", lip=1.0).train()
 
     def project(module: nn.Module) -> None:
         w = module.weight
-        flat = w.detach().reshape(w.shape[0], -1) / lip
-        q = retraction(flat.clone())  # warm-started Newton-Schulz, polar factor on restart
+        flat = w.detach().reshape(w.shape[0], -1)
+        x = flat / lip if lip != 1.0 else flat
+        if certify_norm:
+            out = certified_newton_schulz(x)
+            if out is not None:
+                q, bound = out
+                if lip != 1.0:  # fl(lip q): a relative rounding of each entry, at most u lip ||q||_F
+                    q_fro = float(torch.linalg.vector_norm(q.to(torch.float64)))
+                    bound = round_up(lip * (bound + 2.0**-24 * q_fro), 3)
+                    q = q * lip
+                w.copy_(q.reshape(w.shape))
+                certify(module, w, bound)
+                return
+        q = retraction(x.clone())  # warm-started Newton-Schulz, polar factor on restart
         w.copy_((q * lip).reshape(w.shape))
 
     return project
@@ -170,11 +191,11 @@ PROJECTIONS = {
 }
 
 
-def _map_for(module: nn.Module, shapes: dict) -> Callable[[nn.Module], None]:
+def _map_for(module: nn.Module, shapes: dict, certify_norm: bool = True) -> Callable[[nn.Module], None]:
     if isinstance(module, LipLinear):
         c = module.constraint
         if c == "orthogonal":
-            return _orthogonal_map(module.lip)
+            return _orthogonal_map(module.lip, certify_norm)
         if c == "spectral":
             return _spectral_linear
         if c == "aol":
@@ -189,14 +210,15 @@ def _map_for(module: nn.Module, shapes: dict) -> Callable[[nn.Module], None]:
 
 
 def materialize_constraints(
-    model: nn.Module, shapes: dict | None = None
+    model: nn.Module, shapes: dict | None = None, certify_norm: bool = True
 ) -> tuple[list[tuple[nn.Module, Callable[[nn.Module], None]]], dict]:
     """Turn every parametrised LipLinear / LipConv2d weight of ``model`` into a plain parameter (in place).
 
     The parameter holds the current deployed weight, which is then mapped into the constraint set once.
     Returns the list of ``(module, map)`` to apply after every step, and ``{old parameter: new parameter}``
     (to swap them in an optimiser built before).  Other parametrised modules are left alone (the validator
-    refuses them).
+    refuses them).  ``certify_norm``: orthogonal LipLinear maps record a certified bound of the weight they
+    write (:mod:`lipkit.dp.retraction`), which the sensitivity analysis reads instead of recomputing it.
     """
     shapes = {} if shapes is None else shapes
     projections: list[tuple[nn.Module, Callable[[nn.Module], None]]] = []
@@ -213,16 +235,17 @@ def materialize_constraints(
             materialize_in_place(module, requires_grad=old.requires_grad)
             module.train(was_training)
             swapped[old] = module.weight
-        projections.append((module, _map_for(module, shapes)))
+        projections.append((module, _map_for(module, shapes, certify_norm)))
     project_constraints(projections)
     return projections, swapped
 
 
-def constraint_maps(model: nn.Module, shapes: dict | None = None
+def constraint_maps(model: nn.Module, shapes: dict | None = None, certify_norm: bool = True
                     ) -> list[tuple[nn.Module, Callable[[nn.Module], None]]]:
-    """The maps of the (already materialised) LipLinear / LipConv2d layers of ``model``, not applied."""
+    """The maps of the (already materialised) LipLinear / LipConv2d layers of ``model``, not applied
+    (``certify_norm``: see :func:`materialize_constraints`)."""
     shapes = {} if shapes is None else shapes
-    return [(m, _map_for(m, shapes)) for m in model.modules()
+    return [(m, _map_for(m, shapes, certify_norm)) for m in model.modules()
             if isinstance(m, (LipLinear, LipConv2d)) and not parametrize.is_parametrized(m)]
 
 

@@ -53,11 +53,12 @@ from lipkit.bounds import (
     lipschitz_bound,
     round_up,
 )
-from lipkit.bounds.registry import record_input_shapes
+from lipkit.bounds.registry import memoized_class_checks, record_input_shapes
 from lipkit.dp.projection import L2BallProjection
-from lipkit.nn import ConvexResidual, LipLinear, Residual
+from lipkit.dp.retraction import certified_norm, fp32_products_are_ieee
+from lipkit.nn import ConvexResidual, LipConv2d, LipLinear, Residual
 
-__all__ = ["SensitivityReport", "network_sensitivity", "REL_ALLOWANCE"]
+__all__ = ["SensitivityReport", "network_sensitivity", "REL_ALLOWANCE", "conv_gram_bound"]
 
 #: relative inflation of every input / gradient norm bound (float32 round-off allowance)
 REL_ALLOWANCE = 1e-3
@@ -270,15 +271,6 @@ _U32 = 2.0**-24
 _TINY32 = 2.0**-126
 
 
-def _fp32_matmul_is_ieee() -> bool:
-    """True when torch runs float32 matrix products in float32 (no TF32 / bfloat16 shortcuts)."""
-    if torch.get_float32_matmul_precision() != "highest":
-        return False
-    backend = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
-    precision = getattr(backend, "fp32_precision", None)
-    return precision in (None, "ieee", "none")
-
-
 def gram_bound_fp32(weight: torch.Tensor, block: int = 64) -> float:
     """:func:`gram_bound` with the Gram matrix from float32 products over blocks of ``block`` columns.
 
@@ -294,7 +286,7 @@ def gram_bound_fp32(weight: torch.Tensor, block: int = 64) -> float:
     product's cost on one core.  Falls back to :func:`gram_bound` for other dtypes, or when torch may run
     float32 products in reduced precision (``torch.get_float32_matmul_precision() != "highest"``).
     """
-    if weight.dtype != torch.float32 or not _fp32_matmul_is_ieee():
+    if weight.dtype != torch.float32 or not fp32_products_are_ieee():
         return gram_bound(weight)
     a = _wide(weight.detach())
     if a.numel() == 0:
@@ -315,12 +307,66 @@ def gram_bound_fp32(weight: torch.Tensor, block: int = 64) -> float:
     return round_up(math.sqrt(round_up(top, 2 * m + nb + 4)), 2)
 
 
+def conv_gram_bound(weight: torch.Tensor, groups: int = 1, iters: int = 30) -> float:
+    """A guaranteed upper bound of the l2 operator norm of a zero-padded 2-D convolution of kernel ``weight``
+    (``(c_out, c_in, kh, kw)``), any stride, dilation, padding and input size, in float64.
+
+    Let ``T`` be the convolution on the infinite grid (zero extension).  The padded, strided layer is
+    ``P_out T P_in`` with coordinate selections (norm <= 1), so its norm is at most ``||T||``; dilation only
+    spreads the kernel's taps apart.  ``T^T T`` is block-Toeplitz with the kernel
+    ``C[j, i, m] = sum_{o, t} K[o, j, t + m] K[o, i, t]`` (the full correlation, ``(2 kh - 1) x (2 kw - 1)``
+    offsets).  The Schur test with positive weights ``w`` constant over positions gives
+    ``||T||^2 <= max_j (A w)_j / w_j`` with ``A_ji = sum_m |C[j, i, m]|`` (a ``c_in x c_in`` matrix); any
+    ``w > 0`` is valid (Collatz-Wielandt), and a few power iterations on ``A`` give one close to its Perron
+    vector.  With ``w = 1`` this is the AOL row-sum certificate (Prach & Lampert, ECML 2022); with the
+    Perron vector it is at most 1 for the kernels the AOL constraint's rescaling produces (``w_i = 1 / d_i``
+    gives exactly 1), where the plain row sum can exceed 1.  The float64 correlation has
+    ``|fl(C) - C| <= gamma_n (|K| * |K|)`` with ``n = c_out kh kw`` (Higham, Lemma 3.1): the correlation of
+    ``|K|`` times ``gamma_n`` (inflated 2x) is added to ``|C|``, and the final quotient is rounded up for its
+    ``c_in`` float64 operations.  ``groups > 1`` (block-diagonal channels) and non-finite weights give
+    ``inf`` (the caller falls back to the registered rule).
+    """
+    if groups != 1 or weight.dim() != 4:
+        return math.inf
+    w = weight.detach().to(torch.float64)
+    if w.numel() == 0:
+        return 0.0
+    if not torch.isfinite(w).all():
+        return math.inf
+    c_out, c_in, kh, kw = w.shape
+    wt = w.transpose(0, 1)
+    a = wt.abs()
+    corr = torch.nn.functional.conv2d(wt, wt, padding=(kh - 1, kw - 1))
+    corr_abs = torch.nn.functional.conv2d(a, a, padding=(kh - 1, kw - 1))
+    gamma = 2.0 * (c_out * kh * kw + 2) * EPS64
+    mat = (corr.abs() + gamma * corr_abs).sum(dim=(2, 3))  # A (c_in x c_in), each entry rounded up below
+    mat = mat * (1.0 + 4.0 * (corr[0, 0].numel() + 2) * EPS64)
+    v = torch.ones(c_in, dtype=torch.float64)
+    top = mat.max().item()
+    if not math.isfinite(top):
+        return math.inf
+    if top == 0.0:
+        return 0.0
+    for _ in range(iters):  # power iteration: any positive v is valid, the Perron vector is the best
+        v = mat @ v + 1e-12 * v.max()
+        v = v / v.max()
+    ratio = ((mat @ v) / v).max().item()
+    if not math.isfinite(ratio):
+        return math.inf
+    return round_up(math.sqrt(round_up(ratio, c_in + 4)), 2)
+
+
 def fast_lipschitz(module: nn.Module, shapes: dict, child: object = None, is_: object = None) -> float:
     """The l2 Lipschitz bound the sensitivity uses, computed once per layer per step.
 
     * a LipLinear that runs ``nn.Linear``'s forward on a plain weight (:func:`computes_as`, so no hook,
-      override or parametrisation): :func:`gram_bound_fp32` of its weight when it is within 2% of the layer's
+      override or parametrisation): the bound its DP projection certified for this very weight
+      (:func:`lipkit.dp.retraction.certified_norm`, checked bit for bit), else :func:`gram_bound_fp32` of its
+      weight when it is within 2% of the layer's
       ``lip`` (always, for the orthogonal constraint after its projection), else the registered rule;
+    * a LipConv2d running its registered code on a plain weight with zero padding: :func:`conv_gram_bound`
+      (the AOL certificate, always within ``lip`` for the AOL constraint after its projection) when it is
+      within 2% of ``lip``, else the registered rule;
     * ``nn.Sequential``, ``Residual``, ``ConvexResidual`` running their registered code: the registered
       rules' compositions (product; ``1 + L_f``; ``|1 - a| + |a| L_f``) of the children's bounds, so that
       each layer is bounded once;
@@ -331,7 +377,16 @@ def fast_lipschitz(module: nn.Module, shapes: dict, child: object = None, is_: o
     rec = child if callable(child) else (lambda m: fast_lipschitz(m, shapes))
     is_ = is_ if callable(is_) else computes_as  # a memoised computes_as (the walker's), or the plain one
     if is_(module, (LipLinear,)) and not parametrize.is_parametrized(module):
+        cert = certified_norm(module, module.weight)
+        if cert is not None:
+            return cert
         fast = gram_bound_fp32(module.weight)
+        if fast <= 1.02 * module.lip:
+            return fast
+        return lipschitz_bound(module, 2, _shapes=shapes)
+    if (is_(module, (LipConv2d,)) and not parametrize.is_parametrized(module)
+            and module.padding_mode == "zeros"):
+        fast = conv_gram_bound(module.weight, module.groups)
         if fast <= 1.02 * module.lip:
             return fast
         return lipschitz_bound(module, 2, _shapes=shapes)
@@ -398,13 +453,13 @@ def network_sensitivity(
         loss_g.append(value)
         return value
 
-    if computes_as(model, (nn.Sequential,), subclasses=True):
-        walker.walk_chain(
-            [c for c in model._modules.values() if c is not None], float(input_radius), g_of, "model", model
-        )
-    else:
-        shapes[_ROOT] = shapes.get(model)
-        walker.walk_chain([model], float(input_radius), g_of, "model", _ROOT)
+    with memoized_class_checks():  # each class checked for monkeypatching once per call
+        if computes_as(model, (nn.Sequential,), subclasses=True):
+            children = [c for c in model._modules.values() if c is not None]
+            walker.walk_chain(children, float(input_radius), g_of, "model", model)
+        else:
+            shapes[_ROOT] = shapes.get(model)
+            walker.walk_chain([model], float(input_radius), g_of, "model", _ROOT)
     problems = walker.problems
     for n, p in model.named_parameters():
         if p.requires_grad and n not in walker.out and id(p) not in walker.reported:

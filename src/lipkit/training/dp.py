@@ -31,18 +31,17 @@ from torch import nn
 
 from lipkit.bounds import record_input_shapes
 from lipkit.dp import (
-    DPOptimizer,
     L2BallProjection,
     PrivacyAccountant,
-    PrivateLoss,
     materialize_constraints,
-    network_sensitivity,
     noise_for_target,
+    private_optimizer,
     project_constraints,
     validate,
 )
 from lipkit.dp.losses import ScaledLoss
 from lipkit.dp.projection import constraint_maps
+from lipkit.dp.retraction import forget_certificates
 from lipkit.dp.sampling import poisson_indices
 from lipkit.training.config import ConfigError
 from lipkit.training.strategy import StepState, TrainingStrategy
@@ -124,34 +123,23 @@ class DPStrategy(TrainingStrategy):
             if isinstance(rec.get("dp"), dict) and "accountant" in rec["dp"]:
                 self.accountant.load_state_dict(rec["dp"]["accountant"])
                 break
-        shapes = record_input_shapes(model, shape)
-        named = {k: p for k, p in model.named_parameters() if p.requires_grad}
-        self.maps = constraint_maps(model, shapes)
-        num_classes = split.num_classes
-
-        def sensitivity():
-            return network_sensitivity(
-                model,
-                cfg.input_radius,
-                self.criterion,
-                input_shape=shape,
-                num_classes=num_classes,
-                shapes=shapes,
-            )
-
+        self.maps = constraint_maps(model, record_input_shapes(model, shape))
         self.expected = float(cfg.batch_size)
-        self.private_loss = PrivateLoss(self.criterion, self.expected)
-        self.noiser = DPOptimizer(
+        self.noiser = private_optimizer(  # the setup make_private does, on the trainer's model
+            model,
             trainer.optimizer,
-            named,
-            sensitivity=sensitivity,
+            criterion=self.criterion,
+            input_radius=cfg.input_radius,
+            input_shape=shape,
             noise_multiplier=self.sigma,
             expected_batch_size=self.expected,
             sample_rate=self.sample_rate,
             accountant=self.accountant,
             calibration=cfg.calibration,
             secure_mode=cfg.secure_mode,
+            num_classes=split.num_classes,
         )
+        self.private_loss = self.noiser.criterion
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         base = self.cfg.seed * 1_000_003 + epoch * 7919
@@ -174,6 +162,8 @@ class DPStrategy(TrainingStrategy):
         project_constraints(self.maps)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
+        # a run resumed from this epoch's checkpoint has no certified norms: neither has this one from here on
+        forget_certificates(trainer.model)
         report = self.noiser.last_report
         record["dp"] = {
             "epsilon": self.accountant.get_epsilon(self.cfg.delta),
