@@ -793,6 +793,17 @@ _TRIAGE += [
       _LSS + "LogitMSELoss\u01c1logit_lipschitz__mutmut_7"]),
 ]
 
+_FB = "lipkit.monotonic.fastbound."
+
+_TRIAGE += [
+    ("equivalent", "the fast l_1 -> l_inf path falls back to lipschitz_bound(body, 1, inf) itself, the same "
+     "value (the fast path is an optimisation, bit-identical when it runs): never taken (value None, "
+     "_fast(None)), a zero-cost child refused, an unreachable norm ending the search, or shapes=None (a "
+     "rule that reads the shapes raises AttributeError, which falls back; the others ignore them)",
+     [_FB + f"x__fast__mutmut_{i}" for i in (14, 21, 27, 36)]
+     + [_FB + f"x_body_bound_1_inf__mutmut_{i}" for i in (1, 2)]),
+]
+
 #: mutant numbers of certify_multipliers, _certify_singular and _certify_blocks before the behaviour-
 #: preserving extraction of _eig_margin / _proves_nsd / _singular_mu (the triage above uses them) -> after
 #: it (matched by their diff, which is unchanged); the margin mutants of those lines moved into the helpers
