@@ -100,9 +100,11 @@ SHARDS: dict[str, dict[str, list[str]]] = {
                           "LipschitzCrossEntropyLoss.logit_lipschitz", "LogitMSELoss.logit_lipschitz"],
     },
     "dp_sensitivity": {
-        "lipkit.dp.sensitivity": ["_norm_up", "_wide", "gram_bound", "gram_bound_fp32", "fast_lipschitz",
-                                  "_Walker.offset", "_Walker.walk", "_Walker.walk_chain", "_Walker.record",
-                                  "network_sensitivity"],
+        "lipkit.dp.sensitivity": ["_norm_up", "_wide", "gram_bound", "gram_bound_fp32", "conv_gram_bound",
+                                  "fast_lipschitz", "_Walker.offset", "_Walker.walk", "_Walker.walk_chain",
+                                  "_Walker.record", "network_sensitivity"],
+        "lipkit.dp.retraction": ["_gamma", "_blocked_gram", "certified_newton_schulz", "certify",
+                                 "certified_norm"],
     },
     # the slope lam of a monotonic network and the wrapper's own bound (lipkit.monotonic, issue 19)
     "monotonic_slope": {
@@ -144,7 +146,8 @@ SHARD_TESTS: dict[str, list[str]] = {
         "lipopt_deep_bounds_the_vertex_maximum")],
     "dp_rules": ["tests/test_dp_mutants.py", "tests/test_dp_sensitivity.py",
                  "tests/test_spline.py::test_sensitivity_rule_against_per_example_gradients"],
-    "dp_sensitivity": ["tests/test_dp_mutants.py", "tests/test_dp_sensitivity.py"],
+    "dp_sensitivity": ["tests/test_dp_mutants.py", "tests/test_dp_certified.py",
+                       "tests/test_dp_sensitivity.py"],
     "monotonic_slope": ["tests/test_monotonic.py", "tests/test_monotonic_certify.py",
                         "tests/test_monotonic_export.py", "tests/test_monotonic_mutants.py"],
     "estimate_upper": ["tests/test_estimate_mutants.py", "tests/test_local_margin_mutants.py"] + [
