@@ -370,3 +370,40 @@ def test_spline_rule_is_its_documented_formula(cfg, shape):
         assert _between(out["log_scale"], _sqrt_up(Fraction(n_pos)) * Fraction(g) * Fraction(b), rel=LOOSE)
     else:
         assert set(out) == {"coefficients"}
+
+
+def test_a_model_that_is_not_a_sequential_is_one_layer_chain():
+    """A bare layer (not an ``nn.Sequential``) is a chain of one: ``S_W = R G``, ``S_b = G`` with the
+    allowances, and its output radius ``Lip R (1 + a) + ||b|| (1 + a) + c``."""
+    layer = _diag_linear(3, [0.5, 2.0], [3.0, 4.0])
+    r = 1.5
+    rep = dp.network_sensitivity(layer, r, lipkit.MulticlassHingeLoss(), input_shape=(3,))
+    a, c = Fraction(REL_ALLOWANCE), Fraction(_ABS_ALLOWANCE)
+    g = _sqrt_down(Fraction(2)) * (1 + a)
+    r0 = Fraction(r) * (1 + a) + c
+    assert set(rep.per_tensor) == {"weight", "bias"}
+    assert _between(rep.per_tensor["weight"], r0 * g, rel=LOOSE)
+    assert _between(rep.per_tensor["bias"], g, rel=LOOSE)
+    assert _between(rep.output_radius, 2 * Fraction(r) * (1 + a) + 5 * (1 + a) + c, rel=LOOSE)
+    assert rep.input_radius == r
+
+
+def test_convex_residual_logit_bound_is_its_formula():
+    """``ConvexResidual(f)`` with a learnable ``a = sigmoid(s)``: ``|dl/ds| <= a (1 - a) G (Lip(f) R +
+    ||f(0)|| + R)`` (times the allowance), and ``f`` sees the gradient bound ``a G``."""
+    f = _diag_linear(2, [0.5, 0.25], [1.0, 0.0])
+    block = lipkit.nn.ConvexResidual(f, alpha=0.25, learnable=True)
+    model = nn.Sequential(block)
+    r = 2.0
+    rep = dp.network_sensitivity(model, r, lipkit.MulticlassHingeLoss(), input_shape=(2,))
+    a_rel, c = Fraction(REL_ALLOWANCE), Fraction(_ABS_ALLOWANCE)
+    alpha = Fraction(float(torch.sigmoid(block.logit).detach()))
+    c1 = Fraction(float(1.0 - torch.sigmoid(block.logit).detach()))
+    g0 = _sqrt_down(Fraction(2)) * (1 + a_rel)  # the gradient bound at the block's output
+    r0 = Fraction(r) * (1 + a_rel) + c
+    f_out = Fraction(1, 2) * r0 + 1 * (1 + a_rel) + c  # Lip(f) R + ||f(0)||, with the offset's allowance
+    expect_logit = c1 * alpha * g0 * (f_out + r0) * (1 + a_rel)
+    assert _between(rep.per_tensor["0.logit"], expect_logit, rel=LOOSE)
+    g_f = alpha * g0 * (1 + a_rel)
+    assert _between(rep.per_tensor["0.f.weight"], r0 * g_f, rel=LOOSE)
+    assert _between(rep.per_tensor["0.f.bias"], g_f, rel=LOOSE)
