@@ -407,3 +407,29 @@ def test_convex_residual_logit_bound_is_its_formula():
     g_f = alpha * g0 * (1 + a_rel)
     assert _between(rep.per_tensor["0.f.weight"], r0 * g_f, rel=LOOSE)
     assert _between(rep.per_tensor["0.f.bias"], g_f, rel=LOOSE)
+
+
+def test_nested_chains_are_never_below_the_flat_chain():
+    """The same 3-layer net written flat and as nested ``nn.Sequential`` blocks: the nested analysis
+    multiplies the blocks' Lipschitz bounds (each a product of its children's), applies the allowances once
+    per level and bounds each block's offset at zero input (looser: ``L2 (L1 R + ||h1(0)||) + ||h2(0)||``
+    against ``L2 L1 R + ||h2(h1(0))||``), so its bounds are never below the flat ones."""
+    s1, b1 = [0.5, 2.0, 1.25], [0.5, -1.0, 0.25]
+    s2, b2 = [1.5, 0.75, 1.0], [-0.25, 0.5, 1.0]
+    s3, b3 = [1.0, 0.5], [0.125, -0.5]
+
+    def layers():
+        return [_diag_linear(3, s1, b1), nn.ReLU(), _diag_linear(3, s2, b2), nn.ReLU(),
+                _diag_linear(3, s3, b3)]
+
+    flat = nn.Sequential(*layers())
+    la = layers()
+    nested = nn.Sequential(nn.Sequential(la[0], la[1]), nn.Sequential(la[2], la[3], la[4]))
+    loss = lipkit.MulticlassHingeLoss()
+    a = dp.network_sensitivity(flat, 2.0, loss, input_shape=(3,)).per_tensor
+    b = dp.network_sensitivity(nested, 2.0, loss, input_shape=(3,)).per_tensor
+    names = {"0.weight": "0.0.weight", "0.bias": "0.0.bias", "2.weight": "1.0.weight", "2.bias": "1.0.bias",
+             "4.weight": "1.2.weight", "4.bias": "1.2.bias"}
+    for k_flat, k_nested in names.items():
+        assert b[k_nested] >= a[k_flat], (k_nested, b[k_nested], a[k_flat])
+        assert b[k_nested] <= 1.5 * a[k_flat], (k_nested, b[k_nested], a[k_flat])
