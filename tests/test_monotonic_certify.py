@@ -171,3 +171,18 @@ def test_overridden_forward_gets_no_a_priori_bound(heart):
     x64 = data.x_test.double()
     with torch.no_grad():
         assert _skip_error_bound(plain, twin, x64, math.inf, torch.zeros(len(x64)), None, twin(x64)) is None
+
+
+def test_multi_output_exported_wrapper_gets_the_a_priori_roundoff_bound():
+    """A wrapper with 3 outputs (per-output constraints) goes through the multi-class certificate: its
+    round-off is the a-priori bound of ``g(x) + x A`` (rigorous), not the observed-error allowance."""
+    from lipkit.monotonic import MonotonicNetwork
+
+    torch.manual_seed(0)
+    body = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    model = MonotonicNetwork(body, [[1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 1, 1]]).eval()
+    x = torch.randn(32, 4)
+    plain = lipkit.export(model, x, p="inf")
+    res = compute_certificates(plain, x, "inf")
+    assert res.roundoff_rigorous
+    assert torch.equal(res.prediction, plain(x).argmax(dim=1))

@@ -340,3 +340,16 @@ def test_default_constraint_is_the_winner_of_the_1d_study():
     clamp_wins = sum(v["clamp"] <= v["project"] for v in cmp.values())
     assert data["constraint_winner"] == ("clamp" if 2 * clamp_wins >= len(cmp) else "project")
     assert lipkit.LinearSpline(1).constraint == data["constraint_winner"]
+
+
+def test_round_off_bound_of_a_spline_alone_is_its_spline_term():
+    """A chain of one spline: the a-priori bound is the spline's own round-off term (nothing else
+    contributes), which is positive: a chain that skipped the spline would report 0."""
+    from lipkit.certify.roundoff import spline_error
+
+    s = _trained(dict(constraint="clamp"), channels=5).double()
+    x = 2 * torch.randn(16, 5, dtype=torch.float64)
+    r = torch.full((16,), 0.5, dtype=torch.float64)
+    e = forward_error_bound([s], x, 2.0, r)
+    assert e is not None and bool((e > 0).all())
+    assert torch.allclose(e, spline_error(s, x, r, 2.0), rtol=1e-12, atol=0)
