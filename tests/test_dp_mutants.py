@@ -433,3 +433,106 @@ def test_nested_chains_are_never_below_the_flat_chain():
     for k_flat, k_nested in names.items():
         assert b[k_nested] >= a[k_flat], (k_nested, b[k_nested], a[k_flat])
         assert b[k_nested] <= 1.5 * a[k_flat], (k_nested, b[k_nested], a[k_flat])
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -1.0, math.inf, math.nan, True, "2"])
+def test_bad_input_radius_is_refused(bad):
+    with pytest.raises(ValueError, match="input_radius must be a finite number > 0"):
+        dp.network_sensitivity(nn.Sequential(nn.Linear(3, 2)), bad, lipkit.MulticlassHingeLoss(),
+                               input_shape=(3,))
+    with pytest.raises(ValueError, match="input_shape"):
+        dp.network_sensitivity(nn.Sequential(nn.Linear(3, 2)), 1.0, lipkit.MulticlassHingeLoss(),
+                               input_shape=None)
+
+
+def test_uncovered_tensors_are_named_and_the_report_carries_the_loss_constant():
+    class ScaledLinear(nn.Linear):  # the nn.Linear rule covers weight and bias, not `gain`
+        def __init__(self):
+            super().__init__(3, 3)
+            self.gain = nn.Parameter(torch.ones(()))
+
+    class WithChild(nn.Linear):  # a rule-covered layer holding a trainable submodule
+        def __init__(self):
+            super().__init__(3, 3)
+            self.extra = nn.Linear(3, 3)
+
+    loss = lipkit.MulticlassHingeLoss()
+    for bad, words in ((ScaledLinear(), "gain: this trainable parameter is not covered"),
+                       (WithChild(), "holds trainable tensors the rule does not cover")):
+        net = nn.Sequential(bad, nn.ReLU(), nn.Linear(3, 2))
+        with pytest.raises(ValueError, match=words):
+            dp.network_sensitivity(net, 1.0, loss, input_shape=(3,))
+        report = dp.network_sensitivity(net, 1.0, loss, input_shape=(3,), strict=False)
+        assert any(words.split(":")[-1].strip() in p for p in report.problems), report.problems
+    ok = dp.network_sensitivity(nn.Sequential(nn.Linear(3, 2)), 1.0, loss, input_shape=(3,))
+    assert ok.problems == [] and ok.loss_lipschitz == loss.logit_lipschitz(2)
+
+
+def test_sequential_subclasses_and_fixed_convex_residuals_are_walked():
+    class MyChain(nn.Sequential):
+        pass
+
+    inner = MyChain(_diag_linear(2, [0.5, 0.5], [0.0, 0.0]), nn.ReLU())
+    fixed = lipkit.nn.ConvexResidual(_diag_linear(2, [1.0, 0.25], [0.0, 0.0]), alpha=0.5)
+    model = nn.Sequential(inner, fixed, _diag_linear(2, [1.0, 1.0], None))
+    rep = dp.network_sensitivity(model, 1.0, lipkit.MulticlassHingeLoss(), input_shape=(2,))
+    assert set(rep.per_tensor) == {"0.0.weight", "0.0.bias", "1.f.weight", "1.f.bias", "2.weight"}
+
+
+# ----------------------------------------------------------------------------- the Gram bounds
+
+
+def _exact_gram_rows(w: torch.Tensor) -> tuple[list[Fraction], list[Fraction]]:
+    """Exact Gershgorin row sums of ``A A^T`` (``A`` the wide orientation of ``w``) and the row norms'
+    squares, in rationals."""
+    a = w.detach().double()
+    a = a if a.shape[0] <= a.shape[1] else a.T
+    rows = [[Fraction(float(v)) for v in r] for r in a.tolist()]
+    sq = [sum(v * v for v in r) for r in rows]
+    gram = [[sum(x * y for x, y in zip(ri, rj, strict=True)) for rj in rows] for ri in rows]
+    return [sum(abs(v) for v in g) for g in gram], sq
+
+
+def test_gram_bound_of_a_one_by_one_and_an_empty_weight():
+    from lipkit.dp.sensitivity import gram_bound, gram_bound_fp32
+
+    for fn in (gram_bound, gram_bound_fp32):
+        assert fn(torch.tensor([[3.0]])) >= 3.0
+        assert fn(torch.tensor([[-0.5]])) >= 0.5
+        assert fn(torch.zeros(0, 4)) == 0.0
+
+
+def test_gram_bound_carries_its_documented_allowance():
+    """``||W||^2 <= max_i (sum_j |G_ij| + gamma_k ||a_i|| sum_j ||a_j||)``, ``gamma_k = 4 (k + 2) EPS64``:
+    on a 2 x 4096 matrix the allowance (~4e-12 of the row) dwarfs the float64 rounding of the rows, so the
+    bound's square must carry it (0.99 of it: its own roundings are far smaller)."""
+    from lipkit.bounds import EPS64
+    from lipkit.dp.sensitivity import gram_bound
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.rand(2, 4096, generator=g, dtype=torch.float64)
+    rows, sq = _exact_gram_rows(w)
+    norms = [_sqrt_down(s) for s in sq]
+    k = 4096
+    need = max(r + Fraction(99, 100) * 4 * (k + 2) * Fraction(EPS64) * n * sum(norms)
+               for r, n in zip(rows, norms, strict=True))
+    assert Fraction(gram_bound(w)) ** 2 >= need
+
+
+def test_gram_bound_fp32_carries_its_documented_allowances():
+    """The float32 block products' allowance ``2 gamma_kb ||a_i|| sum_j ||a_j||`` (kb = 64: ~7.6e-6 of the
+    row) and the underflow allowance ``m k 2^-126`` (entries whose products underflow to 0 in float32)."""
+    from lipkit.dp.sensitivity import gram_bound_fp32
+
+    g = torch.Generator().manual_seed(1)
+    w = torch.rand(3, 256, generator=g)
+    rows, sq = _exact_gram_rows(w)
+    norms = [_sqrt_down(s) for s in sq]
+    u32 = Fraction(1, 2**24)
+    gamma = 64 * u32 / (1 - 64 * u32)
+    need = max(r + Fraction(99, 100) * 2 * gamma * n * sum(norms) for r, n in zip(rows, norms, strict=True))
+    assert Fraction(gram_bound_fp32(w)) ** 2 >= need
+    # products of 2e-23 underflow to 0 in float32: only the m k 2^-126 term bounds the Gram matrix
+    tiny = torch.full((4, 65536), 2e-23)
+    exact = math.sqrt(4 * 65536) * float(tiny[0, 0].double())
+    assert gram_bound_fp32(tiny) >= exact
