@@ -844,6 +844,31 @@ _TRIAGE += [
      "hand; it also kills the logits not passed, which that analysis reads)", [_CC + "147", _CC + "153"]),
 ]
 
+_DS = "lipkit.dp.sensitivity."
+
+# dp_sensitivity: a first part of the triage (the rest is listed with reason null, to triage next)
+_TRIAGE += [
+    ("conservative", "a larger rounding factor, allowance or round_up count",
+     [_DS + f"x_gram_bound__mutmut_{i}" for i in (20, 22, 40, 41, 42)]
+     + [_DS + f"x_gram_bound_fp32__mutmut_{i}" for i in (73, 74, 75)]
+     + [_DS + f"x_conv_gram_bound__mutmut_{i}" for i in (49, 53, 66, 70, 103, 104)]
+     + [_DS + "x__norm_up__mutmut_10"]),
+    ("sound-tuning", "a free parameter of a proven bound: the block width of the float32 Gram products (the "
+     "allowance is derived for any width and uses the width it runs with), the number of power iterations "
+     "of the Collatz-Wielandt vector (any positive vector gives a valid bound)",
+     [_DS + "x_gram_bound_fp32__mutmut_1", _DS + "x_conv_gram_bound__mutmut_2"]),
+    ("equivalent", "unreachable from lipkit's callers: the Gram bounds receive the 2-D weights of dense "
+     "layers, so the reshape of other shapes never runs",
+     [_DS + f"x__wide__mutmut_{i}" for i in range(3, 11)]),
+    ("equivalent", "a square matrix transposed: A A^T and A^T A have the same largest eigenvalue",
+     [_DS + "x__wide__mutmut_14"]),
+    ("equivalent", "device None: the CPU here (a mismatch raises)",
+     [_DS + "x_gram_bound_fp32__mutmut_16", _DS + "x_gram_bound_fp32__mutmut_19"]),
+    ("report-only", "_norm_up(None) raises where the forward on zeros failed: the model is still refused, "
+     "with an AttributeError instead of the listed problem",
+     [_DS + "x\u01c1_Walker\u01c1walk_chain__mutmut_21", _DS + "x\u01c1_Walker\u01c1walk_chain__mutmut_71"]),
+]
+
 #: mutant numbers of certify_multipliers, _certify_singular and _certify_blocks before the behaviour-
 #: preserving extraction of _eig_margin / _proves_nsd / _singular_mu (the triage above uses them) -> after
 #: it (matched by their diff, which is unchanged); the margin mutants of those lines moved into the helpers
