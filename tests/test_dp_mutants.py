@@ -158,6 +158,19 @@ def test_hinge_constant_is_sqrt2():
     assert _between(value, _sqrt_up(Fraction(2)))
 
 
+def _hkr_worst_sq(c: int, pi: list[Fraction], alpha: Fraction) -> Fraction:
+    """``max_y max(||v_y||^2, max_{j != y} ||alpha (e_j - e_y) - v_y||^2)``, enumerated in exact rationals
+    from the KR coefficients ``v_y`` (1 / (C pi_k) on the label, -1 / (C (1 - pi_k)) elsewhere)."""
+    worst = Fraction(0)
+    for y in range(c):
+        v = [1 / (c * pi[k]) if k == y else -1 / (c * (1 - pi[k])) for k in range(c)]
+        worst = max(worst, sum(x * x for x in v))
+        for j in range(c):
+            if j != y:
+                worst = max(worst, sum((alpha * ((k == j) - (k == y)) - v[k]) ** 2 for k in range(c)))
+    return worst
+
+
 @pytest.mark.parametrize("alpha,priors", [(10.0, None), (0.5, None), (2.0, [0.1, 0.2, 0.3, 0.4]),
                                           (0.05, [0.7, 0.1, 0.1, 0.1])])
 def test_hkr_constant_is_the_worst_gradient_over_labels_and_runner_ups(alpha, priors):
@@ -166,15 +179,7 @@ def test_hkr_constant_is_the_worst_gradient_over_labels_and_runner_ups(alpha, pr
     c = 4
     loss = lipkit.HKRLoss(alpha=alpha, class_priors=priors)
     pi = [Fraction(1, c)] * c if priors is None else [Fraction(p) for p in priors]
-    a = Fraction(alpha)
-    worst = Fraction(0)
-    for y in range(c):
-        v = [1 / (c * pi[k]) if k == y else -1 / (c * (1 - pi[k])) for k in range(c)]
-        worst = max(worst, sum(x * x for x in v))
-        for j in range(c):
-            if j != y:
-                grad = [a * ((k == j) - (k == y)) - v[k] for k in range(c)]
-                worst = max(worst, sum(x * x for x in grad))
+    worst = _hkr_worst_sq(c, pi, Fraction(alpha))
     # the priors are floats: their float64 reciprocals are within 1e-15 of the exact ones
     assert _between(loss.logit_lipschitz(c), _sqrt_down(worst) * (1 - Fraction(1, 10**13)),
                     rel=Fraction(1, 10**8))
@@ -190,15 +195,7 @@ def test_hkr_constant_carries_its_documented_rounding_allowance():
     priors = torch.rand(c, generator=g, dtype=torch.float64) + 0.2
     priors = (priors / priors.sum()).tolist()
     loss = lipkit.HKRLoss(alpha=0.7, class_priors=priors)
-    pi = [Fraction(p) for p in priors]
-    a = Fraction(0.7)
-    worst = Fraction(0)
-    for y in range(c):
-        v = [1 / (c * pi[k]) if k == y else -1 / (c * (1 - pi[k])) for k in range(c)]
-        worst = max(worst, sum(x * x for x in v))
-        for j in range(c):
-            if j != y:
-                worst = max(worst, sum((a * ((k == j) - (k == y)) - v[k]) ** 2 for k in range(c)))
+    worst = _hkr_worst_sq(c, [Fraction(p) for p in priors], Fraction(0.7))
     u = Fraction(1, 2**53)
     assert Fraction(loss.logit_lipschitz(c)) >= _sqrt_down(worst) * (1 + 900 * u)
     assert Fraction(loss.logit_lipschitz(c)) <= _sqrt_up(worst) * (1 + 1200 * u)
