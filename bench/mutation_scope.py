@@ -869,6 +869,48 @@ _TRIAGE += [
      [_DS + "x\u01c1_Walker\u01c1walk_chain__mutmut_21", _DS + "x\u01c1_Walker\u01c1walk_chain__mutmut_71"]),
 ]
 
+_DW = _DS + "x\u01c1_Walker\u01c1"
+_NS = _DS + "x_network_sensitivity__mutmut_"
+_FL = _DS + "x_fast_lipschitz__mutmut_"
+
+_TRIAGE += [
+    ("report-only", "the path, module or text of a recorded problem, or the call that records it (a dropped "
+     "argument raises a TypeError, a second 'not covered' line is added): the model is refused either way",
+     [_DW + f"walk__mutmut_{i}" for i in (11, 26, 40, 82, 83, 84, 85, 86, 87, 91, 92, 93, 94, 95, 96, 97,
+                                           98, 108, 109)]
+     + [_DW + f"walk_chain__mutmut_{i}" for i in (6, 7, 8, 9, 10, 11, 12, 53, 62, 63, 64, 65, 66, 67, 68,
+                                                 128)]
+     + [_DW + f"record__mutmut_{i}" for i in (10, 11)]
+     + [_NS + str(i) for i in (13, 62, 70, 71, 77, 85, 86, 91, 109, 110, 112)]),
+    ("equivalent", "every tensor recorded is a parameter of the model, so it has a name: the default is "
+     "never used", [_DW + f"record__mutmut_{i}" for i in (3, 5, 7)]),
+    ("equivalent", "sub.parameters(recurse=None) is recurse=False (falsy)", [_DW + "walk__mutmut_107"]),
+    ("equivalent", "grads is overwritten entry by entry before it is read", [_DW + "walk_chain__mutmut_96"]),
+    ("equivalent", "the shapes are recorded again instead of reusing the caller's (the same shapes)",
+     [_NS + "16"]),
+    ("equivalent", "the loss constant is always computed (the top-level chain calls g_of), so loss_g is "
+     "never empty", [_NS + "127"]),
+    ("conservative", "a Sequential subclass at the top is walked as a chain of one: one more level of "
+     "allowances, never smaller bounds", [_NS + str(i) for i in (52, 55, 56)]),
+    ("conservative", "a larger round_up count",
+     [_DW + "walk__mutmut_68", _DW + "walk_chain__mutmut_33", _DW + "walk_chain__mutmut_83",
+      _DW + "walk_chain__mutmut_118", _NS + "105", _FL + "84", _FL + "96", _FL + "112", _FL + "117"]),
+    ("sound-margin", "a smaller round_up count inside the composition: the float64 bookkeeping's rounding "
+     "(at most a few 1e-16 relative per product) stays far inside the relative allowance 1e-3 that every "
+     "radius and gradient bound is multiplied by (the composition is an allowance, as its docstring says, "
+     "not a proof about float arithmetic)",
+     [_DW + "walk__mutmut_63", _DW + "walk_chain__mutmut_31", _DW + "walk_chain__mutmut_81",
+      _DW + "walk_chain__mutmut_114", _DW + "walk_chain__mutmut_117", _NS + "100", _NS + "104",
+      _DS + "x__norm_up__mutmut_6", _DS + "x__norm_up__mutmut_9"]),
+    ("equivalent", "the branch for Residual / ConvexResidual / a nested Sequential skipped: lipschitz_bound "
+     "gives the same composition through the registered rule, only slower",
+     [_FL + str(i) for i in (65, 67, 70, 71, 85, 97)]),
+    ("equivalent", "the recursion helper: a memoised bound of the child (the walker's) or fast_lipschitz "
+     "itself give the same values", [_FL + str(i) for i in (2, 3, 4, 11, 13)]),
+    ("sound-tuning", "the 2% threshold that chooses between the fast Gram bound and the registry's: each is "
+     "a sound bound of the same weight", [_FL + str(i) for i in (29, 30, 31, 55, 56, 57)]),
+]
+
 #: mutant numbers of certify_multipliers, _certify_singular and _certify_blocks before the behaviour-
 #: preserving extraction of _eig_margin / _proves_nsd / _singular_mu (the triage above uses them) -> after
 #: it (matched by their diff, which is unchanged); the margin mutants of those lines moved into the helpers

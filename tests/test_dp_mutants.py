@@ -533,3 +533,17 @@ def test_gram_bound_fp32_carries_its_documented_allowances():
     tiny = torch.full((4, 65536), 2e-23)
     exact = math.sqrt(4 * 65536) * float(tiny[0, 0].double())
     assert gram_bound_fp32(tiny) >= exact
+
+
+def test_blocks_pass_their_lipschitz_bounds_to_the_layers_before():
+    """The layer before a block gets the gradient bound ``G Lip(block)`` with ``Lip(Residual(f)) = 1 +
+    Lip(f)`` and ``Lip(ConvexResidual(f)) = |1 - a| + |a| Lip(f)`` (here ``Lip(f) = 2``)."""
+    a_rel, c = Fraction(REL_ALLOWANCE), Fraction(_ABS_ALLOWANCE)
+    g = _sqrt_down(Fraction(2))
+    for block, lip in ((lipkit.nn.Residual(_diag_linear(2, [2.0, 0.5], None)), Fraction(3)),
+                       (lipkit.nn.ConvexResidual(_diag_linear(2, [2.0, 0.5], None), alpha=0.25),
+                        Fraction(3, 4) + Fraction(1, 4) * 2)):
+        model = nn.Sequential(_diag_linear(2, [1.0, 1.0], None), block)
+        rep = dp.network_sensitivity(model, 1.0, lipkit.MulticlassHingeLoss(), input_shape=(2,))
+        r0 = 1 + a_rel + c
+        assert _between(rep.per_tensor["0.weight"], r0 * g * lip * (1 + a_rel), rel=LOOSE), type(block)
