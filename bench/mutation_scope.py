@@ -911,6 +911,53 @@ _TRIAGE += [
      "a sound bound of the same weight", [_FL + str(i) for i in (29, 30, 31, 55, 56, 57)]),
 ]
 
+_GB = _DS + "x_gram_bound__mutmut_"
+_GF = _DS + "x_gram_bound_fp32__mutmut_"
+_CG = _DS + "x_conv_gram_bound__mutmut_"
+
+_TRIAGE += [
+    ("equivalent", "unreachable from lipkit's callers: the walker always passes its memoised bound as "
+     "`child`, so the default recursion is never built", [_FL + str(i) for i in (5, 6, 7, 8, 9)]),
+    ("equivalent", "lipschitz_bound's default p is 2", [_FL + str(i) for i in (36, 62, 122)]),
+    ("conservative", "the registry bound without the recorded shapes: recorded again or size-free, never "
+     "smaller", [_FL + "34", _FL + "37"]),
+    ("conservative", "a grouped LipConv2d bounded as one dense convolution of its per-group input channels "
+     "(all output channels stacked): at least the largest group's norm, the grouped operator's norm",
+     [_FL + "54"]),
+    ("sound-tuning", "the fast Gram bound also tried on a parametrised layer: it bounds `module.weight`, the "
+     "weight that layer's forward uses, and is only chosen when within 2% of `lip` (else the registry)",
+     [_FL + "20", _FL + "46"]),
+    ("sound-margin", "a smaller round_up count in the composition of bounds (products and 1 + L, c1 + c2 L): "
+     "one or two float64 roundings, inside the composition's relative allowance 1e-3",
+     [_FL + "82", _FL + "83", _FL + "92", _FL + "108"]),
+    ("equivalent", "ConvexResidual with a = 0: c1 = 1 exactly, so round_up(1) and round_up(c1) with any "
+     "count give the same value", [_FL + "115", _FL + "116"]),
+    ("conservative", "ConvexResidual with a = 0 raises instead of returning its bound",
+     [_FL + "113", _FL + "114"]),
+    ("sound-margin", "the Gram bound's round_up counts: its gamma_k term is 8 (k + 2) u ||a_i|| sum_j "
+     "||a_j||, at least 8 (k + 2) u times the row sum (|G_ij| <= ||a_i|| ||a_j||), and k >= m in the wide "
+     "orientation, so after the k u of the dot products it still covers the row sum's m - 1 "
+     "additions and the "
+     "square root; the float32 variant's 2 gamma_kb (~7.6e-6 of the row) covers its float64 sums many times",
+     [_GB + str(i) for i in (32, 37, 38, 39)] + [_GF + str(i) for i in (31, 32, 33, 64, 69, 70, 71, 72)]),
+    ("sound-margin", "gamma_kb = kb u / (1 + kb u) or kb u (1 - kb u) instead of kb u / (1 - kb u): a change "
+     "of order (kb u)^2 = 1.5e-11 relative, inside the factor 2 on gamma (a whole gamma of slack); the row "
+     "norms in float32 (relative error <= k 2^-24) only scale that allowance by (1 +- 2.4e-4)",
+     [_GF + "42", _GF + "44", _GF + "39"]),
+    ("equivalent", "every (i, j) slice of the correlation has the same number of lags",
+     [_CG + "68", _CG + "69"]),
+    ("sound-tuning", "the positive shift of the Collatz-Wielandt vector (1e-12 / max, or 1.000000000001 "
+     "max): any positive vector gives a valid bound max_i (A v)_i / v_i", [_CG + "85", _CG + "86"]),
+    ("conservative", "an empty kernel, or an all-zero one, bounded by 1 instead of 0",
+     [_CG + "12", _CG + "81"]),
+    ("equivalent", "ConvexResidual with a = 0 through the general branch: c1 + 0 * L = c1 = 1",
+     [_FL + "104"]),
+    ("killed-after-run", "a single-tap kernel taken for an empty one (bound 0): killed by tests/"
+     "test_dp_mutants.py::test_conv_gram_bound_of_a_single_tap_kernel (added after the dp_sensitivity run, "
+     "checked by hand)", [_CG + "11"]),
+    ("sound-margin", "the outer round_up count of sqrt (one operation)", [_CG + "96"]),
+]
+
 #: mutant numbers of certify_multipliers, _certify_singular and _certify_blocks before the behaviour-
 #: preserving extraction of _eig_margin / _proves_nsd / _singular_mu (the triage above uses them) -> after
 #: it (matched by their diff, which is unchanged); the margin mutants of those lines moved into the helpers

@@ -547,3 +547,12 @@ def test_blocks_pass_their_lipschitz_bounds_to_the_layers_before():
         rep = dp.network_sensitivity(model, 1.0, lipkit.MulticlassHingeLoss(), input_shape=(2,))
         r0 = 1 + a_rel + c
         assert _between(rep.per_tensor["0.weight"], r0 * g * lip * (1 + a_rel), rel=LOOSE), type(block)
+
+
+def test_conv_gram_bound_of_a_single_tap_kernel():
+    """A 1 x 1 x 1 x 1 kernel is the scalar map ``x -> w x``: its bound is at least ``|w|``."""
+    from lipkit.dp.sensitivity import conv_gram_bound
+
+    assert conv_gram_bound(torch.full((1, 1, 1, 1), 3.0)) >= 3.0
+    assert conv_gram_bound(torch.full((1, 1, 1, 1), -0.25)) >= 0.25
+    assert conv_gram_bound(torch.zeros(0, 1, 1, 1)) == 0.0
