@@ -338,6 +338,27 @@ def test_every_figure_has_a_source(doc: Path) -> None:
     assert not errors, f"{len(errors)} problem(s):\n" + "\n".join(errors)
 
 
+def duplicated_headings(text: str) -> list[str]:
+    """Section headings (``#`` to ``###``) that appear more than once in one document: a merge that
+    applied the same appended section twice leaves exactly this, and each copy's figures still check."""
+    seen: dict[str, int] = {}
+    for line in text.splitlines():
+        level = len(line) - len(line.lstrip("#"))
+        if 1 <= level <= 3 and line[level:].startswith(" "):
+            seen[line.strip()] = seen.get(line.strip(), 0) + 1
+    return sorted(h for h, n in seen.items() if n > 1)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(ROOT / "docs")) for d in DOCS])
+def test_no_section_appears_twice(doc: Path) -> None:
+    assert duplicated_headings(doc.read_text()) == []
+
+
+def test_duplicated_headings_are_found() -> None:
+    text = "# A\n## B\ntext\n## C\n## B\n#### deep\n#### deep\n"
+    assert duplicated_headings(text) == ["## B"]
+
+
 def test_docs_found() -> None:
     names = {d.name for d in DOCS}
     assert {"benchmarks.md", "linf.md", "estimate.md", "guide.md", "boolean_linf.md"} <= names
