@@ -106,3 +106,14 @@ def exact_matrix_norm(mat: list[list[Fraction]], p: float):
 def at_least(value: float, exact) -> bool:
     """``value >= exact`` compared exactly (``exact`` a Fraction or an mpmath number)."""
     return Fraction(value) >= exact if isinstance(exact, Fraction) else mpmath.mpf(value) >= exact
+
+
+def sqrt_down(q: Fraction, digits: int = 100) -> Fraction:
+    """A rational ``<= sqrt(q)`` within ``10^-digits`` (integer square root, exact)."""
+    scale = 10**digits
+    return Fraction(math.isqrt(q.numerator * scale * scale // q.denominator), scale)
+
+
+def sqrt_up(q: Fraction, digits: int = 100) -> Fraction:
+    """A rational ``>= sqrt(q)`` within ``10^-digits``."""
+    return sqrt_down(q, digits) + Fraction(1, 10**digits)

@@ -16,6 +16,7 @@ from fractions import Fraction
 
 import pytest
 import torch
+from exact_ref import sqrt_down, sqrt_up
 from torch import nn
 
 import lipkit
@@ -32,18 +33,6 @@ LOOSE = Fraction(1, 10**8)
 def _between(value: float, exact: Fraction, rel: Fraction = TIGHT) -> bool:
     v = Fraction(value)
     return exact <= v <= exact * (1 + rel) + Fraction(1, 10**300)
-
-
-def _sqrt_up(q: Fraction) -> Fraction:
-    """A rational >= sqrt(q) within 1e-30 relative (integer square root at 100 digits)."""
-    scale = 10**100
-    root = math.isqrt(q.numerator * scale * scale // q.denominator) + 1
-    return Fraction(root, scale)
-
-
-def _sqrt_down(q: Fraction) -> Fraction:
-    scale = 10**100
-    return Fraction(math.isqrt(q.numerator * scale * scale // q.denominator), scale)
 
 
 # ----------------------------------------------------------------------------- layer rules
@@ -117,9 +106,9 @@ def test_conv_rule_is_sqrt_cover_r_g(kind, kwargs, shape, bias):
     cover, positions = _brute_cover(conv, shape)
     r, g = 1.25, 0.8
     out = lipkit.parameter_sensitivity(conv, r, g, input_shape=shape)
-    assert _between(out["weight"], _sqrt_up(Fraction(cover)) * Fraction(r) * Fraction(g))
+    assert _between(out["weight"], sqrt_up(Fraction(cover)) * Fraction(r) * Fraction(g))
     if bias:
-        assert _between(out["bias"], _sqrt_up(Fraction(positions)) * Fraction(g))
+        assert _between(out["bias"], sqrt_up(Fraction(positions)) * Fraction(g))
     else:
         assert set(out) == {"weight"}
 
@@ -132,7 +121,7 @@ def test_conv_rule_refusals():
         lipkit.parameter_sensitivity(nn.Conv2d(1, 1, 3), 1.0, 1.0)
     # without a bias the kernel bound needs no shape (a cover valid for every size)
     out = lipkit.parameter_sensitivity(nn.Conv2d(1, 1, 3, bias=False), 1.0, 1.0)
-    assert _between(out["weight"], _sqrt_up(Fraction(9)))
+    assert _between(out["weight"], sqrt_up(Fraction(9)))
 
 
 def test_lipconv_rule_is_the_conv_rule():
@@ -150,12 +139,12 @@ def test_lipconv_rule_is_the_conv_rule():
 @pytest.mark.parametrize("t", [1.0, 8.0, 0.3])
 def test_cross_entropy_constant_is_sqrt2_t(t):
     loss = lipkit.LipschitzCrossEntropyLoss(temperature=t)
-    assert _between(loss.logit_lipschitz(10), _sqrt_up(Fraction(2)) * Fraction(t))
+    assert _between(loss.logit_lipschitz(10), sqrt_up(Fraction(2)) * Fraction(t))
 
 
 def test_hinge_constant_is_sqrt2():
     value = lipkit.MulticlassHingeLoss().logit_lipschitz(5)
-    assert _between(value, _sqrt_up(Fraction(2)))
+    assert _between(value, sqrt_up(Fraction(2)))
 
 
 def _hkr_worst_sq(c: int, pi: list[Fraction], alpha: Fraction) -> Fraction:
@@ -181,9 +170,9 @@ def test_hkr_constant_is_the_worst_gradient_over_labels_and_runner_ups(alpha, pr
     pi = [Fraction(1, c)] * c if priors is None else [Fraction(p) for p in priors]
     worst = _hkr_worst_sq(c, pi, Fraction(alpha))
     # the priors are floats: their float64 reciprocals are within 1e-15 of the exact ones
-    assert _between(loss.logit_lipschitz(c), _sqrt_down(worst) * (1 - Fraction(1, 10**13)),
+    assert _between(loss.logit_lipschitz(c), sqrt_down(worst) * (1 - Fraction(1, 10**13)),
                     rel=Fraction(1, 10**8))
-    assert Fraction(loss.logit_lipschitz(c)) >= _sqrt_up(worst) * (1 - Fraction(1, 10**14))
+    assert Fraction(loss.logit_lipschitz(c)) >= sqrt_up(worst) * (1 - Fraction(1, 10**14))
 
 
 def test_hkr_constant_carries_its_documented_rounding_allowance():
@@ -197,8 +186,8 @@ def test_hkr_constant_carries_its_documented_rounding_allowance():
     loss = lipkit.HKRLoss(alpha=0.7, class_priors=priors)
     worst = _hkr_worst_sq(c, [Fraction(p) for p in priors], Fraction(0.7))
     u = Fraction(1, 2**53)
-    assert Fraction(loss.logit_lipschitz(c)) >= _sqrt_down(worst) * (1 + 900 * u)
-    assert Fraction(loss.logit_lipschitz(c)) <= _sqrt_up(worst) * (1 + 1200 * u)
+    assert Fraction(loss.logit_lipschitz(c)) >= sqrt_down(worst) * (1 + 900 * u)
+    assert Fraction(loss.logit_lipschitz(c)) <= sqrt_up(worst) * (1 + 1200 * u)
 
 
 def test_mse_constant_is_radius_plus_target():
@@ -261,10 +250,10 @@ def test_chain_bounds_are_the_documented_formula():
     radii = []
     lip_prefix = Fraction(1)
     for i in range(5):
-        zn = _sqrt_down(sum(v * v for v in h[i]))
+        zn = sqrt_down(sum(v * v for v in h[i]))
         radii.append(lip_prefix * R * (1 + a) + zn * (1 + a) + c)
         lip_prefix *= L[i]
-    G = _sqrt_down(Fraction(2))
+    G = sqrt_down(Fraction(2))
     grads = []
     for i in range(5):
         suffix = Fraction(1)
@@ -278,9 +267,9 @@ def test_chain_bounds_are_the_documented_formula():
     assert set(rep.per_tensor) == set(expect)
     for k, v in expect.items():
         assert _between(rep.per_tensor[k], v, rel=LOOSE), (k, rep.per_tensor[k], float(v))
-    total = _sqrt_down(sum(v * v for v in expect.values()))
+    total = sqrt_down(sum(v * v for v in expect.values()))
     assert _between(rep.total, total, rel=LOOSE)
-    out_r = lip_prefix * R * (1 + a) + _sqrt_down(sum(v * v for v in h[5])) * (1 + a) + c
+    out_r = lip_prefix * R * (1 + a) + sqrt_down(sum(v * v for v in h[5])) * (1 + a) + c
     assert _between(rep.output_radius, out_r, rel=LOOSE)
 
 
@@ -293,7 +282,7 @@ def test_projection_restarts_the_radius_and_residuals_pass_bounds():
                           lipkit.nn.Residual(inner), _diag_linear(3, [1.0, 1.0, 1.0], None))
     rep = dp.network_sensitivity(model, 3.0, lipkit.MulticlassHingeLoss(), input_shape=(3,))
     a, c = Fraction(REL_ALLOWANCE), Fraction(_ABS_ALLOWANCE)
-    G = _sqrt_down(Fraction(2))
+    G = sqrt_down(Fraction(2))
     # layer 0: R_0 = 3 (1 + a) + c, G_0 = G * 1 * 1.5 * 1 (1 + a)  (Lip(residual) = 1 + 0.5)
     r0 = Fraction(3) * (1 + a) + c
     assert _between(rep.per_tensor["0.weight"], r0 * G * Fraction(3, 2) * (1 + a), rel=LOOSE)
@@ -359,12 +348,12 @@ def test_spline_rule_is_its_documented_formula(cfg, shape):
     j = max(torch.linalg.svdvals(jk)[0].item() for jk in jac)
     assert j > 0.5  # not a degenerate map
     alpha_min = torch.exp(s.log_scale.double()).min().item()
-    expect = Fraction(j) * Fraction(g) * (_sqrt_up(Fraction(n_pos)) / Fraction(alpha_min)
+    expect = Fraction(j) * Fraction(g) * (sqrt_up(Fraction(n_pos)) / Fraction(alpha_min)
                                           + 2 * Fraction(r) / Fraction(s.step))
     assert _between(out["coefficients"], expect * (1 - Fraction(1, 10**12)), rel=LOOSE)
     if s.learn_scale:
         b = s.pieces()[2].abs().max().item()
-        assert _between(out["log_scale"], _sqrt_up(Fraction(n_pos)) * Fraction(g) * Fraction(b), rel=LOOSE)
+        assert _between(out["log_scale"], sqrt_up(Fraction(n_pos)) * Fraction(g) * Fraction(b), rel=LOOSE)
     else:
         assert set(out) == {"coefficients"}
 
@@ -376,7 +365,7 @@ def test_a_model_that_is_not_a_sequential_is_one_layer_chain():
     r = 1.5
     rep = dp.network_sensitivity(layer, r, lipkit.MulticlassHingeLoss(), input_shape=(3,))
     a, c = Fraction(REL_ALLOWANCE), Fraction(_ABS_ALLOWANCE)
-    g = _sqrt_down(Fraction(2)) * (1 + a)
+    g = sqrt_down(Fraction(2)) * (1 + a)
     r0 = Fraction(r) * (1 + a) + c
     assert set(rep.per_tensor) == {"weight", "bias"}
     assert _between(rep.per_tensor["weight"], r0 * g, rel=LOOSE)
@@ -396,7 +385,7 @@ def test_convex_residual_logit_bound_is_its_formula():
     a_rel, c = Fraction(REL_ALLOWANCE), Fraction(_ABS_ALLOWANCE)
     alpha = Fraction(float(torch.sigmoid(block.logit).detach()))
     c1 = Fraction(float(1.0 - torch.sigmoid(block.logit).detach()))
-    g0 = _sqrt_down(Fraction(2)) * (1 + a_rel)  # the gradient bound at the block's output
+    g0 = sqrt_down(Fraction(2)) * (1 + a_rel)  # the gradient bound at the block's output
     r0 = Fraction(r) * (1 + a_rel) + c
     f_out = Fraction(1, 2) * r0 + 1 * (1 + a_rel) + c  # Lip(f) R + ||f(0)||, with the offset's allowance
     expect_logit = c1 * alpha * g0 * (f_out + r0) * (1 + a_rel)
@@ -509,7 +498,7 @@ def test_gram_bound_carries_its_documented_allowance():
     g = torch.Generator().manual_seed(0)
     w = torch.rand(2, 4096, generator=g, dtype=torch.float64)
     rows, sq = _exact_gram_rows(w)
-    norms = [_sqrt_down(s) for s in sq]
+    norms = [sqrt_down(s) for s in sq]
     k = 4096
     need = max(r + Fraction(99, 100) * 4 * (k + 2) * Fraction(EPS64) * n * sum(norms)
                for r, n in zip(rows, norms, strict=True))
@@ -524,7 +513,7 @@ def test_gram_bound_fp32_carries_its_documented_allowances():
     g = torch.Generator().manual_seed(1)
     w = torch.rand(3, 256, generator=g)
     rows, sq = _exact_gram_rows(w)
-    norms = [_sqrt_down(s) for s in sq]
+    norms = [sqrt_down(s) for s in sq]
     u32 = Fraction(1, 2**24)
     gamma = 64 * u32 / (1 - 64 * u32)
     need = max(r + Fraction(99, 100) * 2 * gamma * n * sum(norms) for r, n in zip(rows, norms, strict=True))
@@ -539,7 +528,7 @@ def test_blocks_pass_their_lipschitz_bounds_to_the_layers_before():
     """The layer before a block gets the gradient bound ``G Lip(block)`` with ``Lip(Residual(f)) = 1 +
     Lip(f)`` and ``Lip(ConvexResidual(f)) = |1 - a| + |a| Lip(f)`` (here ``Lip(f) = 2``)."""
     a_rel, c = Fraction(REL_ALLOWANCE), Fraction(_ABS_ALLOWANCE)
-    g = _sqrt_down(Fraction(2))
+    g = sqrt_down(Fraction(2))
     for block, lip in ((lipkit.nn.Residual(_diag_linear(2, [2.0, 0.5], None)), Fraction(3)),
                        (lipkit.nn.ConvexResidual(_diag_linear(2, [2.0, 0.5], None), alpha=0.25),
                         Fraction(3, 4) + Fraction(1, 4) * 2)):

@@ -13,6 +13,8 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+import torch
+from exact_ref import l2_norm_lower, sqrt_down
 
 from lipkit.bounds import EPS64
 from lipkit.estimation.lipsdp import _eig_margin, _proves_nsd, _singular_mu, _verify_blocks
@@ -145,14 +147,6 @@ def test_block_proof_decides_at_its_documented_bound_to_five_digits(f, accept):
 # ----------------------------------------------------------------------------- the block proof's residual
 
 
-def _exact_sqrt_upper(n: int) -> Fraction:
-    """A rational >= sqrt(n) within 1e-30 (mpmath at 60 digits, rounded up)."""
-    import mpmath
-
-    with mpmath.workdps(60):
-        return Fraction(str(mpmath.sqrt(n))) + Fraction(1, 10**40)
-
-
 @pytest.mark.parametrize("seed", range(6))
 def test_coupling_error_is_its_documented_formula(seed):
     """``||Eo|| + gam (2 ||Aoabs|| + || |F||D| ||)``, rounded up: never below the exact value, within 1e-12
@@ -176,7 +170,7 @@ def test_diagonal_error_is_its_documented_formula(seed, n):
     eb, adabs, d, schur = (float(v) for v in rng.uniform(0.1, 3.0, 4))
     gam, eta = float(rng.uniform(0.05, 0.5)), float(rng.uniform(0.5, 2.0))
     lo = (Fraction(eb) + Fraction(gam) * (Fraction(adabs) + Fraction(d) + Fraction(schur))
-          + Fraction(gam) * Fraction(eta) * (_exact_sqrt_upper(n) - Fraction(2, 10**40)))
+          + Fraction(gam) * Fraction(eta) * sqrt_down(Fraction(n)))
     got = Fraction(_diagonal_error(eb, adabs, d, schur, gam, eta, n))
     assert lo <= got <= lo * (1 + Fraction(1, 10**12))
 
@@ -192,16 +186,6 @@ def _block_tridiagonal(d: list[float], o: list[float], u: np.ndarray) -> np.ndar
             E[b * k:(b + 1) * k, (b - 1) * k:b * k] = o[b] * P
             E[(b - 1) * k:b * k, b * k:(b + 1) * k] = o[b] * P
     return E
-
-
-def _exact_norm(T: list[list[float]]) -> Fraction:
-    """``||T||_2`` of a small symmetric matrix, from mpmath's eigenvalues at 60 digits, rounded down."""
-    import mpmath
-
-    with mpmath.workdps(60):
-        ev = mpmath.eigsy(mpmath.matrix(T))[0]
-        top = max(abs(ev[i]) for i in range(len(T)))
-        return Fraction(str(top)) - Fraction(1, 10**40)
 
 
 @pytest.mark.parametrize("d,o", [
@@ -220,7 +204,7 @@ def test_residual_norm_bound_covers_the_exact_spectral_norm(d, o):
     nb = len(d)
     T = [[d[i] if i == j else (o[max(i, j)] if abs(i - j) == 1 else 0.0) for j in range(nb)]
          for i in range(nb)]
-    exact = _exact_norm(T)
+    exact = l2_norm_lower(torch.tensor(T, dtype=torch.float64))  # ||T||_2, rounded down
     fro_d = [float(np.linalg.norm(E[b * 2:(b + 1) * 2, b * 2:(b + 1) * 2])) for b in range(nb)]
     fro_o = [0.0] + [float(np.linalg.norm(E[b * 2:(b + 1) * 2, (b - 1) * 2:b * 2])) for b in range(1, nb)]
     bound = Fraction(_residual_norm_bound(np.array(fro_d), np.array(fro_o)))

@@ -14,6 +14,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from exact_ref import exact_matrix_norm
 from torch import nn
 
 from lipkit.bounds import EPS64, operator_norm
@@ -77,14 +78,6 @@ def test_naive_local_upper_rounds_a_long_product_up_by_its_documented_slack(p):
     assert got <= float(exact) * (1 + 20 * L * EPS64)
 
 
-def _exact_norm(rows: list[list[Fraction]], p: float) -> Fraction:
-    if p == INF:
-        return max(sum(abs(v) for v in r) for r in rows)
-    if p == 1:
-        return max(sum(abs(r[j]) for r in rows) for j in range(len(rows[0])))
-    raise AssertionError(p)
-
-
 @pytest.mark.parametrize("p", [2.0, INF, 1.0])
 def test_affine_local_upper_of_a_cancelling_net_is_its_documented_round_off_term(p):
     """W2 subtracts equal rows of W1: the exact (and computed) Jacobian is 0, so the bound is the round-off
@@ -114,7 +107,7 @@ def test_affine_local_upper_of_a_cancelling_net_is_its_documented_round_off_term
         fro = Fraction(math.sqrt(float(sum(v * v for row in Jabs for v in row))))
         term = gamma * fro
     else:
-        term = gamma * _exact_norm(Jabs, p)
+        term = gamma * exact_matrix_norm(Jabs, p)
     assert Fraction(got) >= term * (1 - Fraction(1, 10**12))
     assert Fraction(got) <= term * (1 + Fraction(1, 10**12))
 
