@@ -155,6 +155,15 @@ def train_lipkit(train, eps: float, lr: float, args, seed: int = 0):
     return model, opt
 
 
+def opacus_parts(out: tuple, mode: str) -> tuple:
+    """``(model, optimizer, criterion, loader)`` from Opacus' ``make_private*``: "ghost" mode returns its
+    own criterion (4 items), "hooks" does not (3 items: plain cross-entropy)."""
+    if mode == "ghost":
+        return out
+    model, opt, loader = out
+    return model, opt, nn.CrossEntropyLoss(), loader
+
+
 def train_opacus(train, eps: float, lr: float, args, mode: str = "ghost", seed: int = 0):
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
@@ -169,11 +178,7 @@ def train_opacus(train, eps: float, lr: float, args, mode: str = "ghost", seed: 
                                            target_delta=DELTA, epochs=args.epochs,
                                            max_grad_norm=getattr(args, "clip", 1.0),
                                            grad_sample_mode=mode, poisson_sampling=True)
-    if mode == "ghost":
-        model, opt, crit, loader = out
-    else:
-        model, opt, loader = out
-        crit = nn.CrossEntropyLoss()
+    model, opt, crit, loader = opacus_parts(out, mode)
     for _ in range(args.epochs):
         model.train()
         for x, y in loader:
@@ -268,11 +273,7 @@ def step_functions(train, args) -> dict:
                                   data_loader=DataLoader(TensorDataset(*train), batch_size=args.batch),
                                   criterion=nn.CrossEntropyLoss(), noise_multiplier=1.0, max_grad_norm=1.0,
                                   grad_sample_mode=mode, poisson_sampling=False)
-        if mode == "ghost":
-            omodel, oopt, ocrit, _ = out
-        else:
-            omodel, oopt, _ = out
-            ocrit = nn.CrossEntropyLoss()
+        omodel, oopt, ocrit, _ = opacus_parts(out, mode)
 
         def ostep(m=omodel, o=oopt, c=ocrit):
             o.zero_grad()
