@@ -164,6 +164,7 @@ def main() -> None:
                       for k in ("total", "killed", "survived", "timeout", "no_tests", "not_checked")}
     data["survivors_by_kind"] = dict(Counter(str(m["kind"]) for s in data["shards"].values()
                                              for f in s["functions"].values() for m in f["survivors"]))
+    data["stale_triage"] = stale_triage(data)
     data.update(
         seconds=round(sum(s.get("seconds", 0.0) for s in data["shards"].values()), 1),
         tool=f"mutmut {version('mutmut')}; per shard `workers` (--max-children; 1 where absent)",
@@ -191,8 +192,19 @@ def _retriage() -> None:
                 m["kind"], m["reason"] = SURVIVORS.get(m["mutant"], (None, None))
     data["survivors_by_kind"] = dict(Counter(str(m["kind"]) for s in data["shards"].values()
                                              for f in s["functions"].values() for m in f["survivors"]))
+    data["stale_triage"] = stale_triage(data)
     OUT.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-    print(f"re-triaged {OUT.relative_to(ROOT)}: {data['survivors_by_kind']}")
+    print(f"re-triaged {OUT.relative_to(ROOT)}: {data['survivors_by_kind']}; "
+          f"{len(data['stale_triage'])} stale triage entries")
+
+
+def stale_triage(data: dict) -> list[str]:
+    """Mutants listed in :data:`SURVIVORS` that the recorded runs do not report as survivors (killed since,
+    or renumbered by an edit of their function): entries to delete, before a renumbered mutant inherits a
+    reason written for another."""
+    recorded = {m["mutant"] for s in data["shards"].values() for f in s["functions"].values()
+                for m in f["survivors"]}
+    return sorted(set(SURVIVORS) - recorded)
 
 
 def _test_selection(shard: str | None) -> list[str]:

@@ -910,3 +910,64 @@ def test_mixed_chain_with_non_finite_weights_is_infinite_not_an_error():
     # dense layers bound every pair of norms, so no child refuses: the chain's bound is infinite, not an error
     assert chain_bound([broken, nn.Linear(3, 2)], 1.0, {}, math.inf) == math.inf
     assert lipschitz_bound(nn.Sequential(nn.Linear(2, 3), broken), 2, "inf") == math.inf
+
+
+# ----------------------------------------------------------------------------- float32 product precision
+
+_BACKENDS = {"generic": lambda: torch.backends, "mkldnn": lambda: torch.backends.mkldnn.matmul,
+             "cuda": lambda: torch.backends.cuda.matmul}
+
+
+@pytest.fixture
+def restore_matmul_precision():
+    saved = {name: get().fp32_precision for name, get in _BACKENDS.items()}
+    yield
+    torch.set_float32_matmul_precision("highest")  # the legacy switch first: it also sets the backends
+    for name, get in _BACKENDS.items():
+        get().fp32_precision = saved[name]
+    assert torch.get_float32_matmul_precision() == "highest"
+
+
+_SETTINGS = ["legacy:high", "legacy:medium", "mkldnn:bf16", "mkldnn:tf32", "cuda:tf32", "generic:tf32",
+             "mkldnn:ieee", "mkldnn:none", "generic:ieee"]
+
+
+@pytest.mark.parametrize("setting", _SETTINGS)
+def test_reduced_precision_float32_products_are_detected(setting, restore_matmul_precision):
+    """Every switch torch has for TF32 / bfloat16 float32 products turns the float32 fast paths off: the
+    certified projection step declines, the float32 Gram bound falls back to float64, certification refuses
+    with an error that names the switch (torch's own legacy query raises once the two APIs are mixed)."""
+    from lipkit.bounds import fp32_products_are_ieee
+    from lipkit.certify.twin import check_float_mode
+    from lipkit.dp.retraction import certified_newton_schulz
+    from lipkit.dp.sensitivity import gram_bound, gram_bound_fp32
+
+    assert fp32_products_are_ieee()
+    api, value = setting.split(":")
+    if api == "legacy":
+        torch.set_float32_matmul_precision(value)
+    else:
+        _BACKENDS[api]().fp32_precision = value
+    ieee = value in ("ieee", "none")
+    assert fp32_products_are_ieee() is ieee
+    w = torch.eye(3) + 1e-3 * torch.arange(9.0).reshape(3, 3)
+    assert (certified_newton_schulz(w) is None) is not ieee
+    assert (gram_bound_fp32(w) == gram_bound(w)) is not ieee
+    if ieee:
+        check_float_mode()
+    else:
+        with pytest.raises(ValueError, match="fp32_precision"):
+            check_float_mode()
+
+
+@pytest.mark.parametrize("setting", [s for s in _SETTINGS if not s.startswith("legacy")])
+def test_per_backend_precision_is_read_even_where_the_legacy_query_answers_highest(
+        setting, restore_matmul_precision, monkeypatch):
+    """A torch whose legacy query ignores the per-backend switches (torch 2.13 raises instead): each backend's
+    own ``fp32_precision`` still decides."""
+    from lipkit.bounds import fp32_products_are_ieee
+
+    api, value = setting.split(":")
+    _BACKENDS[api]().fp32_precision = value
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "highest")
+    assert fp32_products_are_ieee() is (value in ("ieee", "none"))

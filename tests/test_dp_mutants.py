@@ -545,3 +545,170 @@ def test_conv_gram_bound_of_a_single_tap_kernel():
     assert conv_gram_bound(torch.full((1, 1, 1, 1), 3.0)) >= 3.0
     assert conv_gram_bound(torch.full((1, 1, 1, 1), -0.25)) >= 0.25
     assert conv_gram_bound(torch.zeros(0, 1, 1, 1)) == 0.0
+
+
+def _rounded_sqrt_bound(square: Fraction, inner_ops: int) -> Fraction:
+    """The documented ``round_up(sqrt(round_up(square, inner_ops)), 2)`` of an exact ``square``, less two
+    roundings per step: what a Gram bound evaluated without error must reach."""
+    from lipkit.bounds import EPS64
+
+    e = Fraction(EPS64)
+    return sqrt_down(square * (1 + (4 * inner_ops - 2) * e)) * (1 + 6 * e)
+
+
+def test_gram_bound_allowance_takes_each_rows_norm():
+    """The allowance of row ``i`` is ``gamma_k ||a_i|| sum_j ||a_j||``; with one row twice as long as the
+    seven others, that is 9/5.5 of the Frobenius norm's square
+    ``gamma_k sum_j ||a_j||^2`` on the largest row."""
+    from lipkit.bounds import EPS64
+    from lipkit.dp.sensitivity import gram_bound
+
+    g = torch.Generator().manual_seed(2)
+    w = torch.rand(8, 4096, generator=g, dtype=torch.float64)
+    w[0] *= 2
+    rows, sq = _exact_gram_rows(w)
+    norms = [sqrt_down(s) for s in sq]
+    gamma = 4 * (4096 + 2) * Fraction(EPS64)
+    need = max(r + Fraction(99, 100) * gamma * n * sum(norms) for r, n in zip(rows, norms, strict=True))
+    assert Fraction(gram_bound(w)) ** 2 >= need
+
+
+@pytest.mark.parametrize("fp32", [False, True])
+def test_gram_bounds_on_an_exact_matrix_carry_every_documented_inflation(fp32):
+    """``A = 1/2`` (``2 x 4``): every product and sum is exact (``G = [[1, 1], [1, 1]]``, row norms 1), so the
+    bound is exactly the documented one: Gershgorin's row ``2``, plus ``gamma ||a_i|| sum_j ||a_j||``
+    (float64: ``gamma_k = 4 (k + 2) eps``; float32: ``2 gamma_64 + m k 2^-126``), rounded up for ``2 m + 4``
+    operations (float32: ``2 m + nb + 4``, ``nb`` blocks), square-rooted and rounded up for 2."""
+    from lipkit.bounds import EPS64
+    from lipkit.dp.sensitivity import gram_bound, gram_bound_fp32
+
+    m, k = 2, 4
+    w = torch.full((m, k), 0.5, dtype=torch.float32 if fp32 else torch.float64)
+    if fp32:
+        u = Fraction(1, 2**24)
+        allowance, ops = 2 * (64 * u / (1 - 64 * u)) * 2 + m * k * Fraction(1, 2**126), 2 * m + 1 + 4
+    else:
+        allowance, ops = 4 * (k + 2) * Fraction(EPS64) * 2, 2 * m + 4
+    need = _rounded_sqrt_bound(2 + allowance, ops)
+    value = Fraction((gram_bound_fp32 if fp32 else gram_bound)(w))
+    assert need <= value <= need * (1 + Fraction(1, 10**12))
+
+
+def test_gram_bound_fp32_sums_its_blocks_in_float64():
+    """1024 blocks of 64 columns, each with one entry ``x_b`` near 1 chosen so that adding ``fl(x_b^2)`` to a
+    float32 running sum rounds down by almost half an ulp: a float32 sum of the blocks would lose 2e-5 of
+    ``||w||^2``, more than the products' allowance ``2 gamma_64`` (7.6e-6) covers; the float64 sum is
+    exact."""
+    from lipkit.dp.sensitivity import gram_bound_fp32
+
+    cands = 1 + torch.arange(4096, dtype=torch.float64) * 2.0**-23
+    squares = (cands.float() * cands.float()).double()  # fl32(x^2), exact in float64
+    xs, s = [], torch.zeros((), dtype=torch.float32)
+    for _ in range(1024):
+        loss = (s.double() + squares) - (s + squares.float()).double()  # float32 sum's rounding, per choice
+        j = int(loss.argmax())
+        xs.append(float(cands[j]))
+        s = s + squares[j].float()
+    exact = sum(Fraction(x) ** 2 for x in xs)
+    assert Fraction(s.item()) < exact * (1 - 2 * 64 * Fraction(1, 2**24))  # the float32 sum falls short
+    w = torch.zeros(1, 64 * 1024)
+    w[0, ::64] = torch.tensor(xs)
+    assert Fraction(gram_bound_fp32(w)) >= sqrt_down(exact)
+
+
+def _disjoint_taps(c_out: int) -> torch.Tensor:
+    """``c_out x 2 x 1 x 2``: input channel 0 through the left tap, channel 1 through the right one (2s)."""
+    kernel = torch.zeros(c_out, 2, 1, 2, dtype=torch.float64)
+    kernel[:, 0, 0, 0] = 2.0
+    kernel[:, 1, 0, 1] = 2.0
+    return kernel
+
+
+@pytest.mark.parametrize("kernel", [torch.full((64, 1, 2, 2), 2.0, dtype=torch.float64),
+                                    torch.full((1, 1, 1, 1), 2.0, dtype=torch.float64), _disjoint_taps(64)],
+                         ids=["64x1x2x2", "1x1x1x1", "disjoint-taps"])
+def test_conv_gram_bound_on_an_exact_kernel_carries_every_documented_inflation(kernel):
+    """Kernels of 2s whose correlation is exact in float64 and whose Schur matrix ``A_ji = sum_m |C[j, i,
+    m]|`` has equal row sums, so the Schur bound is the convolution's norm (one input channel: ``sqrt(c_out)``
+    times the kernel's sum; two channels through disjoint taps: ``sqrt(c_out (4 + 4))``, the coupling sitting
+    at an offset other than 0). The bound must carry the correlation's ``gamma_n = 2 (n + 2) eps`` (``n =
+    c_out kh kw``) on every offset, the factor ``1 + 4 (offsets + 2) eps`` of the sums, ``round_up(., c_in +
+    4)`` and the final ``round_up(sqrt, 2)``, less one rounding."""
+    from lipkit.bounds import EPS64
+    from lipkit.dp.sensitivity import conv_gram_bound
+
+    e = Fraction(EPS64)
+    c_out, c_in, kh, kw = kernel.shape
+    kt = kernel.transpose(0, 1)
+    corr = torch.nn.functional.conv2d(kt, kt, padding=(kh - 1, kw - 1))  # small integers: exact
+    row_sums = {Fraction(v) for v in corr.abs().sum(dim=(1, 2, 3)).tolist()}
+    assert len(row_sums) == 1  # the Perron vector is uniform: the Schur bound is the row sum
+    gamma = 2 * (c_out * kh * kw + 2) * e
+    offsets = (2 * kh - 1) * (2 * kw - 1)
+    square = row_sums.pop() * (1 + gamma) * (1 + 4 * (offsets + 2) * e) * (1 + 4 * (c_in + 4) * e)
+    need = sqrt_down(square) * (1 + 8 * e) * (1 - e)
+    got = Fraction(conv_gram_bound(kernel))
+    assert need <= got <= need * (1 + Fraction(1, 10**12))
+
+
+_RANDOM_KERNEL = torch.randint(-3, 4, (16, 3, 2, 3), generator=torch.Generator().manual_seed(5)).double()
+
+
+@pytest.mark.parametrize("kernel", [_disjoint_taps(64), _RANDOM_KERNEL], ids=["disjoint-taps", "random"])
+def test_schur_matrix_is_the_documented_entrywise_bound(kernel):
+    """``A_ji = sum_m (|fl(C)| + 2 (n + 2) eps (|K| * |K|))[j, i, m]`` times ``1 + 4 (offsets + 2) eps``,
+    entry by entry, on integer kernels (exact products: ``fl(C) = C``); the sum over the offsets may round
+    down by at most ``offsets`` half-ulps. The disjoint taps couple their two channels only away from offset
+    0, where the allowance must still be added."""
+    from lipkit.bounds import EPS64
+    from lipkit.dp.sensitivity import _schur_matrix
+
+    e = Fraction(EPS64)
+    c_out, c_in, kh, kw = kernel.shape
+    taps = [[[[Fraction(v) for v in row] for row in ch] for ch in out] for out in kernel.tolist()]
+    gamma = 2 * (c_out * kh * kw + 2) * e
+    offsets = (2 * kh - 1) * (2 * kw - 1)
+    got = _schur_matrix(kernel)
+    for j in range(c_in):
+        for i in range(c_in):
+            corr, corr_abs = Fraction(0), Fraction(0)
+            for dy in range(-(kh - 1), kh):
+                for dx in range(-(kw - 1), kw):
+                    pairs = [(taps[o][j][y + dy][x + dx], taps[o][i][y][x]) for o in range(c_out)
+                             for y in range(kh) for x in range(kw)
+                             if 0 <= y + dy < kh and 0 <= x + dx < kw]
+                    corr += abs(sum(p * q for p, q in pairs))
+                    corr_abs += sum(abs(p * q) for p, q in pairs)
+            need = (corr + gamma * corr_abs) * (1 + 4 * (offsets + 2) * e) * (1 - offsets * e)
+            assert need <= Fraction(got[j, i].item()) <= need * (1 + Fraction(1, 10**12)), (j, i)
+
+
+def test_conv_gram_bound_of_scalars_just_below_one():
+    """Single-tap kernels ``w`` in the 40 floats below 1: one of them makes the inflated Schur matrix exactly
+    1.0 (a value the code must not mistake for an all-zero kernel); each bound is at least ``|w|``."""
+    from lipkit.dp.sensitivity import conv_gram_bound
+
+    w = 1.0
+    for _ in range(40):
+        w = math.nextafter(w, 0.0)
+        assert conv_gram_bound(torch.full((1, 1, 1, 1), w, dtype=torch.float64)) >= w
+
+
+@pytest.mark.parametrize("kernel", [
+    # tiny weights: the power iteration's positive shift must stay positive relative to them
+    [[3.6264230602766513e-10, 1.088350728689384e-06, 6.043270316129079e-08]],
+    [[1.1908584479063018e-06, 1.9965161715280766e-07, 3.6491784561681183e-08]],
+    # 30 power iterations do not converge: the Collatz-Wielandt quotient, not (A v)_i v_i, bounds lambda
+    [[1.1067848991434938e-06, 0.002247366257724021, 0.00028843690536832435],
+     [0.00011757840001894716, 0.0005092643312804739, 1.7919574978420994e-05],
+     [0.0009646879443661457, 6.830919549678633e-05, 0.0021152555317143565]],
+])
+def test_conv_gram_bound_of_nonnegative_pointwise_kernels_is_at_least_the_matrix_norm(kernel):
+    """A 1 x 1 kernel ``W >= 0`` is the matrix ``W`` at every pixel: its norm is ``||W||_2`` and the Schur
+    matrix ``W^T W`` is tight, so any slip in the Perron-vector estimate shows below the exact norm."""
+    from exact_ref import l2_norm_lower
+
+    from lipkit.dp.sensitivity import conv_gram_bound
+
+    w = torch.tensor(kernel, dtype=torch.float64)
+    assert Fraction(conv_gram_bound(w[:, :, None, None])) >= l2_norm_lower(w)

@@ -12,6 +12,7 @@ from lipkit.bounds.conv import conv_module_norm, conv_operator_norm, gram_spectr
 from lipkit.bounds.numerics import (
     EPS64,
     as_float64,
+    fp32_products_are_ieee,
     normalize_p,
     operator_norm,
     pairwise_head_bound,
@@ -43,6 +44,7 @@ __all__ = [
     "child_bound",
     "computes_as",
     "conv_module_norm",
+    "fp32_products_are_ieee",
     "conv_operator_norm",
     "gram_spectral_bound",
     "lipschitz_bound",

@@ -13,7 +13,7 @@ import math
 import torch
 
 __all__ = ["EPS64", "Norm", "normalize_p", "round_up", "as_float64", "operator_norm", "norm_order",
-           "dual_exponent", "pairwise_head_bound"]
+           "dual_exponent", "pairwise_head_bound", "fp32_products_are_ieee"]
 
 #: float64 unit round-off (machine epsilon 2^-52).
 EPS64 = float(torch.finfo(torch.float64).eps)
@@ -51,6 +51,29 @@ def norm_order(p: float) -> int:
 def dual_exponent(p: float) -> float:
     """The Hoelder dual q of p (1/p + 1/q = 1): 1 <-> inf, 2 <-> 2."""
     return {1.0: math.inf, 2.0: 2.0, math.inf: 1.0}[p]
+
+
+def fp32_products_are_ieee() -> bool:
+    """True when torch runs float32 matrix products in IEEE float32 (no TF32 / bfloat16 shortcuts).
+
+    torch has two switches: the legacy ``torch.set_float32_matmul_precision`` and, since torch 2.9, a
+    per-backend ``fp32_precision`` (``torch.backends``, ``torch.backends.mkldnn.matmul`` for the CPU,
+    ``torch.backends.cuda.matmul``; ``"none"`` inherits).  Any of them set to reduced precision gives
+    ``False``; so does a legacy query that torch refuses to answer (it raises once the two APIs disagree).
+    The check covers every backend, not only the one in use: a conservative answer only costs the caller its
+    float32 fast path.
+    """
+    try:
+        legacy = torch.get_float32_matmul_precision()
+    except RuntimeError:  # torch >= 2.9: the legacy and per-backend settings disagree
+        return False
+    if legacy != "highest":
+        return False
+    mkldnn, cuda = getattr(torch.backends, "mkldnn", None), getattr(torch.backends, "cuda", None)
+    for backend in (torch.backends, getattr(mkldnn, "matmul", None), getattr(cuda, "matmul", None)):
+        if getattr(backend, "fp32_precision", None) not in (None, "ieee", "none"):
+            return False
+    return True
 
 
 def round_up(value: float, n_ops: int = 1) -> float:

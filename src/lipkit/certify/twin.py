@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from lipkit.bounds.numerics import fp32_products_are_ieee
 from lipkit.nn.parametrize.utils import materialize_in_place
 
 __all__ = ["check_float_mode", "deployed_dtype", "deployed_logits_and_twin", "deployed_mode", "float64_copy",
@@ -41,9 +42,10 @@ def check_float_mode() -> None:
             raise ValueError(f"certificates cannot be computed under torch.autocast ({device}): the forward "
                              "pass then runs in reduced precision, which the round-off analysis does not "
                              "cover")
-    if torch.get_float32_matmul_precision() != "highest":
-        raise ValueError("certificates need torch.set_float32_matmul_precision('highest'): TF32 / bfloat16 "
-                         "matrix products are outside the round-off analysis")
+    if not fp32_products_are_ieee():
+        raise ValueError("certificates need IEEE float32 matrix products: torch.set_float32_matmul_precision("
+                         "'highest'), and no backend's fp32_precision set to 'tf32' or 'bf16' (TF32 / "
+                         "bfloat16 products are outside the round-off analysis)")
 
 
 def validate_x(x: object, input_shape: tuple[int, ...] | None) -> torch.Tensor:

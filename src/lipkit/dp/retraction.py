@@ -49,9 +49,10 @@ import torch
 from torch import nn
 
 from lipkit.bounds import round_up
+from lipkit.bounds.numerics import fp32_products_are_ieee
 
 __all__ = ["certified_newton_schulz", "certify", "certified_norm", "forget_certificates",
-           "fp32_products_are_ieee"]
+           "fp32_products_are_ieee"]  # the last one re-exported from lipkit.bounds.numerics
 
 #: float32 unit round-off, smallest normal and smallest subnormal
 _U32 = 2.0**-24
@@ -60,15 +61,6 @@ _SUB32 = 2.0**-149
 
 #: module -> (copy of the weight the bound was certified for, the bound)
 _CERTIFICATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def fp32_products_are_ieee() -> bool:
-    """True when torch runs float32 matrix products in float32 (no TF32 / bfloat16 shortcuts)."""
-    if torch.get_float32_matmul_precision() != "highest":
-        return False
-    backend = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
-    precision = getattr(backend, "fp32_precision", None)
-    return precision in (None, "ieee", "none")
 
 
 def _gamma(n: int) -> float:
@@ -113,13 +105,10 @@ def certified_newton_schulz(x: torch.Tensor, block: int = 128) -> tuple[torch.Te
     s, n = _blocked_gram(a, -(-k // nb))  # nb blocks of equal width (no zero padding when it divides k)
     e32 = s
     e32.diagonal().sub_(1.0)  # exact when s_ii is in [0.5, 2] (Sterbenz), checked below
-    e64 = e32.to(torch.float64)  # (an inexact s_ii - 1 means s_ii < 0.5 or > 2, hence |fl(s_ii - 1)| >= 1/2)
-    r = round_up(e64.abs().sum(dim=1).max().item(), m + 2)
+    r = _row_sum_bound(e32)
     norms = torch.linalg.vector_norm(a.to(torch.float64), dim=1)
-    eta = (_gamma(n) * norms * norms.sum()).max().item() * (1 + 4 * m * 2.0**-52) + m * k * _TINY32
-    if not (math.isfinite(r) and math.isfinite(eta)) or r >= 1.0 or 1.0 + r + eta > 4.0:
-        return None
-    if e64.diagonal().abs().max().item() >= 0.5:  # some s_ii outside [0.5, 1.5]: s_ii - 1 may be inexact
+    eta = _gram_error(norms, n, k)
+    if not _step_is_covered(r, eta, e32.diagonal().abs().max().item()):
         return None
     p = e32 @ a
     q = a.sub(p, alpha=0.5)
@@ -127,6 +116,44 @@ def certified_newton_schulz(x: torch.Tensor, block: int = 128) -> tuple[torch.Te
     q_fro = torch.linalg.vector_norm(q.to(torch.float64)).item()
     if not math.isfinite(q_fro):
         return None
+    bound = round_up(1.0 + _step_error(r, eta, x_fro, q_fro, m, k), 2)
+    return (q.mT if tall else q), bound
+
+
+def _row_sum_bound(e: torch.Tensor) -> float:
+    """``r >= max_i sum_j |e_ij|`` (Gershgorin's radius of ``Ê = S - I``): the row sums in float64, rounded up
+    for their ``m + 1`` operations."""
+    return round_up(e.to(torch.float64).abs().sum(dim=1).max().item(), e.shape[1] + 2)
+
+
+def _gram_error(norms: torch.Tensor, n: int, k: int) -> float:
+    """``eta >= max_i gamma_n ||x_i|| sum_j ||x_j|| + m k 2^-126``: the bound of ``||Ê - E||_2`` for the Gram
+    matrix of float32 products with ``gamma_n``.  ``norms`` are the float64 row norms ``||x_i||`` of the
+    ``m x k`` matrix, each low by at most ``(k / 2 + 1) 2^-53`` relative (a sum of ``k`` squares and a square
+    root); their sum and the two products add ``m + 1`` float64 roundings: the factor ``1 + 4 (m + k + 2)
+    2^-52`` covers them all."""
+    m = norms.numel()
+    return (_gamma(n) * norms * norms.sum()).max().item() * (1 + 4 * (m + k + 2) * 2.0**-52) + m * k * _TINY32
+
+
+def _step_is_covered(r: float, eta: float, diagonal: float) -> bool:
+    """Whether the step's analysis applies.
+
+    * ``r`` and ``eta`` finite, and ``1 + r + eta <= 4``: then ``||X||_2 <= 2``, so ``|f(s)| <= 1``;
+    * ``diagonal`` (the largest ``|fl(s_ii - 1)|``) below 1/2: then ``s_ii`` is in ``(0.5, 1.5)`` and the
+      subtraction is exact (Sterbenz); a value of exactly 1/2 may come from an inexact ``s_ii < 0.5``;
+    * ``r < 1``, the restart policy: farther from orthogonal, the caller computes the polar factor to
+      convergence.
+    """
+    if not (math.isfinite(r) and math.isfinite(eta)):
+        return False
+    return r < 1.0 and 1.0 + r + eta <= 4.0 and diagonal < 0.5
+
+
+def _step_error(r: float, eta: float, x_fro: float, q_fro: float, m: int, k: int) -> float:
+    """``err >= 0.5 eta sqrt(1 + r + eta) + 0.5 gamma_m r ||X||_F + u / (1 - u) ||Q||_F
+    + sqrt(m k) (2^-149 + 2^-126)``, rounded up for its float64 evaluation: the step's rounding error, so that
+    ``||Q||_2 <= 1 + err`` (module docstring, items 1 to 3)."""
     sigma_x = math.sqrt(round_up(1.0 + r + eta, 3))
     err = (
         0.5 * eta * sigma_x
@@ -134,8 +161,7 @@ def certified_newton_schulz(x: torch.Tensor, block: int = 128) -> tuple[torch.Te
         + _U32 / (1.0 - _U32) * q_fro
         + math.sqrt(m * k) * (_SUB32 + _TINY32)
     )
-    bound = round_up(1.0 + round_up(err, 8), 2)
-    return (q.mT if tall else q), bound
+    return round_up(err, 8)
 
 
 def certify(module: nn.Module, weight: torch.Tensor, bound: float) -> None:

@@ -333,14 +333,8 @@ def conv_gram_bound(weight: torch.Tensor, groups: int = 1, iters: int = 30) -> f
         return 0.0
     if not torch.isfinite(w).all():
         return math.inf
-    c_out, c_in, kh, kw = w.shape
-    wt = w.transpose(0, 1)
-    a = wt.abs()
-    corr = torch.nn.functional.conv2d(wt, wt, padding=(kh - 1, kw - 1))
-    corr_abs = torch.nn.functional.conv2d(a, a, padding=(kh - 1, kw - 1))
-    gamma = 2.0 * (c_out * kh * kw + 2) * EPS64
-    mat = (corr.abs() + gamma * corr_abs).sum(dim=(2, 3))  # A (c_in x c_in), each entry rounded up below
-    mat = mat * (1.0 + 4.0 * (corr[0, 0].numel() + 2) * EPS64)
+    c_in = w.shape[1]
+    mat = _schur_matrix(w)
     v = torch.ones(c_in, dtype=torch.float64)
     top = mat.max().item()
     if not math.isfinite(top):
@@ -354,6 +348,25 @@ def conv_gram_bound(weight: torch.Tensor, groups: int = 1, iters: int = 30) -> f
     if not math.isfinite(ratio):
         return math.inf
     return round_up(math.sqrt(round_up(ratio, c_in + 4)), 2)
+
+
+def _schur_matrix(w: torch.Tensor) -> torch.Tensor:
+    """The ``c_in x c_in`` matrix ``A`` of :func:`conv_gram_bound` for a float64 kernel ``w``
+    (``(c_out, c_in, kh, kw)``): each entry at least ``sum_m |C[j, i, m]|`` of the exact correlation ``C``.
+
+    The float64 correlation has ``|fl(C) - C| <= gamma_n (|K| * |K|)`` entrywise, ``n = c_out kh kw`` (Higham,
+    Lemma 3.1), so ``sum_m (|fl(C)| + 2 (n + 2) eps (|K| * |K|))`` (``gamma_n`` inflated 2x; the
+    correlation of ``|K|`` is rounded too, hence the margin) bounds ``sum_m |C|``; the sum over the
+    ``(2 kh - 1) (2 kw - 1)`` offsets is rounded up by the factor ``1 + 4 (offsets + 2) eps``.
+    """
+    c_out, _, kh, kw = w.shape
+    wt = w.transpose(0, 1)
+    a = wt.abs()
+    corr = torch.nn.functional.conv2d(wt, wt, padding=(kh - 1, kw - 1))
+    corr_abs = torch.nn.functional.conv2d(a, a, padding=(kh - 1, kw - 1))
+    gamma = 2.0 * (c_out * kh * kw + 2) * EPS64
+    mat = (corr.abs() + gamma * corr_abs).sum(dim=(2, 3))
+    return mat * (1.0 + 4.0 * (corr[0, 0].numel() + 2) * EPS64)
 
 
 def fast_lipschitz(module: nn.Module, shapes: dict, child: object = None, is_: object = None) -> float:
