@@ -43,8 +43,8 @@ def _carries(value: float, exact: Fraction, n_ops: int, *, lost: int = 0,
     v = Fraction(value)
     roundings = lost + (after != 1)
     low = exact * after * (1 + 4 * n_ops * EPS) * (1 - U) ** roundings
-    short = float((v / low - 1) / EPS)
-    assert v >= low, f"{value!r} lacks the allowance of {n_ops} operations ({short:.2f} EPS64 short)"
+    short = float((low / v - 1) / EPS)
+    assert v >= low, f"{value!r} is {short:.2f} EPS64 short of the allowance of {n_ops} operations"
     assert v <= exact * after * (1 + UPPER)
 
 
@@ -193,37 +193,52 @@ def _ceil_float(q: Fraction) -> float:
     return f if Fraction(f) >= q else math.nextafter(f, math.inf)
 
 
-def test_chain_radii_and_gradients_carry_their_operations():
-    """``_Walker.walk_chain`` (module docstring of :mod:`lipkit.dp.sensitivity`):
-
-    * every radius is ``round_up(Lip(h) R, 2) (1 + a) + ||h(0)||^ (1 + a) + c``: at the first layer
-      ``Lip(h) = 1`` and after an ``L2BallProjection(rho)`` (the output radius) ``Lip(h) = 1`` with ``R =
-      rho``, so ``round_up(R, 2) >= R (1 + 8 EPS64)`` exactly; the rest of the expression is monotone float64
-      arithmetic, evaluated at that floor.  The first layer's weight bound is ``round_up(R_0 G_0)``
-      (monotone in ``R_0``) and its bias bound is ``G_0`` itself;
-    * every gradient bound is ``round_up(Lip(loss) prod_{j > i} Lip(f_j), n + 1) (1 + a)``; for the last
-      layer with parameters behind only the projection (``Lip = 1``) the product is exact;
-    * the total is ``round_up(sqrt(sum S_T^2), T + 2)`` (``T`` tensors): the sum of squares and the root
-      round at most ``T + 1`` times."""
+def _chain_report() -> tuple[nn.Sequential, dp.SensitivityReport, float]:
+    """Two diagonal dense layers with biases and an ``L2BallProjection(1)``, input radius 2, hinge loss;
+    also the rounded-up norm of a zero input (``~1e-300``)."""
     model = nn.Sequential(_diag_linear([2.0, 0.5, 1.0], [0.5, -1.0, 0.25]), nn.ReLU(),
                           _diag_linear([1.5, 0.75, 1.0], [-0.25, 0.5, 1.0]), dp.L2BallProjection(1.0))
+    rep = dp.network_sensitivity(model, 2.0, lipkit.MulticlassHingeLoss(), input_shape=(3,))
+    return model, rep, _norm_up(torch.zeros(1, 3))
+
+
+def test_chain_first_radius_carries_two_operations():
+    """``_Walker.walk_chain``: every input radius is ``round_up(Lip(h) R, 2) (1 + a) + ||h(0)||^ (1 + a) + c``
+    (module docstring of :mod:`lipkit.dp.sensitivity`).  At the first layer ``Lip(h) = 1``, so
+    ``round_up(R, 2) >= R (1 + 8 EPS64)`` exactly (R = 2); the rest of the radius and the first layer's
+    weight bound ``round_up(R_0 G_0)`` are monotone float64 arithmetic, evaluated here at that floor, and
+    the layer's bias bound is ``G_0`` itself."""
+    _, rep, zn = _chain_report()
     r = 2.0
-    rep = dp.network_sensitivity(model, r, lipkit.MulticlassHingeLoss(), input_shape=(3,))
-    n = len(model)
-    zn = _norm_up(torch.zeros(1, 3))
-    # the first layer's input radius, through the first layer's weight bound
     g0 = rep.per_tensor["0.bias"]
     radius0 = _float_pipeline_radius(_ceil_float(Fraction(r) * (1 + 8 * EPS)), zn)
     assert rep.per_tensor["0.weight"] >= round_up(radius0 * g0)
     upper0 = (Fraction(r) * AF + Fraction(zn) * AF + Fraction(_ABS_ALLOWANCE)) * Fraction(g0)
     assert Fraction(rep.per_tensor["0.weight"]) <= upper0 * (1 + UPPER)
-    # the output radius: the projection's radius, inflated for 2 operations
-    assert rep.output_radius >= _float_pipeline_radius(_ceil_float(Fraction(1) * (1 + 8 * EPS)), zn)
+
+
+def test_chain_output_radius_carries_two_operations():
+    """The output radius ``round_up(Lip(h) R, 2) (1 + a) + ||h(0)||^ (1 + a) + c`` restarts after the final
+    ``L2BallProjection(rho)`` with ``R = rho = 1``, ``Lip(h) = 1`` and ``h(0) = 0``: at least the float64
+    evaluation at ``round_up(1, 2) >= 1 + 8 EPS64``."""
+    _, rep, zn = _chain_report()
+    assert rep.output_radius >= _float_pipeline_radius(_ceil_float(1 + 8 * EPS), zn)
     assert Fraction(rep.output_radius) <= (AF + Fraction(zn) * AF + Fraction(_ABS_ALLOWANCE)) * (1 + UPPER)
-    # the gradient bound of the last linear layer: Lip(loss) * Lip(projection) = Lip(loss), n + 1 operations
+
+
+def test_chain_gradient_bound_carries_n_plus_one_operations():
+    """Every gradient bound is ``round_up(Lip(loss) prod_{j > i} Lip(f_j), n + 1) (1 + a)`` (``n`` children);
+    for the last dense layer only the projection follows (``Lip = 1``, the product is exact), and its bias
+    bound is that gradient bound."""
+    model, rep, _ = _chain_report()
     assert lipkit.lipschitz_bound(dp.L2BallProjection(1.0), 2) == 1.0
-    _carries(rep.per_tensor["2.bias"], Fraction(rep.loss_lipschitz), n + 1, after=AF)
-    # the total
+    _carries(rep.per_tensor["2.bias"], Fraction(rep.loss_lipschitz), len(model) + 1, after=AF)
+
+
+def test_chain_total_carries_t_plus_two_operations():
+    """``Delta = round_up(sqrt(sum_T S_T^2), T + 2)`` (``network_sensitivity``, ``T`` tensors): the squares,
+    the sum and the root lose at most ``T + 1`` roundings (generously counted) of the ``4 (T + 2)`` EPS64."""
+    _, rep, _ = _chain_report()
     sq = sum((Fraction(v) ** 2 for v in rep.per_tensor.values()), Fraction(0))
     k = len(rep.per_tensor)
     assert k == 4
