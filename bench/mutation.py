@@ -99,6 +99,13 @@ def _results(shard: str) -> dict:
 
 def _run_shard(shard: str, jobs: int) -> tuple[list[str], float]:
     patterns = [mangled(m, f) + "*" for m, fs in SHARDS[shard].items() for f in fs]
+    for module in SHARDS[shard]:
+        # mutmut regenerates a file's mutants only when the source is newer than its copy; a copy written
+        # without mutants (the file was outside only_mutate then) would make the run find none
+        copy = _module_file(module)
+        if not copy.exists() or "__mutmut_" not in copy.read_text():
+            source = ROOT / "src" / copy.relative_to(MUTANTS / "src")
+            source.touch()
     # mutmut's CLI, in this interpreter, with the shard's test selection (mutmut forks its workers, so the
     # loaded config is theirs too); a changed selection makes mutmut re-collect its stats and reset its
     # cached results, which is why each shard's results are read right after it runs
@@ -154,12 +161,18 @@ def main() -> None:
                            for k in ("total", "killed", "survived", "timeout", "no_tests", "not_checked")}
         data["shards"][shard] = entry
         print(f"{shard}: {entry['totals']} in {entry.get('seconds')} s", flush=True)
+        if not args.report_only:
+            data.update(
+                command="make mutate" + (" SHARD=" + repr(" ".join(args.shard)) if args.shard else ""),
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        _write(data)  # after every shard: a later shard's failure keeps the results of the earlier ones
+    print(f"wrote {OUT.relative_to(ROOT)}")
+
+
+def _write(data: dict) -> None:
+    """The summary fields over all recorded shards, and the JSON file."""
     from importlib.metadata import version
 
-    if not args.report_only:
-        data.update(
-            command="make mutate" + (" SHARD=" + repr(" ".join(args.shard)) if args.shard else ""),
-            date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     data["totals"] = {k: sum(s["totals"][k] for s in data["shards"].values())
                       for k in ("total", "killed", "survived", "timeout", "no_tests", "not_checked")}
     data["survivors_by_kind"] = dict(Counter(str(m["kind"]) for s in data["shards"].values()
@@ -179,7 +192,6 @@ def main() -> None:
     )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-    print(f"wrote {OUT.relative_to(ROOT)}")
 
 
 def _retriage() -> None:

@@ -162,12 +162,14 @@ SHARD_TESTS: dict[str, list[str]] = {
         "lipopt_branch_and_bound_closes_the_gap_of_a_low_degree", "lipopt_with_bias_and_leaky_relu_is_sound",
         "lipopt_deep_bounds_the_vertex_maximum")],
     "dp_rules": ["tests/test_dp_mutants.py", "tests/test_dp_sensitivity.py",
+                 "tests/test_pinned_allowances_dp.py",
                  "tests/test_spline.py::test_sensitivity_rule_against_per_example_gradients"],
     "dp_sensitivity": ["tests/test_dp_mutants.py", "tests/test_dp_certified.py",
-                       "tests/test_dp_sensitivity.py"],
+                       "tests/test_dp_sensitivity.py", "tests/test_pinned_allowances_dp.py"],
     "dp_retraction": ["tests/test_dp_certified.py", "tests/test_dp_retraction_mutants.py"],
     "monotonic_slope": ["tests/test_monotonic.py", "tests/test_monotonic_certify.py",
-                        "tests/test_monotonic_export.py", "tests/test_monotonic_mutants.py"],
+                        "tests/test_monotonic_export.py", "tests/test_monotonic_mutants.py",
+                        "tests/test_pinned_allowances_monotonic.py"],
     "estimate_upper": ["tests/test_estimate_mutants.py", "tests/test_local_margin_mutants.py",
                        "tests/test_pinned_allowances_estimators.py"] + [
         f"tests/test_estimate_local.py::test_{t}" for t in (
@@ -961,6 +963,8 @@ _TRIAGE += [
      "max): any positive vector gives a valid bound max_i (A v)_i / v_i", [_CG + "33", _CG + "34"]),
     ("conservative", "an all-zero kernel bounded by 1 instead of 0", [_CG + "29"]),
     ("conservative", "a larger round_up count", [_CG + "51", _CG + "52"]),
+    ("conservative", "a larger allowance on the correlation or on the sum over the offsets",
+     [_DS + f"x__schur_matrix__mutmut_{i}" for i in (35, 39, 51, 55)]),
     ("equivalent", "ConvexResidual with a = 0 through the general branch: c1 + 0 * L = c1 = 1",
      [_FL + "104"]),
 ]
@@ -1002,6 +1006,12 @@ _TRIAGE += [
 _NU = "lipkit.bounds.numerics.x_fp32_products_are_ieee__mutmut_"
 
 _TRIAGE += [
+    ("conservative", "the interval test skipped whenever some input is left (mutmut flags it 'suspicious': "
+     "slower than its baseline): only the margin certificates, a subset (with none left, the interval test "
+     "runs on an empty selection instead)", ["lipkit.certify.interval.x__union_with_margin__mutmut_8"]),
+]
+
+_TRIAGE += [
     ("equivalent", "getattr without a default: torch 2.13 (pinned) has torch.backends.mkldnn / .cuda, their "
      "matmul and every fp32_precision, so the default is never used (a torch without them would raise "
      "AttributeError instead of reading None)", [_NU + str(i) for i in (12, 19, 26, 33, 40)]),
@@ -1025,6 +1035,60 @@ _RENUMBERED: dict[str, str] = {_LS + f"{f}__mutmut_{a}": _LS + f"{f}__mutmut_{b}
         44: 40},
 }.items() for a, b in pairs.items()}
 
+#: mutants triaged above that a later run no longer reports as survivors: killed by tests added since (most
+#: of them former ``sound-margin`` / ``killed-after-run`` entries, now pinned by
+#: tests/test_pinned_allowances_* and the *_mutants.py files), or renumbered by an edit of their function.
+#: They stay in the triage's history above but are not reasons any more; a retired mutant that survives
+#: again fails tests/test_mutation_report.py (`python bench/mutation.py --retriage` lists new stale ones).
+_RETIRED: dict[str, tuple[int, ...]] = {
+    "lipkit.bounds.conv.x__conv_mixed_norm__mutmut_": (21, 52),
+    "lipkit.bounds.conv.x_conv_operator_norm__mutmut_": (14, 128, 133, 164, 305, 312, 323),
+    "lipkit.bounds.interval.x__centre_radius__mutmut_": (5,),
+    "lipkit.bounds.interval.x__elu__mutmut_": (20,),
+    "lipkit.bounds.interval.x_interval_forward__mutmut_": (10, 11),
+    "lipkit.bounds.interval.x_monotone_rounded__mutmut_": (1, 13, 14),
+    "lipkit.bounds.numerics.x_operator_norm__mutmut_": (37,),
+    "lipkit.bounds.numerics.x_round_up__mutmut_": (7,),
+    "lipkit.bounds.registry.x_module_problem__mutmut_": (22, 23, 69, 76),
+    "lipkit.bounds.sensitivity.x__conv_sensitivity__mutmut_": (15, 40, 41, 46, 47, 54, 73),
+    "lipkit.certify.interval.x__check_domain__mutmut_": (10,),
+    "lipkit.certify.interval.x__propagate__mutmut_": (20, 23, 26, 27, 38, 39, 40, 41, 48, 74, 75, 89, 90,
+                                                      91, 92, 101, 103),
+    "lipkit.certify.margin.x_compute_certificates__mutmut_": (83, 87, 106, 147, 153, 154),
+    "lipkit.certify.roundoff.x_forward_error_bound__mutmut_": (22, 40, 41, 43, 44, 100, 101),
+    "lipkit.dp.sensitivity.x__norm_up__mutmut_": (6, 9),
+    "lipkit.dp.sensitivity.x_fast_lipschitz__mutmut_": (2, 4, 65, 82, 83, 85, 92, 97, 108),
+    "lipkit.dp.sensitivity.x_gram_bound__mutmut_": (32, 37, 38, 39),
+    "lipkit.dp.sensitivity.x_gram_bound_fp32__mutmut_": (1, 31, 32, 33, 42, 44, 64, 69, 70, 71, 72),
+    "lipkit.dp.sensitivity.x_network_sensitivity__mutmut_": (100, 104),
+    "lipkit.dp.sensitivity.x\u01c1_Walker\u01c1walk__mutmut_": (63,),
+    "lipkit.dp.sensitivity.x\u01c1_Walker\u01c1walk_chain__mutmut_": (31, 81, 114, 117),
+    "lipkit.estimation.lipopt.x__certify__mutmut_": (9, 10, 37),
+    "lipkit.estimation.lipopt.x_branch_and_bound_max__mutmut_": (23, 31, 33, 87, 97, 99, 101, 144, 165, 166,
+                                                                 168, 169),
+    "lipkit.estimation.lipsdp.x__certify_blocks__mutmut_": (39, 41, 42, 45, 46, 47, 48, 49),
+    "lipkit.estimation.lipsdp.x__certify_singular__mutmut_": (40, 82, 106),
+    "lipkit.estimation.lipsdp.x__coupling_error__mutmut_": (4, 10),
+    "lipkit.estimation.lipsdp.x__diagonal_error__mutmut_": (4, 13),
+    "lipkit.estimation.lipsdp.x__lmi__mutmut_": (12,),
+    "lipkit.estimation.lipsdp.x__residual_norm_bound__mutmut_": (17, 20),
+    "lipkit.estimation.lipsdp.x__structure__mutmut_": (72, 119, 122, 124, 126, 136, 141, 142, 145, 147),
+    "lipkit.estimation.lipsdp.x__verify_blocks__mutmut_": (16, 19, 130, 134),
+    "lipkit.estimation.local.x_activation_slope_range__mutmut_": (228,),
+    "lipkit.estimation.local.x_affine_local_upper__mutmut_": (7, 33, 37, 40, 42, 57),
+    "lipkit.estimation.x_local_upper__mutmut_": (29, 30),
+    "lipkit.losses.x\u01c1HKRLoss\u01c1logit_lipschitz__mutmut_": (46, 48, 49, 50),
+    "lipkit.losses.x\u01c1LipschitzCrossEntropyLoss\u01c1logit_lipschitz__mutmut_": (4,),
+    "lipkit.losses.x\u01c1LogitMSELoss\u01c1logit_lipschitz__mutmut_": (7, 15),
+    "lipkit.monotonic.network.x__monotonic_rule__mutmut_": (29,),
+    "lipkit.monotonic.network.x_slope_for__mutmut_": (5,),
+    "lipkit.nn.intervals.x__softplus__mutmut_": (10,),
+    "lipkit.nn.spline.x__spline_sensitivity__mutmut_": (27, 45),
+    "lipkit.nn.spline.x_constraint_jacobian_norms__mutmut_": (28, 29),
+}
+
+RETIRED: set[str] = {prefix + str(i) for prefix, numbers in _RETIRED.items() for i in numbers}
+
 #: mutant name -> (kind, reason)
 SURVIVORS: dict[str, tuple[str, str]] = {_RENUMBERED.get(m, m): (kind, why) for kind, why, ms in _TRIAGE
-                                          for m in ms}
+                                          for m in ms if _RENUMBERED.get(m, m) not in RETIRED}

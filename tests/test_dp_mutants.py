@@ -548,12 +548,13 @@ def test_conv_gram_bound_of_a_single_tap_kernel():
 
 
 def _rounded_sqrt_bound(square: Fraction, inner_ops: int) -> Fraction:
-    """The documented ``round_up(sqrt(round_up(square, inner_ops)), 2)`` of an exact ``square``, less two
-    roundings per step: what a Gram bound evaluated without error must reach."""
+    """The documented ``round_up(sqrt(round_up(square, inner_ops)), 2)`` of an exact ``square``, less one
+    rounding per step: what a Gram bound evaluated without other error must reach (a count one lower, in
+    either round-up, falls below it)."""
     from lipkit.bounds import EPS64
 
     e = Fraction(EPS64)
-    return sqrt_down(square * (1 + (4 * inner_ops - 2) * e)) * (1 + 6 * e)
+    return sqrt_down(square * (1 + (4 * inner_ops - 1) * e)) * (1 + 8 * e) * (1 - e)
 
 
 def test_gram_bound_allowance_takes_each_rows_norm():

@@ -284,7 +284,7 @@ def gram_bound_fp32(weight: torch.Tensor, block: int = 64) -> float:
     ``O(k 2^-53)``, far below ``gamma_kb``).  For an orthonormal ``A`` the allowance is about
     ``kb u m / 2`` of the norm (``5e-4`` for ``m = 256``, ``kb = 64``), at about a seventh of the float64
     product's cost on one core.  Falls back to :func:`gram_bound` for other dtypes, or when torch may run
-    float32 products in reduced precision (``torch.get_float32_matmul_precision() != "highest"``).
+    float32 products in reduced precision (:func:`lipkit.bounds.fp32_products_are_ieee` is false).
     """
     if weight.dtype != torch.float32 or not fp32_products_are_ieee():
         return gram_bound(weight)
