@@ -50,7 +50,7 @@ SHARDS: dict[str, dict[str, list[str]]] = {
         "lipkit.certify.roundoff": ["margin_allowance", "affine_error", "_underflow", "_per_output_norm",
                                     "rounded_activation_error", "distance_terms", "linf_distance_error",
                                     "sortnet_error", "forward_error_bound"],
-        "lipkit.certify.margin": ["_round_down", "pairwise_bound", "compute_certificates"],
+        "lipkit.certify.margin": ["_round_down", "pairwise_bound", "compute_certificates", "_bound_at"],
     },
     "interval_rules": {
         "lipkit.bounds.interval": ["interval_forward", "widen", "_centre_radius", "_affine",
@@ -1034,6 +1034,18 @@ _RENUMBERED: dict[str, str] = {_LS + f"{f}__mutmut_{a}": _LS + f"{f}__mutmut_{b}
     "x__certify_blocks": {
         44: 40},
 }.items() for a, b in pairs.items()}
+
+#: compute_certificates after the line that defaults ``input_shape`` to the batch's (2026-12-05): every
+#: later mutant's number moved by 6 (matched by their diff, which is unchanged)
+_RENUMBERED.update({_CC + str(a): _CC + str(a + 6) for a in (41, 97, 101, 120, 152, 167)})
+
+_TRIAGE += [
+    ("equivalent", "input_shape always taken from x: after validate_x, a given input_shape equals "
+     "x.shape[1:]", [_CC + "17"]),
+    ("report-only", "the fallback that reports an unsupported module before a shape error checks the l2 "
+     "bound instead of the l_p one: the model is refused either way, with the other error",
+     [_MG + "x__bound_at__mutmut_10"]),
+]
 
 #: mutants triaged above that a later run no longer reports as survivors: killed by tests added since (most
 #: of them former ``sound-margin`` / ``killed-after-run`` entries, now pinned by

@@ -394,7 +394,7 @@ def test_external_lipschitz_and_input_shape(trained):
     assert (looser.radius <= base.radius).all()
     assert looser.lipschitz == 10.0
     compute_certificates(model, x, 2, input_shape=(2,))
-    with pytest.raises(ValueError, match="input_shape"):
+    with pytest.raises(ValueError, match=r"per-sample shape \(2,\), expected input_shape \(3,\)"):
         compute_certificates(model, x, 2, input_shape=(3,))
 
 
@@ -514,3 +514,23 @@ def test_sortnet_and_linf_distance_roundoff_is_analysed_and_covers_float32_error
     with torch.no_grad():
         scale = float(model(x).abs().max())
     assert float(res.allowance.max()) < 1e-3 * scale  # and the analysis is not vacuous
+
+
+def test_certificates_default_to_the_batch_input_shape():
+    """Without ``input_shape`` the bounds take ``x``'s own (the certificate is about perturbations of
+    ``x``): for a CNN, the exact convolution on that grid, below the size-free bound; the radii equal those
+    of an explicit ``input_shape``, and PGD at 0.999 of them breaks none."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Unflatten(1, (1, 6, 6)), nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(3, 3, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(27, 4)).eval()
+    x = torch.rand(32, 36)
+    default = compute_certificates(model, x, 2)
+    explicit = compute_certificates(model, x, 2, input_shape=(36,))
+    assert torch.equal(default.radius, explicit.radius) and default.lipschitz == explicit.lipschitz
+    assert default.lipschitz == lipkit.lipschitz_bound(model, 2, input_shape=(36,))
+    assert default.lipschitz < lipkit.lipschitz_bound(model, 2)  # the size-free bound
+    assert (default.radius > 0).sum() >= 16
+    chk = check_certificates(model, x, default.prediction, p=2, steps=40,
+                             generator=torch.Generator().manual_seed(0))
+    assert chk.n_broken == 0

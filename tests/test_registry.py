@@ -365,3 +365,13 @@ def test_rules_do_not_extend_to_subclasses_unless_they_opt_in():
     with pytest.raises(UnsupportedModuleError, match="does not extend to subclasses"):
         lipkit.lipschitz_bound(Tagged(2))
     assert lipkit.lipschitz_bound(Observed(IN, OUT)) > 0  # nn.Linear's rule opts in
+
+
+def test_an_input_shape_the_model_rejects_is_named():
+    """A wrong ``input_shape`` is a ValueError naming it, not torch's error from inside the forward; a
+    certificate on a batch the model rejects says so too."""
+    model = nn.Sequential(nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"per-sample shape \(4,\) \(input_shape\)"):
+        lipkit.lipschitz_bound(model, 2, input_shape=(4,))
+    with pytest.raises(ValueError, match="shape"):
+        lipkit.certified_radius(model, torch.randn(5, 4), p=2)

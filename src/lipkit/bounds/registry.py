@@ -440,6 +440,10 @@ def register_bound(*types: type, subclasses: bool = False, replace: bool = False
                               mixed_norms=mixed_norms)
 
 
+class InputShapeError(ValueError):
+    """The module's forward rejected an input of the given ``input_shape``."""
+
+
 def record_input_shapes(module: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Module, tuple]:
     """Run one forward pass on zeros of ``input_shape`` (no batch dimension: one is added), in eval mode,
     and record the input shape (with batch) of every submodule.  Every submodule gets its own train/eval
@@ -462,7 +466,11 @@ def record_input_shapes(module: nn.Module, input_shape: tuple[int, ...]) -> dict
         module.eval()
         try:
             with torch.no_grad():
-                module(torch.zeros((1, *input_shape), device=device, dtype=dtype))
+                try:
+                    module(torch.zeros((1, *input_shape), device=device, dtype=dtype))
+                except (RuntimeError, ValueError) as err:  # torch's shape errors: name the argument
+                    raise InputShapeError(f"the model rejected an input of per-sample shape "
+                                          f"{tuple(input_shape)} (input_shape): {err}") from err
         finally:
             for sub, mode in modes:  # parents first: a child set after its parent keeps its own flag
                 if sub.training != mode:

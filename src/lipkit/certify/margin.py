@@ -76,6 +76,7 @@ from lipkit.bounds import (
     round_up,
     unwrap,
 )
+from lipkit.bounds.registry import InputShapeError
 from lipkit.certify.roundoff import (
     UNDERFLOW,
     U,
@@ -151,6 +152,16 @@ def pairwise_bound(model: nn.Module, p: float, input_shape) -> torch.Tensor | No
     return pairwise_head_bound(w, body, p) * (1.0 + slack) * (1.0 + 1e-12)
 
 
+def _bound_at(model: nn.Module, p: float, input_shape: tuple[int, ...]) -> float:
+    """``lipschitz_bound`` at ``input_shape``; when the model's forward rejects that shape, an unsupported
+    module (whose own forward may be what fails) is reported first, else the shape error."""
+    try:
+        return lipschitz_bound(model, p, input_shape=input_shape)
+    except InputShapeError:
+        lipschitz_bound(model, p)  # raises UnsupportedModuleError for a tampered tree
+        raise
+
+
 def _round_down(t: torch.Tensor) -> torch.Tensor:
     t = t * (1.0 - 1e-12)
     return torch.nextafter(t, torch.full_like(t, -math.inf)).clamp_min(0.0)
@@ -173,7 +184,10 @@ def compute_certificates(model: nn.Module, x: torch.Tensor, p: float | int | str
         lipschitz: an externally known bound of ``Lip(model)`` for the l_p norm; if None,
             ``lipschitz_bound(model, p, input_shape=...)`` is used.  It replaces only the global
             bound (the pairwise bound, if applicable, is still computed from the weights).
-        input_shape: per-sample input shape (checked against ``x``; passed to the bounds).
+        input_shape: per-sample input shape (checked against ``x``; passed to the bounds).  Default:
+            ``x``'s own (``x.shape[1:]``): the certificate is about perturbations of ``x``, so the bounds may
+            use the size the model runs at -- for convolutions, the exact operator on that grid, tighter
+            and much cheaper than the size-free bound.
 
     Returns:
         a :class:`CertificateResult`.  With ``roundoff_rigorous`` True the radius is a proof about the
@@ -188,10 +202,11 @@ def compute_certificates(model: nn.Module, x: torch.Tensor, p: float | int | str
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     x = validate_x(x, input_shape)
+    input_shape = tuple(x.shape[1:]) if input_shape is None else input_shape
     check_float_mode()
     model = unwrap(model)  # torch.compile / DataParallel: certify the module they run
     if lipschitz is None:
-        lip = lipschitz_bound(model, p, input_shape=input_shape)
+        lip = _bound_at(model, p, input_shape)
     else:
         lip = float(lipschitz)
         if not lip >= 0 or math.isnan(lip):
