@@ -50,7 +50,7 @@ SHARDS: dict[str, dict[str, list[str]]] = {
         "lipkit.certify.roundoff": ["margin_allowance", "affine_error", "_underflow", "_per_output_norm",
                                     "rounded_activation_error", "distance_terms", "linf_distance_error",
                                     "sortnet_error", "forward_error_bound"],
-        "lipkit.certify.margin": ["_round_down", "pairwise_bound", "compute_certificates", "_bound_at"],
+        "lipkit.certify.margin": ["_round_down", "pairwise_bound", "compute_certificates"],
     },
     "interval_rules": {
         "lipkit.bounds.interval": ["interval_forward", "widen", "_centre_radius", "_affine",
@@ -992,8 +992,6 @@ _TRIAGE += [
                                                  _DR + "x__gram_error__mutmut_14",
                                                  _DR + "x__step_error__mutmut_10",
                                                  _DR + "x__step_error__mutmut_35"]),
-    ("equivalent", "a non-finite r or eta still fails r < 1 or 1 + r + eta <= 4 (inf and NaN compare false)",
-     [_DR + "x__step_is_covered__mutmut_2"]),
     ("sound-margin", "sigma(X)'s own round_up count (one addition, one square root: <= 1.5 u relative on "
      "sigma) is also covered by round_up(err, 8), which inflates by 64 u where err's evaluation chain is "
      "at most 7 operations", [_DR + "x__step_error__mutmut_6"]),
@@ -1038,13 +1036,15 @@ _RENUMBERED: dict[str, str] = {_LS + f"{f}__mutmut_{a}": _LS + f"{f}__mutmut_{b}
 #: compute_certificates after the line that defaults ``input_shape`` to the batch's (2026-12-05): every
 #: later mutant's number moved by 6 (matched by their diff, which is unchanged)
 _RENUMBERED.update({_CC + str(a): _CC + str(a + 6) for a in (41, 97, 101, 120, 152, 167)})
+#: lipschitz_bound after the check that reports an unsupported module before a rejected input_shape
+_RENUMBERED[_R + "x_lipschitz_bound__mutmut_56"] = _R + "x_lipschitz_bound__mutmut_62"
 
 _TRIAGE += [
     ("equivalent", "input_shape always taken from x: after validate_x, a given input_shape equals "
      "x.shape[1:]", [_CC + "17"]),
-    ("report-only", "the fallback that reports an unsupported module before a shape error checks the l2 "
-     "bound instead of the l_p one: the model is refused either way, with the other error",
-     [_MG + "x__bound_at__mutmut_10"]),
+    ("report-only", "the check that reports an unsupported module before a rejected input_shape bounds "
+     "another norm pair: the call is refused either way, with one error or the other",
+     [_R + f"x_lipschitz_bound__mutmut_{i}" for i in (27, 29, 30)]),
 ]
 
 #: mutants triaged above that a later run no longer reports as survivors: killed by tests added since (most

@@ -117,3 +117,13 @@ def sqrt_down(q: Fraction, digits: int = 100) -> Fraction:
 def sqrt_up(q: Fraction, digits: int = 100) -> Fraction:
     """A rational ``>= sqrt(q)`` within ``10^-digits``."""
     return sqrt_down(q, digits) + Fraction(1, 10**digits)
+
+
+def carries_round_up(value: float, exact: Fraction, n_ops: int,
+                     upper: Fraction = Fraction(1, 10**12)) -> bool:
+    """``value`` is ``lipkit.bounds.round_up(., n_ops)`` of an exactly known ``exact``: at least
+    ``exact (1 + (4 n_ops - 2) eps)`` (the documented ``4 n_ops eps`` inflation less two roundings of the
+    evaluation, so a smaller count fails) and at most ``exact (1 + upper)``."""
+    v = Fraction(value)
+    eps = Fraction(2) ** -52
+    return exact * (1 + (4 * n_ops - 2) * eps) <= v <= exact * (1 + upper)

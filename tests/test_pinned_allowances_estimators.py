@@ -20,7 +20,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from exact_ref import sqrt_down
+from exact_ref import carries_round_up, sqrt_down
 from torch import nn
 
 import lipkit
@@ -37,17 +37,14 @@ U = Fraction(EPS64)
 def _assert_round_up(got: float, exact: Fraction, n_ops: int) -> None:
     """``got`` is ``round_up(V, n_ops)`` of an exactly computed ``V``: inflated by ``4 n_ops EPS64`` (less the
     rounding of the product) and a step, and by no more than that plus two steps."""
-    g = Fraction(got)
-    assert g >= exact * (1 + (4 * n_ops - 2) * U), f"{got!r} lacks the 4*{n_ops} EPS64 allowance"
-    assert g <= exact * (1 + (4 * n_ops + 2) * U)
+    assert carries_round_up(got, exact, n_ops, upper=(4 * n_ops + 2) * U), \
+        f"{got!r} is not round_up(., {n_ops}) of the exact value"
 
 
 def _assert_round_up_after(got: float, exact: Fraction, n_ops: int) -> None:
     """``got`` is ``round_up`` with ``n_ops`` of a value two roundings away from the exact ``V``: at least
     ``V (1 + (4 n_ops - 2) EPS64)`` (two roundings and the product's cost < 2 EPS64), at most 1e-12 above."""
-    g = Fraction(got)
-    assert g >= exact * (1 + (4 * n_ops - 2) * U), f"{got!r} lacks the 4*{n_ops} EPS64 allowance"
-    assert g <= exact * (1 + Fraction(1, 10**12))
+    assert carries_round_up(got, exact, n_ops), f"{got!r} lacks the 4*{n_ops} EPS64 allowance"
 
 
 # --------------------------------------------------------------------------- LipSDP block proof residuals

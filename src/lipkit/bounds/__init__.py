@@ -21,6 +21,7 @@ from lipkit.bounds.numerics import (
 from lipkit.bounds.registry import (
     LIPSCHITZ,
     Facet,
+    InputShapeError,
     UnsupportedModuleError,
     chain_bound,
     child_bound,
@@ -36,6 +37,7 @@ from lipkit.bounds.sensitivity import SENSITIVITY, parameter_sensitivity, regist
 __all__ = [
     "EPS64",
     "Facet",
+    "InputShapeError",
     "LIPSCHITZ",
     "SENSITIVITY",
     "UnsupportedModuleError",

@@ -506,7 +506,9 @@ def lipschitz_bound(
     Raises:
         UnsupportedModuleError: no sound rule applies to a module in the tree (its type and the reason are
             named in the message: no rule, an overridden ``forward``, a hook, ...).
-        ValueError: unsupported ``p`` or ``q``.
+        ValueError: unsupported ``p`` or ``q``; :class:`InputShapeError` (a ``ValueError``) when the forward
+            rejects ``input_shape`` (after checking that every module is supported, since a tampered module's
+            own forward may be what fails).
     """
     p = normalize_p(p)
     q = p if q is None else normalize_p(q)
@@ -516,7 +518,11 @@ def lipschitz_bound(
         problem = global_hook_problem()
         if problem is not None:
             raise UnsupportedModuleError(problem)
-        shapes = record_input_shapes(module, tuple(input_shape)) if input_shape is not None else {}
+        try:
+            shapes = record_input_shapes(module, tuple(input_shape)) if input_shape is not None else {}
+        except InputShapeError:
+            lipschitz_bound(module, p, q)  # an unsupported module (whose forward may be what fails) first
+            raise
         try:
             return lipschitz_bound(module, p, q, _shapes=shapes)
         except UnsupportedModuleError as exc:

@@ -76,7 +76,6 @@ from lipkit.bounds import (
     round_up,
     unwrap,
 )
-from lipkit.bounds.registry import InputShapeError
 from lipkit.certify.roundoff import (
     UNDERFLOW,
     U,
@@ -152,16 +151,6 @@ def pairwise_bound(model: nn.Module, p: float, input_shape) -> torch.Tensor | No
     return pairwise_head_bound(w, body, p) * (1.0 + slack) * (1.0 + 1e-12)
 
 
-def _bound_at(model: nn.Module, p: float, input_shape: tuple[int, ...]) -> float:
-    """``lipschitz_bound`` at ``input_shape``; when the model's forward rejects that shape, an unsupported
-    module (whose own forward may be what fails) is reported first, else the shape error."""
-    try:
-        return lipschitz_bound(model, p, input_shape=input_shape)
-    except InputShapeError:
-        lipschitz_bound(model, p)  # raises UnsupportedModuleError for a tampered tree
-        raise
-
-
 def _round_down(t: torch.Tensor) -> torch.Tensor:
     t = t * (1.0 - 1e-12)
     return torch.nextafter(t, torch.full_like(t, -math.inf)).clamp_min(0.0)
@@ -206,7 +195,7 @@ def compute_certificates(model: nn.Module, x: torch.Tensor, p: float | int | str
     check_float_mode()
     model = unwrap(model)  # torch.compile / DataParallel: certify the module they run
     if lipschitz is None:
-        lip = _bound_at(model, p, input_shape)
+        lip = lipschitz_bound(model, p, input_shape=input_shape)
     else:
         lip = float(lipschitz)
         if not lip >= 0 or math.isnan(lip):

@@ -51,8 +51,7 @@ from torch import nn
 from lipkit.bounds import round_up
 from lipkit.bounds.numerics import fp32_products_are_ieee
 
-__all__ = ["certified_newton_schulz", "certify", "certified_norm", "forget_certificates",
-           "fp32_products_are_ieee"]  # the last one re-exported from lipkit.bounds.numerics
+__all__ = ["certified_newton_schulz", "certify", "certified_norm", "forget_certificates"]
 
 #: float32 unit round-off, smallest normal and smallest subnormal
 _U32 = 2.0**-24
@@ -139,14 +138,14 @@ def _gram_error(norms: torch.Tensor, n: int, k: int) -> float:
 def _step_is_covered(r: float, eta: float, diagonal: float) -> bool:
     """Whether the step's analysis applies.
 
-    * ``r`` and ``eta`` finite, and ``1 + r + eta <= 4``: then ``||X||_2 <= 2``, so ``|f(s)| <= 1``;
+    * ``1 + r + eta <= 4``: then ``||X||_2 <= 2``, so ``|f(s)| <= 1``;
     * ``diagonal`` (the largest ``|fl(s_ii - 1)|``) below 1/2: then ``s_ii`` is in ``(0.5, 1.5)`` and the
       subtraction is exact (Sterbenz); a value of exactly 1/2 may come from an inexact ``s_ii < 0.5``;
     * ``r < 1``, the restart policy: farther from orthogonal, the caller computes the polar factor to
       convergence.
+
+    A NaN or infinite ``r`` or ``eta`` fails these comparisons, so it is refused too.
     """
-    if not (math.isfinite(r) and math.isfinite(eta)):
-        return False
     return r < 1.0 and 1.0 + r + eta <= 4.0 and diagonal < 0.5
 
 

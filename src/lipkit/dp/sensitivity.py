@@ -50,12 +50,13 @@ from lipkit.bounds import (
     UnsupportedModuleError,
     as_float64,
     computes_as,
+    fp32_products_are_ieee,
     lipschitz_bound,
     round_up,
 )
 from lipkit.bounds.registry import memoized_class_checks, record_input_shapes
 from lipkit.dp.projection import L2BallProjection
-from lipkit.dp.retraction import certified_norm, fp32_products_are_ieee
+from lipkit.dp.retraction import certified_norm
 from lipkit.nn import ConvexResidual, LipConv2d, LipLinear, Residual
 
 __all__ = ["SensitivityReport", "network_sensitivity", "REL_ALLOWANCE", "conv_gram_bound"]
